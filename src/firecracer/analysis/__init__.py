@@ -1,0 +1,1 @@
+"""analysis: see README and docs/formats.md."""

@@ -1,0 +1,52 @@
+"""The ``firecracer`` command: one module per command group, each thin over the library.
+
+Every ``FirecracerError`` becomes one line on stderr and exit status 1; Ctrl-C exits 130 after the
+library's own cleanup (context managers) has run.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from firecracer import __version__
+from firecracer.cli import analyze, collect, doctor, experiment, image, install, uffd, view, vm
+from firecracer.cli._render import err_console
+from firecracer.errors import FirecracerError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="firecracer")
+def cli() -> None:
+    """Study what a JVM does across a Firecracker snapshot and restore.
+
+    Pipeline: image → vm (boot, snapshot, restore) → uffd (page server, traces) → collect
+    (guest memory owners, NMT) → analyze (tables) → view (HTML) → experiment (whole studies).
+    """
+
+
+for _module in (doctor, install, image, vm, uffd, collect, analyze, view, experiment):
+    for _cmd in _module.COMMANDS:
+        cli.add_command(_cmd)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    try:
+        cli.main(args=argv, prog_name="firecracer", standalone_mode=False)
+    except click.exceptions.Abort:
+        err_console.print("firecracer: interrupted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("firecracer: interrupted")
+        sys.exit(130)
+    except FirecracerError as exc:
+        err_console.print(f"firecracer: error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    sys.exit(0)

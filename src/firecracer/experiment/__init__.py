@@ -1,0 +1,1 @@
+"""experiment: see README and docs/formats.md."""

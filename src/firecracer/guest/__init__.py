@@ -1,0 +1,1 @@
+"""guest: see README and docs/formats.md."""

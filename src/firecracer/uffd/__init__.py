@@ -1,0 +1,1 @@
+"""uffd: see README and docs/formats.md."""

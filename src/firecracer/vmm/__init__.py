@@ -1,0 +1,1 @@
+"""Firecracker control plane: binary discovery, versioned API client, MicroVM lifecycle, probe guest."""

@@ -1,0 +1,188 @@
+"""Find, identify and install Firecracker binaries.
+
+Discovery order, used by every command: an explicit path (``--firecracker``), ``$FIRECRACKER``,
+the tool's cache (``~/.cache/firecracer/bin/firecracker``), then ``PATH``. Nothing here needs the
+network except :func:`install_firecracker` given a URL, which fails with one line when offline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from firecracer.errors import BinaryNotFound, FirecracerError
+from firecracer.paths import bin_dir
+
+_VERSION_RE = re.compile(r"v?(\d+)\.(\d+)\.(\d+)(?:-([0-9A-Za-z.-]+))?")
+
+
+@dataclass(frozen=True, order=True)
+class Version:
+    """A Firecracker release number; ordering ignores the pre-release suffix."""
+
+    major: int
+    minor: int
+    patch: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> Version:
+        """Parse ``"Firecracker v1.14.2"``, ``"1.7.0"`` or ``"v1.17.0-dev"``."""
+        m = _VERSION_RE.search(text)
+        if not m:
+            raise FirecracerError(f"cannot read a Firecracker version from {text.strip()[:80]!r}")
+        return cls(int(m.group(1)), int(m.group(2)), int(m.group(3)))
+
+    def __str__(self) -> str:
+        return f"{self.major}.{self.minor}.{self.patch}"
+
+    def at_least(self, major: int, minor: int, patch: int = 0) -> bool:
+        return (self.major, self.minor, self.patch) >= (major, minor, patch)
+
+    @property
+    def api_generation(self) -> str:
+        """The API family that decides which request fields and handshake keys exist.
+
+        ``1.4`` covers v1.4–v1.6 (3-field uffd handshake, ``enable_diff_snapshots``), ``1.7`` covers
+        v1.7–v1.11 (``page_size_kib``), ``1.12`` covers v1.12 and later (``page_size``, ``track_dirty_pages``
+        on load from v1.13, ``network_overrides``).
+        """
+        if self.at_least(1, 12):
+            return "1.12"
+        if self.at_least(1, 7):
+            return "1.7"
+        return "1.4"
+
+
+def firecracker_version(binary: str | Path, timeout: float = 10.0) -> Version:
+    """Run ``firecracker --version``; raise ``FirecracerError`` naming the binary if that fails."""
+    try:
+        out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=timeout,
+                             check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise FirecracerError(f"{binary}: cannot run '--version': {exc}") from exc
+    first = (out.stdout or out.stderr).strip().splitlines()
+    if out.returncode != 0 or not first or "irecracker" not in first[0]:
+        raise FirecracerError(f"{binary}: not a Firecracker binary ('--version' said {first[:1]!r})")
+    return Version.parse(first[0])
+
+
+def find_firecracker(explicit: str | Path | None = None) -> Path:
+    """Locate the Firecracker binary to use, in the documented order.
+
+    :raises BinaryNotFound: listing every place looked at.
+    """
+    looked: list[str] = []
+    candidates: list[Path] = []
+    if explicit:
+        candidates.append(Path(explicit))
+    env = os.environ.get("FIRECRACKER")
+    if env:
+        candidates.append(Path(env))
+    candidates.append(bin_dir() / "firecracker")
+    on_path = shutil.which("firecracker")
+    if on_path:
+        candidates.append(Path(on_path))
+    for cand in candidates:
+        looked.append(str(cand))
+        if cand.is_file() and os.access(cand, os.X_OK):
+            return cand.resolve()
+        if explicit and cand == Path(explicit):
+            raise BinaryNotFound(f"{cand}: no executable Firecracker binary there")
+    raise BinaryNotFound("no Firecracker binary found (looked at --firecracker, $FIRECRACKER, "
+                         f"{bin_dir() / 'firecracker'}, PATH); install one with "
+                         "'firecracer install-firecracker firecracker-vX.Y.Z-x86_64.tgz'")
+
+
+def installed_binaries() -> dict[str, Path]:
+    """Every version installed in the cache, newest last: ``{"1.14.2": path, ...}``."""
+    found: dict[Version, Path] = {}
+    if bin_dir().is_dir():
+        for p in bin_dir().glob("firecracker-v*"):
+            try:
+                found[Version.parse(p.name)] = p
+            except FirecracerError:
+                continue
+    return {str(v): found[v] for v in sorted(found)}
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _read_source(source: str, timeout: float) -> tuple[bytes, str]:
+    if re.match(r"^[a-z]+://", source):
+        try:
+            with urllib.request.urlopen(source, timeout=timeout) as resp:
+                return resp.read(), source.rsplit("/", 1)[-1]
+        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise FirecracerError(f"{source}: cannot download ({reason}); this host may be offline — "
+                                  "download the release elsewhere and pass the file") from exc
+    path = Path(source)
+    if not path.is_file():
+        raise FirecracerError(f"{source}: no such file")
+    return path.read_bytes(), path.name
+
+
+def _binary_from_tarball(data: bytes, name: str) -> bytes:
+    """Pick ``release-vX-ARCH/firecracker-vX-ARCH`` out of an official release tarball."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
+            members = [m for m in tar.getmembers()
+                       if m.isfile() and re.fullmatch(r"firecracker-v[\d.]+-\w+", Path(m.name).name)]
+            if not members:
+                raise FirecracerError(f"{name}: no 'firecracker-vX.Y.Z-<arch>' binary inside the tarball")
+            f = tar.extractfile(members[0])
+            assert f is not None
+            return f.read()
+    except tarfile.TarError as exc:
+        raise FirecracerError(f"{name}: not a readable tarball ({exc})") from exc
+
+
+def install_firecracker(source: str, timeout: float = 30.0, make_default: bool = True) -> dict[str, str]:
+    """Install a release tarball or bare binary (path or URL) into the cache.
+
+    Records version and SHA-256 in ``installed.json``; ``firecracker`` in the cache points at the
+    newest installed version unless ``make_default`` is false.
+    """
+    data, name = _read_source(source, timeout)
+    if data[:4] != b"\x7fELF":
+        data = _binary_from_tarball(data, name)
+    if data[:4] != b"\x7fELF":
+        raise FirecracerError(f"{name}: not an ELF executable")
+    bin_dir().mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=bin_dir(), delete=False, prefix=".install-") as tmp:
+        tmp.write(data)
+    tmp_path = Path(tmp.name)
+    tmp_path.chmod(0o755)
+    try:
+        version = firecracker_version(tmp_path)
+    except FirecracerError:
+        tmp_path.unlink(missing_ok=True)
+        raise
+    target = bin_dir() / f"firecracker-v{version}"
+    tmp_path.replace(target)
+    record = {"version": str(version), "sha256": _sha256(data), "source": source, "path": str(target),
+              "installed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    db_path = bin_dir() / "installed.json"
+    db = json.loads(db_path.read_text()) if db_path.is_file() else {}
+    db[str(version)] = record
+    db_path.write_text(json.dumps(db, indent=2) + "\n")
+    if make_default:
+        newest = list(installed_binaries().values())[-1]
+        link = bin_dir() / "firecracker"
+        link.unlink(missing_ok=True)
+        link.symlink_to(newest.name)
+    return record
