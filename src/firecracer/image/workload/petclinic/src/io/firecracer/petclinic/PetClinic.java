@@ -8,7 +8,9 @@ import java.net.HttpURLConnection;
 import java.net.InetSocketAddress;
 import java.net.URL;
 import java.nio.charset.StandardCharsets;
+import java.util.LinkedHashMap;
 import java.util.List;
+import java.util.Map;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 
@@ -68,19 +70,40 @@ public final class PetClinic {
         }
     }
 
-    /** Requests every page and API once per round, so the classes and code of every path get loaded. */
+    /**
+     * Requests every page and API once per round, so the classes and code of every path get loaded; any
+     * unexpected status fails the run (exit 1), which makes the image build fail.
+     */
     private static void train(int port, int rounds) throws IOException {
-        List<String> gets = List.of("/", "/health", "/owners", "/owners?lastName=Da", "/owners/1", "/vets",
+        Map<String, Integer> gets = new LinkedHashMap<>();
+        for (String p : List.of("/", "/health", "/owners", "/owners?lastName=Da", "/owners/1", "/vets",
             "/api/owners", "/api/owners?lastName=Fr", "/api/owners/2", "/api/pets/1/visits", "/api/vets",
-            "/api/pettypes", "/api/stats", "/nope", "/api/owners/999999");
+            "/api/pettypes", "/api/stats")) {
+            gets.put(p, 200);
+        }
+        gets.put("/nope", 404);
+        gets.put("/api/owners/999999", 404);
+        gets.put("/owners/x", 400);
         for (int r = 0; r < rounds; r++) {
-            for (String p : gets) request(port, "GET", p, null);
-            request(port, "POST", "/api/owners", "{\"firstName\":\"Ada\",\"lastName\":\"Lovelace\","
-                + "\"address\":\"12 Analytical St.\",\"city\":\"London\",\"telephone\":\"0123456789\"}");
-            request(port, "POST", "/api/owners/1/pets", "{\"name\":\"Babbage\",\"birthDate\":\"2020-02-02\","
-                + "\"type\":\"cat\"}");
-            request(port, "POST", "/api/pets/1/visits", "{\"description\":\"checkup\"}");
-            request(port, "POST", "/api/owners", "{\"firstName\":1}");
+            for (Map.Entry<String, Integer> e : gets.entrySet()) {
+                expect(e.getValue(), request(port, "GET", e.getKey(), null), "GET " + e.getKey());
+            }
+            expect(201, request(port, "POST", "/api/owners", "{\"firstName\":\"Ada\",\"lastName\":\"Lovelace\","
+                + "\"address\":\"12 Analytical St.\",\"city\":\"London\",\"telephone\":\"0123456789\"}"),
+                "POST /api/owners");
+            expect(201, request(port, "POST", "/api/owners/1/pets", "{\"name\":\"Babbage\","
+                + "\"birthDate\":\"2020-02-02\",\"type\":\"cat\"}"), "POST /api/owners/1/pets");
+            expect(201, request(port, "POST", "/api/pets/1/visits", "{\"description\":\"checkup\"}"),
+                "POST /api/pets/1/visits");
+            expect(400, request(port, "POST", "/api/owners", "{\"firstName\":1}"), "POST /api/owners (bad)");
+            expect(405, request(port, "DELETE", "/api/vets", null), "DELETE /api/vets");
+        }
+    }
+
+    private static void expect(int want, int got, String what) {
+        if (want != got) {
+            System.err.printf("petclinic: training: %s answered %d, expected %d%n", what, got, want);
+            System.exit(1);
         }
     }
 
