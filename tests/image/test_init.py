@@ -19,7 +19,8 @@ INIT = Path(init.__file__)
 
 def test_defaults() -> None:
     cfg = InitConfig.from_env({})
-    assert (cfg.overlay_root, cfg.overlay_size, cfg.nmt, cfg.java, cfg.agent) == ("ram", "256m", "", True, True)
+    got = (cfg.overlay_root, cfg.overlay_size, cfg.nmt, cfg.java, cfg.agent)
+    assert got == ("ram", "256m", "", True, True)
     assert java_argv(cfg, APP) == ["/opt/jdk/bin/java", "-cp", "/opt/app/petclinic.jar",
                                    "io.firecracer.petclinic.PetClinic", "--port", "8080"]
 
@@ -54,7 +55,7 @@ def test_bad_values_name_the_variable() -> None:
         InitConfig.from_env({"FC_NMT": "full"})
     with pytest.raises(InitError, match="FC_JAVA_OPTIONS"):
         InitConfig.from_env({"FC_JAVA_OPTIONS": "-Dx='unclosed"})
-    with pytest.raises(InitError, match="app.json"):
+    with pytest.raises(InitError, match=r"app\.json"):
         java_argv(InitConfig(), {})
 
 
@@ -63,7 +64,8 @@ def test_agent_command_line() -> None:
     assert default[1:] == ["-m", "firecracer.guest.agent", "--forward", "vsock:8080=127.0.0.1:8080"]
     qemu = agent_argv(InitConfig.from_env({"FC_AGENT": "tcp:0.0.0.0:5252"}), APP)
     assert qemu[3:] == ["--listen", "tcp:0.0.0.0:5252"]
-    both = agent_argv(InitConfig.from_env({"FC_AGENT": "vsock:52,tcp:0.0.0.0:5252", "FC_AGENT_FORWARD": ""}), APP)
+    env = {"FC_AGENT": "vsock:52,tcp:0.0.0.0:5252", "FC_AGENT_FORWARD": ""}
+    both = agent_argv(InitConfig.from_env(env), APP)
     assert both[3:] == ["--listen", "vsock:52", "--listen", "tcp:0.0.0.0:5252"]
     assert not InitConfig.from_env({"FC_AGENT": "off"}).agent
 

@@ -34,8 +34,8 @@ def _jar(path: Path, manifest: str | None, classes: list[str]) -> Path:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "firecracer", "image", *args], capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run([sys.executable, "-m", "firecracer", "image", *args], capture_output=True,
+                          text=True, timeout=120)
 
 
 def test_missing_jdk_dir_is_one_line(tmp_path: Path) -> None:
@@ -75,7 +75,8 @@ def test_jar_without_main_class_is_one_line(tmp_path: Path) -> None:
     res = _cli("rootfs", "--app", str(jar))
     assert res.returncode == 1
     lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and "has no Main-Class in its manifest; give the main class with --main" in lines[0]
+    assert len(lines) == 1
+    assert "has no Main-Class in its manifest; give the main class with --main" in lines[0]
 
 
 def test_jar_main_class_resolution(tmp_path: Path) -> None:
@@ -83,7 +84,7 @@ def test_jar_main_class_resolution(tmp_path: Path) -> None:
     assert jar_main_class(jar) == "a.Main"
     spec = resolve_app(str(jar), None, "--port 9 --name 'x y'")
     assert (spec.main, spec.args) == ("a.Main", ("--port", "9", "--name", "x y"))
-    with pytest.raises(ImageError, match="has no class b.Other"):
+    with pytest.raises(ImageError, match=r"has no class b\.Other"):
         resolve_app(str(jar), "b.Other", None)
     (tmp_path / "x.jar").write_text("plain text")
     with pytest.raises(ImageError, match="not a JAR"):
@@ -114,7 +115,8 @@ def test_host_mirror_is_a_url() -> None:
 def test_failed_tool_gives_its_error_line(tmp_path: Path) -> None:
     """A failing apt-like step: the 'E:' line and the log's path, not a traceback."""
     log = tmp_path / "log"
-    script = "echo 'Reading package lists...'; echo 'E: Unable to locate package nope' >&2; echo done; exit 100"
+    script = ("echo 'Reading package lists...'; echo 'E: Unable to locate package nope' >&2; "
+              "echo done; exit 100")
     with pytest.raises(ImageError) as err:
         run_logged(["sh", "-c", script], log, "apt-get install nope", NullReporter())
     msg = str(err.value)
@@ -126,8 +128,8 @@ def test_failed_tool_gives_its_error_line(tmp_path: Path) -> None:
 
 def test_disk_full_is_recognised(tmp_path: Path) -> None:
     with pytest.raises(DiskFull, match="no space left on device"):
-        run_logged(["sh", "-c", "echo 'cp: error writing x: No space left on device'; exit 1"], tmp_path / "l",
-                   "copying", NullReporter())
+        run_logged(["sh", "-c", "echo 'cp: error writing x: No space left on device'; exit 1"],
+                   tmp_path / "l", "copying", NullReporter())
     with pytest.raises(DiskFull, match=r"needs about \d+ MiB free in .*, only \d+ MiB are free"):
         need_free(tmp_path, 1 << 60, "the rootfs build")
 

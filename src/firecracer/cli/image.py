@@ -31,7 +31,8 @@ class _CliReporter:
 
     def step(self, message: str) -> None:
         if not self.quiet:
-            err_console.print(f"[dim]{time.monotonic() - self.t0:6.0f}s[/] {escape(message)}")
+            err_console.print(f"[dim]{time.monotonic() - self.t0:6.0f}s[/] {escape(message)}",
+                              soft_wrap=True)
 
     def line(self, text: str) -> None:
         self.lines += 1
@@ -60,7 +61,8 @@ def kernel(source: str, output: Path | None, jobs: int | None, force: bool, quie
     with _CliReporter(quiet) as rep:
         res = build_kernel(source, output, jobs, rep, force)
     how = "cached" if res.cached else f"built in {res.seconds:.0f} s"
-    console.print(f"kernel {res.release} ({how}): {res.vmlinux}" + (f" → {output}" if output else ""))
+    console.print(f"kernel {res.release} ({how}): {res.vmlinux}" + (f" → {output}" if output else ""),
+                  soft_wrap=True)
 
 
 @image.command()
@@ -87,8 +89,8 @@ def rootfs(jdk: str, app: str, main_class: str | None, app_args: str | None, tra
     with _CliReporter(quiet) as rep:
         res = build_rootfs(jdk, app, main_class, app_args, output, size, mirror, train_seconds, rep, force)
     how = "cached" if res.cached else f"built in {res.seconds:.0f} s"
-    console.print(f"rootfs ({how}): {res.image}" + (f" → {output}" if output else ""))
-    console.print(f"manifest: {res.manifest}")
+    console.print(f"rootfs ({how}): {res.image}" + (f" → {output}" if output else ""), soft_wrap=True)
+    console.print(f"manifest: {res.manifest}", soft_wrap=True)
 
 
 @image.command()
@@ -116,8 +118,36 @@ def check(kernel_path: Path | None, rootfs_path: Path | None, timeout: float, co
             console.print(f"{mark} {c.name}: {escape(c.detail)}")
         for name, value in res.times.items():
             console.print(f"  {name}: {value}")
-        console.print(f"console log: {res.console_log}")
+        console.print(f"console log: {res.console_log}", soft_wrap=True)
     if not res.ok:
+        sys.exit(1)
+
+
+@image.command("boot-firecracker")
+@click.option("--firecracker", "fc", metavar="PATH", help="Firecracker binary (default: discovery).")
+@click.option("--kernel", "kernel_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="vmlinux to boot (default: the newest built one).")
+@click.option("--rootfs", "rootfs_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="rootfs.ext4 to attach (default: the newest built one, if any).")
+@click.option("--seconds", type=float, default=15.0, show_default=True, help="Stop Firecracker after this.")
+def boot_firecracker(fc: str | None, kernel_path: Path | None, rootfs_path: Path | None,
+                     seconds: float) -> None:
+    """Boot the kernel in Firecracker and show its console (on PVM hosts it stops after the first lines)."""
+    from firecracer.errors import FirecracerError
+    from firecracer.image.fcboot import boot_in_firecracker
+    from firecracer.image.kernel import latest_kernel
+    from firecracer.image.rootfs import latest_rootfs
+    from firecracer.vmm.binary import find_firecracker
+
+    kernel = kernel_path or latest_kernel()
+    if kernel is None:
+        raise FirecracerError("no kernel built yet: run 'firecracer image kernel' (or give --kernel)")
+    res = boot_in_firecracker(find_firecracker(fc), kernel, rootfs_path or latest_rootfs(), seconds=seconds)
+    for line in res.console:
+        console.print(escape(line), soft_wrap=True, highlight=False)
+    console.print(f"[bold]{escape(res.ending)}[/] after {res.seconds:.1f} s; kernel started: "
+                  f"{'yes' if res.kernel_started else 'no'}")
+    if not res.kernel_started:
         sys.exit(1)
 
 
