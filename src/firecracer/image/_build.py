@@ -182,3 +182,14 @@ def link_latest(target: Path, link: Path) -> None:
     tmp.unlink(missing_ok=True)
     tmp.symlink_to(os.path.relpath(target, link.parent))
     tmp.replace(link)
+
+
+def prune(images: Path, prefix: str, keep: int = 3) -> list[Path]:
+    """Delete all but the ``keep`` newest ``<prefix>-<key>`` builds (the one just built is newest)."""
+    dirs = sorted((d for d in images.glob(f"{prefix}-*") if d.is_dir()), key=lambda d: d.stat().st_mtime,
+                  reverse=True)
+    removed = []
+    for d in dirs[keep:]:
+        shutil.rmtree(d)
+        removed.append(d)
+    return removed

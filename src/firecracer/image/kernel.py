@@ -29,6 +29,7 @@ from firecracer.image._build import (
     file_sha256,
     link_latest,
     need_free,
+    prune,
     run_logged,
     short_hash,
 )
@@ -224,6 +225,7 @@ def build_kernel(source: str = "debian", output: Path | None = None, jobs: int |
     tmp_final.rename(final)
     shutil.rmtree(work)  # objects and unpacked sources: ≈ 2 GiB we never reuse
     link_latest(final / "vmlinux", images / "vmlinux")
+    prune(images, "kernel")
     rep.step(f"kernel {release} built in {seconds:.0f} s: {final / 'vmlinux'}")
     result = KernelBuild(final / "vmlinux", key, release, final / "config", final / "build.log", seconds,
                          cached=False)

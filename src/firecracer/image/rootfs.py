@@ -38,6 +38,7 @@ from firecracer.image._build import (
     file_sha256,
     link_latest,
     need_free,
+    prune,
     run_logged,
     short_hash,
 )
@@ -324,6 +325,7 @@ def build_rootfs(jdk: str = "debian", app: str = "demo", main: str | None = None
         remove_tree(root)  # never leave a root-owned tree behind (the log stays for a failed build)
     remove_tree(work)
     link_latest(final / "rootfs.ext4", images / "rootfs.ext4")
+    prune(images, "rootfs")
     seconds = time.monotonic() - t0
     rep.step(f"rootfs built in {seconds:.0f} s: {final / 'rootfs.ext4'}")
     _copy_out(final / "rootfs.ext4", output)

@@ -188,12 +188,12 @@ def pivot_root(new_root: str, put_old: str) -> None:
 def link_up(name: str) -> bool:
     """Set IFF_UP on an interface with SIOCSIFFLAGS (no iproute2 needed); False if it doesn't exist."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        ifreq = struct.pack("16sH14x", name.encode(), 0)
+        ifreq = struct.pack("16sH22x", name.encode(), 0)
         try:
-            flags = struct.unpack("16sH14x", fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, ifreq))[1]
+            flags = struct.unpack("16sH22x", fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, ifreq))[1]
         except OSError:
             return False
-        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH14x", name.encode(), flags | IFF_UP))
+        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH22x", name.encode(), flags | IFF_UP))
     return True
 
 
