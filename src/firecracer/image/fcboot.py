@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import tempfile
@@ -20,6 +21,8 @@ from pathlib import Path
 
 from firecracer.image.rootfs import KERNEL_ARGS
 
+#: Firecracker <= 1.4 needs a frequency in the host CPU's brand string; this host's has none
+OLD_FC_BRAND = re.compile(r"MissingFrequency|GetBrandString")
 PVM_STOP_MARKERS = ("KVM_EXIT_INTERNAL_ERROR", "InternalError", "emulation failure", "Unexpected exit reason")
 
 
@@ -34,7 +37,17 @@ class FcBoot:
     stopped_by_pvm: bool
 
     @property
+    def unsupported(self) -> str | None:
+        """Why this Firecracker cannot start any guest on this host, or None."""
+        if self.exit_code not in (None, 0) and OLD_FC_BRAND.search("\n".join(self.console)):
+            return ("Firecracker <= 1.4 cannot start a guest on this host: the CPU brand string has no "
+                    "frequency (fixed in 1.5)")
+        return None
+
+    @property
     def ending(self) -> str:
+        if self.unsupported:
+            return self.unsupported
         if self.exit_code is None:
             return "still running when the time was up (killed)"
         if self.stopped_by_pvm:
@@ -45,7 +58,8 @@ class FcBoot:
 def boot_in_firecracker(firecracker: Path, kernel: Path, rootfs: Path | None = None, *,
                         seconds: float = 15.0, mem_mib: int = 512, extra_args: str = "") -> FcBoot:
     """Run Firecracker for at most ``seconds``; always kills it and removes its config file."""
-    boot_args = f"console=ttyS0 reboot=k panic=1 pci=off {KERNEL_ARGS if rootfs else ''} {extra_args}".strip()
+    boot_args = (f"console=ttyS0 earlyprintk=ttyS0 reboot=k panic=1 pci=off {KERNEL_ARGS if rootfs else ''} "
+                 f"{extra_args}").strip()
     config: dict[str, object] = {
         "boot-source": {"kernel_image_path": str(kernel), "boot_args": " ".join(boot_args.split())},
         "drives": ([{"drive_id": "rootfs", "path_on_host": str(rootfs), "is_root_device": True,
