@@ -139,6 +139,8 @@ def test_exec_output_limits_and_timeout(running: RunningAgent, tmp_path: Path) -
         r = c.exec(["sh", "-c", "echo out; echo err >&2; exit 3"])
         assert (r.rc, r.stdout, r.stderr) == (3, "out\n", "err\n")
         assert c.exec(["cat"], stdin="fed").stdout == "fed"
+        big = "0123456789abcdef" * 32768  # 512 KiB: more than a pipe holds, in both directions
+        assert c.exec(["cat"], stdin=big, timeout_s=60).stdout == big
         with pytest.raises(AgentError) as ei:
             c.exec(["sh", "-c", "yes | head -c 3000000"])
         assert ei.value.code == "output-too-large" and "1048576" in str(ei.value)
