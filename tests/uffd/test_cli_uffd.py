@@ -36,7 +36,7 @@ def _start(args: list[str]) -> subprocess.Popen[str]:
             if not line:
                 break
     proc.kill()
-    out, err = proc.communicate(timeout=10)
+    _out, err = proc.communicate(timeout=10)
     raise AssertionError(f"no ready line: {err}")
 
 
@@ -48,12 +48,13 @@ def _mem(tmp_path: Path, pages: int = 16) -> Path:
 
 def test_serve_options_after_positionals(tmp_path: Path) -> None:
     mem, sock = _mem(tmp_path), str(tmp_path / "s.sock")
-    proc = _start(["serve", sock, str(mem), "--strategy", "fault-around:4", "--trace", str(tmp_path / "t.npz"),
-                   "--metrics", str(tmp_path / "m.json"), "--accept-timeout", "20"])
+    proc = _start(["serve", sock, str(mem), "--strategy", "fault-around:4",
+                   "--trace", str(tmp_path / "t.npz"), "--metrics", str(tmp_path / "m.json"),
+                   "--accept-timeout", "20"])
     try:
         peer = Peer(PeerSpec(sock, [16 * PS], ops=[("read", [5, 13])]))
-        status, rep = peer.finish(30)
-        out, err = proc.communicate(timeout=30)
+        _status, rep = peer.finish(30)
+        _out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -104,8 +105,8 @@ def test_seed_export_import_commands(tmp_path: Path) -> None:
                    capture_output=True, timeout=60)
     tr = load_trace(tmp_path / "t.npz")
     assert tr.file_off.tolist() == [0x1000, 0x5000] and tr.meta["seed_format"] == "mixed"
-    subprocess.run([*run, "export-seed", str(tmp_path / "t.npz"), "-o", str(tmp_path / "out.log")], check=True,
-                   env=env, capture_output=True, timeout=60)
+    subprocess.run([*run, "export-seed", str(tmp_path / "t.npz"), "-o", str(tmp_path / "out.log")],
+                   check=True, env=env, capture_output=True, timeout=60)
     lines = (tmp_path / "out.log").read_text().splitlines()
     assert lines[1] == ("UFFD_EVENT_PAGEFAULT (w): 0x00007f0000005000 0x00007f0000005000  Zeroing: "
                         "0x0000000000005000 - 0x0000000000006000")
@@ -116,7 +117,8 @@ def test_seed_export_import_commands(tmp_path: Path) -> None:
 
 def test_unknown_strategy_is_one_line(tmp_path: Path) -> None:
     res = subprocess.run([sys.executable, "-m", "firecracer", "uffd", "serve", str(tmp_path / "s"),
-                          str(_mem(tmp_path)), "--strategy", "bogus"], capture_output=True, text=True, timeout=60)
+                          str(_mem(tmp_path)), "--strategy", "bogus"], capture_output=True, text=True,
+                         timeout=60)
     assert res.returncode == 1 and "unknown strategy 'bogus'" in res.stderr
 
 
