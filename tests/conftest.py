@@ -30,6 +30,11 @@ def _all_firecracker_binaries() -> dict[str, Path]:
 
 
 FC_BINARIES = _all_firecracker_binaries()
+
+# Subprocesses (``python -m firecracer …``, page servers, agents) must import the code under test, not
+# whatever checkout an editable install points at: put this tree's src first on their PYTHONPATH.
+_SRC = str(Path(__file__).resolve().parents[1] / "src")
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_SRC, os.environ.get("PYTHONPATH")) if p)
 USER_BIN_DIR = bin_dir()
 
 
