@@ -24,13 +24,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 from firecracer.analysis.memmap import PID_FREE, PID_KERNEL, PID_PAGECACHE
 from firecracer.analysis.nmt import NmtArrays, NmtRegion
-from firecracer.analysis.recording import Recording, Trace
+from firecracer.analysis.recording import Recording
+
+if TYPE_CHECKING:
+    from firecracer.uffd.trace import Trace
 
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
@@ -115,10 +119,10 @@ def _split_trace(trace: Trace, page_size: int) -> Trace:
         return trace
     n = len(trace)
     sub = np.tile(np.arange(ratio, dtype=np.uint64) * np.uint64(page_size), n)
-    rep = {k: np.repeat(v, ratio) for k, v in trace.arrays().items()}
+    rep = {k: np.repeat(v, ratio) for k, v in trace.columns().items()}
     for k in ("hva", "file_off", "gpa"):
         rep[k] = rep[k] + sub
-    return Trace(**rep, meta={**trace.meta, "page_size": page_size, "split_from": trace.page_size})
+    return type(trace)(**rep, meta={**trace.meta, "page_size": page_size, "split_from": trace.page_size})
 
 
 def attribute(recording: Recording) -> Attribution:

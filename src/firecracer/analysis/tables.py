@@ -24,7 +24,6 @@ import numpy.typing as npt
 
 from firecracer.analysis.join import CLASS_NAMES, Attribution, OwnerClass
 from firecracer.analysis.memmap import KPF_HUGE, KPF_THP
-from firecracer.analysis.recording import ACTION_ZERO
 
 I64 = npt.NDArray[np.int64]
 BIG = np.iinfo(np.int64).max
@@ -282,13 +281,13 @@ def totals(att: Attribution) -> dict[str, Any]:
 
     ``physical_pages``: distinct physical addresses in the memmap; ``processes``: owner sections incl.
     kernel and page cache; ``uffd_events``: trace rows (each becomes one ``UFFD_EVENT_PAGEFAULT`` line in
-    the seed export); ``pages_loaded`` / ``pages_zeroed``: rows whose action is / is not zero-fill;
+    the seed export); ``pages_loaded`` / ``pages_zeroed``: rows not zero-filled / zero-filled;
     ``nmt_regions``: reserved regions printed with a call stack.
     """
     rec = att.recording
     tr = rec.trace
     n = len(tr) if tr is not None else 0
-    zeroed = int((tr.action == ACTION_ZERO).sum()) if tr is not None else 0
+    zeroed = int(tr.is_zero().sum()) if tr is not None else 0
     first = int(att.trace_first.sum())
     attributed = int((att.trace_first & (att.trace_phys >= 0)).sum())
     out: dict[str, Any] = {
