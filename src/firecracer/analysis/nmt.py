@@ -192,6 +192,7 @@ class _Parser:
         self.in_map = False
         self.has_map = False
         self.cur_cat: NmtCategory | None = None
+        self.summary_done = False
 
     def fail(self, line: int, why: str) -> FormatError:
         return FormatError(self.path, line, why)
@@ -233,15 +234,16 @@ class _Parser:
             self.seen_nmt = True
             return
         if stripped == "Virtual memory map:":
-            self.in_map = self.has_map = True
+            self.in_map = self.has_map = self.summary_done = True
             return
         if stripped == "Details:" or stripped.startswith("Memory file details"):
             self.finish_region()
             self.in_map = False
+            self.summary_done = True     # malloc sites follow; their "(malloc=…)" lines are not summary
             return
         if self.in_map:
             self.map_line(no, line)
-        else:
+        elif not self.summary_done:
             self.summary_line(no, line)
 
     def map_line(self, no: int, line: str) -> None:

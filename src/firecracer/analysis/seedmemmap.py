@@ -42,11 +42,12 @@ for _i, _c in enumerate(b"ABCDEF"):
     _HEX[_c] = 10 + _i
 _SHIFTS = (np.arange(15, -1, -1, dtype=np.uint64) * np.uint64(4))
 _ZERO18 = "0" * 18
+_HEXCHARS = frozenset("0123456789abcdefABCDEF")
 
 
 def _hex_field(tok: str) -> int:
     """``0x…`` hex, or the 18-zero spelling of 0; ``ValueError`` otherwise."""
-    if tok[:2] in ("0x", "0X") and 2 < len(tok) <= 18:
+    if tok[:2] in ("0x", "0X") and 2 < len(tok) <= 18 and all(c in _HEXCHARS for c in tok[2:]):
         return int(tok[2:], 16)
     if tok and len(tok) <= 18 and tok.strip("0") == "":
         return 0
