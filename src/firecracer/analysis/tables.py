@@ -162,18 +162,17 @@ def nmt_categories_table(att: Attribution) -> Table:
                   "restored_pct_of_rss", "restored_pct_of_committed", "first_touch", "rank"], rows)
 
 
-def _trace_groups(att: Attribution) -> tuple[list[str], I64]:
-    """Group per trace row: owner class names, then ``nmt:<category>`` for the JVM's pages."""
-    names = [f"class:{c}" for c in CLASS_NAMES]
-    grp = att.trace_class.astype(np.int64)
+def _trace_groups(att: Attribution) -> list[tuple[list[str], I64]]:
+    """Groupings of the trace rows: by owner class, and by NMT category of the JVM's pages (-1 = none)."""
+    out = [([f"class:{c}" for c in CLASS_NAMES], att.trace_class.astype(np.int64))]
     cats = att.nmt_categories
     if cats and att.nmt_arrays is not None:
         rc = att.nmt_arrays.region_cat.astype(np.int64)
+        grp = np.full(len(att.trace_class), -1, dtype=np.int64)
         has = att.trace_nmt_region >= 0
-        grp = grp.copy()
-        grp[has] = len(names) + rc[att.trace_nmt_region[has]]
-        names += [f"nmt:{c}" for c in cats]
-    return names, grp
+        grp[has] = rc[att.trace_nmt_region[has]]
+        out.append(([f"nmt:{c}" for c in cats], grp))
+    return out
 
 
 def owner_classes_table(att: Attribution) -> Table:
@@ -248,28 +247,31 @@ def fragmentation_table(att: Attribution) -> Table:
 
 
 def restore_order_table(att: Attribution) -> Table:
-    """How quickly each group is touched: first page, and when 50 % / 90 % / all of its pages came."""
+    """How quickly each group is touched: first page, and when 50 % / 90 % / all of its pages came.
+
+    Groups are the owner classes and, overlapping them, the JVM's NMT categories.
+    """
     ps = att.page_size
     tr = att.trace
     if tr is None or not len(tr):
         return Table("restore_order", "Restore order", [], [])
-    names, grp = _trace_groups(att)
     idx = np.flatnonzero(att.trace_first)
-    g = grp[idx]
     t0 = int(tr.t_ns[0]) if len(tr) else 0
     total = len(tr)
     rows: list[list[Any]] = []
-    order = np.argsort(g, kind="stable")
-    gs, ids = g[order], idx[order]
-    bounds = np.searchsorted(gs, np.arange(len(names) + 1))
-    for k, name in enumerate(names):
-        sel = ids[bounds[k]:bounds[k + 1]]
-        if not sel.size:
-            continue
-        q = [int(sel[min(len(sel) - 1, int(np.ceil(f * len(sel))) - 1)]) for f in (0.5, 0.9, 1.0)]
-        rows.append([name, int(sel.size), int(_kb(sel.size, ps)), int(sel[0]),
-                     round((int(tr.t_ns[sel[0]]) - t0) / 1e6, 3), q[0], q[1], q[2],
-                     _pct(q[0] + 1, total), _pct(q[1] + 1, total)])
+    for names, grp in _trace_groups(att):
+        g = grp[idx]
+        order = np.argsort(g, kind="stable")
+        gs, ids = g[order], idx[order]
+        bounds = np.searchsorted(gs, np.arange(len(names) + 1))
+        for k, name in enumerate(names):
+            sel = ids[bounds[k]:bounds[k + 1]]
+            if not sel.size:
+                continue
+            q = [int(sel[min(len(sel) - 1, int(np.ceil(f * len(sel))) - 1)]) for f in (0.5, 0.9, 1.0)]
+            rows.append([name, int(sel.size), int(_kb(sel.size, ps)), int(sel[0]),
+                         round((int(tr.t_ns[sel[0]]) - t0) / 1e6, 3), q[0], q[1], q[2],
+                         _pct(q[0] + 1, total), _pct(q[1] + 1, total)])
     rows.sort(key=lambda r: r[3])
     return Table("restore_order", "Restore order (trace indices of first touches)",
                  ["group", "pages", "kb", "first", "first_ms", "p50", "p90", "last", "p50_pct_of_trace",
