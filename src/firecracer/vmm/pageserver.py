@@ -110,7 +110,7 @@ class PageServer:
             return True
         return self.proc is not None and self.proc.poll() is None
 
-    def stop(self, grace: float = 2.0) -> int | None:
+    def stop(self, grace: float = 5.0) -> int | None:
         """SIGTERM, then SIGKILL after ``grace`` s; reap; remove the socket. Returns the exit status."""
         rc: int | None = None
         if self._attached_pid is not None and self.alive():
