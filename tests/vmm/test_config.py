@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from firecracer.vmm import config as cfg
@@ -68,3 +70,44 @@ def test_drive_always_sends_fields_14_requires() -> None:
 
 def test_vsock_never_sends_deprecated_id() -> None:
     assert cfg.Vsock(3, "v.sock").body(V14) == {"guest_cid": 3, "uds_path": "v.sock"}
+
+
+def test_vsock_http_protocol(tmp_path: Path) -> None:
+    """Our side of Firecracker's host-initiated vsock protocol, against a stand-in for its socket:
+    ``CONNECT <port>\\n`` → ``OK <n>\\n`` → raw stream; a refused port is one clear error."""
+    import socket
+    import threading
+
+    from firecracer.errors import FirecracerError
+    from firecracer.vmm.network import vsock_http
+
+    path = tmp_path / "v.sock"
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(str(path))
+    srv.listen(4)
+    seen: list[bytes] = []
+
+    def serve() -> None:
+        for _ in range(2):
+            conn, _ = srv.accept()
+            with conn:
+                hello = conn.recv(64)
+                seen.append(hello)
+                if hello != b"CONNECT 8080\n":
+                    continue  # Firecracker closes the connection when nobody listens on the port
+                conn.sendall(b"OK 1073741824\n")
+                conn.recv(4096)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
+
+    t = threading.Thread(target=serve)
+    t.start()
+    try:
+        reply = vsock_http(path, 8080, "/health")
+        assert (reply.status, reply.body, reply.headers["content-length"]) == (200, b"hi", "2")
+        assert reply.latency_ms > 0
+        with pytest.raises(FirecracerError, match="refused vsock port 9"):
+            vsock_http(path, 9, retries=1)
+    finally:
+        t.join(timeout=10)
+        srv.close()
+    assert seen == [b"CONNECT 8080\n", b"CONNECT 9\n"]

@@ -338,11 +338,15 @@ def test_tap_in_own_namespace_for_vm_and_clones(fc_any: Path, elf: Path, tmp_pat
         pytest.skip("needs root and iproute2")
     if not _can_boot(fc_any):
         pytest.skip(f"Firecracker {firecracker_version(fc_any)}: {BRAND_OLD_FC}")
-    config = VMConfig(**{**probe_config(elf).to_json(), "network": True})
+    mmds = {"latest": {"who": "probe"}}
+    config = VMConfig(**{**probe_config(elf).to_json(), "network": True, "mmds": mmds})
     with MicroVM(fc_any, name="net0") as vm:
         vm.boot(config)
         vm.wait_serial(r"PROBE READY")
         assert vm.netns is not None and vm.netns.exists()
+        assert vm.api.get("/mmds") == mmds
+        assert "ip=172.16.0.2::172.16.0.1:255.255.255.252::eth0:off" in vm.api.get("/vm/config")[
+            "boot-source"]["boot_args"]
         assert os.readlink(f"/proc/{vm.pid}/ns/net") != os.readlink("/proc/self/ns/net")
         snap = vm.snapshot(tmp_path / "s")
     assert not Path("/run/netns/fcr-net0").exists()
