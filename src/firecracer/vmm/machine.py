@@ -496,7 +496,8 @@ class MicroVM:
         if self._fc is not None:
             self._fc.kill()
         if self.page_server is not None:
-            self.page_server.stop()
+            # with Firecracker gone the server ends its session and writes trace/metrics itself
+            self.page_server.stop(natural=2.0 if self._fc is not None else 0.0)
         if self.netns is not None:
             self.netns.delete()
         if self._fc is not None or self.state != "new":
