@@ -105,3 +105,38 @@ def test_vm_commands_end_to_end(firecracker_bin: Path, tmp_path: Path) -> None:
         assert not Path(f"/proc/{r['pid']}/cmdline").exists() or b"firecracker" not in Path(
             f"/proc/{r['pid']}/cmdline").read_bytes()
     assert not list(Path(os.environ["FIRECRACER_STATE"]).glob("vms/*/*.sock"))
+
+
+@pytest.mark.firecracker
+def test_sigterm_mid_selftest_leaves_nothing_running(firecracker_bin: Path) -> None:
+    """SIGTERM while a VM is up: the command unwinds and kills Firecracker (not left orphaned)."""
+    import signal
+
+    if not firecracker_version(firecracker_bin).at_least(1, 5):
+        pytest.skip(BRAND_OLD_FC)
+    state = Path(os.environ["FIRECRACER_STATE"])
+    proc = subprocess.Popen([sys.executable, "-m", "firecracer", "selftest", "--firecracker",
+                             str(firecracker_bin)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pids: set[int] = set()
+    try:
+        deadline = time.monotonic() + 60
+        while not pids and time.monotonic() < deadline and proc.poll() is None:
+            for rec in state.glob("vms/*/vm.json"):
+                try:
+                    data = json.loads(rec.read_text())
+                except ValueError:
+                    continue
+                if data.get("pid") and data.get("state") == "running":
+                    pids.add(int(data["pid"]))
+            time.sleep(0.01)
+        assert pids, "selftest never had a running VM"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    for pid in pids:
+        cmdline = Path(f"/proc/{pid}/cmdline")
+        assert not cmdline.exists() or b"firecracker" not in cmdline.read_bytes(), f"pid {pid} still runs"
+    assert not [p for p in state.glob("vms/*/*") if p.is_socket() or p.is_fifo()]

@@ -325,17 +325,28 @@ class MicroVM:
     def send_serial(self, data: bytes) -> None:
         self.fc.send_serial(data)
 
-    def serial_text(self) -> str:
+    def serial_text(self, since: int = 0) -> str:
+        """Serial output from byte offset ``since`` (undecodable bytes kept as surrogates)."""
         try:
-            return self.serial_log.read_bytes().decode(errors="replace")
+            with open(self.serial_log, "rb") as f:
+                f.seek(since)
+                return f.read().decode("utf-8", "surrogateescape")
         except OSError:
             return ""
 
+    def serial_size(self) -> int:
+        """Bytes of serial output so far: pass as ``since`` to wait only for what comes next."""
+        try:
+            return self.serial_log.stat().st_size
+        except OSError:
+            return 0
+
     def wait_serial(self, pattern: str, timeout: float = 30.0, *,
                     since: int = 0) -> tuple[re.Match[str], int]:
-        """Wait until ``pattern`` (regex, multiline) appears in the serial output after offset ``since``.
+        """Wait until ``pattern`` (regex, multiline) appears in the serial output after byte offset ``since``.
 
-        Returns the match and the offset just past it (pass as ``since`` to wait for the next one).
+        Reads only the new part of the log on each poll. Returns the match (positions relative to
+        ``since``) and the byte offset just past it (pass as ``since`` to wait for the next one).
 
         :raises FirecrackerError: timeout, or Firecracker exited (with its last log line).
         """
@@ -343,10 +354,10 @@ class MicroVM:
         deadline = time.monotonic() + timeout
         delay = 0.0005
         while True:
-            text = self.serial_text()
-            m = rx.search(text, since)
+            text = self.serial_text(since)
+            m = rx.search(text)
             if m:
-                return m, m.end()
+                return m, since + len(text[:m.end()].encode("utf-8", "surrogateescape"))
             if not self.alive():
                 death = self.fc.describe_death() if self._fc else None
                 raise FirecrackerError(f"{self.name}: serial output never matched {pattern!r}: "
