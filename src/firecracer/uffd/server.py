@@ -484,6 +484,9 @@ class Session:
     def _install_all(self) -> None:
         """``eager``: copy every region whole (holes as zero pages), then wake everything."""
         t_start = time.monotonic_ns()
+        with contextlib.suppress(OSError):  # read ahead all data (not holes): it is about to be copied
+            for s, e in zip(self.mem.data_start, self.mem.data_end, strict=True):
+                os.posix_fadvise(self.mem.fd, s, e - s, os.POSIX_FADV_WILLNEED)
         for r in self.regions:
             for p_off, p_len, is_data in self.mem.split(r.offset, r.size):
                 for c in range(0, p_len, _EAGER_CHUNK):
@@ -741,6 +744,9 @@ class Server:
                     s.prefetch["ws_read_ms"] = read_ms
                     s.prefetch["ws_bytes"] = ws.file_size
                 sessions.append(s)
+                if self.max_sessions == 1 and not os.environ.get("FIRECRACER_UFFD_THREAD"):
+                    s.run()  # the common case: serve in this thread (no GIL hand-offs on the hot path)
+                    break
                 th = threading.Thread(target=s.run, name=f"uffd-session-{s.index}", daemon=True)
                 threads.append(th)
                 th.start()

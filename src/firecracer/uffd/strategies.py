@@ -165,6 +165,9 @@ class WorkingSet:
             self.page_size, self.n, self.mem_size, self.n_data = ps, n, msize, n_data
             self.data_offset = data_offset
             flags = abi.MAP_PRIVATE | (abi.MAP_POPULATE if populate else 0)
+            if populate:  # start one big sequential read of the whole file before mapping it
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
             self.addr = abi.mmap(self.file_size, abi.PROT_READ, flags, fd, 0)
         finally:
             os.close(fd)
