@@ -180,7 +180,8 @@ def main() -> None:
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent / "src")}
         res = subprocess.run([sys.executable, __file__, "--measure", str(d)], capture_output=True, text=True,
                              env=env, timeout=1800, check=True)
-        result = {"inputs": sizes, "generate_s": gen_s, **json.loads(res.stdout)}
+        result = {"inputs": sizes, "generate_s": gen_s, **json.loads(res.stdout),
+                  "cpus": os.cpu_count(), "loadavg_1m_after": round(os.getloadavg()[0], 2)}
     if a.json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
         return
@@ -190,6 +191,8 @@ def main() -> None:
     print(f"native path (npz + trace + NMT, join, tables): {result['native_total_s']} s, "
           f"peak RSS {result['peak_rss_gib_native']} GiB (target < 10 s, < 4 GiB)")
     print(f"with the seed text parse too: peak RSS {result['peak_rss_gib']} GiB")
+    print(f"machine: {result['cpus']} CPUs, 1-minute load average after the run "
+          f"{result['loadavg_1m_after']} (other work on the machine inflates the seconds)")
 
 
 if __name__ == "__main__":
