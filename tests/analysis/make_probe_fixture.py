@@ -1,10 +1,13 @@
-"""Regenerate tests/fixtures/probe_ondemand/: a real uffd restore trace of the probe guest (needs KVM).
+"""Regenerate tests/fixtures/probe_ondemand/ and probe_around16/: real uffd restores of the probe guest.
 
-    PYTHONPATH=src python tests/analysis/make_probe_fixture.py [--out tests/fixtures/probe_ondemand]
+    PYTHONPATH=src python tests/analysis/make_probe_fixture.py [--fixtures tests/fixtures]
+
+Needs /dev/kvm and Firecracker >= 1.8. One snapshot, restored twice: ``ondemand`` and ``fault-around:16``.
 
 Boots the probe guest (128 MiB) under Firecracker ≥ 1.8 with 400 pages filled in runs of 1–3 over
 32–96 MiB, snapshots it (zero pages punched), restores it through our page server (``ondemand``) with a
-trace, triggers one walk over the filled pages plus 32 never-filled ones, and writes a recording:
+trace, triggers one walk over the filled pages plus 32 never-filled ones, and writes a recording
+per strategy:
 
 * ``trace.npz``: the real trace of that restore;
 * ``memmap.npz``: the probe's own layout (it runs identity-mapped, so gva = gpa): section ``= 1 probe``
@@ -28,6 +31,7 @@ PAGE = 4096
 FILL_BASE = 8192                      # page number of 32 MiB
 MEM_MIB = 128
 #: Firecracker x86-64 boot structures (src/vmm/src/arch/x86_64/layout.rs)
+STRATEGIES = (("ondemand", "probe_ondemand"), ("fault-around:16", "probe_around16"))
 BOOT = [("boot params (zero page)", 0x7000, 0x8000), ("boot page tables", 0x9000, 0xC000),
         ("kernel command line", 0x20000, 0x21000)]
 
@@ -41,7 +45,7 @@ def main() -> int:
     from firecracer.vmm.probe.run import boot_probe, trigger
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path(__file__).parents[1] / "fixtures" / "probe_ondemand")
+    ap.add_argument("--fixtures", type=Path, default=Path(__file__).parents[1] / "fixtures")
     a = ap.parse_args()
     fcs = [p for p in installed_binaries().values() if firecracker_version(p).at_least(1, 8)]
     if not fcs:
@@ -62,18 +66,23 @@ def main() -> int:
             vm.snapshot(Path(tmp) / "snap", punch_holes=True)
         finally:
             vm.kill()
-        trace = Path(tmp) / "trace.npz"
-        vm = MicroVM.restore(Path(tmp) / "snap", firecracker=fc, backend=MemBackend.UFFD, strategy="ondemand",
-                             trace=trace, metrics=Path(tmp) / "metrics.json", name="fixture")
-        try:
-            res = trigger(vm, b"t", timeout=120)
-        finally:
-            vm.kill()
-        if res.errors:
-            print(f"make_probe_fixture: the probe reported {res.errors} errors", file=sys.stderr)
-            return 1
-        a.out.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(trace, a.out / "trace.npz")
+        results = {}
+        for strategy, name in STRATEGIES:
+            trace = Path(tmp) / f"{name}.npz"
+            vm = MicroVM.restore(Path(tmp) / "snap", firecracker=fc, backend=MemBackend.UFFD,
+                                 strategy=strategy, trace=trace, metrics=Path(tmp) / f"{name}.json",
+                                 name=f"fixture-{name.replace('_', '-')}")
+            try:
+                res = trigger(vm, b"t", timeout=120)
+            finally:
+                vm.kill()
+            if res.errors:
+                print(f"make_probe_fixture: the probe reported {res.errors} errors", file=sys.stderr)
+                return 1
+            out = a.fixtures / name
+            out.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(trace, out / "trace.npz")
+            results[name] = (strategy, res)
     # the probe's layout as a memmap
     runs: list[tuple[int, int]] = []
     for p in fill:
@@ -104,15 +113,17 @@ def main() -> int:
                 meta={"format": FORMAT, "version": 1, "page_size": PAGE, "owner_exe": ["probe", "kernel"],
                       "map_name": [m[1] for m in maps], "phys_mem_bytes": MEM_MIB << 20,
                       "source": "probe-layout"})
-    save_memmap(mm, a.out / "memmap.npz")
-    rec = {"format": "firecracer-recording", "version": 1, "source": "firecracker", "label": "probe_ondemand",
-           "vmm": {"firecracker": str(firecracker_version(fc))}, "guest": {"mem_size_mib": MEM_MIB,
-                                                                          "kernel": "probe"},
-           "strategy": "ondemand", "probe": {"fill_pages": len(fill), "walk_pages": len(walk),
-                                             "result": {"pages": res.pages, "errors": res.errors}},
-           "regenerate": "PYTHONPATH=src python tests/analysis/make_probe_fixture.py"}
-    (a.out / "recording.json").write_text(json.dumps(rec, indent=2) + "\n")
-    print(f"wrote {a.out}: {len(walk)} walked pages, trace and memmap")
+    for name, (strategy, res) in results.items():
+        out = a.fixtures / name
+        save_memmap(mm, out / "memmap.npz")
+        rec = {"format": "firecracer-recording", "version": 1, "source": "firecracker", "label": name,
+               "vmm": {"firecracker": str(firecracker_version(fc))},
+               "guest": {"mem_size_mib": MEM_MIB, "kernel": "probe"}, "strategy": strategy,
+               "probe": {"fill_pages": len(fill), "walk_pages": len(walk),
+                         "result": {"pages": res.pages, "errors": res.errors}},
+               "regenerate": "PYTHONPATH=src python tests/analysis/make_probe_fixture.py"}
+        (out / "recording.json").write_text(json.dumps(rec, indent=2) + "\n")
+        print(f"wrote {out}: {len(walk)} walked pages, trace and memmap")
     return 0
 
 

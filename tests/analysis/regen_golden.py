@@ -3,7 +3,8 @@
     PYTHONPATH=src python tests/analysis/regen_golden.py
 
 Recordings: ``local_jvm`` (a real JVM on the dev host, made by scripts/make_local_fixture.py) and
-``probe_ondemand`` (a real uffd restore of the probe guest, made by tests/analysis/make_probe_fixture.py).
+``probe_ondemand`` and ``probe_around16`` (real uffd restores of one probe-guest snapshot, made by
+tests/analysis/make_probe_fixture.py).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 GOLDEN = FIXTURES / "analysis" / "golden"
-RECORDINGS = ("local_jvm", "probe_ondemand")
+RECORDINGS = ("local_jvm", "probe_ondemand", "probe_around16")
 
 
 def analyze_json(name: str) -> dict[str, Any]:

@@ -74,3 +74,20 @@ def test_real_exports_match_uffdvisualizer_counts(tmp_path: Path, name: str) -> 
                                                       tot["pages_zeroed"])
     if rec.nmt is not None:
         assert nmt_regions(FIXTURES / name / "nmt.txt") == tot["nmt_regions"]
+
+
+def test_compare_two_real_restores_of_one_snapshot() -> None:
+    """fault-around:16 installs a superset of what ondemand installs, so Jaccard = |ondemand| / |around|."""
+    from firecracer.analysis import compare
+
+    a = attribute(load_recording(FIXTURES / "probe_ondemand"))
+    b = attribute(load_recording(FIXTURES / "probe_around16"))
+    assert a.trace is not None and b.trace is not None
+    sa, sb = set(a.trace.gpa.tolist()), set(b.trace.gpa.tolist())
+    assert sa <= sb and len(sb) > len(sa)
+    sim = {r["group"]: r for r in compare(a, b)["similarity"].to_dicts()}
+    assert sim["all"]["common_gpa"] == len(sa)
+    assert sim["all"]["jaccard_gpa"] == round(len(sa) / len(sb), 4)
+    assert sim["class:process"]["jaccard_gpa"] is not None
+    cats = {r["group"]: r for r in compare(a, b)["categories"].to_dicts()}
+    assert cats["class:process"]["rss_kb_delta"] == 0          # same snapshot, same memmap
