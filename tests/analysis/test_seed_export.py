@@ -100,3 +100,14 @@ def test_cli_bad_recording_is_one_line(tmp_path: Path, capsys: pytest.CaptureFix
     assert ex.value.code == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("firecracer: error:") and "nmt.txt" in err and "\n" not in err
+
+
+def test_directory_of_seed_files(tmp_path: Path) -> None:
+    tot, mm, log, nmt = _export(tmp_path, 4)
+    d = tmp_path / "rec"
+    d.mkdir()
+    for src, name in ((mm, "memmap.txt"), (log, "uffd.log"), (nmt, "nmt.txt")):
+        (d / name).write_bytes(src.read_bytes())
+    got = totals(attribute(load_recording(d)))
+    for key in ("physical_pages", "processes", "uffd_events", "pages_loaded", "pages_zeroed"):
+        assert got[key] == tot[key], key

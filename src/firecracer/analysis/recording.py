@@ -7,7 +7,7 @@ Public API (stable; the viewer and the experiment runner use it):
 * ``Trace`` (re-exported from ``firecracer.uffd.trace``, which owns trace files and the seed uffd log):
   columns ``t_ns, hva, file_off, gpa, flags, action, fault, service_ns`` and ``meta``.
 * ``load_recording(path) -> Recording``: a directory with ``recording.json`` and any of ``memmap.npz``
-  (or seed ``memmap.txt``), ``trace.npz``, ``nmt.txt``. Missing pieces are ``None``/empty, malformed
+  (or seed ``memmap.txt``), ``trace.npz`` (or a seed ``uffd.log``), ``nmt.txt``. Missing pieces are ``None``/empty, malformed
   ones raise ``FormatError``.
 * ``assemble_from_seed(memmap_txt, uffd_log, nmt_txt=None) -> Recording`` and
   ``save_recording(rec, dir)`` to write it as a native recording directory.
@@ -97,7 +97,13 @@ def load_recording(path: str | Path) -> Recording:
         memmap = parse_seed_memmap(d / "memmap.txt")
     else:
         memmap = empty_memmap()
-    trace = load_trace(d / "trace.npz") if (d / "trace.npz").exists() else None
+    trace = None
+    if (d / "trace.npz").exists():
+        trace = load_trace(d / "trace.npz")
+    elif (d / "uffd.log").exists():                 # a seed uffd_handler log dropped into the directory
+        from firecracer.uffd.trace import import_seed_log
+
+        trace = import_seed_log(d / "uffd.log")
     nmt = parse_nmt(d / "nmt.txt") if (d / "nmt.txt").exists() else None
     if not rj.exists() and memmap.n_pages == 0 and trace is None and nmt is None:
         raise FormatError(d, 0, "not a recording: no recording.json, memmap, trace or nmt.txt")
