@@ -7,8 +7,8 @@ Public API (stable; the viewer and the experiment runner use it):
 * ``Trace`` (re-exported from ``firecracer.uffd.trace``, which owns trace files and the seed uffd log):
   columns ``t_ns, hva, file_off, gpa, flags, action, fault, service_ns`` and ``meta``.
 * ``load_recording(path) -> Recording``: a directory with ``recording.json`` and any of ``memmap.npz``
-  (or seed ``memmap.txt``), ``trace.npz`` (or a seed ``uffd.log``), ``nmt.txt``. Missing pieces are ``None``/empty, malformed
-  ones raise ``FormatError``.
+  (or seed ``memmap.txt``), ``trace.npz`` (or a seed ``uffd.log``), ``nmt.txt``. Missing pieces are
+  ``None``/empty, malformed ones raise ``FormatError``.
 * ``assemble_from_seed(memmap_txt, uffd_log, nmt_txt=None) -> Recording`` and
   ``save_recording(rec, dir)`` to write it as a native recording directory.
 """
