@@ -42,10 +42,17 @@ ACTION_NAMES = ("load", "zero", "prefetch", "around", "eager")
 
 
 def load_trace(path: str | Path) -> Trace:
-    """``firecracer.uffd.trace.load_trace`` (validated ``trace.npz``)."""
+    """``firecracer.uffd.trace.load_trace`` (validated ``trace.npz``); any decoding failure of a damaged
+    file (zlib, struct) also becomes a ``FormatError``."""
+    import struct
+    import zlib
+
     from firecracer.uffd.trace import load_trace as _load
 
-    return _load(path)
+    try:
+        return _load(path)
+    except (zlib.error, struct.error, KeyError, NotImplementedError, MemoryError) as exc:
+        raise FormatError(path, 0, f"cannot read trace: {exc}") from exc
 
 
 @dataclass
