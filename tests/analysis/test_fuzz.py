@@ -106,7 +106,7 @@ def test_memmap_loader_only_raises_format_error(blob: object) -> None:
             load_memmap(p)
 
 
-@SETTINGS
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.tuples(st.integers(0, 100_000), st.binary(min_size=1, max_size=8)),
        st.one_of(st.none(), st.text(max_size=40), st.sampled_from(["{}", "[]", '{"jvm": {"pid": "x"}}',
                                                                      '{"jvm": 5}', '{"label": 3}'])))
