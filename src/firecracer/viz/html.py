@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from firecracer import __version__
 from firecracer.viz.pack import Packed, pack
+from firecracer.viz.png import PALETTE
 
 if TYPE_CHECKING:
     from firecracer.analysis.recording import Recording
@@ -60,6 +61,7 @@ def build_html(packs: list[Packed], options: ViewOptions | None = None,
         raise ValueError("the viewer shows one recording, or two to compare")
     opts = options or ViewOptions()
     o = {k: v for k, v in asdict(opts).items() if v not in (None, {})}
+    o["colors"] = {**PALETTE, **opts.colors}      # one palette for the page and the PNG export
     if compare:
         o["compare"] = compare
     title = opts.title or "firecracer: " + " vs ".join(str(p.meta["label"]) for p in packs)

@@ -34,7 +34,8 @@ tr_bits        uint8     n_tr     trace ``flags`` (bits 0–2) | ``action`` << 3
 
 Rows are ordered by (owner, mapping, gva), so an owner's and a mapping's rows are contiguous ranges.
 
-Public API: ``Packed`` (``meta``, ``blob``), ``pack(att, label=None) -> Packed``, ``CHART_BINS``.
+Public API: ``Packed`` (``meta``, ``blob``), ``pack(att, label=None) -> Packed``, ``chart_series(att)``
+(cumulative restored MB per category, shared with the PNG export), ``CHART_BINS``.
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def _keys(labels: list[str]) -> list[str]:
     return out
 
 
-def _chart(att: Attribution) -> dict[str, Any]:
+def chart_series(att: Attribution) -> dict[str, Any]:
     """Cumulative restored MB per group (owner class, or NMT category for the JVM's pages) over time."""
     tr = att.trace
     if tr is None or not len(tr):
@@ -300,7 +301,7 @@ def pack(att: Attribution, label: str | None = None) -> Packed:
         "page_size": ps, "slots": int(slots), "phys_bytes": int(phys_bytes) or int(slots) * ps,
         "n_rows": n_rows, "n_maps": n_maps, "n_phys": len(att.phys), "sorted_maps": sorted_maps,
         "owners": owners, "map_names": list(names), "nmt": nmt, "trace": trace_meta,
-        "totals": totals(att), "tables": summary, "chart": _chart(att),
+        "totals": totals(att), "tables": summary, "chart": chart_series(att),
         "arrays": blob.directory, "classes": list(CLASS_NAMES),
     }
     return Packed(meta=meta, blob=blob.compressed(), raw_bytes=blob.size, arrays=blob.arrays)
