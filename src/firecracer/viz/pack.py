@@ -25,8 +25,10 @@ map_rss        uint32    n_maps   present pages
 map_rest       uint32    n_maps   present pages the trace restored
 phys_pfn       uint32    n_phys   gpa / page_size, ascending (delta)
 phys_class     uint8     n_phys   primary owner class (``analysis.join.OwnerClass``)
-phys_kfl_lo/hi uint32    n_phys   /proc/kpageflags word, low and high halves
-phys_kcount    uint16    n_phys   /proc/kpagecount (saturated)
+phys_nrows     uint8     n_phys   owners (memmap rows) of the page, saturated at 255 (>1: shared)
+phys_kfl       uint8/16  n_phys   index into ``kfl_lo``/``kfl_hi``: the distinct /proc/kpageflags words
+kfl_lo, kfl_hi uint32    n_kfl    distinct kpageflags words, low and high halves
+phys_kcount    uint8     n_phys   /proc/kpagecount (saturated at 255)
 tr_pfn         uint32    n_tr     gpa / page_size of each served page, in service order
 tr_t           uint32    n_tr     µs since the first row (delta)
 tr_bits        uint8     n_tr     trace ``flags`` (bits 0–2) | ``action`` << 3
@@ -201,9 +203,14 @@ def pack(att: Attribution, label: str | None = None) -> Packed:
     kfl = mm.page_kflags[prow] if n_rows else np.zeros(0, dtype=np.uint64)
     blob.add("phys_pfn", pfn, np.uint32, delta=True)
     blob.add("phys_class", att.phys_class, np.uint8)
-    blob.add("phys_kfl_lo", kfl & np.uint64(MAX_U32), np.uint32)
-    blob.add("phys_kfl_hi", kfl >> np.uint64(32), np.uint32)
-    blob.add("phys_kcount", np.minimum(mm.page_kcount[prow] if n_rows else prow, 0xFFFF), np.uint16)
+    blob.add("phys_nrows", np.minimum(att.phys_nrows, 255), np.uint8)
+    # kpageflags words repeat a lot (a few hundred combinations): a table plus a small index per page
+    kvals, kidx = np.unique(kfl, return_inverse=True)
+    kdt = np.uint8 if len(kvals) <= 256 else np.uint16 if len(kvals) <= 65536 else np.uint32
+    blob.add("phys_kfl", kidx.reshape(-1), kdt)
+    blob.add("kfl_lo", kvals & np.uint64(MAX_U32), np.uint32)
+    blob.add("kfl_hi", kvals >> np.uint64(32), np.uint32)
+    blob.add("phys_kcount", np.minimum(mm.page_kcount[prow] if n_rows else prow, 255), np.uint8)
 
     tr = att.trace
     trace_meta: dict[str, Any] = {"n": 0}

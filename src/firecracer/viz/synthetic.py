@@ -71,11 +71,13 @@ def _nmt_text(pid: int, regions: list[tuple[int, int, str, list[tuple[int, int]]
 
 
 def make_recording(out: str | Path, mem_bytes: int = 256 << 20, seed: int = 1,
-                   restored_fraction: float = 0.03) -> Path:
+                   restored_fraction: float = 0.03, chunk: int = CHUNK) -> Path:
     """Write a synthetic recording directory (``recording.json``, memmap, trace, nmt) and return it.
 
     ``mem_bytes`` is the guest RAM (a multiple of 64 MiB, at least 64 MiB); about 55 % of its pages are
     owned (heap about a third), 20 % are free, and ``restored_fraction`` of the owned pages are restored.
+    Physical pages are handed out in shuffled runs of ``chunk`` pages (1 = every page anywhere: the
+    worst case for compression and locality).
     """
     if mem_bytes < (64 << 20) or mem_bytes % (64 << 20):
         raise ValueError("mem_bytes must be a multiple of 64 MiB, at least 64 MiB")
@@ -87,9 +89,9 @@ def make_recording(out: str | Path, mem_bytes: int = 256 << 20, seed: int = 1,
     pool_mask = np.ones(n, dtype=bool)
     pool_mask[:256] = False
     pool_mask[kernel_first:kernel_first + k_pages] = False
-    chunks = np.arange(n // CHUNK)
+    chunks = np.arange(n // chunk)
     rng.shuffle(chunks)
-    pool = (chunks[:, None] * CHUNK + np.arange(CHUNK)[None, :]).reshape(-1)
+    pool = (chunks[:, None] * chunk + np.arange(chunk)[None, :]).reshape(-1)
     pool = pool[pool_mask[pool]].astype(np.uint64) * np.uint64(PS)
     taken = 0
 
@@ -115,7 +117,7 @@ def make_recording(out: str | Path, mem_bytes: int = 256 << 20, seed: int = 1,
         _Map(3, 0x8_0000_0000, 0x8_0000_0000 + (class_pages * 2 * PS), "", 1 | 2, class_pages, "Class"),
         _Map(3, 0x7F33_7F00_0000, 0x7F33_7F00_0000 + meta_pages * 2 * PS, "", 1 | 2, meta_pages,
              "Metaspace"),
-        _Map(3, 0x7F33_D940_0000, 0x7F33_D940_0000 + code_pages * 3 * PS, "", 1 | 2 | 4, code_pages, "Code"),
+        _Map(3, 0x7F20_0000_0000, 0x7F20_0000_0000 + code_pages * 3 * PS, "", 1 | 2 | 4, code_pages, "Code"),
         _Map(3, 0x7F33_E900_0000, 0x7F33_E900_0000 + 64 * 1024 * 20, "", 1 | 2, 20 * 16, "Thread Stack"),
         _Map(3, lib, lib + 0x1200000, "/usr/lib/jvm/java-17-openjdk-amd64/lib/server/libjvm.so", 1 | 4, 2500),
         _Map(3, 0x7FFF_F7DC_0000, 0x7FFF_F7F5_5000, "/usr/lib/x86_64-linux-gnu/libc.so.6", 1 | 4, 300),

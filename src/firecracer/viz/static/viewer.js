@@ -73,14 +73,7 @@ class Rec {
     // slot (pfn) -> distinct physical page
     this.slotPhys = new Int32Array(this.slots).fill(-1);
     for (let p = 0; p < this.nPhys; p++) { const s = A.phys_pfn[p]; if (s < this.slots) this.slotPhys[s] = p; }
-    // rows of each physical page (counting sort); count = mappers (seed: shared when > 1)
-    const cnt = new Uint32Array(this.nPhys + 1);
-    for (let r = 0; r < this.nRows; r++) cnt[A.row_phys[r] + 1]++;
-    for (let p = 0; p < this.nPhys; p++) cnt[p + 1] += cnt[p];
-    this.physStart = cnt;
-    const fill = cnt.slice(0, this.nPhys), rows = new Uint32Array(this.nRows);
-    for (let r = 0; r < this.nRows; r++) rows[fill[A.row_phys[r]]++] = r;
-    this.physRows = rows;
+    this.physStart = null; // rows of each physical page: built on the first hover (rowsOfPhys)
     // first restore of each slot, and time per trace row
     this.slotFirst = new Int32Array(this.slots).fill(-1);
     for (let i = this.nTr - 1; i >= 0; i--) { const s = A.tr_pfn[i]; if (s < this.slots) this.slotFirst[s] = i; }
@@ -95,6 +88,17 @@ class Rec {
     this.nmt = meta.nmt;
     this.regCat = this.nmt ? Int32Array.from(this.nmt.regions.map((r) => r.cat)) : new Int32Array(0);
     this.sel = new Uint8Array(this.nPhys);
+  }
+  rowsOfPhys(p) { // [start, end) into physRows; a counting sort over all rows, once
+    if (!this.physStart) {
+      const A = this.a, cnt = new Uint32Array(this.nPhys + 1);
+      for (let r = 0; r < this.nRows; r++) cnt[A.row_phys[r] + 1]++;
+      for (let q = 0; q < this.nPhys; q++) cnt[q + 1] += cnt[q];
+      const fill = cnt.slice(0, this.nPhys), rows = new Uint32Array(this.nRows);
+      for (let r = 0; r < this.nRows; r++) rows[fill[A.row_phys[r]]++] = r;
+      this.physStart = cnt; this.physRows = rows;
+    }
+    return [this.physStart[p], this.physStart[p + 1]];
   }
   ownerOfRow(r) { for (let i = 0; i < this.owners.length; i++) { const o = this.owners[i]; if (r >= o.rs && r < o.re) return i; } return -1; }
   mapOfRow(r) {
@@ -152,7 +156,7 @@ class Rec {
     const addr = slot * ps;
     out.push(`<b>${hex16(addr)}</b>  pfn ${fmtInt(slot)}`);
     if (p >= 0) {
-      const a = this.physStart[p], b = this.physStart[p + 1];
+      const [a, b] = this.rowsOfPhys(p);
       out.push(`class: ${this.m.classes[A.phys_class[p]]}, ${b - a} owner${b - a === 1 ? "" : "s"}`);
       for (let k = a; k < b; k++) {
         const r = this.physRows[k], oi = this.ownerOfRow(r), o = this.owners[oi], m = this.mapOfRow(r);
@@ -173,7 +177,7 @@ class Rec {
         }
         out.push(line);
       }
-      const lo = A.phys_kfl_lo[p], hi = A.phys_kfl_hi[p], names = [];
+      const lo = A.kfl_lo[A.phys_kfl[p]], hi = A.kfl_hi[A.phys_kfl[p]], names = [];
       for (let b = 0; b < 27; b++) if (lo & (1 << b)) names.push(KPF[b]);
       for (let b = 32; b < 42; b++) if (hi & (1 << (b - 32))) names.push(KPF_HI[b]);
       out.push(`kpageflags ${hex(BigInt(hi >>> 0) << 32n | BigInt(lo >>> 0), 16)} ${names.join(" ") || "-"}  mapcount ${A.phys_kcount[p]}`);
@@ -218,7 +222,7 @@ class Panel {
   }
   // base colours + selection + restored pages up to the cursor (a full pass over the typed arrays)
   repaint() {
-    const rec = this.rec, A = rec.a, pix = this.pix, sp = rec.slotPhys, cls = A.phys_class, cnt = rec.physStart, sel = rec.sel;
+    const rec = this.rec, A = rec.a, pix = this.pix, sp = rec.slotPhys, cls = A.phys_class, nrows = A.phys_nrows, sel = rec.sel;
     const seed = UI.seedColors;
     const base = CLASS_COL.map((c) => PX[seed && c !== "free" ? "memory" : c]);
     if (seed) base[4] = PX.memory;
@@ -227,7 +231,7 @@ class Panel {
     for (let s = 0; s < n; s++) {
       const p = sp[s];
       if (p < 0) { pix[s] = rec.slotFirst[s] >= 0 ? (seed ? PX.memory : PX.traceonly) : PX.background; continue; }
-      const multi = cnt[p + 1] - cnt[p] > 1;
+      const multi = nrows[p] > 1;
       if (sel[p]) pix[s] = multi ? PX.selshared : PX.selected;
       else pix[s] = multi && cls[p] === 1 ? shared : base[cls[p]];
     }
@@ -694,16 +698,23 @@ function wire() {
 
 async function main() {
   const t0 = performance.now();
+  const ph = FC.phases = { parse: t0 };
+  let tl = t0;
+  const mark = (name) => { const t = performance.now(); ph[name] = t - tl; tl = t; };
   document.title = OPTS.title || document.title;
   $("title").textContent = METAS.map((m) => m.label).join("  vs  ");
   const recs = [];
-  for (let i = 0; i < METAS.length; i++) recs.push(new Rec(METAS[i], await inflate(await b64bytes("fc-blob-" + i))));
+  for (let i = 0; i < METAS.length; i++) {
+    const bytes = await b64bytes("fc-blob-" + i); mark("base64");
+    const buf = await inflate(bytes); mark("inflate");
+    recs.push(new Rec(METAS[i], buf)); mark("index");
+  }
   const host = $("panels");
   recs.forEach((r, i) => FC.panels.push(new Panel(r, i, host)));
   FC.panels.forEach(wirePanel);
   wire();
   $("uffdline").innerHTML = uffdLine();
-  FC.panels.forEach((p) => p.resize());
+  FC.panels.forEach((p) => p.resize()); mark("draw");
   $("zoomlabel").textContent = UI.zoom + " px/page";
   FC.panels.forEach((p) => { p.tree = buildTree(p.rec); });
   renderTree();
@@ -711,8 +722,10 @@ async function main() {
   const tree = FC.panels[0].tree, start = OPTS.select ? findKey(tree, OPTS.select) : (tree.find((n) => n.label.startsWith("0:")) || tree[0]);
   if (start) { if (OPTS.select) reveal(start.key); else selectNode(start); }
   if (OPTS.position === "end") setPos(posMax()); else updateCounters();
-  renderSummary();
+  mark("tree+select");
+  renderSummary(); mark("summary");
   FC.loadMs = performance.now() - t0;
+  FC.readyAt = performance.now();     // ms since navigation start: what a user waits for
   $("status").textContent = `loaded in ${Math.round(FC.loadMs)} ms`;
   FC.ready = true;
 }
