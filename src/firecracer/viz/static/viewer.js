@@ -728,6 +728,7 @@ async function main() {
   FC.readyAt = performance.now();     // ms since navigation start: what a user waits for
   $("status").textContent = `loaded in ${Math.round(FC.loadMs)} ms`;
   FC.ready = true;
+  setTimeout(() => recs.forEach((r) => r.rowsOfPhys(0)), 0); // owners per page, before the first hover
 }
 
 // ---------------------------------------------------------------- API for tests and scripting
