@@ -13,7 +13,9 @@ Public API: ``Memmap`` (with ``owner_exe``, ``map_name``, ``page_size`` and help
 from __future__ import annotations
 
 import json
+import struct
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,7 +138,8 @@ def load_memmap(path: str | Path) -> Memmap:
                     arrs[name] = a
     except FormatError:
         raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as exc:
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, struct.error,
+            NotImplementedError, MemoryError) as exc:
         raise FormatError(p, 0, f"cannot read memmap: {exc}") from exc
     mm = Memmap(**arrs, meta=meta)
     validate(mm, p)

@@ -19,6 +19,7 @@ UffdVisualizer).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,12 +43,12 @@ for _i, _c in enumerate(b"ABCDEF"):
     _HEX[_c] = 10 + _i
 _SHIFTS = (np.arange(15, -1, -1, dtype=np.uint64) * np.uint64(4))
 _ZERO18 = "0" * 18
-_HEXCHARS = frozenset("0123456789abcdefABCDEF")
+_HEXTOK = re.compile(r"0[xX][0-9a-fA-F]{1,16}")
 
 
 def _hex_field(tok: str) -> int:
     """``0x…`` hex, or the 18-zero spelling of 0; ``ValueError`` otherwise."""
-    if tok[:2] in ("0x", "0X") and 2 < len(tok) <= 18 and all(c in _HEXCHARS for c in tok[2:]):
+    if _HEXTOK.fullmatch(tok):
         return int(tok[2:], 16)
     if tok and len(tok) <= 18 and tok.strip("0") == "":
         return 0
@@ -195,24 +196,22 @@ def _page_lines(p: Path, acc: _Acc, arr: npt.NDArray[np.uint8], buf: bytes, pl: 
     f2 = np.zeros(n, dtype=np.uint64)
     flags = np.zeros(n, dtype=np.uint8)
     ok = np.zeros(n, dtype=bool)
-    cols = np.arange(43, dtype=np.int64)
-    fixed = np.flatnonzero((lengths == 39) | (lengths == 43))
-    for b in range(0, len(fixed), BATCH):
-        idx = fixed[b:b + BATCH]
-        width = np.minimum(lengths[idx], 43)[:, None]
-        gather = np.minimum(starts[idx][:, None] + np.minimum(cols, width - 1), len(arr) - 1)
-        m = arr[gather]
-        d1 = _HEX[m[:, 4:20]]
-        d2 = _HEX[m[:, 23:39]]
-        good = ((m[:, 1] == 32) & (m[:, 20] == 32) & (d1 < 16).all(axis=1) & (d2 < 16).all(axis=1)
-                & _prefix_ok(m[:, 2], m[:, 3]) & _prefix_ok(m[:, 21], m[:, 22]))
-        long = lengths[idx] == 43
-        fl_ok = (m[:, 39] == 32) & (m[:, 41] == 32) & ((m[:, 40] | 1) == 49) & ((m[:, 42] | 1) == 49)
-        good &= ~long | fl_ok
-        f1[idx] = np.bitwise_or.reduce(d1.astype(np.uint64) << _SHIFTS, axis=1)
-        f2[idx] = np.bitwise_or.reduce(d2.astype(np.uint64) << _SHIFTS, axis=1)
-        flags[idx] = np.where(long, (m[:, 40] - 48) * PM_EXCLUSIVE + (m[:, 42] - 48) * PM_FILE, 0)
-        ok[idx] = good
+    for width in (39, 43):                       # the two fixed widths virt2phys prints
+        idx = np.flatnonzero(lengths == width)
+        for b in range(0, len(idx), BATCH):
+            sub = idx[b:b + BATCH]
+            m = _rows(arr, starts[sub], width)
+            d1 = _HEX[m[:, 4:20]]
+            d2 = _HEX[m[:, 23:39]]
+            good = ((m[:, 1] == 32) & (m[:, 20] == 32) & (d1 < 16).all(axis=1) & (d2 < 16).all(axis=1)
+                    & _prefix_ok(m[:, 2], m[:, 3]) & _prefix_ok(m[:, 21], m[:, 22]))
+            if width == 43:
+                good &= ((m[:, 39] == 32) & (m[:, 41] == 32) & ((m[:, 40] | 1) == 49)
+                         & ((m[:, 42] | 1) == 49))
+                flags[sub] = (m[:, 40] - 48) * PM_EXCLUSIVE + (m[:, 42] - 48) * PM_FILE
+            f1[sub] = _pack(d1)
+            f2[sub] = _pack(d2)
+            ok[sub] = good
     for j in np.flatnonzero(~ok).tolist():          # other widths: one line at a time
         no = acc.line0 + int(pl[j]) + 1
         line = buf[starts[j]:starts[j] + lengths[j]].decode("utf-8", "replace")
@@ -249,6 +248,33 @@ def _page_lines(p: Path, acc: _Acc, arr: npt.NDArray[np.uint8], buf: bytes, pl: 
     page_map = np.where(pids >= 0, mapi, -1).astype(np.int32)
     acc.pages.append((page_map, owner.astype(np.int32), vaddr, paddr,
                       np.where(proc, flags, 0).astype(np.uint8), kflags))
+
+
+def _rows(arr: npt.NDArray[np.uint8], starts: npt.NDArray[np.int64], width: int) -> npt.NDArray[np.uint8]:
+    """The ``width`` bytes at each start, as an (n, width) array.
+
+    Lines of one width sit ``width + 1`` bytes apart inside a run, so for each phase ``start % (width+1)``
+    the buffer is a 2-D strided view whose rows are lines: one row gather (a memcpy per line) instead of
+    ``width`` single-byte gathers per line.
+    """
+    stride = width + 1
+    out = np.empty((len(starts), width), dtype=np.uint8)
+    phase = starts % stride
+    order = np.argsort(phase, kind="stable")
+    bounds = np.searchsorted(phase[order], np.arange(stride + 1))
+    for ph in range(stride):
+        sel = order[bounds[ph]:bounds[ph + 1]]
+        if sel.size:
+            view = np.lib.stride_tricks.as_strided(arr[ph:], shape=((len(arr) - ph) // stride, width),
+                                                   strides=(stride, 1), writeable=False)
+            out[sel] = view[(starts[sel] - ph) // stride]
+    return out
+
+
+def _pack(digits: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint64]:
+    """16 hex digit values per row → uint64 (pairs of nibbles to bytes, read big-endian)."""
+    by = ((digits[:, 0::2] & 15) << 4) | (digits[:, 1::2] & 15)
+    return np.ascontiguousarray(by).view(">u8").reshape(-1).astype(np.uint64)
 
 
 def _prefix_ok(a: npt.NDArray[np.uint8], b: npt.NDArray[np.uint8]) -> npt.NDArray[np.bool_]:

@@ -70,19 +70,37 @@ class _Group:
     shared: I64
 
 
+@dataclass
+class _RowFacts:
+    restored: npt.NDArray[np.bool_]
+    pss: npt.NDArray[np.float64]
+    shared: npt.NDArray[np.bool_]
+
+
+def _row_facts(att: Attribution) -> _RowFacts:
+    """Per memmap row: restored?, PSS weight (1 / process mappers), shared?; computed once per att."""
+    cached = getattr(att, "_row_facts", None)
+    if isinstance(cached, _RowFacts):
+        return cached
+    nproc = att.phys_nproc[att.row_phys]
+    pss = np.where(att.row_class == OwnerClass.PROCESS, 1.0 / np.maximum(nproc, 1), 1.0)
+    facts = _RowFacts(att.row_first_touch >= 0, pss, att.phys_nrows[att.row_phys] > 1)
+    object.__setattr__(att, "_row_facts", facts)
+    return facts
+
+
 def _group(att: Attribution, grp: I64, n: int) -> _Group:
     """Per-group sums over memmap rows (``grp`` = group index per row, -1 = in no group)."""
+    f = _row_facts(att)
     ok = grp >= 0
     g = grp[ok]
     rss = np.bincount(g, minlength=n).astype(np.int64)
-    ft = att.row_first_touch[ok]
-    restored = np.bincount(g[ft >= 0], minlength=n).astype(np.int64)
+    rest = f.restored[ok]
+    restored = np.bincount(g[rest], minlength=n).astype(np.int64)
     first = np.full(n, BIG, dtype=np.int64)
-    np.minimum.at(first, g[ft >= 0], ft[ft >= 0])
-    nproc = att.phys_nproc[att.row_phys[ok]]
-    share = np.where(att.row_class[ok] == OwnerClass.PROCESS, 1.0 / np.maximum(nproc, 1), 1.0)
-    pss = np.bincount(g, weights=share, minlength=n).astype(np.float64)
-    shared = np.bincount(g[att.phys_nrows[att.row_phys[ok]] > 1], minlength=n).astype(np.int64)
+    np.minimum.at(first, g[rest], att.row_first_touch[ok][rest])
+    pss = np.bincount(g, weights=f.pss[ok], minlength=n).astype(np.float64)
+    shared = np.bincount(g[f.shared[ok]], minlength=n).astype(np.int64)
     return _Group(rss, restored, first, pss, shared)
 
 
@@ -113,11 +131,14 @@ def mappings_table(att: Attribution) -> Table:
     n = len(mm.map_owner)
     g = _group(att, mm.page_map.astype(np.int64), n)
     ranks = _ranks(g.first)
-    names, pids = mm.map_name, mm.owner_pid[mm.map_owner]
     virt = ((mm.map_end - mm.map_start) // np.uint64(1024)).astype(np.int64)
-    rows = [[int(pids[i]), f"{int(mm.map_start[i]):#x}", f"{int(mm.map_end[i]):#x}", names[i],
-             int(virt[i]), int(_kb(g.rss[i], ps)), int(_kb(g.restored[i], ps)),
-             _pct(g.restored[i], g.rss[i]), _ft(int(g.first[i])), ranks[i]] for i in range(n)]
+    pct = np.round(100.0 * g.restored / np.maximum(g.rss, 1), 1)
+    cols = [mm.owner_pid[mm.map_owner].tolist(), [f"{v:#x}" for v in mm.map_start.tolist()],
+            [f"{v:#x}" for v in mm.map_end.tolist()], mm.map_name, virt.tolist(), _kb(g.rss, ps).tolist(),
+            _kb(g.restored, ps).tolist(), [p if r else None for p, r in zip(pct.tolist(), g.rss.tolist(),
+                                                                           strict=True)],
+            [None if f >= BIG else f for f in g.first.tolist()], ranks]
+    rows = [list(r) for r in zip(*cols, strict=True)] if n else []
     return Table("mappings", "Mappings", ["pid", "start", "end", "name", "virtual_kb", "rss_kb",
                                           "restored_kb", "restored_pct", "first_touch", "rank"], rows)
 
@@ -162,18 +183,17 @@ def nmt_categories_table(att: Attribution) -> Table:
                   "restored_pct_of_rss", "restored_pct_of_committed", "first_touch", "rank"], rows)
 
 
-def _trace_groups(att: Attribution) -> tuple[list[str], I64]:
-    """Group per trace row: owner class names, then ``nmt:<category>`` for the JVM's pages."""
-    names = [f"class:{c}" for c in CLASS_NAMES]
-    grp = att.trace_class.astype(np.int64)
+def _trace_groups(att: Attribution) -> list[tuple[list[str], I64]]:
+    """Groupings of the trace rows: by owner class, and by NMT category of the JVM's pages (-1 = none)."""
+    out = [([f"class:{c}" for c in CLASS_NAMES], att.trace_class.astype(np.int64))]
     cats = att.nmt_categories
     if cats and att.nmt_arrays is not None:
         rc = att.nmt_arrays.region_cat.astype(np.int64)
+        grp = np.full(len(att.trace_class), -1, dtype=np.int64)
         has = att.trace_nmt_region >= 0
-        grp = grp.copy()
-        grp[has] = len(names) + rc[att.trace_nmt_region[has]]
-        names += [f"nmt:{c}" for c in cats]
-    return names, grp
+        grp[has] = rc[att.trace_nmt_region[has]]
+        out.append(([f"nmt:{c}" for c in cats], grp))
+    return out
 
 
 def owner_classes_table(att: Attribution) -> Table:
@@ -201,6 +221,7 @@ def runs(pages: npt.NDArray[np.uint64], ps: int) -> npt.NDArray[np.int64]:
 
 def _frag_row(label: str, pages: npt.NDArray[np.uint64], kflags: npt.NDArray[np.uint64] | None,
               ps: int) -> list[Any]:
+    """``pages`` sorted and distinct (subsets of ``Attribution.phys`` are)."""
     r = runs(pages, ps)
     huge = None
     if kflags is not None and kflags.size and kflags.any():
@@ -208,9 +229,10 @@ def _frag_row(label: str, pages: npt.NDArray[np.uint64], kflags: npt.NDArray[np.
         huge = _pct(int(((kflags & bits) != 0).sum()), kflags.size)
     full2m = None
     if pages.size and ps == 4096:
-        blk = (pages // np.uint64(HUGE_PAGES * ps)).astype(np.int64)
-        _, inv, cnt = np.unique(blk, return_inverse=True, return_counts=True)
-        full2m = _pct(int((cnt[inv] == HUGE_PAGES).sum()), pages.size)
+        blk = pages // np.uint64(HUGE_PAGES * ps)            # sorted, so blocks are contiguous runs
+        edges = np.concatenate(([0], np.flatnonzero(blk[1:] != blk[:-1]) + 1, [blk.size]))
+        cnt = np.diff(edges)
+        full2m = _pct(int(cnt[cnt == HUGE_PAGES].sum()), pages.size)
     return [label, int(pages.size), int(r.size), float(np.median(r)) if r.size else None,
             int(r.max()) if r.size else None, huge, full2m]
 
@@ -227,20 +249,22 @@ def fragmentation_table(att: Attribution) -> Table:
     restored = att.phys_first_touch >= 0
     kfl = mm.page_kflags[att.phys_row] if mm.n_pages else np.zeros(0, dtype=np.uint64)
     for c in (OwnerClass.PROCESS, OwnerClass.KERNEL, OwnerClass.PAGECACHE, OwnerClass.FREE):
-        sel = att.phys_class == c
-        if sel.any():
+        sel = np.flatnonzero(att.phys_class == c)
+        if sel.size:
+            rsel = sel[restored[sel]]
             out.append(_frag_row(f"class:{CLASS_NAMES[c]}", att.phys[sel], kfl[sel], ps))
-            out.append(_frag_row(f"restored class:{CLASS_NAMES[c]}", att.phys[sel & restored],
-                                 kfl[sel & restored], ps))
-    if att.nmt_arrays is not None and att.nmt_categories:
+            out.append(_frag_row(f"restored class:{CLASS_NAMES[c]}", att.phys[rsel], kfl[rsel], ps))
+    if att.nmt_arrays is not None and att.nmt_categories and att.nmt_arrays.region_cat.size:
         rc = att.nmt_arrays.region_cat
         reg = att.row_nmt_region[att.phys_row] if mm.n_pages else np.zeros(0, dtype=np.int32)
-        for ci, cat in enumerate(att.nmt_categories):
-            sel = (reg >= 0) & (rc[np.maximum(reg, 0)] == ci) if rc.size else np.zeros(len(reg), dtype=bool)
-            if sel.any():
-                out.append(_frag_row(f"nmt:{cat}", att.phys[sel], kfl[sel], ps))
-                both = sel & restored
-                out.append(_frag_row(f"restored nmt:{cat}", att.phys[both], kfl[both], ps))
+        jvm = np.flatnonzero(reg >= 0)
+        cat = rc[reg[jvm]]
+        for ci, name in enumerate(att.nmt_categories):
+            sel = jvm[cat == ci]
+            if sel.size:
+                rsel = sel[restored[sel]]
+                out.append(_frag_row(f"nmt:{name}", att.phys[sel], kfl[sel], ps))
+                out.append(_frag_row(f"restored nmt:{name}", att.phys[rsel], kfl[rsel], ps))
     if att.trace is not None and len(att.trace):
         out.append(_frag_row("restored (all)", att.restored_gpas(), None, ps))
     return Table("fragmentation", "Physical fragmentation and huge-page coverage",
@@ -248,28 +272,31 @@ def fragmentation_table(att: Attribution) -> Table:
 
 
 def restore_order_table(att: Attribution) -> Table:
-    """How quickly each group is touched: first page, and when 50 % / 90 % / all of its pages came."""
+    """How quickly each group is touched: first page, and when 50 % / 90 % / all of its pages came.
+
+    Groups are the owner classes and, overlapping them, the JVM's NMT categories.
+    """
     ps = att.page_size
     tr = att.trace
     if tr is None or not len(tr):
         return Table("restore_order", "Restore order", [], [])
-    names, grp = _trace_groups(att)
     idx = np.flatnonzero(att.trace_first)
-    g = grp[idx]
     t0 = int(tr.t_ns[0]) if len(tr) else 0
     total = len(tr)
     rows: list[list[Any]] = []
-    order = np.argsort(g, kind="stable")
-    gs, ids = g[order], idx[order]
-    bounds = np.searchsorted(gs, np.arange(len(names) + 1))
-    for k, name in enumerate(names):
-        sel = ids[bounds[k]:bounds[k + 1]]
-        if not sel.size:
-            continue
-        q = [int(sel[min(len(sel) - 1, int(np.ceil(f * len(sel))) - 1)]) for f in (0.5, 0.9, 1.0)]
-        rows.append([name, int(sel.size), int(_kb(sel.size, ps)), int(sel[0]),
-                     round((int(tr.t_ns[sel[0]]) - t0) / 1e6, 3), q[0], q[1], q[2],
-                     _pct(q[0] + 1, total), _pct(q[1] + 1, total)])
+    for names, grp in _trace_groups(att):
+        g = grp[idx]
+        order = np.argsort(g, kind="stable")
+        gs, ids = g[order], idx[order]
+        bounds = np.searchsorted(gs, np.arange(len(names) + 1))
+        for k, name in enumerate(names):
+            sel = ids[bounds[k]:bounds[k + 1]]
+            if not sel.size:
+                continue
+            q = [int(sel[min(len(sel) - 1, int(np.ceil(f * len(sel))) - 1)]) for f in (0.5, 0.9, 1.0)]
+            rows.append([name, int(sel.size), int(_kb(sel.size, ps)), int(sel[0]),
+                         round((int(tr.t_ns[sel[0]]) - t0) / 1e6, 3), q[0], q[1], q[2],
+                         _pct(q[0] + 1, total), _pct(q[1] + 1, total)])
     rows.sort(key=lambda r: r[3])
     return Table("restore_order", "Restore order (trace indices of first touches)",
                  ["group", "pages", "kb", "first", "first_ms", "p50", "p90", "last", "p50_pct_of_trace",
