@@ -36,8 +36,9 @@ def _geometry(text: str) -> tuple[int, int]:
               help="A second recording, shown side by side with synchronised selection and zoom.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="HTML file to write [default: RECORDING/report.html, or ./report.html for --seed].")
-@click.option("--scale", default=2.0, show_default=True, type=click.FloatRange(0.25, 64),
-              help="Pixels per page at first (seed: uffdVisualizer.scale).")
+@click.option("--scale", default=2.0, show_default=True, type=click.FloatRange(0.125, 64),
+              help="Pixels per page at first (seed: uffdVisualizer.scale); below 1, each pixel shows "
+                   "the most telling of its pages.")
 @click.option("--width", default=512, show_default=True, type=click.IntRange(16, 1 << 16),
               help="Pages per row (seed: uffdVisualizer.width).")
 @click.option("--phys-mem", "phys_mem", metavar="SIZE",

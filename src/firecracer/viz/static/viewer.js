@@ -24,6 +24,11 @@ const COL = {
 for (const k of Object.keys(OPTS.colors || {})) COL[k] = OPTS.colors[k];
 const PX = {}; for (const k of Object.keys(COL)) PX[k] = rgb(COL[k]);
 const CLASS_COL = ["traceonly", "memory", "kernel", "pagecache", "free"];
+// zoomed out below 1 px/page, a screen pixel shows the most telling of the pages it covers
+const RANK = new Map();
+[["background", 0], ["outside", 0], ["free", 1], ["traceonly", 2], ["memory", 3], ["shared", 3], ["pagecache", 3],
+  ["kernel", 3], ["selected", 5], ["selshared", 5], ["load", 6], ["nomap", 6], ["loadsel", 7]]
+  .forEach(([k, r]) => { if (!RANK.has(PX[k]) || RANK.get(PX[k]) < r) RANK.set(PX[k], r); });
 const LEGEND = [["background", "no page"], ["memory", "process"], ["shared", "shared (>1 owner)"], ["kernel", "kernel"],
   ["pagecache", "page cache"], ["free", "free"], ["selected", "selected"], ["selshared", "selected, shared"],
   ["loadsel", "restored, selected"], ["load", "restored, other owner"], ["nomap", "restored, no owner"]];
@@ -218,7 +223,34 @@ class Panel {
     this.pix = new Uint32Array(this.img.data.buffer);
     this.off.width = W; this.off.height = this.H;
     this.octx = this.off.getContext("2d");
+    this.k = 0;
     this.repaint();
+  }
+  // the reduced image (one pixel per k x k pages) used below 1 px/page
+  reduceAll() {
+    const k = UI.zoom < 1 ? Math.round(1 / UI.zoom) : 1;
+    if (k <= 1) { this.k = 1; return; }
+    if (k !== this.k) {
+      this.k = k; this.Wk = Math.ceil(this.W / k); this.Hk = Math.ceil(this.H / k);
+      this.rimg = new ImageData(this.Wk, this.Hk); this.rpix = new Uint32Array(this.rimg.data.buffer);
+      this.roff = document.createElement("canvas"); this.roff.width = this.Wk; this.roff.height = this.Hk;
+      this.rctx = this.roff.getContext("2d");
+    }
+    const W = this.W, Wk = this.Wk, pix = this.pix, rpix = this.rpix, rr = new Uint8Array(rpix.length);
+    rpix.fill(PX.outside);
+    for (let y = 0; y < this.H; y++) {
+      const ry = ((y / k) | 0) * Wk, row = y * W;
+      for (let x = 0; x < W; x++) {
+        const c = pix[row + x], r = RANK.get(c) || 0, i = ry + ((x / k) | 0);
+        if (r > rr[i] || (r === rr[i] && c !== PX.outside && rpix[i] === PX.outside)) { rr[i] = r; rpix[i] = c; }
+      }
+    }
+    this.rrank = rr;
+    this.rctx.putImageData(this.rimg, 0, 0);
+  }
+  reducedSet(s, c) {
+    const k = this.k, i = (((s / this.W) | 0) / k | 0) * this.Wk + (((s % this.W) / k) | 0), r = RANK.get(c) || 0;
+    if (r >= this.rrank[i]) { this.rrank[i] = r; this.rpix[i] = c; }
   }
   // base colours + selection + restored pages up to the cursor (a full pass over the typed arrays)
   repaint() {
@@ -238,6 +270,7 @@ class Panel {
     for (let s = n; s < total; s++) pix[s] = PX.outside;
     this.drawn = 0;
     this.advance(this.cursor, true);
+    if (UI.zoom < 1) { this.reduceAll(); this.render(); }
   }
   restoredColor(s) {
     const p = this.rec.slotPhys[s];
@@ -250,12 +283,15 @@ class Panel {
     k = Math.max(0, Math.min(k, rec.nTr));
     if (k < this.drawn) { this.cursor = k; this.repaint(); return; }
     let y0 = Infinity, y1 = -1;
+    const reduced = !full && this.k > 1 && UI.zoom < 1;
     for (let i = this.drawn; i < k; i++) {
       const s = tp[i];
       if (s >= rec.slots) continue;
       pix[s] = this.restoredColor(s);
+      if (reduced) this.reducedSet(s, pix[s]);
       const y = (s / W) | 0; if (y < y0) y0 = y; if (y > y1) y1 = y;
     }
+    if (reduced && y1 >= 0) this.rctx.putImageData(this.rimg, 0, 0, 0, (y0 / this.k) | 0, this.Wk, ((y1 - y0) / this.k | 0) + 2);
     this.drawn = k; this.cursor = k;
     if (full) this.octx.putImageData(this.img, 0, 0);
     else if (y1 >= 0) this.octx.putImageData(this.img, 0, 0, 0, y0, W, y1 - y0 + 1);
@@ -275,7 +311,8 @@ class Panel {
     ctx.fillStyle = COL.outside; ctx.fillRect(0, 0, c.width, c.height);
     ctx.imageSmoothingEnabled = false;
     ctx.setTransform(z * dpr, 0, 0, z * dpr, -ox * z * dpr, -oy * z * dpr);
-    ctx.drawImage(this.off, 0, 0);
+    if (z < 1 && this.k > 1) { ctx.scale(this.k, this.k); ctx.drawImage(this.roff, 0, 0); }
+    else ctx.drawImage(this.off, 0, 0);
     if (z >= 4) { // the seed's drawRect(scale-1) look: a one-pixel gap between pages
       ctx.setTransform(1, 0, 0, 1, 0, 0); ctx.fillStyle = COL.outside;
       const x0 = Math.floor(ox), x1 = Math.min(this.W, Math.ceil(ox + c.width / dpr / z));
@@ -372,6 +409,11 @@ function drawAxis() {
   if (c.width !== Math.round(w * dpr)) { c.width = Math.round(w * dpr); c.height = Math.round(h * dpr); }
   const ctx = c.getContext("2d"); ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
   ctx.clearRect(0, 0, w, h);
+  if (!posMax()) {
+    ctx.fillStyle = "#777"; ctx.font = "11px sans-serif"; ctx.textAlign = "left";
+    ctx.fillText("no restore trace in " + (FC.panels.length > 1 ? "these recordings" : "this recording"), 4, h / 2 + 4);
+    return;
+  }
   const max = posMax() || 1, bins = Math.max(1, Math.floor(w / 2)), colors = ["#4d7a97", "#c0762a"];
   FC.panels.forEach((p, k) => {
     const hist = new Float64Array(bins), t = p.rec.a.tr_t;
@@ -606,13 +648,17 @@ function uffdLine() {
 }
 function setZoom(z, cx, cy) {
   const p0 = FC.panels[0], sc = p0.scroller, old = UI.zoom;
-  z = Math.max(0.25, Math.min(64, z));
+  z = Math.max(0.125, Math.min(64, z));
+  if (z < 1) z = 1 / Math.pow(2, Math.round(Math.log2(1 / z))); // 1/2, 1/4, 1/8: whole pages per pixel
   const r = sc.getBoundingClientRect();
   const ax = cx === undefined ? sc.clientWidth / 2 : cx - r.left, ay = cy === undefined ? sc.clientHeight / 2 : cy - r.top;
   const px = (sc.scrollLeft + ax) / old, py = (sc.scrollTop + ay) / old;
   UI.zoom = z;
-  for (const p of FC.panels) { p.resize(); p.scroller.scrollLeft = px * z - ax; p.scroller.scrollTop = py * z - ay; p.render(); }
-  $("zoomlabel").textContent = (z >= 1 ? z : z.toFixed(2)) + " px/page";
+  for (const p of FC.panels) {
+    if (z < 1) p.reduceAll();
+    p.resize(); p.scroller.scrollLeft = px * z - ax; p.scroller.scrollTop = py * z - ay; p.render();
+  }
+  $("zoomlabel").textContent = z >= 1 ? z + " px/page" : Math.round(1 / z) + " pages/px";
 }
 let syncing = false;
 function wirePanel(p) {
@@ -715,7 +761,7 @@ async function main() {
   wire();
   $("uffdline").innerHTML = uffdLine();
   FC.panels.forEach((p) => p.resize()); mark("draw");
-  $("zoomlabel").textContent = UI.zoom + " px/page";
+  if (UI.zoom < 1) setZoom(UI.zoom); else $("zoomlabel").textContent = UI.zoom + " px/page";
   FC.panels.forEach((p) => { p.tree = buildTree(p.rec); });
   renderTree();
   // initial selection as the seed: the kernel (row 1 of its tree), else the first node
@@ -737,6 +783,11 @@ Object.assign(FC, {
   keys: (panel) => [...walk(FC.panels[panel || 0].tree, [])].map(([n, path]) => ({ key: n.key, path: path.concat([n.label]) })),
   pixel: (panel, slot) => FC.panels[panel].pix[slot],
   pixels: (panel) => { const p = FC.panels[panel], u8 = new Uint8Array(p.pix.buffer, 0, p.rec.slots * 4); let s = ""; for (let i = 0; i < u8.length; i += 0x8000) s += String.fromCharCode.apply(null, u8.subarray(i, i + 0x8000)); return btoa(s); },
+  slotsWithColor: (panel, names) => { // page indices currently drawn in any of the named colours
+    const p = FC.panels[panel], want = new Set(names.map((n) => PX[n])), out = [];
+    for (let s = 0; s < p.rec.slots; s++) if (want.has(p.pix[s])) out.push(s);
+    return out;
+  },
   colors: PX,
   slotToClient: (panel, slot) => FC.panels[panel].slotToClient(slot),
   counter: (panel) => FC.panels[panel || 0].cursor,
