@@ -181,13 +181,26 @@ class _Checker:
         return FormatError(self.path, self._line_of(key), f"{key}: {why}")
 
     def _line_of(self, key: str) -> int:
-        """Best-effort line of ``key`` (its last dotted part) for the message; 0 when not found."""
-        leaf = key.rsplit(".", 1)[-1].split("[", 1)[0]
-        pat = re.compile(rf"^\s*{re.escape(leaf)}\s*=")
-        for i, line in enumerate(self.lines, 1):
-            if pat.match(line):
-                return i
-        return 0
+        """Best-effort line of ``key`` for the message (``table[i].leaf``: searched inside the i-th
+        ``[[table]]``, ``table.leaf`` inside ``[table]``); 0 when not found."""
+        head, _, leaf = key.partition(".")
+        m = re.fullmatch(r"(\w+)(?:\[(\d+)\])?", head)
+        if not m:
+            return 0
+        table, nth = m.group(1), int(m.group(2) or 0)
+        header = re.compile(rf"^\s*\[\[?\s*{re.escape(table)}\s*\]\]?\s*(#.*)?$")
+        starts = [i for i, line in enumerate(self.lines) if header.match(line)]
+        if nth >= len(starts):
+            return 0
+        if not leaf:
+            return starts[nth] + 1
+        pat = re.compile(rf"^\s*{re.escape(leaf.split('[', 1)[0])}\s*=")
+        for i in range(starts[nth] + 1, len(self.lines)):
+            if self.lines[i].lstrip().startswith("["):
+                break
+            if pat.match(self.lines[i]):
+                return i + 1
+        return starts[nth] + 1
 
     def table(self, data: Mapping[str, Any], key: str, allowed: set[str], where: str) -> dict[str, Any]:
         value = data.get(key, {})
@@ -274,7 +287,8 @@ def parse_spec(text: str, path: Path | str = "<spec>") -> Spec:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        line = getattr(exc, "lineno", 0) or 0
+        m = re.search(r"at line (\d+)", str(exc))
+        line = getattr(exc, "lineno", 0) or (int(m.group(1)) if m else 0)
         raise FormatError(path, line, f"not valid TOML: {exc}") from None
     c = _Checker(path, text)
     base = path.parent if path.name != "<spec>" else Path.cwd()

@@ -9,6 +9,7 @@ positions in ``[lo, hi)``, pages ascending within a run, runs in shuffled order.
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +65,7 @@ def from_trace(path: Path, page_size: int = PAGE) -> npt.NDArray[np.uint64]:
         raise
     except FileNotFoundError:
         raise FormatError(path, 0, "trace file not found") from None
-    except (OSError, ValueError, KeyError, UnicodeDecodeError) as exc:
+    except (OSError, EOFError, ValueError, KeyError, UnicodeDecodeError, zipfile.BadZipFile) as exc:
         raise FormatError(path, 0, f"not a readable .npz trace: {exc}") from None
     if not isinstance(meta, dict) or meta.get("format") != "firecracer-trace":
         got = meta.get("format") if isinstance(meta, dict) else meta
