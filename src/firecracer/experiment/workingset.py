@@ -8,14 +8,13 @@ positions in ``[lo, hi)``, pages ascending within a run, runs in shuffled order.
 
 from __future__ import annotations
 
-import json
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
-from firecracer.errors import FirecracerError, FormatError
+from firecracer.errors import FirecracerError
+from firecracer.uffd.trace import FLAG_FAULTING, load_trace
 
 PAGE = 4096
 
@@ -49,31 +48,15 @@ def scattered(n_pages: int, lo: int, hi: int, mean_run: float = 2.5, seed: int =
     return pages.astype(np.uint64)
 
 
-def from_trace(path: Path, page_size: int = PAGE) -> npt.NDArray[np.uint64]:
-    """Distinct guest-physical page numbers of a ``trace.npz`` (docs/formats.md), in first-touch order.
+def from_trace(path: Path) -> npt.NDArray[np.uint64]:
+    """Guest-physical page numbers the guest faulted on in a ``trace.npz``, unique, in first-fault order.
 
-    Every served page counts (a prefetch trace's pages are the working set it installed).
+    Only rows flagged as the faulting page count (neighbours of fault-around and prefetched pages are not
+    evidence the guest needed them). Raises ``FormatError`` naming the file when it is not a valid trace.
     """
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            names = set(z.files)
-            if "meta" not in names or "gpa" not in names:
-                raise FormatError(path, 0, "not a firecracer trace (needs 'meta' and 'gpa' arrays)")
-            meta = json.loads(bytes(z["meta"]).decode())
-            gpa = np.asarray(z["gpa"])
-    except FormatError:
-        raise
-    except FileNotFoundError:
-        raise FormatError(path, 0, "trace file not found") from None
-    except (OSError, EOFError, ValueError, KeyError, UnicodeDecodeError, zipfile.BadZipFile) as exc:
-        raise FormatError(path, 0, f"not a readable .npz trace: {exc}") from None
-    if not isinstance(meta, dict) or meta.get("format") != "firecracer-trace":
-        got = meta.get("format") if isinstance(meta, dict) else meta
-        raise FormatError(path, 0, f"meta.format is {got!r}, expected 'firecracer-trace'")
-    if gpa.ndim != 1 or gpa.dtype.kind not in "ui":
-        raise FormatError(path, 0, f"gpa must be a 1-d integer array, got {gpa.dtype} {gpa.shape}")
-    ps = int(meta.get("page_size", page_size))
-    pages = gpa.astype(np.uint64) // np.uint64(ps)
+    trace = load_trace(path)
+    gpa = trace.gpa[(trace.flags & FLAG_FAULTING) != 0]
+    pages = gpa // np.uint64(trace.page_size)
     _, first = np.unique(pages, return_index=True)
     out: npt.NDArray[np.uint64] = pages[np.sort(first)]
     return out

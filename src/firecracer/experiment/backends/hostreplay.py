@@ -33,6 +33,7 @@ from firecracer.experiment.backend import Backend, RunFailed, RunOutcome
 from firecracer.experiment.plan import Run
 from firecracer.experiment.spec import Variant
 from firecracer.experiment.store import now_iso
+from firecracer.uffd.trace import make_trace, save_trace
 
 PAGE = workingset.PAGE
 _LOW_PAGES = 256  # keep the first MiB out of working sets, as a guest's own image lives there
@@ -74,13 +75,11 @@ class _Trace:
     def save(self, path: Path, strategy: str, mem: Path, faults: int) -> None:
         a = np.array(self.rows, dtype=np.int64).reshape(-1, 6)
         off = (a[:, 1] * PAGE).astype(np.uint64)
-        meta = {"format": "firecracer-trace", "version": 1, "page_size": PAGE, "strategy": strategy,
-                "regions": [], "vmm": "host-replay", "mem_file": str(mem), "faults": faults,
-                "events": {"pagefault": faults}}
-        np.savez(path, t_ns=a[:, 0].astype(np.uint64), hva=off, file_off=off, gpa=off,
-                 flags=a[:, 2].astype(np.uint8), action=a[:, 3].astype(np.uint8),
-                 fault=a[:, 4].astype(np.int32), service_ns=np.minimum(a[:, 5], 2**32 - 1).astype(np.uint32),
-                 meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+        meta = {"page_size": PAGE, "strategy": strategy, "regions": [], "vmm": "host-replay",
+                "mem_file": str(mem), "faults": faults, "events": {"pagefault": faults}}
+        save_trace(make_trace({"t_ns": a[:, 0], "hva": off, "file_off": off, "gpa": off, "flags": a[:, 2],
+                               "action": a[:, 3], "fault": a[:, 4],
+                               "service_ns": np.minimum(a[:, 5], 2**32 - 1)}, meta), path)
 
 
 class HostReplayBackend(Backend[HostState]):
