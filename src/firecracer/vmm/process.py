@@ -1,0 +1,218 @@
+"""One Firecracker process: spawned in its own session, its files in a run directory, killed for sure.
+
+Run directory layout (also what ``firecracer vm ls`` reads)::
+
+    api.sock          API socket (--api-sock)
+    serial.log        guest serial output (Firecracker's stdout)
+    serial.in         FIFO that is Firecracker's stdin: bytes written here reach the guest UART
+    firecracker.log   Firecracker's own log (--log-path)
+    firecracker.err   Firecracker's stderr
+    metrics.json      metrics, one JSON object per flush (--metrics-path)
+    v.sock            vsock host socket (relative to the run dir, so restored clones each get one)
+    vm.json           what runs here (written by MicroVM)
+
+The API socket, FIFO and vsock sockets are removed when the process is killed or found dead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from firecracer.errors import FirecrackerError
+from firecracer.vmm.api import ApiClient, connect_unix
+from firecracer.vmm.binary import Version, firecracker_version
+
+_ID_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+
+
+def socket_in_use(path: Path) -> bool:
+    """True if something accepts connections on the Unix socket at ``path``."""
+    if not path.exists():
+        return False
+    try:
+        connect_unix(path, timeout=1.0).close()
+    except OSError:
+        return False
+    return True
+
+
+def last_error_line(*files: Path) -> str | None:
+    """The most telling line of Firecracker's log/stderr: the last ERROR line, else the last line."""
+    best: str | None = None
+    for f in files:
+        try:
+            lines = [ln.strip() for ln in f.read_text(errors="replace").splitlines() if ln.strip()]
+        except OSError:
+            continue
+        errors = [ln for ln in lines if "ERROR" in ln or "rror" in ln]
+        if errors:
+            best = errors[-1]
+        elif lines and best is None:
+            best = lines[-1]
+    if best is not None:
+        best = re.sub(r"^\S+ \[[^\]]*\] ", "", best)  # drop "timestamp [id:thread:LEVEL:origin] "
+    return best
+
+
+class FirecrackerProcess:
+    """Spawn and own one Firecracker process.
+
+    :param binary: the Firecracker executable.
+    :param run_dir: created if missing; must not hold a live API socket.
+    :param vm_id: ``--id`` (letters, digits, dashes).
+    :param netns: run inside this network namespace (``ip netns exec``).
+    """
+
+    def __init__(self, binary: Path, run_dir: Path, vm_id: str, *, netns: str | None = None,
+                 log_level: str = "Warning") -> None:
+        if not _ID_RE.match(vm_id):
+            raise FirecrackerError(f"VM id {vm_id!r}: use 1-64 letters, digits or dashes")
+        self.binary = Path(binary)
+        self.run_dir = Path(run_dir)
+        self.vm_id = vm_id
+        self.netns = netns
+        self.log_level = log_level
+        self.version: Version = firecracker_version(self.binary)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._stdin_fd: int | None = None
+        self.api = ApiClient(self.api_sock, describe_death=self.describe_death)
+        self.api._version = self.version  # known from --version; GET /version would agree
+
+    # -- paths -------------------------------------------------------------------------------
+    @property
+    def api_sock(self) -> Path:
+        return self.run_dir / "api.sock"
+
+    @property
+    def serial_log(self) -> Path:
+        return self.run_dir / "serial.log"
+
+    @property
+    def serial_in(self) -> Path:
+        return self.run_dir / "serial.in"
+
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir / "firecracker.log"
+
+    @property
+    def stderr_path(self) -> Path:
+        return self.run_dir / "firecracker.err"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.run_dir / "metrics.json"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self, timeout: float = 10.0) -> None:
+        """Spawn Firecracker and wait until its API answers.
+
+        :raises FirecrackerError: the socket is in use, Firecracker exited, or the API never came up.
+        """
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if socket_in_use(self.api_sock):
+            raise FirecrackerError(f"{self.api_sock}: socket path in use by another process; "
+                                   "pick another VM name or kill that VM first")
+        for stale in (self.api_sock, self.serial_in):
+            stale.unlink(missing_ok=True)
+        for f in (self.log_path, self.metrics_path):
+            f.write_bytes(b"")
+        os.mkfifo(self.serial_in, 0o600)
+        # O_RDWR: Firecracker never sees EOF on its stdin, and opening does not block.
+        self._stdin_fd = os.open(self.serial_in, os.O_RDWR | os.O_CLOEXEC)
+        cmd = [str(self.binary), "--api-sock", str(self.api_sock), "--id", self.vm_id,
+               "--log-path", str(self.log_path), "--level", self.log_level if self.version.at_least(1, 7)
+               else {"Trace": "Debug", "Off": "Error"}.get(self.log_level, self.log_level),
+               "--metrics-path", str(self.metrics_path)]
+        if self.netns:
+            cmd = ["ip", "netns", "exec", self.netns, *cmd]
+        with open(self.serial_log, "ab") as out, open(self.stderr_path, "ab") as err:
+            try:
+                self.proc = subprocess.Popen(cmd, stdin=self._stdin_fd, stdout=out, stderr=err,
+                                             cwd=self.run_dir, start_new_session=True, close_fds=True)
+            except OSError as exc:
+                self._cleanup_files()
+                raise FirecrackerError(f"{self.binary}: cannot start Firecracker: {exc}") from exc
+        try:
+            self.api.wait_ready(timeout, alive=self.alive)
+        except BaseException:
+            self.kill()
+            raise
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def describe_death(self) -> str | None:
+        """Why the process is gone ("exited with status 1: <log line>"), or None if it runs."""
+        if self.proc is None:
+            return "Firecracker was never started"
+        # give a dying process a moment, so a reset connection is explained by its exit
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=0.2)
+        rc = self.proc.poll()
+        if rc is None:
+            return None
+        how = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exited with status {rc}"
+        line = last_error_line(self.log_path, self.stderr_path)
+        return f"Firecracker (pid {self.proc.pid}) {how}" + (f": {line}" if line else "")
+
+    def send_serial(self, data: bytes) -> None:
+        """Write bytes to the guest's serial port (Firecracker's stdin)."""
+        if self._stdin_fd is None:
+            raise FirecrackerError(f"{self.vm_id}: serial input is not connected")
+        os.write(self._stdin_fd, data)
+
+    def wait(self, timeout: float) -> int | None:
+        """Wait up to ``timeout`` s for the process to exit by itself; its exit status or None."""
+        if self.proc is None:
+            return None
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        self._cleanup_files()
+        return rc
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group, reap it, remove sockets and the FIFO. Idempotent."""
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=10)
+        self._cleanup_files()
+
+    def _cleanup_files(self) -> None:
+        if self._stdin_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._stdin_fd)
+            self._stdin_fd = None
+        self.api_sock.unlink(missing_ok=True)
+        self.serial_in.unlink(missing_ok=True)
+        for sock in self.run_dir.glob("v.sock*"):
+            sock.unlink(missing_ok=True)
+
+
+def wait_for_exit(pid: int, timeout: float) -> bool:
+    """Poll until a process we did not spawn (no waitpid) is gone; True if it went."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.02)
+    return False
