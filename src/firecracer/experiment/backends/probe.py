@@ -18,9 +18,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -35,12 +32,13 @@ import numpy.typing as npt
 from firecracer.errors import FirecracerError
 from firecracer.experiment import workingset
 from firecracer.experiment.backend import Backend, RunFailed, RunOutcome
-from firecracer.experiment.backends._fcvm import FcVm, read_metrics
 from firecracer.experiment.plan import Run
 from firecracer.experiment.spec import Variant
 from firecracer.experiment.store import now_iso
 from firecracer.vmm.binary import find_firecracker, firecracker_version
-from firecracer.vmm.probe import ProbeReady, ProbeResult, build_probe, min_mem_mib, probe_info
+from firecracer.vmm.config import MemBackend
+from firecracer.vmm.machine import MicroVM, VMConfig
+from firecracer.vmm.probe import ProbeReady, ProbeResult, build_probe, min_mem_mib, parse_line, probe_info
 
 PAGE = 4096
 _WS_LO_PAGE = 4096  # working sets live above 16 MiB: below are the ELF image (2 MiB) and its tables
@@ -53,10 +51,17 @@ class ProbeState:
     variant: Variant
     workdir: Path
     elf: Path
-    vmstate: Path
-    mem: Path
+    snapdir: Path
     pages: npt.NDArray[np.uint64]
     prefetch_trace: Path | None = None
+
+    @property
+    def vmstate(self) -> Path:
+        return self.snapdir / "vmstate"
+
+    @property
+    def mem(self) -> Path:
+        return self.snapdir / "mem"
 
 
 class ProbeBackend(Backend[ProbeState]):
@@ -126,13 +131,12 @@ class ProbeBackend(Backend[ProbeState]):
         key = {"elf": info.key, "mem_size_mib": self.spec.guest.mem_size_mib, "vcpus": self.spec.guest.vcpus,
                "firecracker": self._fc_version}
         if not (marker.exists() and json.loads(marker.read_text()).get("key") == key
-                and (snap / "vmstate").exists() and (snap / "mem").exists()):
+                and (snap / "snapshot.json").exists()):
             marker.unlink(missing_ok=True)
             shutil.rmtree(snap, ignore_errors=True)
-            snap.mkdir(parents=True)
             facts = self._boot_and_snapshot(elf, snap, workdir)
             marker.write_text(json.dumps({"key": key, "created": now_iso(), **facts}, indent=1))
-        state = ProbeState(variant, workdir, elf, snap / "vmstate", snap / "mem", pages)
+        state = ProbeState(variant, workdir, elf, snap, pages)
         rec = workdir / "prefetch-trace.npz"
         if rec.exists():
             state.prefetch_trace = rec
@@ -140,33 +144,36 @@ class ProbeBackend(Backend[ProbeState]):
 
     def _boot_and_snapshot(self, elf: Path, snap: Path, workdir: Path) -> dict[str, Any]:
         timeout = self.spec.timeout_s
-        with FcVm(self.fc, workdir / "boot") as vm:
-            t0 = time.monotonic()
-            try:
-                vm.start()
-                vm.boot(elf, mem_size_mib=self.spec.guest.mem_size_mib, vcpus=self.spec.guest.vcpus)
-            except FirecracerError as exc:
-                raise RunFailed("boot", str(exc)) from None
-            ready = vm.wait_line(lambda x: isinstance(x, ProbeReady), timeout)
-            if ready is None:
-                raise RunFailed("ready", f"the probe printed no READY line within {timeout:g} s"
-                                         f"{vm.death_note()}")
-            boot_ms = (time.monotonic() - t0) * 1e3
-            try:
-                vm.api("PATCH", "/vm", {"state": "Paused"})
-                t1 = time.monotonic()
-                vm.api("PUT", "/snapshot/create", {"snapshot_type": "Full",
-                                                   "snapshot_path": str(snap / "vmstate"),
-                                                   "mem_file_path": str(snap / "mem")}, timeout=timeout)
-            except FirecracerError as exc:
-                raise RunFailed("snapshot", str(exc)) from None
-            return {"boot_to_ready_ms": boot_ms, "snapshot_create_ms": (time.monotonic() - t1) * 1e3}
+        short = Path(tempfile.mkdtemp(prefix="fcx-"))  # Unix socket paths must stay short
+        try:
+            with MicroVM(self.fc, run_dir=short / "vm") as vm:
+                t0 = time.monotonic()
+                try:
+                    vm.boot(VMConfig(kernel=str(elf), boot_args="console=ttyS0",
+                                     mem_size_mib=self.spec.guest.mem_size_mib,
+                                     vcpu_count=self.spec.guest.vcpus, vsock_cid=None,
+                                     labels={"probe": probe_info(elf).key}))
+                except FirecracerError as exc:
+                    raise RunFailed("boot", str(exc)) from None
+                if _wait_line(vm, ProbeReady, 0, timeout) is None:
+                    raise RunFailed("ready", f"the probe printed no READY line within {timeout:g} s"
+                                             f"{_death(vm)}")
+                boot_ms = (time.monotonic() - t0) * 1e3
+                try:
+                    s = vm.snapshot(snap)
+                except FirecracerError as exc:
+                    raise RunFailed("snapshot", str(exc)) from None
+                return {"boot_to_ready_ms": boot_ms, "snapshot_ms": s.timings_ms.get("create")}
+        finally:
+            _keep_logs(short / "vm", workdir / "boot")
+            shutil.rmtree(short, ignore_errors=True)
 
     # -- run ---------------------------------------------------------------------------------------
     def run(self, state: ProbeState, run: Run, rundir: Path) -> RunOutcome:
         strategy = run.strategy.name
         if strategy == "prefetch":
             if state.prefetch_trace is None:
+                # REAP's record phase: one ondemand restore whose trace is the working set to prefetch.
                 rec_dir = state.workdir / "prefetch-recording"
                 shutil.rmtree(rec_dir, ignore_errors=True)
                 rec_dir.mkdir()
@@ -182,70 +189,66 @@ class ProbeBackend(Backend[ProbeState]):
         timeout = self.spec.timeout_s
         uffd = strategy != "file"
         short = Path(tempfile.mkdtemp(prefix="fcx-"))  # Unix socket paths must stay short
-        server: subprocess.Popen[bytes] | None = None
+        trace_out = rundir / "trace.npz"
+        metrics_out = rundir / "uffd-metrics.json"
         timings: dict[str, float] = {}
         metrics: dict[str, Any] = {}
         try:
             _drop_cache(state.mem)
-            with FcVm(self.fc, rundir / "vm", sock_dir=short) as vm:
-                vm.start()
-                vm.api("PUT", "/metrics", {"metrics_path": str(vm.metrics_path)})
-                if uffd:
-                    sock = short / "uffd.sock"
-                    server = _start_server(sock, state.mem, strategy, rundir, timeout)
-                    backend = {"backend_type": "Uffd", "backend_path": str(sock)}
-                else:
-                    backend = {"backend_type": "File", "backend_path": str(state.mem)}
-                faults0 = vm.page_faults()
-                t0 = time.monotonic()
-                try:
-                    vm.api("PUT", "/snapshot/load", {"snapshot_path": str(state.vmstate),
-                                                     "mem_backend": backend, "resume_vm": False},
-                           timeout=timeout)
-                except FirecracerError as exc:
-                    note = _server_note(server, rundir)
-                    raise RunFailed(phase_prefix + "restore", f"{exc}{note}") from None
-                t1 = time.monotonic()
-                vm.api("PATCH", "/vm", {"state": "Resumed"})
-                t2 = time.monotonic()
+            try:
+                vm = MicroVM.restore(state.snapdir, firecracker=self.fc, run_dir=short / "vm",
+                                     backend=MemBackend.UFFD if uffd else MemBackend.FILE, resume=False,
+                                     strategy=strategy if uffd else None, trace=trace_out if uffd else None,
+                                     metrics=metrics_out if uffd else None, check=False)
+            except FirecracerError as exc:
+                note = _log_note(short / "vm" / "uffd.log")
+                raise RunFailed(phase_prefix + "restore", f"{exc}{note}") from None
+            t_loaded = time.perf_counter()
+            with vm:
+                faults0 = _page_faults(vm.pid)
+                vm.resume()
+                t_resumed = time.perf_counter()
+                since = _serial_size(vm)
                 vm.send_serial(b"t")
-                t3 = time.monotonic()
-                got = vm.wait_line(lambda x: isinstance(x, ProbeResult), timeout)
+                t_sent = time.perf_counter()
+                got = _wait_line(vm, ProbeResult, since, timeout)
                 if got is None:
                     raise RunFailed(phase_prefix + "first-response",
-                                    f"no PROBE RESULT within {timeout:g} s{vm.death_note()}"
-                                    f"{_server_note(server, rundir)}")
+                                    f"no PROBE RESULT within {timeout:g} s{_death(vm)}"
+                                    f"{_log_note(short / 'vm' / 'uffd.log')}")
                 result, t_first_byte, t_line = got
-                assert isinstance(result, ProbeResult)
-                timings = {"load_snapshot": (t1 - t0) * 1e3, "resume": (t2 - t1) * 1e3,
-                           "first_byte": (t_first_byte - t0) * 1e3, "first_response": (t_line - t0) * 1e3,
-                           "request": (t_line - t3) * 1e3}
-                with contextlib.suppress(FirecracerError):
-                    vm.api("PUT", "/actions", {"action_type": "FlushMetrics"})
-                fc_metrics = read_metrics(vm.metrics_path)
-                lat = fc_metrics.get("latencies_us", {}) if isinstance(fc_metrics, dict) else {}
-                if isinstance(lat, dict) and lat.get("load_snapshot"):
-                    metrics["fc_load_snapshot_us"] = lat["load_snapshot"]
+                load = vm.timings_ms["load_snapshot"]
+                timings = {"load_snapshot": load, "resume": (t_resumed - t_loaded) * 1e3,
+                           "first_byte": load + (t_first_byte - t_loaded) * 1e3,
+                           "first_response": load + (t_line - t_loaded) * 1e3,
+                           "request": (t_line - t_sent) * 1e3}
+                for k in ("spawn", "page_server_start"):
+                    if k in vm.timings_ms:
+                        timings[k] = vm.timings_ms[k]
                 metrics.update(errors=result.errors, probe_pages=result.pages, probe_cycles=result.cycles,
-                               fc_page_faults=vm.page_faults() - faults0)
-                if not uffd:
-                    metrics["faults"] = metrics["fc_page_faults"]
-                    metrics["fault_source"] = "Firecracker process minflt+majflt during the restore"
-            # Firecracker is dead now: the page server sees its uffd close and writes trace + metrics.
-            if server is not None:
-                metrics.update(_finish_server(server, rundir, timeout))
-                server = None
+                               fc_page_faults=_page_faults(vm.pid) - faults0)
+                with contextlib.suppress(FirecracerError):
+                    lat = vm.flush_metrics().get("latencies_us", {})
+                    if isinstance(lat, dict) and lat.get("load_snapshot"):
+                        metrics["fc_load_snapshot_us"] = lat["load_snapshot"]
+            # leaving the context killed Firecracker and stopped the page server (trace + metrics written)
         finally:
-            if server is not None:
-                _kill(server)
+            _keep_logs(short / "vm", rundir / "vm")
             shutil.rmtree(short, ignore_errors=True)
+        if not uffd:
+            metrics["faults"] = metrics["fc_page_faults"]
+            metrics["fault_source"] = "Firecracker process minflt+majflt from resume to the result"
+        else:
+            metrics.update(_server_metrics(metrics_out, trace_out))
         if metrics.get("errors"):
             raise RunFailed(phase_prefix + "verify", f"the probe found {metrics['errors']} wrong words in "
                                                      f"{metrics['probe_pages']} pages")
-        pages = None
-        trace = rundir / "trace.npz"
-        if trace.exists():
-            pages = workingset.from_trace(trace)
+        if uffd and not trace_out.exists():
+            note = _log_note(rundir / "vm" / "uffd.log")
+            raise RunFailed(phase_prefix + "collect", f"the page server wrote no trace{note}")
+        if "install" in metrics:
+            timings["install"] = metrics.pop("install")
+        pages = workingset.from_trace(trace_out) if uffd else None
         (rundir / "recording.json").write_text(json.dumps({
             "format": "firecracer-recording", "version": 1, "created": now_iso(), "source": "firecracker",
             "vmm": {"firecracker": self._fc_version}, "guest": {"kernel": "probe", "mem_size_mib":
@@ -255,6 +258,117 @@ class ProbeBackend(Backend[ProbeState]):
         return RunOutcome(timings_ms=timings, metrics=metrics, pages=pages)
 
 
+def _serial_size(vm: MicroVM) -> int:
+    try:
+        return vm.serial_log.stat().st_size
+    except OSError:
+        return 0
+
+
+def _wait_line(vm: MicroVM, kind: type, since: int, timeout: float) -> tuple[Any, float, float] | None:
+    """Poll the serial log (0.5 ms) from byte ``since`` for a probe line of ``kind``.
+
+    Returns (parsed line, perf_counter when its first byte was seen, when the whole line was seen), or
+    None on timeout or when Firecracker died. Fine polling keeps the timing error well under a ms.
+    """
+    deadline = time.monotonic() + timeout
+    t_first: float | None = None
+    buf = b""
+    pos = since
+    with open(vm.serial_log, "rb") as f:
+        while True:
+            f.seek(pos)
+            chunk = f.read()
+            now = time.perf_counter()
+            if chunk:
+                pos += len(chunk)
+                if t_first is None:
+                    t_first = now
+                buf += chunk
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    parsed = parse_line(line.decode(errors="replace"))
+                    if isinstance(parsed, kind):
+                        return parsed, t_first if t_first is not None else now, now
+                    t_first = now if buf else None
+                continue
+            if time.monotonic() > deadline or not vm.alive():
+                return None
+            time.sleep(0.0005)
+
+
+def _death(vm: MicroVM) -> str:
+    if vm.alive():
+        return ""
+    why = vm.fc.describe_death() if vm.pid is not None else None
+    return f" ({why})" if why else " (Firecracker exited)"
+
+
+def _page_faults(pid: int | None) -> int:
+    """minflt + majflt of a process so far (a restored guest's first touches show up here)."""
+    if pid is None:
+        return 0
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[7]) + int(fields[9])  # stat fields 10 (minflt) and 12 (majflt)
+
+
+def _keep_logs(src: Path, dest: Path) -> None:
+    """Copy the VM's logs (serial, Firecracker, page server, metrics) out of the short socket dir."""
+    if not src.is_dir():
+        return
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.is_file() and not f.is_socket() and f.suffix in (".log", ".json", ".err"):
+            with contextlib.suppress(OSError):
+                shutil.copyfile(f, dest / f.name)
+
+
+def _log_note(log: Path) -> str:
+    try:
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return f" (page server: {lines[-1].strip()[:300]})" if lines else ""
+
+
+def _server_metrics(metrics_out: Path, trace_out: Path) -> dict[str, Any]:
+    """Faults, pages, bytes, service and install time from the page server's metrics and trace."""
+    out: dict[str, Any] = {}
+    try:
+        m = json.loads(metrics_out.read_text())
+    except (OSError, ValueError):
+        m = None
+    sess = m.get("sessions", [{}])[0] if isinstance(m, dict) and m.get("sessions") else {}
+    if isinstance(sess, dict) and sess:
+        out["faults"] = sess.get("faults")
+        out["pages"] = sess.get("pages_total")
+        out["bytes"] = int(sess.get("bytes_copied", 0)) + int(sess.get("bytes_zeroed", 0))
+        out["latency_us"] = sess.get("latency_us")
+        out["handshake_to_last_fault_ms"] = sess.get("handshake_to_last_fault_ms")
+        pf = sess.get("prefetch") or {}
+        if isinstance(pf, dict):
+            if "installed" in pf:
+                out["prefetched"] = pf["installed"]
+            if "misses" in pf:
+                out["misses"] = pf["misses"]
+            inst = pf.get("install_ms", pf.get("eager_ms"))
+            if isinstance(inst, int | float):
+                out["install"] = float(inst)
+    if trace_out.exists():
+        from firecracer.uffd.trace import FLAG_FAULTING, load_trace
+
+        t = load_trace(trace_out)
+        faulting = (t.flags & FLAG_FAULTING) != 0
+        out["service_ms"] = float(t.service_ns[faulting].astype(np.float64).sum()) / 1e6
+        out.setdefault("faults", int(np.count_nonzero(faulting)))
+        out.setdefault("pages", len(t))
+    return {k: v for k, v in out.items() if v is not None}
+
+
 def _drop_cache(path: Path) -> None:
     """Evict the memory file from the page cache, so every restore starts cold (as in production)."""
     fd = os.open(path, os.O_RDONLY)
@@ -262,78 +376,3 @@ def _drop_cache(path: Path) -> None:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
-
-
-def _start_server(sock: Path, mem: Path, strategy: str, rundir: Path,
-                  timeout: float) -> subprocess.Popen[bytes]:
-    """``python -m firecracer uffd serve`` in its own session; returns once its socket exists."""
-    log = open(rundir / "uffd.log", "wb")  # noqa: SIM115 - handed to the child
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "firecracer", "uffd", "serve", str(sock), str(mem), "--strategy", strategy,
-             "--trace", str(rundir / "trace.npz"), "--metrics", str(rundir / "uffd-metrics.json")],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    finally:
-        log.close()
-    deadline = time.monotonic() + min(timeout, 30.0)
-    while not sock.exists():
-        if proc.poll() is not None:
-            raise RunFailed("page-server", f"the page server exited ({proc.returncode}) before listening"
-                                           f"{_server_note(None, rundir)}")
-        if time.monotonic() > deadline:
-            _kill(proc)
-            raise RunFailed("page-server", f"the page server did not create {sock} in time")
-        time.sleep(0.01)
-    return proc
-
-
-def _finish_server(proc: subprocess.Popen[bytes], rundir: Path, timeout: float) -> dict[str, Any]:
-    """Wait (bounded) for the page server to exit after Firecracker died; read its metrics."""
-    try:
-        proc.wait(timeout=min(timeout, 20.0))
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            _kill(proc)
-    out: dict[str, Any] = {}
-    mpath = rundir / "uffd-metrics.json"
-    if mpath.exists():
-        try:
-            m = json.loads(mpath.read_text())
-        except ValueError:
-            m = {}
-        if isinstance(m, dict):
-            out["page_server"] = m
-            for ours, theirs in (("faults", "faults"), ("pages", "pages"), ("bytes", "bytes"),
-                                 ("prefetched", "pages_prefetched"), ("misses", "misses")):
-                if isinstance(m.get(theirs), int | float):
-                    out[ours] = m[theirs]
-            if isinstance(m.get("service_ns_total"), int | float):
-                out["service_ms"] = m["service_ns_total"] / 1e6
-    trace = rundir / "trace.npz"
-    if trace.exists() and "faults" not in out:
-        from firecracer.uffd.trace import FLAG_FAULTING, load_trace
-
-        t = load_trace(trace)
-        out["faults"] = int(np.count_nonzero(t.flags & FLAG_FAULTING))
-        out["pages"] = len(t)
-        out["bytes"] = len(t) * t.page_size
-    return out
-
-
-def _server_note(proc: subprocess.Popen[bytes] | None, rundir: Path) -> str:
-    log = rundir / "uffd.log"
-    if not log.exists():
-        return ""
-    lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
-    return f" (page server: {lines[-1].strip()[:300]})" if lines else ""
-
-
-def _kill(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=5)
