@@ -105,3 +105,33 @@ def test_restore_error_is_recorded_and_the_study_goes_on(firecracker_bin: Path, 
     with ResultStore.open(tmp_path / "res") as st:
         bad = {r.run_id: r for r in st.runs()}["a.file.r2"]
     assert bad.phase == "restore" and "/snapshot/load" in (bad.reason or "")
+
+
+def test_probe_study_all_strategies(firecracker_bin: Path, tmp_path: Path) -> None:
+    """Every strategy through the real page server; counts that must hold whatever the timing."""
+    from firecracer.vmm.binary import firecracker_version
+
+    if not firecracker_version(firecracker_bin).at_least(1, 8):
+        pytest.skip("uffd restores need Firecracker >= 1.8 on this host kernel")
+    spec = probe_spec(tmp_path, firecracker_bin, reps=2, pages=256,
+                      strategies='"file", "ondemand", "fault-around:16", "prefetch", "eager"')
+    summary = run_study(spec, tmp_path / "res")
+    assert (summary.ok, summary.failed) == (10, 0)
+    with ResultStore.open(tmp_path / "res") as st:
+        runs = {r.run_id: r for r in st.runs()}
+    ws = set(ProbeBackend(spec)._working_set(spec.variants[0]).tolist())
+    for rep in (1, 2):
+        od = runs[f"a.ondemand.r{rep}"]
+        assert od.pages is not None and ws <= set(od.pages.tolist())  # every touched page faulted in once
+        assert od.metrics["faults"] == len(od.pages) and od.metrics["bytes"] >= 256 * 4096
+        fa = runs[f"a.fault-around16.r{rep}"]
+        assert fa.metrics["faults"] < od.metrics["faults"] and fa.metrics["pages"] > od.metrics["pages"]
+        pf = runs[f"a.prefetch.r{rep}"]
+        assert pf.metrics["misses"] == 0 and pf.metrics["prefetched"] >= 256 and pf.timings["install"] > 0
+        ea = runs[f"a.eager.r{rep}"]
+        assert ea.metrics["faults"] == 0 and ea.metrics["pages"] == 64 * 256
+        for r in (od, fa, pf, ea):
+            assert r.metrics["errors"] == 0 and r.metrics["probe_pages"] == 256
+            assert (tmp_path / "res" / "runs" / r.run_id / "trace.npz").exists()
+    assert (tmp_path / "res" / "variants" / "a" / "prefetch-trace.npz").exists()
+
