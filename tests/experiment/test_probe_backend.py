@@ -6,8 +6,15 @@ uffd serve``) and by the bundled example in ``test_example_study``.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
+import sqlite3
 import struct
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -135,3 +142,55 @@ def test_probe_study_all_strategies(firecracker_bin: Path, tmp_path: Path) -> No
             assert (tmp_path / "res" / "runs" / r.run_id / "trace.npz").exists()
     assert (tmp_path / "res" / "variants" / "a" / "prefetch-trace.npz").exists()
 
+
+
+def _firecrackers_in(prefix: str) -> list[int]:
+    """Pids of live processes whose cwd is under ``prefix`` (the backend's short run dirs)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if os.readlink(d / "cwd").startswith(prefix):
+                    pids.append(int(d.name))
+            except OSError:
+                continue
+    return pids
+
+
+def test_sigint_mid_probe_study_leaves_nothing_running_and_resumes(firecracker_bin: Path,
+                                                                   tmp_path: Path) -> None:
+    spec = probe_spec(tmp_path, firecracker_bin, reps=8, strategies='"file", "ondemand"')
+    res = tmp_path / "res"
+    tmp_root = tmp_path / "tmp"
+    tmp_root.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp_root)}  # the backend's short run dirs land here
+    proc = subprocess.Popen([sys.executable, "-m", "firecracer", "experiment", "run", str(spec.path), "-o",
+                             str(res)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        n = 0
+        while time.monotonic() < deadline and n < 3:
+            time.sleep(0.1)
+            with contextlib.suppress(sqlite3.Error), sqlite3.connect(res / "results.sqlite", timeout=5) as c:
+                n = c.execute("SELECT count(*) FROM runs").fetchone()[0]
+        assert n >= 3, "no runs recorded in time"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err[-2000:]
+    assert _firecrackers_in(str(tmp_root)) == []  # Firecracker and page servers are gone
+    assert list(tmp_root.glob("fcx-*")) == []  # and their socket dirs
+    marker = (res / "variants" / "a" / "variant.json").read_text()
+    with sqlite3.connect(res / "results.sqlite") as c:
+        before = dict(c.execute("SELECT run_id, finished FROM runs").fetchall())
+    assert len(before) < 16
+    # resuming reuses the variant's snapshot and redoes no finished run
+    summary = run_study(spec, res)
+    assert summary.skipped == len(before) and summary.ok == 16 - len(before) and summary.failed == 0
+    assert (res / "variants" / "a" / "variant.json").read_text() == marker
+    with sqlite3.connect(res / "results.sqlite") as c:
+        after = dict(c.execute("SELECT run_id, finished FROM runs").fetchall())
+    assert all(after[k] == v for k, v in before.items())
