@@ -206,9 +206,11 @@ def _summary_table(variants: list[str], strategies: list[str],
                    by_cell: dict[tuple[str, str], list[RunRecord]], runs: list[RunRecord]) -> str:
     head = ('<table><tr><th class="l">variant</th><th class="l">strategy</th><th>ok</th><th>failed</th>'
             "<th>first response p50 ms</th><th>p90 ms</th><th>load_snapshot p50 ms</th>"
-            "<th>faults p50</th><th>MB served p50</th><th>Jaccard p50</th></tr>")
+            "<th>vs ondemand</th><th>faults p50</th><th>MB served p50</th><th>Jaccard p50</th></tr>")
     rows = []
     for v in variants:
+        base = _median([r.timings["first_response"] for r in by_cell[(v, "ondemand")]
+                        if "first_response" in r.timings])
         for s in strategies:
             cell = by_cell[(v, s)]
             nfail = sum(1 for r in runs if not r.ok and r.variant == v and r.strategy == s)
@@ -224,9 +226,18 @@ def _summary_table(variants: list[str], strategies: list[str],
                         f"<td>{len(cell)}</td>"
                         f'<td class="{"fail" if nfail else ""}">{nfail}</td><td>{_num(_median(fr))}</td>'
                         f"<td>{_num(_pct(fr, 90))}</td><td>{_num(_median(ls), 2)}</td>"
+                        f"<td>{_speedup(base, _median(fr))}</td>"
                         f"<td>{_num(_median(fa), 0)}</td><td>{_num(_median(mb), 2)}</td>"
                         f"<td>{_num(_median(off), 3) if jv else '–'}</td></tr>")
     return head + "".join(rows) + "</table>"
+
+
+def _speedup(base: float, x: float) -> str:
+    """``2.7× faster`` / ``1.3× slower`` than ondemand's median (– without both)."""
+    if base != base or x != x or x <= 0 or base <= 0:
+        return "–"
+    r = base / x
+    return f"{r:.2f}× faster" if r >= 1 else f"{1 / r:.2f}× slower"
 
 
 def _phase_plot(variants: list[str], strategies: list[str],

@@ -129,6 +129,10 @@ def run_study(spec: Spec, results_dir: Path | str, *, backend: Backend[Any] | No
                                       results_dir=results_dir)
                         failed += 1
                     else:
+                        if outcome.categories is None:
+                            outcome.categories, why = _categories(rundir, vdir)
+                            if why:
+                                outcome.metrics["attribution_error"] = why
                         rec = _record(spec_all, spec, run, shard, host, versions, be.name, t0, outcome,
                                       rundir=rundir, results_dir=results_dir)
                         ok += 1
@@ -141,6 +145,21 @@ def run_study(spec: Spec, results_dir: Path | str, *, backend: Backend[Any] | No
         emit(Event("end"))
     return StudySummary(planned=len(todo) + skipped, skipped=skipped, ok=ok, failed=failed,
                         results_dir=results_dir)
+
+
+def _categories(rundir: Path, vdir: Path) -> tuple[dict[str, int] | None, str | None]:
+    """NMT attribution of the run's restored pages when the recording has what it needs.
+
+    A malformed memmap/NMT does not fail a run whose restore worked: the reason is returned (and stored
+    in the run's metrics as ``attribution_error``) and the categories stay empty.
+    """
+    from firecracer.errors import FirecracerError
+    from firecracer.experiment.attribution import restored_by_category
+
+    try:
+        return restored_by_category(rundir, vdir), None
+    except FirecracerError as exc:
+        return None, describe_exception(exc)
 
 
 def _record(spec_all: dict[str, Any], spec: Spec, run: Run, shard: Shard | None, host: dict[str, str],

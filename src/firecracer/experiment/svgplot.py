@@ -184,7 +184,7 @@ def stacked_bars(title: str, bars: Sequence[str], parts: Sequence[str],
                  height: int = 320) -> str:
     """One bar per label in ``bars``, stacked from ``parts`` (colour per part)."""
     totals = [sum(values.get((b, p), 0.0) for p in parts) for b in bars]
-    frame = _Frame(width, height, max(totals) * 1.1 if totals else 1.0, ylabel, bottom=80)
+    frame = _Frame(width, height, max(totals) * 1.1 if totals else 1.0, ylabel, bottom=80, right=70)
     body = frame.axes(title)
     slot = frame.pw / max(len(bars), 1)
     marks = 0
