@@ -32,6 +32,7 @@ import numpy.typing as npt
 from firecracer.errors import FirecracerError
 from firecracer.experiment import workingset
 from firecracer.experiment.backend import Backend, RunFailed, RunOutcome
+from firecracer.experiment.backends._common import drop_cache, keep_logs, log_note, server_metrics
 from firecracer.experiment.plan import Run
 from firecracer.experiment.spec import Variant
 from firecracer.experiment.store import now_iso
@@ -165,7 +166,7 @@ class ProbeBackend(Backend[ProbeState]):
                     raise RunFailed("snapshot", str(exc)) from None
                 return {"boot_to_ready_ms": boot_ms, "snapshot_ms": s.timings_ms.get("create")}
         finally:
-            _keep_logs(short / "vm", workdir / "boot")
+            keep_logs(short / "vm", workdir / "boot")
             shutil.rmtree(short, ignore_errors=True)
 
     # -- run ---------------------------------------------------------------------------------------
@@ -194,14 +195,14 @@ class ProbeBackend(Backend[ProbeState]):
         timings: dict[str, float] = {}
         metrics: dict[str, Any] = {}
         try:
-            _drop_cache(state.mem)
+            drop_cache(state.mem)
             try:
                 vm = MicroVM.restore(state.snapdir, firecracker=self.fc, run_dir=short / "vm",
                                      backend=MemBackend.UFFD if uffd else MemBackend.FILE, resume=False,
                                      strategy=strategy if uffd else None, trace=trace_out if uffd else None,
                                      metrics=metrics_out if uffd else None, check=False)
             except FirecracerError as exc:
-                note = _log_note(short / "vm" / "uffd.log")
+                note = log_note(short / "vm" / "uffd.log")
                 raise RunFailed(phase_prefix + "restore", f"{exc}{note}") from None
             t_loaded = time.perf_counter()
             with vm:
@@ -215,7 +216,7 @@ class ProbeBackend(Backend[ProbeState]):
                 if got is None:
                     raise RunFailed(phase_prefix + "first-response",
                                     f"no PROBE RESULT within {timeout:g} s{_death(vm)}"
-                                    f"{_log_note(short / 'vm' / 'uffd.log')}")
+                                    f"{log_note(short / 'vm' / 'uffd.log')}")
                 result, t_first_byte, t_line = got
                 load = vm.timings_ms["load_snapshot"]
                 timings = {"load_snapshot": load, "resume": (t_resumed - t_loaded) * 1e3,
@@ -233,18 +234,18 @@ class ProbeBackend(Backend[ProbeState]):
                         metrics["fc_load_snapshot_us"] = lat["load_snapshot"]
             # leaving the context killed Firecracker and stopped the page server (trace + metrics written)
         finally:
-            _keep_logs(short / "vm", rundir / "vm")
+            keep_logs(short / "vm", rundir / "vm")
             shutil.rmtree(short, ignore_errors=True)
         if not uffd:
             metrics["faults"] = metrics["fc_page_faults"]
             metrics["fault_source"] = "Firecracker process minflt+majflt from resume to the result"
         else:
-            metrics.update(_server_metrics(metrics_out, trace_out))
+            metrics.update(server_metrics(metrics_out, trace_out))
         if metrics.get("errors"):
             raise RunFailed(phase_prefix + "verify", f"the probe found {metrics['errors']} wrong words in "
                                                      f"{metrics['probe_pages']} pages")
         if uffd and not trace_out.exists():
-            note = _log_note(rundir / "vm" / "uffd.log")
+            note = log_note(rundir / "vm" / "uffd.log")
             raise RunFailed(phase_prefix + "collect", f"the page server wrote no trace{note}")
         if "install" in metrics:
             timings["install"] = metrics.pop("install")
@@ -314,65 +315,3 @@ def _page_faults(pid: int | None) -> int:
         return 0
     fields = stat.rsplit(")", 1)[1].split()
     return int(fields[7]) + int(fields[9])  # stat fields 10 (minflt) and 12 (majflt)
-
-
-def _keep_logs(src: Path, dest: Path) -> None:
-    """Copy the VM's logs (serial, Firecracker, page server, metrics) out of the short socket dir."""
-    if not src.is_dir():
-        return
-    dest.mkdir(parents=True, exist_ok=True)
-    for f in src.iterdir():
-        if f.is_file() and not f.is_socket() and f.suffix in (".log", ".json", ".err"):
-            with contextlib.suppress(OSError):
-                shutil.copyfile(f, dest / f.name)
-
-
-def _log_note(log: Path) -> str:
-    try:
-        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        return ""
-    return f" (page server: {lines[-1].strip()[:300]})" if lines else ""
-
-
-def _server_metrics(metrics_out: Path, trace_out: Path) -> dict[str, Any]:
-    """Faults, pages, bytes, service and install time from the page server's metrics and trace."""
-    out: dict[str, Any] = {}
-    try:
-        m = json.loads(metrics_out.read_text())
-    except (OSError, ValueError):
-        m = None
-    sess = m.get("sessions", [{}])[0] if isinstance(m, dict) and m.get("sessions") else {}
-    if isinstance(sess, dict) and sess:
-        out["faults"] = sess.get("faults")
-        out["pages"] = sess.get("pages_total")
-        out["bytes"] = int(sess.get("bytes_copied", 0)) + int(sess.get("bytes_zeroed", 0))
-        out["latency_us"] = sess.get("latency_us")
-        out["handshake_to_last_fault_ms"] = sess.get("handshake_to_last_fault_ms")
-        pf = sess.get("prefetch") or {}
-        if isinstance(pf, dict):
-            if "installed" in pf:
-                out["prefetched"] = pf["installed"]
-            if "misses" in pf:
-                out["misses"] = pf["misses"]
-            inst = pf.get("install_ms", pf.get("eager_ms"))
-            if isinstance(inst, int | float):
-                out["install"] = float(inst)
-    if trace_out.exists():
-        from firecracer.uffd.trace import FLAG_FAULTING, load_trace
-
-        t = load_trace(trace_out)
-        faulting = (t.flags & FLAG_FAULTING) != 0
-        out["service_ms"] = float(t.service_ns[faulting].astype(np.float64).sum()) / 1e6
-        out.setdefault("faults", int(np.count_nonzero(faulting)))
-        out.setdefault("pages", len(t))
-    return {k: v for k, v in out.items() if v is not None}
-
-
-def _drop_cache(path: Path) -> None:
-    """Evict the memory file from the page cache, so every restore starts cold (as in production)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
