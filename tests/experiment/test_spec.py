@@ -39,11 +39,12 @@ def test_defaults_and_paths_relative_to_the_spec(tmp_path: Path) -> None:
     assert spec.variants[0].trace == p.parent / "t" / "trace.npz"
 
 
-def test_digest_ignores_comments_but_not_content() -> None:
+def test_digest_ignores_comments_and_binary_location_but_not_content() -> None:
     a = parse_spec(GOOD)
     b = parse_spec("# a comment\n" + GOOD)
     c = parse_spec(GOOD.replace("100", "101"))
-    assert a.digest == b.digest != c.digest
+    d = parse_spec(GOOD.replace("[study]", '[study]\nfirecracker = "/opt/fc"'))
+    assert a.digest == b.digest == d.digest != c.digest
 
 
 @pytest.mark.parametrize(("text", "key", "line"), [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import sys
 from pathlib import Path
@@ -39,8 +40,10 @@ def _load(spec_file: str | None, example: bool) -> Spec:
 @click.option("--shard", metavar="i/n", help="Run only slice i of n (merge the shards' results later).")
 @click.option("--retry-failed", is_flag=True, help="Run again the runs recorded as failed.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the plan as JSON.")
+@click.option("--firecracker", "firecracker", metavar="PATH",
+              help="Firecracker binary (overrides study.firecracker; else $FIRECRACKER, cache, PATH).")
 def run(spec_file: str | None, example: bool, out: str | None, dry_run: bool, shard: str | None,
-        retry_failed: bool, as_json: bool) -> None:
+        retry_failed: bool, as_json: bool, firecracker: str | None) -> None:
     """Run a study spec: every variant × strategy × repetition, recorded in RESULTS/results.sqlite.
 
     Interrupt it any time (Ctrl-C); running the same command again skips every recorded run. A run
@@ -51,6 +54,8 @@ def run(spec_file: str | None, example: bool, out: str | None, dry_run: bool, sh
     from firecracer.experiment.store import DB_NAME, ResultStore
 
     spec = _load(spec_file, example)
+    if firecracker:
+        spec = dataclasses.replace(spec, firecracker=firecracker)
     sh = Shard.parse(shard) if shard else None
     results = Path(out) if out else Path(f"results-{spec.name}")
 

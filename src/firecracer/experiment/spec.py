@@ -142,8 +142,14 @@ class Spec:
 
     @property
     def digest(self) -> str:
-        """Identity of the study: the parsed content (not formatting), so comments may change freely."""
-        canon = json.dumps(self.as_dict(), sort_keys=True)
+        """Identity of the study: the parsed content (not formatting), so comments may change freely.
+
+        Where the Firecracker binary lives is a detail of each host (``--firecracker``), not of the study:
+        it is left out, while the version each run used is recorded in its row.
+        """
+        d = self.as_dict()
+        d["study"].pop("firecracker", None)
+        canon = json.dumps(d, sort_keys=True)
         return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
     def variant(self, name: str) -> Variant:
