@@ -144,3 +144,16 @@ def test_huge_trace_pages_are_split() -> None:
     att = attribute(rec)
     assert att.trace is not None and len(att.trace) == 1024
     assert att.trace.gpa[513] == (2 << 20) + 4096
+
+
+def test_huge_page_columns_and_kpageflags_names() -> None:
+    from firecracer.analysis.memmap import decode_kpageflags
+    from firecracer.analysis.tables import _frag_row
+
+    assert decode_kpageflags(0x400000868) == ["UPTODATE", "LRU", "ACTIVE", "MMAP", "MAPPEDTODISK"]
+    assert decode_kpageflags(1 << 22 | 1 << 63) == ["THP", "BIT63"]
+    # one full 2 MiB block (512 pages) plus 10 stray pages; half of the pages flagged THP
+    pages = np.concatenate([np.arange(512, 1024), np.arange(5000, 5010)]).astype(np.uint64) * np.uint64(4096)
+    kf = np.where(np.arange(pages.size) % 2 == 0, np.uint64(1 << 22), np.uint64(0))
+    row = _frag_row("x", pages, kf, 4096)
+    assert row == ["x", 522, 2, 261.0, 512, 50.0, round(100 * 512 / 522, 1)]
