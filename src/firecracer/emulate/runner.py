@@ -313,6 +313,9 @@ def run(cfg: EmulateConfig, progress: Progress | None = None) -> EmulateResult:
         timings[name] = round((time.monotonic() - since) * 1000, 1)
 
     try:
+        # Pin the image: hard links (or copies) in the work dir, so a rebuild or prune of the image cache
+        # between the source boot and the restore cannot swap the disk under the restored VM.
+        vm_cfg = _pinned(cfg, work)
         mem = work / "mem"
         vmstate = work / "vmstate"
         for f in (mem, vmstate):
@@ -322,7 +325,7 @@ def run(cfg: EmulateConfig, progress: Progress | None = None) -> EmulateResult:
 
         # 1. source: boot, warm up, prepare, collect
         a_port, h_port = free_port(), free_port()
-        src = _Qemu(qemu_argv(cfg, mem, work / "qmp-src.sock", a_port, h_port, incoming=False),
+        src = _Qemu(qemu_argv(vm_cfg, mem, work / "qmp-src.sock", a_port, h_port, incoming=False),
                     out / "console-source.log")
         try:
             say("booting the image under QEMU TCG (source)")
@@ -378,7 +381,7 @@ def run(cfg: EmulateConfig, progress: Progress | None = None) -> EmulateResult:
         # 3. restore lazily through the FUSE mount, first request
         a_port, h_port = free_port(), free_port()
         say("restore: second QEMU with RAM on the recording FUSE mount")
-        reads, hva_base, names, t_marks, first = _restore(cfg, mem, vmstate, work, a_port, h_port, out)
+        reads, hva_base, names, t_marks, first = _restore(vm_cfg, mem, vmstate, work, a_port, h_port, out)
         timings.update(t_marks)
 
         # 4. the recording
@@ -419,6 +422,22 @@ def run(cfg: EmulateConfig, progress: Progress | None = None) -> EmulateResult:
     finally:
         if own_work:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _pinned(cfg: EmulateConfig, work: Path) -> EmulateConfig:
+    from dataclasses import replace
+
+    pinned: dict[str, Path] = {}
+    for name in ("kernel", "rootfs"):
+        src = Path(getattr(cfg, name)).resolve()
+        dst = work / f"{name}-{src.name}"
+        dst.unlink(missing_ok=True)
+        try:
+            os.link(src, dst)
+        except OSError:
+            subprocess.run(["cp", "--sparse=always", str(src), str(dst)], check=True, timeout=900)
+        pinned[name] = dst
+    return replace(cfg, kernel=pinned["kernel"], rootfs=pinned["rootfs"])
 
 
 def _restore(cfg: EmulateConfig, mem: Path, vmstate: Path, work: Path, a_port: int, h_port: int,
