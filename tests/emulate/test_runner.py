@@ -42,7 +42,7 @@ def test_source_and_destination_differ_only_in_mem_ports_incoming(tmp_path: Path
     assert b[-2:] == ["-incoming", "defer"]
     diff = [(x, y) for x, y in zip(a, b[:-2], strict=True) if x != y]
     assert len(diff) == 1 and "mem-path=" in diff[0][0] and "share=on" in diff[0][1]
-    assert "microvm,accel=tcg,memory-backend=mem" in a
+    assert "microvm,accel=tcg,acpi=off,memory-backend=mem" in a
 
 
 def test_refuses_ram_above_the_mmio_hole_and_missing_image(tmp_path: Path) -> None:
