@@ -85,11 +85,17 @@ def kernel_cmdline(agent_port: int = GUEST_AGENT_PORT, extra: str = "") -> str:
 
 def qemu_argv(qemu: str, kernel: Path, rootfs: Path, host_agent_port: int, host_http_port: int,
               app_port: int, *, mem_mib: int = 1024, cpus: int = 2, extra_args: str = "") -> list[str]:
-    """The QEMU command line: microvm, TCG, read-only virtio-blk root, restricted user-mode net."""
+    """The QEMU command line: microvm, TCG, read-only virtio-blk root, restricted user-mode net.
+
+    ``acpi=off``: with ACPI, microvm is a hardware-reduced ACPI platform, Linux then ignores the PIT and
+    under TCG has no other reference to calibrate the TSC/APIC timer against — it hangs at boot ("tsc:
+    No reference (HPET/PMTIMER) available"). Without ACPI, QEMU describes the virtio-mmio devices on the
+    kernel command line (``virtio_mmio.device=``), exactly as Firecracker does.
+    """
     net = (f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{host_agent_port}-:{GUEST_AGENT_PORT},"
            f"hostfwd=tcp:127.0.0.1:{host_http_port}-:{app_port}")
     return [
-        qemu, "-M", "microvm,accel=tcg", "-cpu", "max", "-m", str(mem_mib), "-smp", str(cpus),
+        qemu, "-M", "microvm,accel=tcg,acpi=off", "-cpu", "max", "-m", str(mem_mib), "-smp", str(cpus),
         "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
         "-kernel", str(kernel), "-append", kernel_cmdline(extra=extra_args),
         "-drive", f"id=root,file={rootfs},format=raw,if=none,readonly=on",
