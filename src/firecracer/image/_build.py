@@ -90,7 +90,7 @@ def run_logged(argv: Sequence[str], log_path: Path, what: str, reporter: Reporte
     log_path.parent.mkdir(parents=True, exist_ok=True)
     tail: list[str] = []
     disk_full = False
-    with log_path.open("a", encoding="utf-8", errors="replace") as log:
+    with log_path.open("a", encoding="utf-8", errors="replace", buffering=1) as log:
         log.write(f"$ {' '.join(argv)}\n")
         log.flush()
         try:
