@@ -102,4 +102,4 @@ def boot_in_firecracker(firecracker: Path, kernel: Path, rootfs: Path | None = N
         elapsed = time.monotonic() - t0
     text = "\n".join(lines)
     return FcBoot(lines, code, elapsed, "Linux version" in text,
-                  code not in (None, 0) and any(m in text for m in PVM_STOP_MARKERS))
+                  code is not None and any(m in text for m in PVM_STOP_MARKERS))
