@@ -354,8 +354,10 @@ def run(cfg: EmulateConfig, progress: Progress | None = None) -> EmulateResult:
 
                 t1 = time.monotonic()
                 summary = collect_agent(agent, out, source=SOURCE)
-                mark("collect_wall", t1)
                 problems += list(summary.problems)
+                kernel_classes = _complete_memmap(agent, out / "memmap.npz", cfg.mem_mib)
+                mark("collect_wall", t1)
+                say(f"memmap: {summary.pages} page rows; kernel allocations by kpageflags: {kernel_classes}")
             finally:
                 agent.close()
             # 2. snapshot: device state only; RAM stays in `mem`
@@ -423,6 +425,19 @@ def run(cfg: EmulateConfig, progress: Progress | None = None) -> EmulateResult:
     finally:
         if own_work:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _complete_memmap(agent: Any, path: Path, mem_mib: int) -> dict[str, int]:
+    """Add kernel allocations (slab, page tables, …) no collector section names; see ``kernelpages``."""
+    from firecracer.analysis.memmap import load_memmap, save_memmap
+    from firecracer.emulate.kernelpages import add_kernel_allocations, read_guest_kpages
+
+    mm = load_memmap(path)
+    max_pfn = int(mm.meta.get("max_pfn") or (mem_mib << 20) // 4096)
+    flags, counts = read_guest_kpages(agent, max_pfn)
+    full, per_class = add_kernel_allocations(mm, flags, counts)
+    save_memmap(full, path)
+    return per_class
 
 
 def _pinned(cfg: EmulateConfig, work: Path) -> EmulateConfig:
