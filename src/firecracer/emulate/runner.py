@@ -97,6 +97,7 @@ class EmulateResult:
     reads_before_resume: int
     timings_ms: dict[str, float] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    attributed_pct: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -421,10 +422,30 @@ def run(cfg: EmulateConfig, progress: Progress | None = None) -> EmulateResult:
         timings["total_wall"] = round((time.monotonic() - t_start) * 1000, 1)
         _write_recording_json(out, cfg, qemu_version, timings, first, trace_rows=len(cut), zero=zero,
                               before=before)
-        return EmulateResult(out, len(cut), zero, before, timings, problems)
+        res = EmulateResult(out, len(cut), zero, before, timings, problems)
+        try:
+            res.attributed_pct = _attributed_pct(out)
+        except FirecracerError as exc:
+            problems.append(f"analysis of the recording failed: {exc}")
+        return res
     finally:
         if own_work:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _attributed_pct(out: Path) -> float | None:
+    """Share of first-touch pages the analysis attributes to an owner; also noted in recording.json."""
+    from firecracer.analysis.join import attribute
+    from firecracer.analysis.recording import load_recording
+    from firecracer.analysis.tables import totals
+
+    tot = totals(attribute(load_recording(out)))
+    pct = tot.get("attributed_pct")
+    path = out / "recording.json"
+    rec = json.loads(path.read_text())
+    rec["analysis"] = {"attributed_pct": pct}
+    path.write_text(json.dumps(rec, indent=1, default=str))
+    return None if pct is None else float(pct)
 
 
 def _complete_memmap(agent: Any, path: Path, mem_mib: int) -> dict[str, int]:
