@@ -42,6 +42,7 @@ import numpy as np
 
 from firecracer import __version__
 from firecracer.emulate.fusemem import MemFileMount, PageReads, data_extents, in_holes
+from firecracer.emulate.nothp import drop_hugepage_advice
 from firecracer.emulate.qmp import Qmp
 from firecracer.errors import BinaryNotFound, FirecracerError
 
@@ -85,6 +86,7 @@ class EmulateConfig:
     keep_snapshot: bool = False
     workdir: Path | None = None
     prepare_steps: list[str] | None = None
+    cpu_model: str = "max"
 
 
 @dataclass
@@ -134,7 +136,7 @@ def qemu_argv(cfg: EmulateConfig, mem_path: Path, qmp: Path, agent_port: int, ht
            f"hostfwd=tcp:127.0.0.1:{http_port}-:{APP_PORT}")
     argv = [
         # acpi=off: see firecracer.image.check (TCG cannot calibrate timers on hw-reduced ACPI)
-        cfg.qemu, "-M", "microvm,accel=tcg,acpi=off,memory-backend=mem", "-cpu", "max",
+        cfg.qemu, "-M", "microvm,accel=tcg,acpi=off,memory-backend=mem", "-cpu", cfg.cpu_model,
         "-m", f"{cfg.mem_mib}M", "-smp", str(cfg.cpus),
         "-object", f"memory-backend-file,id=mem,size={cfg.mem_mib}M,mem-path={mem_path},share=on",
         "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
@@ -152,11 +154,12 @@ def qemu_argv(cfg: EmulateConfig, mem_path: Path, qmp: Path, agent_port: int, ht
 class _Qemu:
     """A QEMU process in its own process group, console copied to a log file with markers seen."""
 
-    def __init__(self, argv: list[str], log: Path) -> None:
+    def __init__(self, argv: list[str], log: Path, *, no_hugepage_advice: bool = False) -> None:
         self.log_path = log
         self._log: IO[bytes] = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+                                     stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=drop_hugepage_advice if no_hugepage_advice else None)
         self.lines: list[str] = []
         self._cv = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -482,7 +485,7 @@ def _restore(cfg: EmulateConfig, mem: Path, vmstate: Path, work: Path, a_port: i
     marks: dict[str, float] = {}
     with MemFileMount(mem, work / "fuse") as mount:
         dst = _Qemu(qemu_argv(cfg, mount.path, work / "qmp-dst.sock", a_port, h_port, incoming=True),
-                    out / "console-restore.log")
+                    out / "console-restore.log", no_hugepage_advice=True)
         try:
             with Qmp(work / "qmp-dst.sock", timeout=60) as q:
                 t_load = mount.mark()
