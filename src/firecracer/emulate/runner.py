@@ -425,7 +425,8 @@ def run(cfg: EmulateConfig, progress: Progress | None = None) -> EmulateResult:
         timings["total_wall"] = round((time.monotonic() - t_start) * 1000, 1)
         _write_recording_json(out, cfg, qemu_version, timings, first, trace_rows=len(cut), zero=zero,
                               before=before)
-        res = EmulateResult(out, len(cut), zero, before, timings, problems)
+        res = EmulateResult(out, len(cut), zero, before,
+                            {k: v for k, v in timings.items() if not k.endswith("_ns")}, problems)
         try:
             res.attributed_pct = _attributed_pct(out)
         except FirecracerError as exc:
