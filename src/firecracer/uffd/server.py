@@ -166,7 +166,10 @@ class Session:
         self._bg_rec = _Recorder()
         self._stop_bg = threading.Event()
         self._ws_entry: np.ndarray[Any, np.dtype[np.int32]] | None = None
+        self.peer_exe = ""
         if hs.peer_pid:
+            with contextlib.suppress(OSError):
+                self.peer_exe = os.readlink(f"/proc/{hs.peer_pid}/exe")
             try:
                 self.pidfd = os.pidfd_open(hs.peer_pid)
             except OSError:
@@ -684,8 +687,19 @@ class Session:
 
     # -- results -------------------------------------------------------------------------------------
 
+    def peer_version(self) -> str | None:
+        """The peer's Firecracker version (``--version`` of its executable), None if it is not one."""
+        if not self.peer_exe or "firecracker" not in Path(self.peer_exe).name:
+            return None
+        from firecracer.vmm.binary import firecracker_version
+
+        try:
+            return str(firecracker_version(self.peer_exe.removesuffix(" (deleted)")))
+        except FirecracerError:
+            return None
+
     def trace(self, *, vmm: str = "firecracker", firecracker_version: str | None = None) -> Trace:
-        """The session's trace (rows sorted by time)."""
+        """The session's trace (rows sorted by time); Firecracker's version is asked of the peer's binary."""
         cols = _expand(self.rec.runs + self._bg_rec.runs, self.ps)
         cols["gpa"] = gpa_of(cols["file_off"], self.mem.size)
         meta: dict[str, Any] = {
@@ -694,8 +708,11 @@ class Session:
             "faults": self.nfaults, "events": dict(self.events), "removes": self.removes,
             "handshake": self.hs.generation, "peer_pid": self.hs.peer_pid,
         }
-        if firecracker_version:
-            meta["firecracker_version"] = firecracker_version
+        version = firecracker_version or self.peer_version()
+        if version:
+            meta["firecracker_version"] = version
+        if self.peer_exe:
+            meta["peer_exe"] = self.peer_exe
         return make_trace(cols, meta)
 
     def metrics(self) -> dict[str, Any]:
