@@ -498,7 +498,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--c-pages", type=int, default=5000, help="faults per per-fault measurement")
     ap.add_argument("--c-repeat", type=int, default=15, help="alternating C/Python measurements (median)")
-    ap.add_argument("--settle", type=float, default=1.0, help="seconds between a per-fault server's "
+    ap.add_argument("--settle", type=float, default=4.0, help="seconds between a per-fault server's "
                     "ready line and the first fault (same for C and Python)")
     ap.add_argument("--firecracker", help="binary (default: newest installed >= 1.8)")
     ap.add_argument("--workdir", help="keep files here (default: a temp dir on disk, removed)")

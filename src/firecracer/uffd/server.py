@@ -20,6 +20,7 @@ server reports failure. Every page installed is recorded for the trace (``trace.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import gc
@@ -40,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from firecracer.errors import FirecracerError, HandshakeError
-from firecracer.uffd import abi
+from firecracer.uffd import abi, native
 from firecracer.uffd.handshake import Handshake, Region, peer_pid, receive
 from firecracer.uffd.memfile import MemoryFile
 from firecracer.uffd.strategies import (
@@ -92,22 +93,31 @@ class ServeError(FirecracerError):
 class _Recorder:
     """Installed runs (not pages), expanded to trace rows with numpy at the end."""
 
-    __slots__ = ("runs",)
+    __slots__ = ("chunks", "runs")
 
     def __init__(self) -> None:
         self.runs: list[tuple[int, int, int, int, int, int, int, int]] = []
+        self.chunks: list[np.ndarray[Any, Any]] = []  # native fast-path records (native.REC_DTYPE)
+
+    def as_array(self) -> np.ndarray[Any, np.dtype[np.int64]]:
+        """All runs as an (N, 8) int64 array (t_ns, hva, off, n, flags, action, fault, svc)."""
+        parts = [np.array(self.runs, dtype=np.int64).reshape(-1, 8)]
+        for c in self.chunks:
+            a = np.zeros((len(c), 8), dtype=np.int64)
+            a[:, 0], a[:, 1], a[:, 2] = c["t_ns"], c["hva"], c["off"]
+            a[:, 3] = 1
+            a[:, 4], a[:, 5], a[:, 6], a[:, 7] = c["flags"], Action.LOAD, c["fault"], c["svc"]
+            parts.append(a)
+        return np.concatenate(parts)
 
     def add(self, t_ns: int, hva: int, off: int, n: int, flags: int, action: int, fault: int,
             svc: int) -> None:
         self.runs.append((t_ns, hva, off, n, flags, action, fault, svc))
 
 
-def _expand(runs: list[tuple[int, int, int, int, int, int, int, int]], ps: int) -> dict[str, Any]:
-    if not runs:
-        arr = np.zeros((0, 8), dtype=np.int64)
-    else:
-        arr = np.array(runs, dtype=np.int64)  # user addresses and offsets fit in 63 bits
-        arr = arr[np.argsort(arr[:, 0], kind="stable")]
+def _expand(arr: np.ndarray[Any, np.dtype[np.int64]], ps: int) -> dict[str, Any]:
+    """Run records (``_Recorder.as_array``; user addresses and offsets fit in 63 bits) → trace columns."""
+    arr = arr[np.argsort(arr[:, 0], kind="stable")]
     n = arr[:, 3]
     rep = np.repeat(np.arange(arr.shape[0]), n)
     within = (np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)) * ps
@@ -161,6 +171,7 @@ class Session:
         self.prefetch: dict[str, Any] = {}
         self.pidfd = -1
         self._blocking = False
+        self.native = False
         self._zero_buf = 0
         self._bg: threading.Thread | None = None
         self._bg_rec = _Recorder()
@@ -289,7 +300,13 @@ class Session:
             if quit_fd in ready:
                 return
             reason.append("stopped" if self.stop_fd in ready else "peer-exited")
-            signal.pthread_kill(main_ident, signal.SIGUSR1)
+            # a signal landing just before the loop enters read() is not seen by it: repeat until the
+            # loop acknowledges by writing quit_fd
+            while True:
+                signal.pthread_kill(main_ident, signal.SIGUSR1)
+                r, _, _ = select.select([quit_fd], [], [], 0.05)
+                if r:
+                    return
 
         woke = [False]
         in_read = [False]
@@ -317,12 +334,52 @@ class Session:
         copy_req = abi.UFFDIO_COPY
         pf = abi.UFFD_EVENT_PAGEFAULT
         fast_faults = 0
+        lib = native.load() if fast else None
+        if lib is not None:
+            hole = None
+            if not dense:
+                hole = np.ones(len(state), dtype=np.uint8)
+                for ds, de in zip(mem.data_start, mem.data_end, strict=True):
+                    hole[ds >> shift:(de + ps - 1) >> shift] = 0
+            state_view = (ctypes.c_char * len(state)).from_buffer(state)
+            recbuf = np.zeros(4096, dtype=native.REC_DTYPE)
+            left = np.zeros(native.MAX_MSGS * abi.MSG_SIZE, dtype=np.uint8)
+            nleft = ctypes.c_long()
+            args = (fd, base, rend - base, roff, maddr, ctypes.addressof(state_view),
+                    None if hole is None else hole.ctypes.data,
+                    None if ws_entry is None else ws_entry.ctypes.data, shift, t0)
+            serve_native = lib.fc_serve
+            self.native = True
         gc_was = gc.isenabled()
         gc.disable()  # the loop makes no reference cycles; collections would only add latency
         try:
             while True:
                 if self.pending:
                     self._handle([], mono())
+                if lib is not None:
+                    # the signal only interrupts the C read (EINTR); the handler never raises here, so
+                    # records the C code wrote are never lost; the watcher repeats the signal until we quit
+                    if woke[0]:
+                        raise _Wakeup
+                    n = serve_native(*args, self.nfaults, recbuf.ctypes.data, len(recbuf), left.ctypes.data,
+                                     ctypes.byref(nleft))
+                    if n < 0:
+                        if -n in (errno.EINTR, errno.EAGAIN):
+                            continue
+                        raise OSError(-n, f"reading the userfaultfd: {os.strerror(-n)}")
+                    if n:
+                        chunk = recbuf[:n].copy()
+                        self.rec.chunks.append(chunk)
+                        self.nfaults += n
+                        fast_faults += n
+                        self.latency_ns.extend(chunk["svc"].tolist())
+                        self.last_fault_ns = int(chunk["t_ns"][-1])
+                        if ws_entry is not None:
+                            self.misses += n
+                    if nleft.value:
+                        self._handle(list(abi.MSG.iter_unpack(left[:nleft.value * abi.MSG_SIZE].tobytes())),
+                                     mono())
+                    continue
                 in_read[0] = True
                 if woke[0]:
                     raise _Wakeup
@@ -700,7 +757,7 @@ class Session:
 
     def trace(self, *, vmm: str = "firecracker", firecracker_version: str | None = None) -> Trace:
         """The session's trace (rows sorted by time); Firecracker's version is asked of the peer's binary."""
-        cols = _expand(self.rec.runs + self._bg_rec.runs, self.ps)
+        cols = _expand(np.concatenate([self.rec.as_array(), self._bg_rec.as_array()]), self.ps)
         cols["gpa"] = gpa_of(cols["file_off"], self.mem.size)
         meta: dict[str, Any] = {
             "page_size": self.ps, "strategy": str(self.strategy),
@@ -717,13 +774,11 @@ class Session:
 
     def metrics(self) -> dict[str, Any]:
         """Counts, bytes and latency percentiles of this session."""
-        runs = self.rec.runs + self._bg_rec.runs
-        pages = Counter[str]()
-        zero_pages = 0
-        for _t, _h, _o, n, flags, action, _f, _s in runs:
-            pages[Action(action).name.lower()] += n
-            if flags & FLAG_ZERO:
-                zero_pages += n
+        runs = np.concatenate([self.rec.as_array(), self._bg_rec.as_array()])
+        counts = np.bincount(runs[:, 5], weights=runs[:, 3], minlength=len(Action)) if len(runs) else \
+            np.zeros(len(Action))
+        pages = Counter({a.name.lower(): int(counts[a.value]) for a in Action})
+        zero_pages = int(runs[(runs[:, 4] & FLAG_ZERO) != 0, 3].sum())
         total = sum(pages.values())
         lat = np.array(self.latency_ns, dtype=np.float64) / 1e3
         pct = ({f"p{q}": round(float(np.percentile(lat, q)), 1) for q in (50, 90, 99)} |
@@ -738,7 +793,7 @@ class Session:
             "bytes_copied": (total - zero_pages) * self.ps, "bytes_zeroed": zero_pages * self.ps,
             "ioctls": self.ioctls, "eexist": self.eexist, "eagain": self.eagain,
             "latency_us": pct, "handshake_to_last_fault_ms": round(self.last_fault_ns / 1e6, 3),
-            "ended": self.ended, "error": self.error,
+            "ended": self.ended, "error": self.error, "native_fast_path": self.native,
         }
         if self.strategy.kind in ("prefetch", "eager"):
             pf = dict(self.prefetch)
