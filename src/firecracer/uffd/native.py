@@ -1,13 +1,13 @@
 """Optional native fast path for the commonest fault: one missing data page, served with one copy.
 
-The event loop stays in Python; this ~60-line C function (built with the system C compiler into the
+The event loop stays in Python; this ~80-line C function (built with the system C compiler into the
 cache on first use, loaded with ctypes, which releases the GIL while it runs) only takes over the
-steady state of ``ondemand``/``prefetch`` misses: ``read`` one event, ``UFFDIO_COPY`` one page, record
-it, repeat. Anything else (several events at once, removes, present/removed/hole pages, another
-region, an ioctl error) is handed back to the Python code, unchanged. Why: the restore benchmark's
-per-fault comparison with a minimal C server showed the interpreter's few microseconds per fault
-(see docs/uffd.md). Set ``FIRECRACER_UFFD_NATIVE=0`` to use pure Python; without a C compiler the
-pure-Python path is used automatically.
+steady state of ``ondemand``/``prefetch`` misses: ``poll`` (uffd, peer pidfd, stop fd), ``read`` one
+event, ``UFFDIO_COPY`` one page, record it, repeat: the same syscalls as a plain C server. Anything
+else (several events at once, removes, present/removed/hole pages, another region, an ioctl error) is
+handed back to the Python code, unchanged. Why: the restore benchmark's per-fault comparison with a
+minimal C server showed the interpreter's few microseconds per fault (see docs/uffd.md). Set
+``FIRECRACER_UFFD_NATIVE=0`` to use pure Python; without a C compiler the pure-Python path is used.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ SOURCE = r"""
 #define _GNU_SOURCE
 #include <errno.h>
 #include <linux/userfaultfd.h>
+#include <poll.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -42,20 +43,37 @@ static inline uint64_t now_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-/* Serve single missing-data-page faults in [base, base+size) until anything else arrives.
-   Returns records written (>= 0) or -errno if the first read failed (EINTR: a signal for Python).
+#define FC_PEER_EXITED (-100000)
+#define FC_STOPPED (-100001)
+
+/* Serve single missing-data-page faults in [base, base+size) until anything else arrives, polling
+   the uffd, the peer's pidfd and the stop fd like a plain C server. Returns records written (>= 0),
+   FC_PEER_EXITED / FC_STOPPED (only when nothing was recorded in this call), or -errno.
    Messages it did not handle are copied to `left` (*nleft of them), untouched. */
-long fc_serve(int uffd, uint64_t base, uint64_t size, uint64_t roff, uint64_t mem_addr,
-              uint8_t *state, const uint8_t *hole, const int32_t *ws_entry, int shift,
+long fc_serve(int uffd, int pidfd, int stopfd, uint64_t base, uint64_t size, uint64_t roff,
+              uint64_t mem_addr, uint8_t *state, const uint8_t *hole, const int32_t *ws_entry, int shift,
               uint64_t t0, int64_t first_fault, struct fc_rec *out, long max,
               struct uffd_msg *left, long *nleft) {
     const uint64_t ps = 1ull << shift;
     struct uffd_msg msgs[256];
+    struct pollfd pf[3] = {{uffd, POLLIN, 0}, {stopfd, POLLIN, 0}, {pidfd, POLLIN, 0}};
+    int npf = pidfd >= 0 ? 3 : 2;
     long n = 0;
     *nleft = 0;
     while (n < max) {
+        if (poll(pf, npf, -1) < 0) {
+            if (errno == EINTR) return n ? n : -EINTR;
+            return n ? n : -errno;
+        }
+        if (pf[1].revents) return n ? n : FC_STOPPED;
         ssize_t r = read(uffd, msgs, sizeof msgs);
-        if (r < 0) return n ? n : -errno;
+        if (r < 0) {
+            if (errno == EAGAIN) {
+                if (npf == 3 && pf[2].revents) return n ? n : FC_PEER_EXITED;
+                continue;
+            }
+            return n ? n : -errno;
+        }
         uint64_t t_read = now_ns();
         long k = r / (long)sizeof msgs[0];
         if (k == 1 && msgs[0].event == UFFD_EVENT_PAGEFAULT) {
@@ -91,6 +109,8 @@ long fc_serve(int uffd, uint64_t base, uint64_t size, uint64_t roff, uint64_t me
 REC_DTYPE = np.dtype([("t_ns", "<u8"), ("hva", "<u8"), ("off", "<u8"), ("flags", "<u8"), ("fault", "<u8"),
                       ("svc", "<u8")])
 MAX_MSGS = 256
+PEER_EXITED = -100000
+STOPPED = -100001
 
 _lib: ctypes.CDLL | None = None
 _tried = False
@@ -134,7 +154,8 @@ def load() -> ctypes.CDLL | None:
         return None
     f = lib.fc_serve
     f.restype = ctypes.c_long
-    f.argtypes = [ctypes.c_int, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_uint64,
+    f.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_uint64,
+                  ctypes.c_uint64,
                   ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64,
                   ctypes.c_int64, ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p,
                   ctypes.POINTER(ctypes.c_long)]

@@ -24,6 +24,7 @@ import ctypes
 import errno
 import fcntl
 import gc
+import json
 import logging
 import os
 import select
@@ -205,8 +206,12 @@ class Session:
                         self._bg.start()
                     else:
                         self._prefetch_fg()
+                lib = native.load() if self.strategy.kind in ("ondemand", "eager", "prefetch") else None
                 in_main = threading.current_thread() is threading.main_thread()
-                self.ended = self._loop_blocking() if in_main else self._loop()
+                if lib is not None:
+                    self.ended = self._loop_native(lib)
+                else:
+                    self.ended = self._loop_blocking() if in_main else self._loop()
         except PeerGone:
             self.ended = "peer-gone"
         except Exception as exc:  # fatal: never leave the peer hanging on a fault
@@ -276,6 +281,62 @@ class Session:
             elif peer_exited:
                 return "peer-exited"
 
+    def _loop_native(self, lib: ctypes.CDLL) -> str:
+        """The loop with the C fast path (``native.fc_serve``): it serves single missing-data faults of
+        region 0 and polls the peer's pidfd and the stop fd itself; everything else comes back here."""
+        r0 = self.regions[0]
+        state, mem, shift, ps = self.state, self.mem, self.shift, self.ps
+        hole = None
+        if not mem.dense:
+            hole = np.ones(len(state), dtype=np.uint8)
+            for ds, de in zip(mem.data_start, mem.data_end, strict=True):
+                hole[ds >> shift:(de + ps - 1) >> shift] = 0
+        ws_entry = self._ws_entry
+        state_view = (ctypes.c_char * len(state)).from_buffer(state)
+        recbuf = np.zeros(4096, dtype=native.REC_DTYPE)
+        left = np.zeros(native.MAX_MSGS * abi.MSG_SIZE, dtype=np.uint8)
+        nleft = ctypes.c_long()
+        args = (self.fd, self.pidfd, self.stop_fd, r0.base_host_virt_addr, r0.size, r0.offset, mem.addr,
+                ctypes.addressof(state_view), None if hole is None else hole.ctypes.data,
+                None if ws_entry is None else ws_entry.ctypes.data, shift, self.t0)
+        serve = lib.fc_serve
+        self.native = True
+        fast_faults = 0
+        try:
+            while True:
+                if self.pending:
+                    self._handle([], time.monotonic_ns())
+                n = serve(*args, self.nfaults, recbuf.ctypes.data, len(recbuf), left.ctypes.data,
+                          ctypes.byref(nleft))
+                if n == native.STOPPED:
+                    if self.peer_alive():
+                        self.kill_peer()
+                    return "stopped"
+                if n == native.PEER_EXITED:
+                    return "peer-exited"
+                if n < 0:
+                    if -n in (errno.EINTR, errno.EAGAIN):
+                        continue
+                    if -n in (errno.EBADF, errno.EINVAL):
+                        raise PeerGone
+                    raise OSError(-n, f"serving the userfaultfd: {os.strerror(-n)}")
+                if n:
+                    chunk = recbuf[:n].copy()
+                    self.rec.chunks.append(chunk)
+                    self.nfaults += n
+                    fast_faults += n
+                    self.latency_ns.extend(chunk["svc"].tolist())
+                    self.last_fault_ns = int(chunk["t_ns"][-1])
+                    if ws_entry is not None:
+                        self.misses += n
+                if nleft.value:
+                    msgs = list(abi.MSG.iter_unpack(left[:nleft.value * abi.MSG_SIZE].tobytes()))
+                    self._handle(msgs, time.monotonic_ns())
+        finally:
+            self.events["pagefault"] += fast_faults
+            self.ioctls += fast_faults
+            del state_view
+
     def _loop_blocking(self) -> str:
         """The main-thread loop: one blocking ``read`` per wakeup (no ``poll``), single faults inline.
 
@@ -334,52 +395,12 @@ class Session:
         copy_req = abi.UFFDIO_COPY
         pf = abi.UFFD_EVENT_PAGEFAULT
         fast_faults = 0
-        lib = native.load() if fast else None
-        if lib is not None:
-            hole = None
-            if not dense:
-                hole = np.ones(len(state), dtype=np.uint8)
-                for ds, de in zip(mem.data_start, mem.data_end, strict=True):
-                    hole[ds >> shift:(de + ps - 1) >> shift] = 0
-            state_view = (ctypes.c_char * len(state)).from_buffer(state)
-            recbuf = np.zeros(4096, dtype=native.REC_DTYPE)
-            left = np.zeros(native.MAX_MSGS * abi.MSG_SIZE, dtype=np.uint8)
-            nleft = ctypes.c_long()
-            args = (fd, base, rend - base, roff, maddr, ctypes.addressof(state_view),
-                    None if hole is None else hole.ctypes.data,
-                    None if ws_entry is None else ws_entry.ctypes.data, shift, t0)
-            serve_native = lib.fc_serve
-            self.native = True
         gc_was = gc.isenabled()
         gc.disable()  # the loop makes no reference cycles; collections would only add latency
         try:
             while True:
                 if self.pending:
                     self._handle([], mono())
-                if lib is not None:
-                    # the signal only interrupts the C read (EINTR); the handler never raises here, so
-                    # records the C code wrote are never lost; the watcher repeats the signal until we quit
-                    if woke[0]:
-                        raise _Wakeup
-                    n = serve_native(*args, self.nfaults, recbuf.ctypes.data, len(recbuf), left.ctypes.data,
-                                     ctypes.byref(nleft))
-                    if n < 0:
-                        if -n in (errno.EINTR, errno.EAGAIN):
-                            continue
-                        raise OSError(-n, f"reading the userfaultfd: {os.strerror(-n)}")
-                    if n:
-                        chunk = recbuf[:n].copy()
-                        self.rec.chunks.append(chunk)
-                        self.nfaults += n
-                        fast_faults += n
-                        self.latency_ns.extend(chunk["svc"].tolist())
-                        self.last_fault_ns = int(chunk["t_ns"][-1])
-                        if ws_entry is not None:
-                            self.misses += n
-                    if nleft.value:
-                        self._handle(list(abi.MSG.iter_unpack(left[:nleft.value * abi.MSG_SIZE].tobytes())),
-                                     mono())
-                    continue
                 in_read[0] = True
                 if woke[0]:
                     raise _Wakeup
@@ -808,6 +829,13 @@ class Session:
 # ---------------------------------------------------------------------------------------------------
 # Server
 
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a temporary name and rename it, so readers never see half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
 @dataclass
 class ServeResult:
     """What a server run did: per-session metrics, traces written, and the first fatal error."""
@@ -840,7 +868,7 @@ class Server:
                  strategy: str | Strategy = "ondemand", *, trace_out: str | Path | None = None,
                  max_sessions: int = 1, accept_timeout: float | None = None,
                  handshake_timeout: float = 10.0, populate: bool = False, write_ws: bool = True,
-                 firecracker_version: str | None = None) -> None:
+                 firecracker_version: str | None = None, metrics_out: str | Path | None = None) -> None:
         self.socket_path = Path(socket_path)
         self.strategy = strategy if isinstance(strategy, Strategy) else parse_strategy(strategy)
         self.trace_out = Path(trace_out) if trace_out else None
@@ -849,6 +877,7 @@ class Server:
         self.handshake_timeout = handshake_timeout
         self.write_ws = write_ws
         self.firecracker_version = firecracker_version
+        self.metrics_out = Path(metrics_out) if metrics_out else None
         self.mem = MemoryFile(mem_file, populate=populate)
         self.ws_path: Path | None = None
         if self.strategy.kind == "prefetch":
@@ -958,6 +987,8 @@ class Server:
                     th.join(timeout=10)
             for c in conns:
                 c.close()
+        # outputs, smallest first and each atomic: a supervisor may SIGKILL us soon after the peer died
+        traces: list[tuple[Session, Path]] = []
         for s in sessions:
             if s.ws is not None:
                 s.ws.close()
@@ -965,11 +996,16 @@ class Server:
             if self.trace_out is not None:
                 out = self.trace_out if s.index == 0 else self.trace_out.with_name(
                     f"{self.trace_out.stem}-{s.index}{self.trace_out.suffix or '.npz'}")
-                tr = s.trace(firecracker_version=self.firecracker_version)
-                save_trace(tr, out)
+                traces.append((s, out))
                 result.traces.append(out)
-                if self.write_ws and self.strategy.kind in ("ondemand", "fault-around") and len(tr):
-                    write_working_set(tr, self.mem, ws_path_for(out))
+        if self.metrics_out is not None:
+            write_json_atomic(self.metrics_out, result.metrics())
+        for s, out in traces:
+            tr = s.trace(firecracker_version=self.firecracker_version)
+            save_trace(tr, out)
+        for s, out in traces:
+            if self.write_ws and self.strategy.kind in ("ondemand", "fault-around") and s.nfaults:
+                write_working_set(out, self.mem, ws_path_for(out))
         return result
 
     def close(self) -> None:
