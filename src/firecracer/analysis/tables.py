@@ -9,7 +9,8 @@ collected processes mapping it.
 
 Public API (stable): ``Table`` (``name``, ``title``, ``columns``, ``rows``; ``to_dicts()``),
 ``tables(att) -> dict[str, Table]`` with keys ``processes``, ``mappings``, ``nmt_categories``,
-``nmt_regions``, ``owner_classes``, ``fragmentation``, ``restore_order``; ``totals(att) -> dict``
+``nmt_regions``, ``owner_classes``, ``fragmentation``, ``restore_order``, ``restore_timeline``;
+``totals(att) -> dict``
 (``physical_pages``, ``processes``, ``uffd_events``, ``pages_loaded``, ``pages_zeroed``, ``nmt_regions``
 computed with the original UffdVisualizer's rules, plus our own counts).
 """
@@ -308,6 +309,31 @@ def restore_order_table(att: Attribution) -> Table:
                   "p90_pct_of_trace"], rows)
 
 
+def restore_timeline(att: Attribution, bins: int = 20) -> Table:
+    """Cumulative restored kB per owner class and NMT category at ``bins`` equal steps of trace time
+    (trace index when the trace has no times, e.g. seed imports): the viewer's and report's chart."""
+    tr = att.trace
+    if tr is None or not len(tr) or bins < 1:
+        return Table("restore_timeline", "Restored kB over time", [], [])
+    idx = np.flatnonzero(att.trace_first)
+    t = tr.t_ns.astype(np.float64)
+    timed = bool(t.max() > t.min())
+    x = (t - t.min()) / 1e6 if timed else np.arange(len(tr), dtype=np.float64)
+    edges = np.linspace(0.0, float(x.max()), bins + 1)[1:]
+    cols: list[str] = ["t_ms" if timed else "trace_index"]
+    series: list[list[int]] = []
+    for names, grp in _trace_groups(att):
+        g = grp[idx]
+        for k, name in enumerate(names):
+            sel = idx[g == k]
+            if sel.size:
+                cols.append(name)
+                series.append((np.searchsorted(np.sort(x[sel]), edges, side="right") * att.page_size
+                               // 1024).tolist())
+    rows = [[round(float(e), 3), *(s[i] for s in series)] for i, e in enumerate(edges.tolist())]
+    return Table("restore_timeline", "Restored kB over time (cumulative, first touches)", cols, rows)
+
+
 def totals(att: Attribution) -> dict[str, Any]:
     """Counts, the first six as the original UffdVisualizer computes them (SEED.md §5.1–5.2).
 
@@ -352,4 +378,4 @@ def tables(att: Attribution) -> dict[str, Table]:
     """All tables for one recording, in display order."""
     return {t.name: t for t in (
         owner_classes_table(att), processes_table(att), nmt_categories_table(att), nmt_regions_table(att),
-        mappings_table(att), fragmentation_table(att), restore_order_table(att))}
+        mappings_table(att), fragmentation_table(att), restore_order_table(att), restore_timeline(att))}
