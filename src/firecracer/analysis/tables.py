@@ -244,7 +244,9 @@ def fragmentation_table(att: Attribution) -> Table:
     """Physical contiguity per owner class / NMT category, for present and for restored pages.
 
     ``huge_pct`` = pages with kpageflags THP or HUGE (native memmaps only); ``full_2m_pct`` = pages lying
-    in a 2 MiB-aligned physical block that the group fills completely (works for seed data too).
+    in a 2 MiB-aligned physical block that the group fills completely (works for seed data too). The row
+    "restored, in service order" counts runs of consecutive pages in the order they were served (REAP saw
+    runs of 2–3 pages), i.e. how much one ioctl per run could have batched.
     """
     ps = att.page_size
     mm = att.recording.memmap
@@ -273,6 +275,12 @@ def fragmentation_table(att: Attribution) -> Table:
                     out.append(_frag_row(f"restored nmt:{name}", att.phys[rsel], kfl[rsel], ps))
     if traced:
         out.append(_frag_row("restored (all)", att.restored_gpas(), None, ps))
+        assert att.trace is not None
+        seq = att.trace.gpa[att.trace_first] // np.uint64(ps)      # first touches, in service order
+        brk = np.flatnonzero(np.diff(seq.astype(np.int64)) != 1) + 1
+        r = np.diff(np.concatenate(([0], brk, [seq.size]))) if seq.size else np.zeros(0, dtype=np.int64)
+        out.append(["restored, in service order", int(seq.size), int(r.size),
+                    float(np.median(r)) if r.size else None, int(r.max()) if r.size else None, None, None])
     return Table("fragmentation", "Physical fragmentation and huge-page coverage",
                  ["group", "pages", "runs", "median_run", "max_run", "huge_pct", "full_2m_pct"], out)
 
