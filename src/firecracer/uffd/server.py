@@ -1,0 +1,918 @@
+"""The page server: accept Firecracker's hand-offs on a Unix socket and serve each uffd's faults.
+
+One :class:`Session` per hand-off (clones may connect several times), each in its own thread with its
+own event loop:
+
+* every wakeup drains all queued events; ``REMOVE`` events are applied before the faults read with
+  them (pages in a removed range are served as zero afterwards);
+* a fault installs one page (``ondemand``), or the missing pages of its aligned block
+  (``fault-around:N``), contiguous runs per ioctl, holes of a sparse memory file as zero pages;
+* several faults read in one wakeup are installed with ``DONTWAKE`` and woken with one ``UFFDIO_WAKE``
+  per region; ``EEXIST`` is benign, ``EAGAIN`` drains events and retries;
+* ``eager`` and ``prefetch`` install memory at the hand-off, before the first fault is served
+  (``prefetch-background`` from a thread racing the vCPUs).
+
+A session ends when its peer exits (a pidfd from ``SO_PEERCRED``) or the server is stopped. On a fatal
+error the peer is killed (``SIGKILL``) so Firecracker never hangs on a fault nobody will serve, and the
+server reports failure. Every page installed is recorded for the trace (``trace.npz``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import gc
+import logging
+import os
+import select
+import signal
+import socket
+import stat
+import struct
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from firecracer.errors import FirecracerError, HandshakeError
+from firecracer.uffd import abi
+from firecracer.uffd.handshake import Handshake, Region, peer_pid, receive
+from firecracer.uffd.memfile import MemoryFile
+from firecracer.uffd.strategies import (
+    KIND_DATA,
+    Strategy,
+    WorkingSet,
+    parse_strategy,
+    write_working_set,
+    ws_path_for,
+)
+from firecracer.uffd.trace import (
+    FLAG_FAULTING,
+    FLAG_WRITE,
+    FLAG_ZERO,
+    Action,
+    Trace,
+    gpa_of,
+    make_trace,
+    save_trace,
+)
+
+log = logging.getLogger("firecracer.uffd")
+
+MISSING = 0
+PRESENT = 1
+REMOVED = 2
+_EAGAIN_BUDGET_NS = 10_000_000_000  # give up on a range that stays busy for 10 s
+_EAGER_CHUNK = 64 << 20
+
+
+_COPY = struct.Struct("<QQQQq")
+
+
+class _Wakeup(BaseException):
+    """Raised in the serving thread (by SIGUSR1) when its peer exited or a stop was asked."""
+
+
+class PeerGone(Exception):
+    """The peer's memory is gone (it exited): the session ends, not an error."""
+
+
+class ServeError(FirecracerError):
+    """A session failed fatally; its peer was killed."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Recording
+
+class _Recorder:
+    """Installed runs (not pages), expanded to trace rows with numpy at the end."""
+
+    __slots__ = ("runs",)
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[int, int, int, int, int, int, int, int]] = []
+
+    def add(self, t_ns: int, hva: int, off: int, n: int, flags: int, action: int, fault: int,
+            svc: int) -> None:
+        self.runs.append((t_ns, hva, off, n, flags, action, fault, svc))
+
+
+def _expand(runs: list[tuple[int, int, int, int, int, int, int, int]], ps: int) -> dict[str, Any]:
+    if not runs:
+        arr = np.zeros((0, 8), dtype=np.int64)
+    else:
+        arr = np.array(runs, dtype=np.int64)  # user addresses and offsets fit in 63 bits
+        arr = arr[np.argsort(arr[:, 0], kind="stable")]
+    n = arr[:, 3]
+    rep = np.repeat(np.arange(arr.shape[0]), n)
+    within = (np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)) * ps
+    col = arr[rep]
+    return {
+        "t_ns": col[:, 0].astype(np.uint64), "hva": (col[:, 1] + within).astype(np.uint64),
+        "file_off": (col[:, 2] + within).astype(np.uint64),
+        "flags": col[:, 4].astype(np.uint8), "action": col[:, 5].astype(np.uint8),
+        "fault": col[:, 6].astype(np.int32),
+        "service_ns": np.minimum(col[:, 7], 0xFFFFFFFF).astype(np.uint32),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
+# Session
+
+class Session:
+    """Serve one uffd hand-off until its peer exits or ``stop_fd`` becomes readable."""
+
+    def __init__(self, hs: Handshake, mem: MemoryFile, strategy: Strategy, *, stop_fd: int, index: int = 0,
+                 ws: WorkingSet | None = None) -> None:
+        self.hs = hs
+        self.mem = mem
+        self.strategy = strategy
+        self.stop_fd = stop_fd
+        self.index = index
+        self.ws = ws
+        self.fd = hs.uffd
+        self.ps = hs.page_size
+        self.shift = self.ps.bit_length() - 1
+        self.mask = ~(self.ps - 1)
+        self.t0 = hs.received_ns
+        self.regions: tuple[Region, ...] = hs.regions
+        self.state = bytearray(mem.size >> self.shift)
+        self.ops = abi.Ops(self.fd)
+        self.rec = _Recorder()
+        self.pending: deque[tuple[int, int]] = deque()
+        self.events: Counter[str] = Counter()
+        self.removes: list[dict[str, int]] = []
+        self.latency_ns: list[int] = []
+        self.nfaults = 0
+        self.stale = 0
+        self.eexist = 0
+        self.eagain = 0
+        self.ioctls = 0
+        self.misses = 0
+        self.late = 0
+        self.last_fault_ns = 0
+        self.error: str | None = None
+        self.ended = ""
+        self.prefetch: dict[str, Any] = {}
+        self.pidfd = -1
+        self._blocking = False
+        self._zero_buf = 0
+        self._bg: threading.Thread | None = None
+        self._bg_rec = _Recorder()
+        self._stop_bg = threading.Event()
+        self._ws_entry: np.ndarray[Any, np.dtype[np.int32]] | None = None
+        if hs.peer_pid:
+            try:
+                self.pidfd = os.pidfd_open(hs.peer_pid)
+            except OSError:
+                self.pidfd = -1  # already gone: the loop ends at once
+                self.ended = "peer-gone"
+        if self.ps > 4096:  # hugetlbfs ranges have no ZEROPAGE: copy from a zero buffer
+            self._zero_buf = abi.mmap(self.ps, abi.PROT_READ, abi.MAP_PRIVATE | abi.MAP_ANONYMOUS)
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """The session's whole life; never raises (``error`` says what went wrong)."""
+        try:
+            if self.ended != "peer-gone":
+                if self.strategy.kind == "eager":
+                    self._install_all()
+                elif self.strategy.kind == "prefetch" and self.ws is not None:
+                    self._prepare_ws()
+                    if self.strategy.background:
+                        self._bg = threading.Thread(target=self._prefetch_bg, daemon=True,
+                                                    name=f"uffd-prefetch-{self.index}")
+                        self._bg.start()
+                    else:
+                        self._prefetch_fg()
+                in_main = threading.current_thread() is threading.main_thread()
+                self.ended = self._loop_blocking() if in_main else self._loop()
+        except PeerGone:
+            self.ended = "peer-gone"
+        except Exception as exc:  # fatal: never leave the peer hanging on a fault
+            self.error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, FirecracerError) else str(exc)
+            self.ended = "error"
+            log.error("uffd session %d failed: %s; killing peer %s", self.index, self.error, self.hs.peer_pid)
+            self.kill_peer()
+        finally:
+            self._stop_bg.set()
+            if self._bg is not None:
+                self._bg.join(timeout=30)
+            self.close()
+
+    def kill_peer(self) -> None:
+        """SIGKILL the peer (via its pidfd when we have one, so a recycled pid is never hit)."""
+        with contextlib.suppress(OSError):
+            if self.pidfd >= 0:
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+            elif self.hs.peer_pid:
+                os.kill(self.hs.peer_pid, signal.SIGKILL)
+
+    def peer_alive(self) -> bool:
+        """Whether the peer process still exists."""
+        if self.pidfd < 0:
+            return False
+        r, _, _ = select.select([self.pidfd], [], [], 0)
+        return not r
+
+    def close(self) -> None:
+        """Close the uffd and pidfd (idempotent)."""
+        for attr in ("fd", "pidfd"):
+            fd = getattr(self, attr)
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+                setattr(self, attr, -1)
+        if self._zero_buf:
+            abi.munmap(self._zero_buf, self.ps)
+            self._zero_buf = 0
+
+    # -- event loop ----------------------------------------------------------------------------------
+
+    def _loop(self) -> str:
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN)
+        poller.register(self.stop_fd, select.POLLIN)
+        if self.pidfd >= 0:
+            poller.register(self.pidfd, select.POLLIN)
+        uffd, stop_fd, pidfd = self.fd, self.stop_fd, self.pidfd
+        while True:
+            if self.pending:
+                self._handle([], time.monotonic_ns())
+            ready = poller.poll(1000)
+            peer_exited = False
+            for fd, ev in ready:
+                if fd == stop_fd:
+                    if self.peer_alive():
+                        self.kill_peer()
+                    return "stopped"
+                if fd == pidfd:
+                    peer_exited = True
+                elif fd == uffd and ev & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
+                    return "uffd-closed"
+            msgs = self._read()
+            if msgs:
+                self._handle(msgs, time.monotonic_ns())
+            elif peer_exited:
+                return "peer-exited"
+
+    def _loop_blocking(self) -> str:
+        """The main-thread loop: one blocking ``read`` per wakeup (no ``poll``), single faults inline.
+
+        The uffd is switched to blocking mode (Firecracker never reads it). A watcher thread polls the
+        peer's pidfd and the stop fd and interrupts the read with SIGUSR1, whose handler raises
+        ``_Wakeup``. Under PVM every syscall is costly, so a fault costs one ``read`` and one ioctl.
+        """
+        fd = self.fd
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        self._blocking = True
+        reason: list[str] = []
+        armed = [True]
+        quit_fd = os.eventfd(0, os.EFD_CLOEXEC)
+        main_ident = threading.get_ident()
+
+        def watch() -> None:
+            p = select.poll()
+            for wfd in (self.pidfd, self.stop_fd, quit_fd):
+                if wfd >= 0:
+                    p.register(wfd, select.POLLIN)
+            ready = {f for f, _ in p.poll()}
+            if quit_fd in ready:
+                return
+            reason.append("stopped" if self.stop_fd in ready else "peer-exited")
+            signal.pthread_kill(main_ident, signal.SIGUSR1)
+
+        woke = [False]
+        in_read = [False]
+
+        def on_signal(_signum: int, _frame: object) -> None:
+            woke[0] = True
+            if armed[0] and in_read[0]:  # only a blocked read is interrupted; bookkeeping never is
+                raise _Wakeup
+
+        old = signal.signal(signal.SIGUSR1, on_signal)
+        watcher = threading.Thread(target=watch, name=f"uffd-watch-{self.index}", daemon=True)
+        watcher.start()
+        read, mono, unpack, pack_into, ioctl = os.read, time.monotonic_ns, abi.MSG.unpack, _COPY.pack_into, \
+            fcntl.ioctl
+        want = abi.MSG_SIZE * 256
+        r0 = self.regions[0]
+        base, rend, roff = r0.base_host_virt_addr, r0.end, r0.offset
+        mask, shift, ps, t0 = self.mask, self.shift, self.ps, self.t0
+        state, mem, maddr = self.state, self.mem, self.mem.addr
+        dense = mem.dense
+        fast = self.strategy.kind in ("ondemand", "eager", "prefetch")
+        ws_entry = self._ws_entry
+        runs_append, lat_append = self.rec.runs.append, self.latency_ns.append
+        cbuf = bytearray(_COPY.size)
+        copy_req = abi.UFFDIO_COPY
+        pf = abi.UFFD_EVENT_PAGEFAULT
+        fast_faults = 0
+        gc_was = gc.isenabled()
+        gc.disable()  # the loop makes no reference cycles; collections would only add latency
+        try:
+            while True:
+                if self.pending:
+                    self._handle([], mono())
+                in_read[0] = True
+                if woke[0]:
+                    raise _Wakeup
+                buf = read(fd, want)
+                in_read[0] = False
+                t_read = mono()
+                if len(buf) == 32 and fast and not self.pending:
+                    ev, _r1, _r2, _r3, flags, addr, _a2 = unpack(buf)
+                    page = addr & mask
+                    if ev == pf and base <= page < rend:
+                        off = roff + (page - base)
+                        idx = off >> shift
+                        if state[idx] == MISSING and (dense or mem.has_data(off, ps)) and (
+                                ws_entry is None or ws_entry[idx] < 0):
+                            pack_into(cbuf, 0, page, maddr + off, ps, 0, 0)
+                            try:
+                                ioctl(fd, copy_req, cbuf, True)
+                            except OSError:
+                                pass  # EEXIST/EAGAIN/…: the general path below sorts it out
+                            else:
+                                t = mono()
+                                state[idx] = PRESENT
+                                fi = self.nfaults
+                                self.nfaults = fi + 1
+                                fast_faults += 1
+                                if ws_entry is not None:
+                                    self.misses += 1
+                                runs_append((t - t0, page, off, 1, FLAG_FAULTING | (flags & FLAG_WRITE),
+                                             Action.LOAD, fi, t - t_read))
+                                lat_append(t - t_read)
+                                self.last_fault_ns = t - t0
+                                continue
+                if buf:
+                    self._handle(list(abi.MSG.iter_unpack(buf)), t_read)
+                elif not self.peer_alive():
+                    return "peer-exited"
+                else:
+                    time.sleep(0.001)
+        except _Wakeup:
+            why = reason[0] if reason else "stopped"
+            if why == "stopped" and self.peer_alive():
+                self.kill_peer()
+            return why
+        finally:
+            if gc_was:
+                gc.enable()
+            armed[0] = in_read[0] = False
+            os.eventfd_write(quit_fd, 1)
+            watcher.join(timeout=5)
+            os.close(quit_fd)
+            signal.signal(signal.SIGUSR1, old)
+            self.events["pagefault"] += fast_faults
+            self.ioctls += fast_faults
+
+    def _read(self) -> list[tuple[int, int, int, int, int, int, int]]:
+        out: list[tuple[int, int, int, int, int, int, int]] = []
+        want = abi.MSG_SIZE * 256
+        while True:
+            if self._blocking and not select.select([self.fd], [], [], 0)[0]:
+                break
+            try:
+                buf = os.read(self.fd, want)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno in (errno.EBADF, errno.EINVAL):
+                    raise PeerGone from None
+                raise
+            if not buf:
+                break
+            out.extend(abi.MSG.iter_unpack(buf))
+            if len(buf) < want:
+                break
+        return out
+
+    def _sort_events(self, msgs: list[tuple[int, int, int, int, int, int, int]]) -> list[tuple[int, int]]:
+        """Apply REMOVEs now, return the faults (``(address, flags)``) in arrival order."""
+        faults: list[tuple[int, int]] = []
+        for ev, _r1, _r2, _r3, a0, a1, _a2 in msgs:
+            if ev == abi.UFFD_EVENT_PAGEFAULT:
+                faults.append((a1, a0))
+                continue
+            name = abi.EVENT_NAMES.get(ev, f"0x{ev:02x}")
+            self.events[name] += 1
+            if ev == abi.UFFD_EVENT_REMOVE:
+                self._remove(a0, a1)
+            elif ev == abi.UFFD_EVENT_FORK:
+                with contextlib.suppress(OSError):
+                    os.close(a0 & 0xFFFFFFFF)  # the child's uffd: not ours to serve
+                log.warning("uffd session %d: ignoring fork event", self.index)
+            else:
+                log.warning("uffd session %d: unexpected event %s (%#x %#x)", self.index, name, a0, a1)
+        self.events["pagefault"] += len(faults)
+        return faults
+
+    def _handle(self, msgs: list[tuple[int, int, int, int, int, int, int]], t_read: int) -> None:
+        faults = self._sort_events(msgs) if msgs else []
+        if self.pending:
+            faults = [*self.pending, *faults]
+            self.pending.clear()
+        if not faults:
+            return
+        if len(faults) == 1:
+            addr, flags = faults[0]
+            self._fault(addr, flags, t_read, False)
+            done = time.monotonic_ns()
+            self.latency_ns.append(done - t_read)
+        else:
+            touched: set[int] = set()
+            for addr, flags in faults:
+                touched.add(self._fault(addr, flags, t_read, True))
+            for ri in touched:
+                r = self.regions[ri]
+                self.ops.wake(r.base_host_virt_addr, r.size)
+                self.ioctls += 1
+            done = time.monotonic_ns()
+            self.latency_ns.extend([done - t_read] * len(faults))
+        self.last_fault_ns = done - self.t0
+
+    def _region_of(self, page: int) -> int:
+        for i, r in enumerate(self.regions):
+            if r.base_host_virt_addr <= page < r.end:
+                return i
+        raise ServeError(f"fault at host address {page:#x} is outside every region of the handshake "
+                         f"({', '.join(f'{r.base_host_virt_addr:#x}+{r.size:#x}' for r in self.regions)})")
+
+    def _fault(self, addr: int, flags: int, t_read: int, dontwake: bool) -> int:
+        """Serve one fault; returns its region index."""
+        fi = self.nfaults
+        self.nfaults += 1
+        page = addr & self.mask
+        ri = self._region_of(page)
+        r = self.regions[ri]
+        off = r.offset + (page - r.base_host_virt_addr)
+        idx = off >> self.shift
+        st = self.state[idx]
+        if st == PRESENT:  # installed meanwhile (fault-around, prefetch, a racing vCPU)
+            self.stale += 1
+            if not dontwake:
+                self.ops.wake(page, self.ps)
+                self.ioctls += 1
+            return ri
+        wflag = FLAG_FAULTING | (FLAG_WRITE if flags & abi.UFFD_PAGEFAULT_FLAG_WRITE else 0)
+        src: int | None = None
+        if self.strategy.kind == "prefetch" and self._ws_entry is not None:
+            e = int(self._ws_entry[idx])
+            if e < 0:
+                self.misses += 1
+            else:
+                self.late += 1
+                if self.ws is not None and self.ws.kinds[e] == KIND_DATA:
+                    src = self.ws.src(e)
+        if self.strategy.kind == "fault-around" and self.strategy.around > 1 and st != REMOVED:
+            self._around(r, off, idx, wflag, fi, t_read, dontwake)
+        elif st == REMOVED or (src is None and not self.mem.has_data(off, self.ps)):
+            self._install(self.ops, self.rec, page, off, 1, None, Action.ZERO, wflag | FLAG_ZERO, fi, t_read,
+                          dontwake)
+        else:
+            self._install(self.ops, self.rec, page, off, 1, src if src is not None else self.mem.addr + off,
+                          Action.LOAD, wflag, fi, t_read, dontwake)
+        return ri
+
+    def _around(self, r: Region, off: int, idx: int, wflag: int, fi: int, t_read: int,
+                dontwake: bool) -> None:
+        n = self.strategy.around
+        first = r.offset >> self.shift
+        last = (r.offset + r.size) >> self.shift
+        blk = idx - idx % n
+        b0 = max(blk, first)
+        b1 = min(blk + n, last)
+        st = self.state
+        # runs of missing pages in [b0, b1); the faulting page (missing) is inside one of them
+        runs: list[tuple[int, int]] = []
+        i = b0
+        while i < b1:
+            if st[i] != MISSING:
+                i += 1
+                continue
+            j = i + 1
+            while j < b1 and st[j] == MISSING:
+                j += 1
+            runs.append((i, j))
+            i = j
+        runs.sort(key=lambda ij: not (ij[0] <= idx < ij[1]))  # the faulting run first: wake early
+        for i, j in runs:
+            for p_off, p_len, is_data in self.mem.split(i << self.shift, (j - i) << self.shift, self.ps):
+                has_fault = p_off <= off < p_off + p_len
+                hva = r.base_host_virt_addr + (p_off - r.offset)
+                self._install(self.ops, self.rec, hva, p_off, p_len >> self.shift,
+                              self.mem.addr + p_off if is_data else None, Action.AROUND,
+                              0 if is_data else FLAG_ZERO, fi, t_read, dontwake or not has_fault,
+                              fault_off=off if has_fault else -1, fault_flags=wflag)
+
+    def _remove(self, start: int, end: int) -> None:
+        self.removes.append({"t_ns": time.monotonic_ns() - self.t0, "start": start, "end": end})
+        for r in self.regions:
+            s, e = max(start, r.base_host_virt_addr), min(end, r.end)
+            if s >= e:
+                continue
+            a = (r.offset + (s - r.base_host_virt_addr)) >> self.shift
+            b = (r.offset + (e - r.base_host_virt_addr) + self.ps - 1) >> self.shift
+            self.state[a:b] = bytes([REMOVED]) * (b - a)
+
+    def _drain_for_retry(self) -> None:
+        """On EAGAIN: read queued events now (REMOVEs applied), keep their faults for later."""
+        msgs = self._read()
+        if msgs:
+            self.pending.extend(self._sort_events(msgs))
+
+    # -- installing ----------------------------------------------------------------------------------
+
+    def _install(self, ops: abi.Ops, rec: _Recorder, hva: int, off: int, npages: int, src: int | None,
+                 action: int, flags: int, fault: int, t_start: int, dontwake: bool, *, fault_off: int = -1,
+                 fault_flags: int = 0, background: bool = False) -> int:
+        """Install ``npages`` at ``hva`` (file offset ``off``) from ``src`` (None: zeros); returns pages done.
+
+        Partial installs continue after the page that stopped them; ``EEXIST`` pages are skipped.
+        """
+        ps, shift = self.ps, self.shift
+        mode = abi.UFFDIO_COPY_MODE_DONTWAKE if dontwake else 0
+        done_total = 0
+        pos = 0
+        busy_since = 0
+        length = npages << shift
+        while pos < length:
+            rest = length - pos
+            if src is not None:
+                res = ops.copy(hva + pos, src + pos, rest, mode)
+            elif self._zero_buf:
+                rest = ps
+                res = ops.copy(hva + pos, self._zero_buf, ps, mode)
+            else:
+                res = ops.zeropage(hva + pos, rest, mode)
+            self.ioctls += 1
+            if res > 0:
+                t = time.monotonic_ns()
+                n = res >> shift
+                self._record(rec, t, hva + pos, off + pos, n, flags, action, fault, t - t_start, fault_off,
+                             fault_flags)
+                i0 = (off + pos) >> shift
+                if n == 1:
+                    self.state[i0] = PRESENT
+                else:
+                    self.state[i0:i0 + n] = b"\x01" * n
+                pos += n << shift
+                done_total += n
+                busy_since = 0
+            elif res == -errno.EEXIST:
+                self.eexist += 1
+                self.state[(off + pos) >> shift] = PRESENT
+                if not dontwake:
+                    ops.wake(hva + pos, ps)
+                pos += ps
+            elif res == -errno.EAGAIN:
+                self.eagain += 1
+                now = time.monotonic_ns()
+                busy_since = busy_since or now
+                if now - busy_since > _EAGAIN_BUDGET_NS:
+                    raise ServeError(f"install at {hva + pos:#x} kept failing with EAGAIN for 10 s")
+                if background:
+                    time.sleep(0.0001)
+                else:
+                    self._drain_for_retry()
+            elif res in (-errno.ESRCH, -errno.ENOENT):
+                raise PeerGone
+            else:
+                raise ServeError(f"{'UFFDIO_COPY' if src is not None else 'UFFDIO_ZEROPAGE'} of {rest} bytes "
+                                 f"at {hva + pos:#x} (file offset {off + pos:#x}) failed: "
+                                 f"{os.strerror(-res)}")
+        return done_total
+
+    def _record(self, rec: _Recorder, t: int, hva: int, off: int, n: int, flags: int, action: int, fault: int,
+                svc: int, fault_off: int, fault_flags: int) -> None:
+        tr = t - self.t0
+        if fault_off < 0 or not off <= fault_off < off + (n << self.shift):
+            rec.add(tr, hva, off, n, flags, action, fault, svc)
+            return
+        k = (fault_off - off) >> self.shift
+        if k:
+            rec.add(tr, hva, off, k, flags, action, fault, svc)
+        zero = flags & FLAG_ZERO
+        rec.add(tr, hva + (k << self.shift), fault_off, 1, fault_flags | zero,
+                Action.ZERO if zero else Action.LOAD, fault, svc)
+        if n - k - 1:
+            rec.add(tr, hva + ((k + 1) << self.shift), fault_off + self.ps, n - k - 1, flags, action, fault,
+                    svc)
+
+    def _install_all(self) -> None:
+        """``eager``: copy every region whole (holes as zero pages), then wake everything."""
+        t_start = time.monotonic_ns()
+        with contextlib.suppress(OSError):  # read ahead all data (not holes): it is about to be copied
+            for s, e in zip(self.mem.data_start, self.mem.data_end, strict=True):
+                os.posix_fadvise(self.mem.fd, s, e - s, os.POSIX_FADV_WILLNEED)
+        for r in self.regions:
+            for p_off, p_len, is_data in self.mem.split(r.offset, r.size, self.ps):
+                for c in range(0, p_len, _EAGER_CHUNK):
+                    clen = min(_EAGER_CHUNK, p_len - c)
+                    o = p_off + c
+                    self._install(self.ops, self.rec, r.base_host_virt_addr + (o - r.offset), o,
+                                  clen >> self.shift, self.mem.addr + o if is_data else None, Action.EAGER,
+                                  0 if is_data else FLAG_ZERO, -1, t_start, True)
+        self._wake_all()
+        self.prefetch = {"eager_ms": (time.monotonic_ns() - t_start) / 1e6}
+
+    def _wake_all(self) -> None:
+        for r in self.regions:
+            self.ops.wake(r.base_host_virt_addr, r.size)
+            self.ioctls += 1
+
+    def _prepare_ws(self) -> None:
+        assert self.ws is not None
+        entry = np.full(len(self.state), -1, dtype=np.int32)
+        idx = (self.ws.offsets >> np.uint64(self.shift)).astype(np.int64)
+        entry[idx[::-1]] = np.arange(self.ws.n, dtype=np.int32)[::-1]
+        self._ws_entry = entry
+
+    def _ws_runs(self) -> list[tuple[int, int, int, int, bool]]:
+        """``(hva, off, npages, src, is_data)`` per working-set run, in recorded order."""
+        assert self.ws is not None
+        ws = self.ws
+        starts, lengths = ws.runs([r.offset for r in self.regions])
+        offs = ws.offsets[starts]
+        roffs = np.array([r.offset for r in self.regions], dtype=np.uint64)
+        rid = np.searchsorted(roffs, offs, side="right") - 1
+        bases = np.array([r.base_host_virt_addr for r in self.regions], dtype=np.uint64)
+        hvas = bases[rid] + (offs - roffs[rid])
+        out = []
+        for s, ln, o, h in zip(starts.tolist(), lengths.tolist(), offs.tolist(), hvas.tolist(), strict=True):
+            is_data = bool(ws.kinds[s] == KIND_DATA)
+            out.append((h, o, ln, ws.src(s) if is_data else 0, is_data))
+        return out
+
+    def _prefetch_fg(self) -> None:
+        """Install the working set before serving any fault (all DONTWAKE, then one wake per region)."""
+        t_start = time.monotonic_ns()
+        runs = self._ws_runs()
+        pages = 0
+        for hva, off, n, src, is_data in runs:
+            pages += self._install(self.ops, self.rec, hva, off, n, src if is_data else None, Action.PREFETCH,
+                                   0 if is_data else FLAG_ZERO, -1, t_start, True)
+        self._wake_all()
+        self.prefetch.update({"installed": pages, "runs": len(runs),
+                              "install_ms": (time.monotonic_ns() - t_start) / 1e6, "mode": "before-resume"})
+
+    def _prefetch_bg(self) -> None:
+        """Background install racing the vCPUs: each run wakes its own waiters; errors end quietly."""
+        t_start = time.monotonic_ns()
+        ops = abi.Ops(self.fd)
+        pages = 0
+        runs = self._ws_runs()
+        try:
+            for hva, off, n, src, is_data in runs:
+                if self._stop_bg.is_set():
+                    break
+                pages += self._install(ops, self._bg_rec, hva, off, n, src if is_data else None,
+                                       Action.PREFETCH, 0 if is_data else FLAG_ZERO, -1, t_start, False,
+                                       background=True)
+        except (PeerGone, ServeError, OSError) as exc:
+            log.info("background prefetch stopped: %s", exc)
+        self.prefetch.update({"installed": pages, "runs": len(runs),
+                              "install_ms": (time.monotonic_ns() - t_start) / 1e6, "mode": "background"})
+
+    # -- results -------------------------------------------------------------------------------------
+
+    def trace(self, *, vmm: str = "firecracker", firecracker_version: str | None = None) -> Trace:
+        """The session's trace (rows sorted by time)."""
+        cols = _expand(self.rec.runs + self._bg_rec.runs, self.ps)
+        cols["gpa"] = gpa_of(cols["file_off"], self.mem.size)
+        meta: dict[str, Any] = {
+            "page_size": self.ps, "strategy": str(self.strategy),
+            "regions": [r.as_dict() for r in self.regions], "vmm": vmm, "mem_file": str(self.mem.path),
+            "faults": self.nfaults, "events": dict(self.events), "removes": self.removes,
+            "handshake": self.hs.generation, "peer_pid": self.hs.peer_pid,
+        }
+        if firecracker_version:
+            meta["firecracker_version"] = firecracker_version
+        return make_trace(cols, meta)
+
+    def metrics(self) -> dict[str, Any]:
+        """Counts, bytes and latency percentiles of this session."""
+        runs = self.rec.runs + self._bg_rec.runs
+        pages = Counter[str]()
+        zero_pages = 0
+        for _t, _h, _o, n, flags, action, _f, _s in runs:
+            pages[Action(action).name.lower()] += n
+            if flags & FLAG_ZERO:
+                zero_pages += n
+        total = sum(pages.values())
+        lat = np.array(self.latency_ns, dtype=np.float64) / 1e3
+        pct = ({f"p{q}": round(float(np.percentile(lat, q)), 1) for q in (50, 90, 99)} |
+               {"mean": round(float(lat.mean()), 1), "max": round(float(lat.max()), 1)}) if lat.size else {}
+        out: dict[str, Any] = {
+            "session": self.index, "strategy": str(self.strategy), "peer_pid": self.hs.peer_pid,
+            "handshake": self.hs.generation, "page_size": self.ps, "regions": len(self.regions),
+            "mem_bytes": self.mem.size, "faults": self.nfaults, "stale_faults": self.stale,
+            "events": dict(self.events),
+            "pages": {a.name.lower(): pages.get(a.name.lower(), 0) for a in Action},
+            "pages_total": total, "pages_zero": zero_pages,
+            "bytes_copied": (total - zero_pages) * self.ps, "bytes_zeroed": zero_pages * self.ps,
+            "ioctls": self.ioctls, "eexist": self.eexist, "eagain": self.eagain,
+            "latency_us": pct, "handshake_to_last_fault_ms": round(self.last_fault_ns / 1e6, 3),
+            "ended": self.ended, "error": self.error,
+        }
+        if self.strategy.kind in ("prefetch", "eager"):
+            pf = dict(self.prefetch)
+            if self.strategy.kind == "prefetch":
+                pf.update({"misses": self.misses, "late": self.late})
+                if self.ws is not None:
+                    pf["ws_pages"] = self.ws.n
+            out["prefetch"] = pf
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Server
+
+@dataclass
+class ServeResult:
+    """What a server run did: per-session metrics, traces written, and the first fatal error."""
+
+    sessions: list[dict[str, Any]] = field(default_factory=list)
+    traces: list[Path] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """No fatal error in the server or any session."""
+        return self.error is None and all(s.get("error") is None for s in self.sessions)
+
+    def metrics(self) -> dict[str, Any]:
+        """JSON-able summary (``sessions`` list plus ``ok``/``error``)."""
+        first = self.error or next((s["error"] for s in self.sessions if s["error"]), None)
+        return {"ok": self.ok, "error": first, "sessions": self.sessions,
+                "traces": [str(p) for p in self.traces]}
+
+
+class Server:
+    """Listen on ``socket_path`` and serve hand-offs from ``mem_file`` with ``strategy``.
+
+    ``max_sessions``: stop accepting after this many hand-offs (0 = until stopped). ``accept_timeout``:
+    fail if no connection arrives in time (None = wait until stopped). ``trace_out``: write session i's
+    trace there (``-i`` appended to the stem after the first), and the working-set file beside it.
+    """
+
+    def __init__(self, socket_path: str | Path, mem_file: str | Path,
+                 strategy: str | Strategy = "ondemand", *, trace_out: str | Path | None = None,
+                 max_sessions: int = 1, accept_timeout: float | None = None,
+                 handshake_timeout: float = 10.0, populate: bool = False, write_ws: bool = True,
+                 firecracker_version: str | None = None) -> None:
+        self.socket_path = Path(socket_path)
+        self.strategy = strategy if isinstance(strategy, Strategy) else parse_strategy(strategy)
+        self.trace_out = Path(trace_out) if trace_out else None
+        self.max_sessions = max_sessions
+        self.accept_timeout = accept_timeout
+        self.handshake_timeout = handshake_timeout
+        self.write_ws = write_ws
+        self.firecracker_version = firecracker_version
+        self.mem = MemoryFile(mem_file, populate=populate)
+        self.ws_path: Path | None = None
+        if self.strategy.kind == "prefetch":
+            assert self.strategy.trace is not None
+            self.ws_path = ws_path_for(self.strategy.trace)
+            if not self.ws_path.exists():
+                write_working_set(self.strategy.trace, self.mem, self.ws_path)
+        self._stop = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self.sock: socket.socket | None = None
+
+    def listen(self) -> None:
+        """Bind and listen (a stale socket file from a dead server is replaced)."""
+        p = self.socket_path
+        if p.exists() or p.is_symlink():
+            if not stat.S_ISSOCK(p.lstat().st_mode):
+                raise FirecracerError(f"{p} exists and is not a socket; refusing to replace it")
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(str(p))
+                raise FirecracerError(f"another server is already listening on {p}")
+            except (ConnectionRefusedError, FileNotFoundError):
+                p.unlink(missing_ok=True)
+            finally:
+                probe.close()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.bind(str(p))
+        sock.listen(16)
+        self.sock = sock
+
+    def stop(self) -> None:
+        """Ask ``serve`` and every session to end (safe from signal handlers and other threads)."""
+        with contextlib.suppress(OSError):
+            os.eventfd_write(self._stop, 1)
+
+    def _stopped(self) -> bool:
+        r, _, _ = select.select([self._stop], [], [], 0)
+        return bool(r)
+
+    def serve(self) -> ServeResult:
+        """Accept and serve until ``max_sessions`` sessions have ended, or ``stop()``; never raises for
+        session failures (see ``ServeResult.ok``)."""
+        if self.sock is None:
+            self.listen()
+        assert self.sock is not None
+        result = ServeResult()
+        sessions: list[Session] = []
+        threads: list[threading.Thread] = []
+        conns: list[socket.socket] = []
+        started = time.monotonic()
+        try:
+            while self.max_sessions == 0 or len(sessions) < self.max_sessions:
+                timeout = None
+                if self.accept_timeout is not None and not sessions:
+                    timeout = self.accept_timeout - (time.monotonic() - started)
+                    if timeout <= 0:
+                        result.error = f"no connection on {self.socket_path} within {self.accept_timeout:g} s"
+                        break
+                wait = min(timeout, 1.0) if timeout else 1.0
+                r, _, _ = select.select([self.sock.fileno(), self._stop], [], [], wait)
+                if self._stop in r:
+                    break
+                if self.sock.fileno() not in r:
+                    continue
+                conn, _ = self.sock.accept()
+                conns.append(conn)
+                try:
+                    hs = receive(conn, mem_size=self.mem.size, timeout=self.handshake_timeout)
+                except HandshakeError as exc:
+                    pid = peer_pid(conn)
+                    result.error = str(exc)
+                    log.error("%s; killing peer %s", exc, pid)
+                    if pid:
+                        with contextlib.suppress(OSError):
+                            os.kill(pid, signal.SIGKILL)
+                    break
+                ws = None
+                if self.ws_path is not None:
+                    t = time.monotonic_ns()
+                    try:
+                        ws = WorkingSet(self.ws_path, mem_size=self.mem.size)
+                    except FirecracerError as exc:
+                        result.error = str(exc)
+                        if hs.peer_pid:
+                            with contextlib.suppress(OSError):
+                                os.kill(hs.peer_pid, signal.SIGKILL)
+                        os.close(hs.uffd)
+                        break
+                    read_ms = (time.monotonic_ns() - t) / 1e6
+                s = Session(hs, self.mem, self.strategy, stop_fd=self._stop, index=len(sessions), ws=ws)
+                if ws is not None:
+                    s.prefetch["ws_read_ms"] = read_ms
+                    s.prefetch["ws_bytes"] = ws.file_size
+                sessions.append(s)
+                if self.max_sessions == 1 and not os.environ.get("FIRECRACER_UFFD_THREAD"):
+                    s.run()  # the common case: serve in this thread (no GIL hand-offs on the hot path)
+                    break
+                th = threading.Thread(target=s.run, name=f"uffd-session-{s.index}", daemon=True)
+                threads.append(th)
+                th.start()
+            for th in threads:
+                while th.is_alive():
+                    th.join(timeout=0.5)
+        finally:
+            if any(th.is_alive() for th in threads):  # interrupted: end sessions, never leave peers hanging
+                self.stop()
+                for th in threads:
+                    th.join(timeout=10)
+            for c in conns:
+                c.close()
+        for s in sessions:
+            if s.ws is not None:
+                s.ws.close()
+            result.sessions.append(s.metrics())
+            if self.trace_out is not None:
+                out = self.trace_out if s.index == 0 else self.trace_out.with_name(
+                    f"{self.trace_out.stem}-{s.index}{self.trace_out.suffix or '.npz'}")
+                tr = s.trace(firecracker_version=self.firecracker_version)
+                save_trace(tr, out)
+                result.traces.append(out)
+                if self.write_ws and self.strategy.kind in ("ondemand", "fault-around") and len(tr):
+                    write_working_set(tr, self.mem, ws_path_for(out))
+        return result
+
+    def close(self) -> None:
+        """Close the socket (and remove its file), the memory file and the stop fd (idempotent)."""
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+            self.socket_path.unlink(missing_ok=True)
+        self.mem.close()
+        if self._stop >= 0:
+            os.close(self._stop)
+            self._stop = -1
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

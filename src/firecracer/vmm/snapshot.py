@@ -1,0 +1,342 @@
+"""Self-describing snapshot directories, memory-file sparseness, Diff merging, format compatibility.
+
+A snapshot directory holds::
+
+    vmstate         Firecracker's device/vCPU state (``snapshot_path``)
+    mem             guest memory (``mem_file_path``); sparse where pages were never written
+    snapshot.json   what it is: Firecracker version and snapshot data format, type, parent (Diff),
+                    VM config, kernel/rootfs paths with SHA-256, boot args, labels (e.g. JVM
+                    options), creation time, memory-file size and allocated bytes
+
+Firecracker loads only snapshots in a data format it supports (v1.7+: its own format major, with
+minor <= its own; v1.4: the list ``--version`` prints). :func:`check_loadable` says so in one line
+before a restore is attempted, because a failed ``/snapshot/load`` also kills the process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import hashlib
+import json
+import os
+import re
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from firecracer.errors import FirecracerError, FormatError
+from firecracer.paths import cache_dir
+from firecracer.vmm.binary import Version, firecracker_version
+from firecracer.vmm.config import SnapshotType
+
+FORMAT = "firecracer-snapshot"
+PAGE = 4096
+_CHUNK = 8 << 20
+
+
+# -- snapshot.json -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Snapshot:
+    """A snapshot directory, as described by its ``snapshot.json``."""
+
+    dir: Path
+    type: SnapshotType
+    firecracker_version: str
+    snapshot_format: str  # e.g. "v8.0.0", as Firecracker's --describe-snapshot prints it
+    created: str
+    parent: Path | None = None
+    vm: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, Any] = field(default_factory=dict)
+    labels: dict[str, Any] = field(default_factory=dict)
+    mem: dict[str, Any] = field(default_factory=dict)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def vmstate(self) -> Path:
+        return self.dir / "vmstate"
+
+    @property
+    def mem_file(self) -> Path:
+        return self.dir / "mem"
+
+    @property
+    def json_path(self) -> Path:
+        return self.dir / "snapshot.json"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": 1, "type": self.type.value,
+                "firecracker_version": self.firecracker_version, "snapshot_format": self.snapshot_format,
+                "created": self.created, "parent": str(self.parent) if self.parent else None,
+                "vm": self.vm, "files": self.files, "labels": self.labels, "mem": self.mem,
+                "timings_ms": self.timings_ms}
+
+    def write(self) -> None:
+        tmp = self.json_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        os.replace(tmp, self.json_path)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> Snapshot:
+        """Read ``DIR/snapshot.json``; :class:`FormatError` if it is missing or malformed."""
+        d = Path(directory)
+        path = d / "snapshot.json"
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise FormatError(path, 0, "missing: not a firecracer snapshot directory") from exc
+        except (OSError, ValueError) as exc:
+            raise FormatError(path, 0, f"unreadable JSON ({exc})") from exc
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise FormatError(path, 0, f"not a {FORMAT} file")
+        try:
+            snap = cls(dir=d, type=SnapshotType(data["type"]),
+                       firecracker_version=str(data["firecracker_version"]),
+                       snapshot_format=str(data["snapshot_format"]), created=str(data["created"]),
+                       parent=Path(data["parent"]) if data.get("parent") else None,
+                       vm=dict(data.get("vm") or {}),
+                       files=dict(data.get("files") or {}), labels=dict(data.get("labels") or {}),
+                       mem=dict(data.get("mem") or {}), timings_ms=dict(data.get("timings_ms") or {}))
+        except (KeyError, ValueError, TypeError) as exc:
+            raise FormatError(path, 0, f"bad or missing field ({exc})") from exc
+        for f in (snap.vmstate, snap.mem_file):
+            if not f.is_file():
+                raise FormatError(f, 0, "missing from the snapshot directory")
+        if snap.type is SnapshotType.DIFF and snap.parent is None:
+            raise FormatError(path, 0, "Diff snapshot without a parent")
+        return snap
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+# -- hashes (memoised: rootfs images are large) ---------------------------------------------------
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, memoised in the cache by (path, size, mtime)."""
+    st = path.stat()
+    key = f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    memo_path = cache_dir() / "hashes.json"
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    if key in memo:
+        return str(memo[key])
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    digest = h.hexdigest()
+    memo[key] = digest
+    memo_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = memo_path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(memo))
+    os.replace(tmp, memo_path)
+    return digest
+
+
+def describe_file(path: str | os.PathLike[str] | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    p = Path(path)
+    return {"path": str(p.resolve()), "sha256": file_sha256(p), "size": p.stat().st_size}
+
+
+# -- sparseness ------------------------------------------------------------------------------------
+def data_segments(fd: int, size: int) -> list[tuple[int, int]]:
+    """[(start, end)] byte ranges holding data (SEEK_DATA/SEEK_HOLE); whole file if unsupported."""
+    out: list[tuple[int, int]] = []
+    pos = 0
+    try:
+        while pos < size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:
+                    break
+                raise
+            end = os.lseek(fd, start, os.SEEK_HOLE)
+            out.append((start, min(end, size)))
+            pos = end
+    except OSError:
+        return [(0, size)]
+    return out
+
+
+def mem_stats(path: Path) -> dict[str, Any]:
+    st = path.stat()
+    return {"size": st.st_size, "allocated_bytes": st.st_blocks * 512,
+            "sparse_fraction": round(1 - min(1.0, st.st_blocks * 512 / st.st_size), 4) if st.st_size else 0.0}
+
+
+_libc: ctypes.CDLL | None = None
+
+
+def _fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    if _libc.fallocate(fd, mode, offset, length) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+
+
+def punch_zero_pages(path: Path) -> int:
+    """Deallocate every all-zero 4 KiB page of ``path`` (like ``fallocate -d``); return bytes punched.
+
+    Reads only allocated ranges; zero detection is vectorised per 8 MiB chunk. Contents are
+    unchanged (holes read as zeros), so Firecracker and page servers see the same memory.
+    """
+    punched = 0
+    with open(path, "r+b") as f:
+        fd = f.fileno()
+        size = os.fstat(fd).st_size
+        for start, end in data_segments(fd, size):
+            pos = start - start % PAGE
+            while pos < end:
+                n = min(_CHUNK, end - pos)
+                buf = os.pread(fd, n, pos)
+                whole = len(buf) // PAGE
+                if whole == 0:
+                    break
+                pages = np.frombuffer(buf, dtype=np.uint64, count=whole * PAGE // 8).reshape(whole, PAGE // 8)
+                zero = ~pages.any(axis=1)
+                if zero.any():
+                    # contiguous runs of zero pages -> one fallocate each
+                    padded = np.concatenate(([False], zero, [False]))
+                    edges = np.flatnonzero(padded[1:] != padded[:-1])
+                    for a, b in zip(edges[::2], edges[1::2], strict=True):
+                        try:
+                            _fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                                       pos + int(a) * PAGE, int(b - a) * PAGE)
+                        except OSError as exc:
+                            raise FirecracerError(f"{path}: cannot punch holes ({exc})") from exc
+                        punched += int(b - a) * PAGE
+                pos += whole * PAGE
+    return punched
+
+
+def merge_diff(base_mem: Path, diff_mem: Path, out: Path) -> None:
+    """Write ``out`` = ``base_mem`` with every data range of the sparse Diff file laid over it.
+
+    Firecracker writes a Diff memory file at full size with only dirty pages allocated, so its
+    data segments are exactly the pages to take from it. Holes of the base stay holes.
+    """
+    tmp = out.with_suffix(".tmp")
+    try:
+        with open(base_mem, "rb") as b, open(diff_mem, "rb") as d, open(tmp, "wb") as o:
+            size = max(os.fstat(b.fileno()).st_size, os.fstat(d.fileno()).st_size)
+            o.truncate(size)
+            for src in (b, d):
+                fd = src.fileno()
+                for start, end in data_segments(fd, os.fstat(fd).st_size):
+                    pos = start
+                    while pos < end:
+                        chunk = os.pread(fd, min(_CHUNK, end - pos), pos)
+                        if not chunk:
+                            break
+                        os.pwrite(o.fileno(), chunk, pos)
+                        pos += len(chunk)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def full_memory(snap: Snapshot) -> Path:
+    """A memory file holding the complete guest memory of ``snap`` (merges Diff chains, cached)."""
+    if snap.type is SnapshotType.FULL:
+        return snap.mem_file
+    assert snap.parent is not None
+    parent = Snapshot.load(snap.parent)
+    base = full_memory(parent)
+    merged = snap.dir / "mem.merged"
+    newest_input = max(base.stat().st_mtime, snap.mem_file.stat().st_mtime)
+    if not merged.is_file() or merged.stat().st_mtime < newest_input:
+        merge_diff(base, snap.mem_file, merged)
+    return merged
+
+
+# -- data format compatibility ---------------------------------------------------------------------
+_FMT_RE = re.compile(r"v?(\d+)\.(\d+)\.(\d+)")
+
+
+def _run(binary: Path, *args: str) -> tuple[int, str]:
+    try:
+        res = subprocess.run([str(binary), *args], capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise FirecracerError(f"{binary}: cannot run {' '.join(args)}: {exc}") from exc
+    text = "\n".join(ln for ln in (res.stdout + "\n" + res.stderr).splitlines()
+                     if ln.strip() and not re.match(r"^\d{4}-\d\d-\d\dT", ln))
+    return res.returncode, text.strip()
+
+
+def supported_formats(binary: Path) -> list[str]:
+    """Snapshot data formats this Firecracker writes/loads (``--snapshot-version``, or the list in
+    ``--version`` before v1.7)."""
+    version = firecracker_version(binary)
+    if version.at_least(1, 7):
+        _, text = _run(binary, "--snapshot-version")
+        m = _FMT_RE.search(text)
+        if not m:
+            raise FirecracerError(f"{binary}: '--snapshot-version' printed no version ({text[:80]!r})")
+        return [m.group(0) if m.group(0).startswith("v") else "v" + m.group(0)]
+    _, text = _run(binary, "--version")
+    listed = text.split("versions:", 1)[-1] if "versions:" in text else ""
+    return ["v" + ".".join(m.groups()) for m in _FMT_RE.finditer(listed)]
+
+
+def describe_vmstate(binary: Path, vmstate: Path) -> str:
+    """The data format of a vmstate file, as ``binary --describe-snapshot`` reads it.
+
+    :raises FirecracerError: Firecracker cannot read it (corrupt, or a format it does not know).
+    """
+    rc, text = _run(binary, "--describe-snapshot", str(vmstate))
+    m = _FMT_RE.search(text.split("\n")[-1]) if rc == 0 else None
+    if not m:
+        first = text.splitlines()[-1] if text else f"exit status {rc}"
+        raise FirecracerError(f"{vmstate}: Firecracker {firecracker_version(binary)} cannot read this "
+                              f"snapshot state file ({first[:200]})")
+    return "v" + ".".join(m.groups())
+
+
+def check_loadable(snap: Snapshot, binary: Path) -> None:
+    """Raise one clear line if ``binary`` cannot load ``snap`` (version/format mismatch, corrupt state)."""
+    target = firecracker_version(binary)
+    formats = supported_formats(binary)
+    m = _FMT_RE.search(snap.snapshot_format)
+    if not m:
+        raise FormatError(snap.json_path, 0, f"snapshot_format {snap.snapshot_format!r} is not a version")
+    have = tuple(int(x) for x in m.groups())
+    ok = False
+    for f in formats:
+        fm = _FMT_RE.search(f)
+        assert fm is not None
+        sup = tuple(int(x) for x in fm.groups())
+        # v1.7+: same major, minor not newer; before: exactly one of the listed versions
+        same = (have[0] == sup[0] and have[1] <= sup[1]) if target.at_least(1, 7) else have == sup
+        ok = ok or same
+    if not ok:
+        raise FirecracerError(
+            f"{snap.dir}: snapshot made by Firecracker {snap.firecracker_version} (data format "
+            f"{snap.snapshot_format}) cannot be loaded by Firecracker {target} (loads {', '.join(formats)}); "
+            f"restore it with Firecracker {snap.firecracker_version}")
+    # the file itself must be readable in that format (catches truncated/corrupt vmstate early)
+    actual = describe_vmstate(binary, snap.vmstate)
+    if actual != snap.snapshot_format:
+        raise FirecracerError(f"{snap.vmstate}: state file says format {actual}, snapshot.json says "
+                              f"{snap.snapshot_format}: the directory was modified")
+
+
+def version_from_record(snap: Snapshot) -> Version:
+    return Version.parse(snap.firecracker_version)
