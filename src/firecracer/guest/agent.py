@@ -194,7 +194,7 @@ def cmd_smaps(cfg: AgentConfig, args: dict[str, Any]) -> dict[str, Any]:
         raise RequestError("no-such-process", f"/proc/{pid}/smaps: {exc.strerror}") from None
     if len(data) > cfg.max_reply // 2:
         raise RequestError("output-too-large", f"/proc/{pid}/smaps exceeds {cfg.max_reply // 2} bytes")
-    return {"pid": pid, "text": data.decode("utf-8", "surrogateescape").encode("utf-8", "replace").decode()}
+    return {"pid": pid, "text": data.decode("utf-8", "replace")}
 
 
 def run_bounded(argv: list[str], *, timeout: float, max_output: int, stdin: bytes = b"",
@@ -215,9 +215,9 @@ def run_bounded(argv: list[str], *, timeout: float, max_output: int, stdin: byte
     sel = selectors.DefaultSelector()
     try:
         if stdin and proc.stdin is not None:
-            with contextlib.suppress(BrokenPipeError):
-                proc.stdin.write(stdin)
-            proc.stdin.close()
+            # fed from a thread: a child that writes output before reading all its input must not
+            # deadlock against us writing into a full pipe
+            threading.Thread(target=_feed, args=(proc.stdin, stdin), daemon=True).start()
         assert proc.stdout is not None and proc.stderr is not None
         sel.register(proc.stdout, selectors.EVENT_READ, "stdout")
         sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
@@ -253,6 +253,13 @@ def run_bounded(argv: list[str], *, timeout: float, max_output: int, stdin: byte
                 f.close()
     return {"rc": rc, "stdout": out["stdout"].decode("utf-8", "replace"),
             "stderr": out["stderr"].decode("utf-8", "replace"), "seconds": round(time.monotonic() - t0, 3)}
+
+
+def _feed(pipe: Any, data: bytes) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        pipe.write(data)
+    with contextlib.suppress(OSError, ValueError):
+        pipe.close()
 
 
 def cmd_exec(cfg: AgentConfig, args: dict[str, Any]) -> dict[str, Any]:
