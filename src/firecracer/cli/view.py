@@ -126,7 +126,7 @@ def view(files: tuple[Path, ...], seed: bool, compare_with: Path | None, output:
         w, h = _geometry(screenshot_size)
         with Browser(width=w, height=h) as b:
             b.open(path.resolve().as_uri())
-            b.wait_for("window.FC && (FC.ready || FC.error)", timeout=120)
+            b.wait_for("window.FC && ((FC.ready && FC.detailReady) || FC.error)", timeout=120)
             err = b.evaluate("FC.error")
             if err:
                 raise click.ClickException(f"the page failed in Chromium: {err}")

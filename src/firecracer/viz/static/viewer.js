@@ -65,12 +65,8 @@ const TYPES = { uint8: Uint8Array, int16: Int16Array, uint16: Uint16Array, int32
 // ---------------------------------------------------------------- one recording
 class Rec {
   constructor(meta, buf) {
-    this.m = meta; this.ps = meta.page_size; this.a = {};
-    for (const [name, [dt, off, len, delta]] of Object.entries(meta.arrays)) {
-      const a = new TYPES[dt](buf, off, len);
-      if (delta) { let acc = 0; for (let i = 0; i < len; i++) { acc = (acc + a[i]) >>> 0; a[i] = acc; } }
-      this.a[name] = a;
-    }
+    this.m = meta; this.ps = meta.page_size; this.a = {}; this.detail = false;
+    this.views(buf, 0);
     const A = this.a;
     this.nRows = A.row_phys.length; this.nPhys = A.phys_pfn.length; this.nTr = A.tr_pfn.length; this.nMaps = A.map_rs.length;
     const physBytes = OPTS.phys_bytes || meta.phys_bytes;
@@ -93,6 +89,15 @@ class Rec {
     this.nmt = meta.nmt;
     this.regCat = this.nmt ? Int32Array.from(this.nmt.regions.map((r) => r.cat)) : new Int32Array(0);
     this.sel = new Uint8Array(this.nPhys);
+  }
+  views(buf, part) { // typed-array views of one blob, prefix sums undone in place
+    for (const [name, [dt, off, len, delta, k]] of Object.entries(this.m.arrays)) {
+      if ((k || 0) !== part) continue;
+      const a = new TYPES[dt](buf, off, len);
+      if (delta) { let acc = 0; for (let i = 0; i < len; i++) { acc = (acc + a[i]) >>> 0; a[i] = acc; } }
+      this.a[name] = a;
+    }
+    if (part === 1) this.detail = true;
   }
   rowsOfPhys(p) { // [start, end) into physRows; a counting sort over all rows, once
     if (!this.physStart) {
@@ -134,7 +139,7 @@ class Rec {
       if (s.t === "nmt") { for (let r = o.rs; r < o.re; r++) if (nm[r] >= 0) f(r); }
       else if (s.t === "reg") { for (let r = o.rs; r < o.re; r++) if (nm[r] === s.r) f(r); }
       else if (s.t === "cat") { for (let r = o.rs; r < o.re; r++) if (nm[r] >= 0 && this.regCat[nm[r]] === s.c) f(r); }
-      else if (s.t === "com") {
+      else if (s.t === "com" && this.detail) {
         const [cs, ce] = this.nmt.regions[s.r].com[s.i];
         for (const m of o.maps) {
           const ms = A.map_start[m];
@@ -160,7 +165,8 @@ class Rec {
     const A = this.a, ps = this.ps, p = this.slotPhys[slot], out = [];
     const addr = slot * ps;
     out.push(`<b>${hex16(addr)}</b>  pfn ${fmtInt(slot)}`);
-    if (p >= 0) {
+    if (p >= 0 && !this.detail) out.push(`class: ${this.m.classes[A.phys_class[p]]}, ${A.phys_nrows[p]} owner(s); loading page details…`);
+    else if (p >= 0) {
       const [a, b] = this.rowsOfPhys(p);
       out.push(`class: ${this.m.classes[A.phys_class[p]]}, ${b - a} owner${b - a === 1 ? "" : "s"}`);
       for (let k = a; k < b; k++) {
@@ -758,7 +764,7 @@ async function main() {
   $("title").textContent = METAS.map((m) => m.label).join("  vs  ");
   const recs = [];
   for (let i = 0; i < METAS.length; i++) {
-    const bytes = await b64bytes("fc-blob-" + i); mark("base64");
+    const bytes = await b64bytes(`fc-blob-${i}-0`); mark("base64");
     const buf = await inflate(bytes); mark("inflate");
     recs.push(new Rec(METAS[i], buf)); mark("index");
   }
@@ -782,7 +788,15 @@ async function main() {
   FC.readyAt = performance.now();     // ms since navigation start: what a user waits for
   $("status").textContent = `loaded in ${Math.round(FC.loadMs)} ms`;
   FC.ready = true;
-  setTimeout(() => recs.forEach((r) => r.rowsOfPhys(0)), 0); // owners per page, before the first hover
+  // then what only hover text needs: the second blob, and the owners of each page
+  for (let i = 0; i < recs.length; i++) {
+    const el1 = $(`fc-blob-${i}-1`);
+    if (el1) recs[i].views(await inflate(await b64bytes(`fc-blob-${i}-1`)), 1); else recs[i].detail = true;
+    recs[i].rowsOfPhys(0);
+  }
+  FC.detailAt = performance.now();
+  FC.detailReady = true;
+  if (UI.selNode && UI.selNode.sel.t === "com") selectNode(UI.selNode);
 }
 
 // ---------------------------------------------------------------- API for tests and scripting
