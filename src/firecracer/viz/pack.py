@@ -5,8 +5,9 @@ tables, chart series, and a directory of arrays) and two binary blobs: the typed
 to end (8-byte aligned), zlib-compressed, base64-encoded in the HTML. Blob 0 holds what drawing,
 selecting and the animation need; blob 1 (marked * below: gva page index, pagemap bits, kpageflags,
 mapcount) only feeds the hover text and committed-range selection, and is decoded after the first
-paint. The browser inflates them with ``DecompressionStream("deflate")`` and views each array in place; arrays marked ``delta`` hold
-successive differences (mod 2^32) and are prefix-summed once on load. Nothing is per page in JSON.
+paint. The browser inflates them with ``DecompressionStream("deflate")`` and views each array in
+place; arrays marked ``delta`` hold successive differences (mod 2^32) and are prefix-summed once on
+load. Nothing is per page in JSON.
 
 Arrays (``n_rows`` = memmap page rows, ``n_phys`` = distinct physical pages, ``n_tr`` = trace rows):
 
