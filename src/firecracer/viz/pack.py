@@ -102,7 +102,7 @@ class _Blob:
         self.sizes[part] += len(data) + pad
 
     def compressed(self) -> list[bytes]:
-        return [zlib.compress(b"".join(p), 6) for p in self.parts]
+        return [zlib.compress(b"".join(p), 1) for p in self.parts]  # level 1: ~4x faster than 6, ~2 % larger
 
 
 def _hex(v: int) -> str:

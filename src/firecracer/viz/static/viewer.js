@@ -605,6 +605,14 @@ function tableHTML(t, limit) {
   return h + "</tbody></table>";
 }
 const SERIES_COLORS = ["#4d7a97", "#c0762a", "#6a9a3a", "#8e5ea2", "#b8485a", "#3a8f8f", "#9a8a2a", "#5a5a9a", "#777777", "#c25fa0"];
+let seriesColor = null; // one colour per series name across all recordings, so A and B read alike
+function colorOf(name) {
+  if (!seriesColor) {
+    const names = [...new Set(METAS.flatMap((m) => m.chart.series.map((s) => s.name)))].sort();
+    seriesColor = new Map(names.map((n, i) => [n, SERIES_COLORS[i % SERIES_COLORS.length]]));
+  }
+  return seriesColor.get(name) || "#999";
+}
 function chartSVG(ch, w, h) {
   if (!ch.series.length) return "<p>No restore trace.</p>";
   const L = 54, R = 170, T = 10, B = 30, pw = w - L - R, ph = h - T - B;
@@ -621,7 +629,7 @@ function chartSVG(ch, w, h) {
   g += `<text x="${L + pw / 2}" y="${h - 2}" text-anchor="middle">${ch.x === "ms" ? "ms since the first fault" : "trace events"}</text>`;
   g += `<text x="12" y="${T + ph / 2}" transform="rotate(-90 12 ${T + ph / 2})" text-anchor="middle">restored MB</text>`;
   ch.series.forEach((s, i) => {
-    const col = SERIES_COLORS[i % SERIES_COLORS.length];
+    const col = colorOf(s.name);
     const pts = s.values.map((v, j) => `${(L + ch.t[j] / tmax * pw).toFixed(1)},${(T + ph - v / vmax * ph).toFixed(1)}`);
     g += `<polyline fill="none" stroke="${col}" stroke-width="1.6" points="${L},${T + ph} ${pts.join(" ")}"/>`;
     g += `<rect x="${L + pw + 10}" y="${T + 4 + i * 15}" width="10" height="10" fill="${col}"/><text x="${L + pw + 24}" y="${T + 13 + i * 15}">${esc(s.name)} ${s.total.toFixed(1)}</text>`;
@@ -644,6 +652,7 @@ function renderSummary() {
       `${t.nmt_regions} NMT regions; restored ${kb(t.restored_kb * 1024)} kB, ${t.attributed_pct ?? "–"} % attributed.</p>`;
     h += `<h4>Restored MB over time per category</h4>` + chartSVG(m.chart, 640, Math.max(220, 40 + 15 * m.chart.series.length));
     for (const [name, t2] of Object.entries(m.tables)) {
+      if (!t2.rows.length) continue;
       const long = t2.rows.length > 30;
       h += `<h4>${esc(t2.title)}</h4>` + (long ? `<div class="scrolltab">${tableHTML(t2)}</div>` : tableHTML(t2));
     }
