@@ -427,8 +427,13 @@ function drawAxis() {
   }
   const max = posMax() || 1, bins = Math.max(1, Math.floor(w / 2)), colors = ["#4d7a97", "#c0762a"];
   FC.panels.forEach((p, k) => {
-    const hist = new Float64Array(bins), t = p.rec.a.tr_t;
-    for (let i = 0; i < p.rec.nTr; i++) { const v = UI.clock === "events" ? i : t[i]; hist[Math.min(bins - 1, Math.floor(v / max * bins))]++; }
+    const key = `${UI.clock}|${bins}|${max}`;
+    if (!p.hist || p.hist.key !== key) { // event density, computed once per clock and width
+      const hist = new Float64Array(bins), t = p.rec.a.tr_t;
+      for (let i = 0; i < p.rec.nTr; i++) { const v = UI.clock === "events" ? i : t[i]; hist[Math.min(bins - 1, Math.floor(v / max * bins))]++; }
+      p.hist = { key, hist };
+    }
+    const hist = p.hist.hist;
     let hm = 1; for (const v of hist) hm = Math.max(hm, v);
     ctx.fillStyle = colors[k % 2] + "aa";
     const bh = (h - 12) / FC.panels.length;
@@ -450,7 +455,7 @@ function axisSeek(ev) { const r = $("axis").getBoundingClientRect(); setPlaying(
 function statCols(n) { return [n.virt, n.rss, n.rest].map((v) => v === undefined || v === null ? "" : kb(v)); }
 function tipOf(n) {
   const pad = (s) => String(s).padStart(9);
-  return `${n.head}\n────────────\nvirtual: ${pad(kb(n.virt || 0))}kb\n    rss: ${pad(kb(n.rss || 0))}kb\n   uffd: ${pad(kb(n.rest || 0))}kb`;
+  return `${n.head}\n────────────\nvirtual: ${pad(kb(n.virt || 0))}kb\n    rss: ${pad(kb(n.rss || 0))}kb\n   uffd: ${pad(kb(n.rest || 0))}kb\n\n--select ${n.key}`;
 }
 function keyed(list, labelOf) { const seen = {}; return list.map((x) => { const l = labelOf(x); const k = seen[l] || 0; seen[l] = k + 1; return l + "#" + k; }); }
 function mapNode(rec, o, m, key) {
