@@ -47,6 +47,9 @@ def test_physical_png_colours(syn_rec: Path) -> None:
     assert at(first) in (_rgb("loadsel"), _rgb("load"), _rgb("nomap"))
     heap_only = set((mm.page_paddr[jvm] // 4096).astype(int).tolist()) - restored
     assert at(min(heap_only)) in (_rgb("selected"), _rgb("selshared"))
+    gap = np.asarray(physical_image(att, width=64, scale=4))
+    assert tuple(gap[3, 0]) == _rgb("outside") and tuple(gap[0, 3]) == _rgb("outside")
+    assert tuple(gap[1, 1]) == _rgb("background")
 
 
 def test_chart_and_write_pngs(syn_rec: Path, tmp_path: Path) -> None:
