@@ -42,6 +42,8 @@ def collect(local: bool, agent: str | None, pids: tuple[int, ...], jvm_pid: int 
                                                   seed=fmt == "seed", source=source, sections=list(secs))
     except memmap.CollectError as exc:
         raise FirecracerError(f"collect: {exc}") from None
+    except OSError as exc:
+        raise FirecracerError(f"collect: {exc.filename or out}: {exc.strerror or exc}") from None
     if as_json:
         print_json({"out": str(summary.out), "pages": summary.pages, "owners": summary.owners,
                     "jvm_pid": summary.jvm_pid, "files": summary.files, "problems": summary.problems,

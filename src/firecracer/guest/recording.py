@@ -95,9 +95,9 @@ def collect_local(out: str | Path, *, pids: list[int] | None = None, jvm_pid: in
     """
     t0 = time.monotonic()
     outp = Path(out)
-    outp.mkdir(parents=True, exist_ok=True)
     summary = CollectSummary(outp)
     mm = memmap.collect(pids, sections=sections, exclude=(os.getpid(),), source="local")
+    outp.mkdir(parents=True, exist_ok=True)
     if restrict_output_to is not None:
         mm = memmap.restrict(mm, restrict_output_to)
     for s in mm.meta.get("skipped", []):
