@@ -169,7 +169,8 @@ class Rec {
     else if (p >= 0) {
       const [a, b] = this.rowsOfPhys(p);
       out.push(`class: ${this.m.classes[A.phys_class[p]]}, ${b - a} owner${b - a === 1 ? "" : "s"}`);
-      for (let k = a; k < b; k++) {
+      const shown = Math.min(b, a + 40); // a page mapped by hundreds of processes: the first 40
+      for (let k = a; k < shown; k++) {
         const r = this.physRows[k], oi = this.ownerOfRow(r), o = this.owners[oi], m = this.mapOfRow(r);
         let line = `${o.pid}: ${esc(o.exe)} (${hex16(this.vaddrOfRow(r, m))} virt)`;
         if (m >= 0) {
@@ -188,6 +189,7 @@ class Rec {
         }
         out.push(line);
       }
+      if (b > shown) out.push(`… and ${fmtInt(b - shown)} more owners`);
       const lo = A.kfl_lo[A.phys_kfl[p]], hi = A.kfl_hi[A.phys_kfl[p]], names = [];
       for (let b = 0; b < 27; b++) if (lo & (1 << b)) names.push(KPF[b]);
       for (let b = 32; b < 42; b++) if (hi & (1 << (b - 32))) names.push(KPF_HI[b]);
