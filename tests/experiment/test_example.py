@@ -33,6 +33,7 @@ def test_bundled_example_end_to_end(firecracker_bin: Path, tmp_path: Path) -> No
         runs = st.runs()
     assert len(runs) == 24 and all(r.ok and r.backend == "probe" for r in runs)
     assert all(r.metrics["errors"] == 0 for r in runs)
+    assert all((res / "runs" / r.run_id / "report.html").exists() for r in runs if r.strategy != "file")
 
     rep = subprocess.run([sys.executable, "-m", "firecracer", "experiment", "report", str(res), "-o",
                           str(tmp_path / "report.html")], capture_output=True, text=True, timeout=120,
