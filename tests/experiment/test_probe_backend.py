@@ -7,6 +7,7 @@ uffd serve``) and by the bundled example in ``test_example_study``.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -26,6 +27,7 @@ from firecracer.experiment.plan import Run
 from firecracer.experiment.runner import run_study
 from firecracer.experiment.spec import Spec, parse_spec
 from firecracer.experiment.store import ResultStore
+from firecracer.experiment.workingset import from_trace
 
 pytestmark = pytest.mark.firecracker
 
@@ -201,3 +203,29 @@ def test_sigint_mid_probe_study_leaves_nothing_running_and_resumes(firecracker_b
     with sqlite3.connect(res / "results.sqlite") as c:
         after = dict(c.execute("SELECT run_id, finished FROM runs").fetchall())
     assert all(after[k] == v for k, v in before.items())
+
+
+def test_trace_replay_variant(firecracker_bin: Path, tmp_path: Path) -> None:
+    """A variant replays a recorded restore's page order (here: a probe ondemand trace, whose image and
+    page-table pages the replaying probe cannot own and drops)."""
+    from firecracer.vmm.binary import firecracker_version
+
+    if not firecracker_version(firecracker_bin).at_least(1, 8):
+        pytest.skip("uffd restores need Firecracker >= 1.8 on this host kernel")
+    first = probe_spec(tmp_path, firecracker_bin, reps=1, pages=300, strategies='"ondemand"', name="rec")
+    assert run_study(first, tmp_path / "rec").ok == 1
+    trace = tmp_path / "rec" / "runs" / "a.ondemand.r1" / "trace.npz"
+    text = first.text.replace('name = "rec"', 'name = "replay"').replace(
+        "working_set_pages = 300", f'trace = "{trace}"')
+    (tmp_path / "replay.toml").write_text(text)
+    replay = parse_spec(text, tmp_path / "replay.toml")
+    summary = run_study(replay, tmp_path / "replay")
+    assert summary.ok == 1, failures(tmp_path / "replay")
+    with ResultStore.open(tmp_path / "replay") as st:
+        r = st.runs()[0]
+    recorded = from_trace(trace)
+    kept = recorded[recorded >= 4096]
+    assert len(kept) == 300 and r.metrics["probe_pages"] == 300  # exactly the recorded working set
+    assert r.pages is not None and set(kept.tolist()) <= set(r.pages.tolist())
+    facts = json.loads((tmp_path / "replay" / "variants" / "a" / "variant.json").read_text())
+    assert facts["trace_pages_dropped"] == len(recorded) - 300 > 0

@@ -30,7 +30,7 @@ body{font-family:system-ui,sans-serif;margin:24px auto;max-width:1100px;color:#2
 h1{font-size:22px;margin-bottom:4px} h2{font-size:17px;margin-top:30px;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;font-size:12px;margin:8px 0}
 th,td{padding:3px 8px;border-bottom:1px solid #eee;text-align:right} th{background:#f5f5f5}
-td.l,th.l{text-align:left}
+td.l,th.l{text-align:left;white-space:nowrap}
 .warn{background:#fff4d6;border:1px solid #e6c35c;padding:8px 12px;border-radius:4px}
 .fail{color:#b00020} .ok{color:#1b7a35} .muted{color:#777;font-size:12px}
 .plots{display:flex;flex-wrap:wrap;gap:14px} pre{background:#f7f7f7;padding:8px;font-size:11px;overflow:auto}
