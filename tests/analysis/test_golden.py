@@ -91,3 +91,30 @@ def test_compare_two_real_restores_of_one_snapshot() -> None:
     assert sim["class:process"]["jaccard_gpa"] is not None
     cats = {r["group"]: r for r in compare(a, b)["categories"].to_dicts()}
     assert cats["class:process"]["rss_kb_delta"] == 0          # same snapshot, same memmap
+
+
+@pytest.mark.root
+@pytest.mark.skipif(__import__("os").geteuid() != 0, reason="needs root (pagemap PFNs, kpageflags)")
+def test_collector_seed_export_parses_to_the_same_rows(tmp_path: Path) -> None:
+    """A live collection of a child process on this host: memmap.txt (seed) == memmap.npz, row for row."""
+    import subprocess
+    import sys
+
+    from firecracer.analysis.memmap import load_memmap
+    from firecracer.analysis.seedmemmap import parse_seed_memmap
+    from firecracer.guest.recording import collect_local
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; b = bytearray(8 << 20); time.sleep(60)"])
+    try:
+        collect_local(tmp_path, pids=[child.pid], sections=("processes", "kernel"), seed=True)
+    finally:
+        child.kill()
+        child.wait(timeout=30)
+    a, b = load_memmap(tmp_path / "memmap.npz"), parse_seed_memmap(tmp_path / "memmap.txt")
+    assert a.n_pages > 2000 and a.owner_pid.tolist() == b.owner_pid.tolist() == [child.pid, 0]
+    oa = np.lexsort((a.page_paddr, a.page_vaddr, a.page_owner))
+    ob = np.lexsort((b.page_paddr, b.page_vaddr, b.page_owner))
+    for name in ("page_owner", "page_map", "page_vaddr", "page_paddr"):
+        assert np.array_equal(getattr(a, name)[oa], getattr(b, name)[ob]), name
+    assert np.array_equal(a.page_pm[oa] & 3, b.page_pm[ob])          # the seed keeps bits 56 and 61
+    assert totals(attribute(load_recording(tmp_path)))["physical_pages"] == b.distinct_physical_pages()

@@ -60,9 +60,12 @@ def test_chart_and_write_pngs(syn_rec: Path, tmp_path: Path) -> None:
 def test_cli_view_writes_html_and_pngs(syn_rec: Path, tmp_path: Path) -> None:
     out = tmp_path / "r.html"
     res = CliRunner().invoke(cli, ["view", str(syn_rec), "-o", str(out), "--png", str(tmp_path / "p.png"),
-                                   "--width", "256", "--scale", "1", "--phys-mem", "256M", "--label", "syn"])
+                                   "--width", "256", "--scale", "1", "--phys-mem", "256M", "--label", "syn",
+                                   "--color", "loadsel=#FF8800"])
     assert res.exit_code == 0, res.output
+    assert "syn: 44," in res.output and "uffd events" in res.output
     html = out.read_text()
+    assert '"loadsel":"#ff8800"' in html
     assert '"label":"syn"' in html and '"phys_bytes":268435456' in html and '"width":256' in html
     assert (tmp_path / "p.png").exists() and (tmp_path / "p-categories.png").exists()
 
@@ -82,7 +85,8 @@ def test_cli_view_seed_files(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("args,msg", [(["--seed", "X"], "--seed takes"),
-                                      (["--phys-mem", "lots"], "not a size")])
+                                      (["--phys-mem", "lots"], "not a size"),
+                                      (["--color", "loadsel=orange"], "NAME=#RRGGBB")])
 def test_cli_view_rejects_bad_arguments(syn_rec: Path, tmp_path: Path, args: list[str], msg: str) -> None:
     argv = ["view", *(a if a != "X" else str(syn_rec / "nmt.txt") for a in args)]
     if "--seed" not in args:

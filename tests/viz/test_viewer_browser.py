@@ -163,3 +163,20 @@ def test_compare_mode_synchronises_selection(browser: Browser, syn_rec: Path, sy
         len(load_recording(syn_rec).trace or []), len(load_recording(syn_rec_b).trace or [])]
     assert "Jaccard" in browser.evaluate("document.getElementById('summary').textContent") or \
         browser.evaluate("document.getElementById('summary').textContent").count("Comparison") == 1
+
+
+def test_overview_zoom_keeps_every_selected_page_visible(browser: Browser, report: Path,
+                                                         syn_rec: Path) -> None:
+    _open(browser, report)
+    sel = browser.evaluate("FC.select('nmtcat|Metaspace')")
+    assert sel["pages"][0] > 0
+    browser.evaluate("FC.setZoom(0.25)")
+    assert browser.evaluate("FC.panels[0].k") == 4
+    # every 4x4 block holding a selected page shows a selection colour (nothing else ranks higher here)
+    bad = browser.evaluate("""(() => { const p = FC.panels[0], c = FC.colors, bad = [];
+      for (const s of FC.slotsWithColor(0, ['selected', 'selshared'])) {
+        const i = ((s / p.W | 0) / 4 | 0) * p.Wk + ((s % p.W) / 4 | 0);
+        if (p.rpix[i] !== c.selected && p.rpix[i] !== c.selshared) bad.push(s);
+      } return bad; })()""")
+    assert bad == []
+    assert browser.evaluate("document.getElementById('zoomlabel').textContent") == "4 pages/px"

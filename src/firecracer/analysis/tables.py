@@ -25,6 +25,8 @@ import numpy.typing as npt
 from firecracer.analysis.join import CLASS_NAMES, Attribution, OwnerClass
 from firecracer.analysis.memmap import KPF_HUGE, KPF_THP
 
+FLAG_FAULTING = 2        # trace.flags bit 1: the faulting page itself (docs/formats.md)
+
 I64 = npt.NDArray[np.int64]
 BIG = np.iinfo(np.int64).max
 HUGE_PAGES = 512          # 4 KiB pages per 2 MiB block
@@ -338,6 +340,8 @@ def totals(att: Attribution) -> dict[str, Any]:
     }
     if tr is not None:
         out["faults"] = int(tr.meta.get("faults", int((tr.fault >= 0).sum())))
+        faulting = (tr.flags & np.uint8(FLAG_FAULTING)) != 0
+        out["faulted_pages"] = int(np.unique(tr.gpa[faulting]).size)   # pages the guest itself touched
         out["strategy"] = tr.meta.get("strategy")
         out["trace_ms"] = round((int(tr.t_ns.max()) - int(tr.t_ns.min())) / 1e6, 3) if n else 0.0
     return out

@@ -24,6 +24,9 @@ def selftest(firecracker: str | None, page_server: str | None, as_json: bool) ->
     """
     import shlex
 
+    from firecracer.cli.vm import term_runs_cleanup
+
+    term_runs_cleanup()
     report = run_selftest(firecracker, page_server=shlex.split(page_server) if page_server else None)
     if as_json:
         print_json(report.to_json())

@@ -55,20 +55,25 @@ def _geometry(text: str) -> tuple[int, int]:
 @click.option("--screenshot", type=click.Path(dir_okay=False, path_type=Path),
               help="Also render the page in headless Chromium and save a PNG screenshot of it.")
 @click.option("--screenshot-size", default="1400x900", show_default=True, help="Screenshot viewport WxH.")
+@click.option("--color", "colors", multiple=True, metavar="NAME=#RRGGBB",
+              help="Override a colour (seed: uffdVisualizer.*Color), e.g. loadsel=#ff8800; names: "
+                   "background memory kernel pagecache free traceonly shared selected selshared loadsel load "
+                   "nomap outside.")
 @click.option("--serve", is_flag=True, help="Serve the report on 127.0.0.1 until Ctrl-C.")
 @click.option("--port", default=0, show_default=True, help="Port for --serve (0: any free port).")
 def view(files: tuple[Path, ...], seed: bool, compare_with: Path | None, output: Path | None, scale: float,
          width: int, phys_mem: str | None, labels: tuple[str, ...], select: str | None, at_end: bool,
          png_out: Path | None, png_category: str | None, screenshot: Path | None, screenshot_size: str,
-         serve: bool, port: int) -> None:
+         colors: tuple[str, ...], serve: bool, port: int) -> None:
     """Write (or serve) the interactive physical-memory viewer for a RECORDING.
 
     \b
     firecracer view RECORDING [--compare RECORDING_B] [-o report.html] [--serve] [--png OUT.png]
     firecracer view --seed MEMMAP UFFDLOG [NMT] [-o report.html]
     """
-    from firecracer.analysis import assemble_from_seed, attribute, load_recording
-    from firecracer.viz.html import ViewOptions, write_report
+    from firecracer.analysis import assemble_from_seed, load_recording
+    from firecracer.viz.html import ViewOptions, build_report, save_html
+    from firecracer.viz.png import PALETTE
 
     if seed:
         if len(files) not in (2, 3):
@@ -86,17 +91,33 @@ def view(files: tuple[Path, ...], seed: bool, compare_with: Path | None, output:
     if len(labels) > len(recs):
         raise click.UsageError(f"{len(labels)} --label values for {len(recs)} recording(s)")
     phys = parse_size(phys_mem) if phys_mem else None
+    cmap: dict[str, str] = {}
+    for c in colors:
+        name, _, val = c.partition("=")
+        if name not in PALETTE or not re.fullmatch(r"#[0-9a-fA-F]{6}", val):
+            raise click.BadParameter(f"{c!r}: want NAME=#RRGGBB with NAME in {', '.join(PALETTE)}",
+                                     param_hint="--color")
+        cmap[name] = val.lower()
     opts = ViewOptions(scale=scale, width=width, phys_bytes=phys, select=select,
-                       position="end" if at_end else None)
+                       position="end" if at_end else None, colors=cmap)
     out = output or default_out
     t0 = time.monotonic()
     lab_list: list[str | None] = [*labels, *([None] * (len(recs) - len(labels)))]
-    path = write_report(recs, out, opts, lab_list)
+    rep = build_report(recs, opts, lab_list)
+    path = save_html(rep.html, out)
+    for pk in rep.packs:   # the original UffdVisualizer's console summary, per recording
+        t, kib = pk.meta["totals"], pk.meta["page_size"] // 1024
+        console.print(f"{pk.meta['label']}: {t['physical_pages']:,} physical pages, {t['processes']} owners; "
+                      f"{t['uffd_events']:,} uffd events ({t['pages_loaded']:,} pages / "
+                      f"{t['pages_loaded'] * kib:,}kb loaded, {t['pages_zeroed']:,} pages / "
+                      f"{t['pages_zeroed'] * kib:,}kb zeroed); {t['nmt_regions']} NMT regions"
+                      + (f" of JVM {t['nmt_pid']}" if t.get("nmt_pid") is not None else ""),
+                      markup=False, highlight=False)
     console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) in {time.monotonic() - t0:.1f} s")
     if png_out is not None:
         from firecracer.viz.png import write_pngs
 
-        for p in write_pngs(attribute(rec), png_out, width=width, scale=max(1, round(scale)), phys_bytes=phys,
+        for p in write_pngs(rep.atts[0], png_out, width=width, scale=max(1, round(scale)), phys_bytes=phys,
                             nmt_category=png_category):
             console.print(f"wrote {p}")
     if screenshot is not None:

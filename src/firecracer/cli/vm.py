@@ -27,6 +27,19 @@ from firecracer.vmm.process import pid_is_firecracker, socket_in_use
 @click.group()
 def vm() -> None:
     """Boot, snapshot, restore and drive Firecracker microVMs."""
+    term_runs_cleanup()
+
+
+def term_runs_cleanup() -> None:
+    """Make SIGTERM unwind like Ctrl-C, so context managers kill what a half-done command started."""
+    import signal
+    import threading
+
+    def _exit(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _exit)
 
 
 def _fc_option(f: Any) -> Any:

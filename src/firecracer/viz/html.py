@@ -5,7 +5,8 @@ arrays travel as one base64 zlib blob in a ``<script type="application/octet-str
 parsed as JS), its JSON meta in a ``<script type="application/json">`` element.
 
 Public API: ``ViewOptions``, ``build_html(packs, options, compare=None) -> str``,
-``write_report(recordings, out, options, labels) -> Path`` (load + attribute + pack + write).
+``build_report(recordings, options, labels) -> Report`` (attribute + pack + page), ``save_html``,
+``write_report(recordings, out, options, labels) -> Path``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from firecracer.viz.pack import Packed, pack
 from firecracer.viz.png import PALETTE
 
 if TYPE_CHECKING:
+    from firecracer.analysis.join import Attribution
     from firecracer.analysis.recording import Recording
 
 
@@ -79,9 +81,18 @@ def build_html(packs: list[Packed], options: ViewOptions | None = None,
     return "".join((head, _script_json([p.meta for p in packs]), head2, blobs, tail2))
 
 
-def write_report(recordings: list[Recording], out: str | Path, options: ViewOptions | None = None,
-                 labels: list[str | None] | None = None) -> Path:
-    """Attribute each recording (``firecracer.analysis``), pack it, and write the HTML file ``out``."""
+@dataclass
+class Report:
+    """A built page and what went into it (``atts`` for PNG export, ``packs[i].meta["totals"]``)."""
+
+    html: str
+    packs: list[Packed]
+    atts: list[Attribution]
+
+
+def build_report(recordings: list[Recording], options: ViewOptions | None = None,
+                 labels: list[str | None] | None = None) -> Report:
+    """Attribute each recording (``firecracer.analysis``), pack it, and build the page."""
     from firecracer.analysis import attribute, compare
 
     atts = [attribute(r) for r in recordings]
@@ -91,9 +102,20 @@ def write_report(recordings: list[Recording], out: str | Path, options: ViewOpti
     if len(atts) == 2:
         cmp = [{"title": t.title, "columns": t.columns, "rows": t.rows}
                for t in compare(atts[0], atts[1]).values()]
+    return Report(build_html(packs, options, cmp), packs, atts)
+
+
+def save_html(html: str, out: str | Path) -> Path:
+    """Write the page atomically (a reader never sees half a file)."""
     p = Path(out)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(build_html(packs, options, cmp), encoding="utf-8")
+    tmp.write_text(html, encoding="utf-8")
     tmp.replace(p)
     return p
+
+
+def write_report(recordings: list[Recording], out: str | Path, options: ViewOptions | None = None,
+                 labels: list[str | None] | None = None) -> Path:
+    """``build_report`` and write the HTML file ``out``; returns its path."""
+    return save_html(build_report(recordings, options, labels).html, out)

@@ -110,15 +110,25 @@ class PageServer:
             return True
         return self.proc is not None and self.proc.poll() is None
 
-    def stop(self, grace: float = 2.0) -> int | None:
-        """SIGTERM, then SIGKILL after ``grace`` s; reap; remove the socket. Returns the exit status."""
+    def stop(self, grace: float = 15.0, natural: float = 0.0) -> int | None:
+        """Wait ``natural`` s for it to exit by itself (it does once Firecracker is gone), then
+        SIGTERM (it writes its trace and metrics), SIGKILL after ``grace`` s; reap; remove the
+        socket. Returns the exit status."""
         rc: int | None = None
         if self._attached_pid is not None and self.alive():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._attached_pid, signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while self.alive() and time.monotonic() < deadline:
+                time.sleep(0.02)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self._attached_pid, signal.SIGKILL)
             deadline = time.monotonic() + 10
             while self.alive() and time.monotonic() < deadline:
                 time.sleep(0.02)
+        if self.proc is not None and natural > 0:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=natural)
         if self.proc is not None:
             if self.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -224,7 +224,7 @@ class Panel {
     this.off.width = W; this.off.height = this.H;
     this.octx = this.off.getContext("2d");
     this.k = 0;
-    this.repaint();
+    if (this.painted) this.repaint(); // the first paint waits for the initial selection
   }
   // the reduced image (one pixel per k x k pages) used below 1 px/page
   reduceAll() {
@@ -238,10 +238,12 @@ class Panel {
     }
     const W = this.W, Wk = this.Wk, pix = this.pix, rpix = this.rpix, rr = new Uint8Array(rpix.length);
     rpix.fill(PX.outside);
+    let lastC = -1, r = 0;
     for (let y = 0; y < this.H; y++) {
       const ry = ((y / k) | 0) * Wk, row = y * W;
       for (let x = 0; x < W; x++) {
-        const c = pix[row + x], r = RANK.get(c) || 0, i = ry + ((x / k) | 0);
+        const c = pix[row + x], i = ry + ((x / k) | 0);
+        if (c !== lastC) { lastC = c; r = RANK.get(c) || 0; }
         if (r > rr[i] || (r === rr[i] && c !== PX.outside && rpix[i] === PX.outside)) { rr[i] = r; rpix[i] = c; }
       }
     }
@@ -254,6 +256,7 @@ class Panel {
   }
   // base colours + selection + restored pages up to the cursor (a full pass over the typed arrays)
   repaint() {
+    this.painted = true;
     const rec = this.rec, A = rec.a, pix = this.pix, sp = rec.slotPhys, cls = A.phys_class, nrows = A.phys_nrows, sel = rec.sel;
     const seed = UI.seedColors;
     const base = CLASS_COL.map((c) => PX[seed && c !== "free" ? "memory" : c]);
@@ -293,7 +296,8 @@ class Panel {
     }
     if (reduced && y1 >= 0) this.rctx.putImageData(this.rimg, 0, 0, 0, (y0 / this.k) | 0, this.Wk, ((y1 - y0) / this.k | 0) + 2);
     this.drawn = k; this.cursor = k;
-    if (full) this.octx.putImageData(this.img, 0, 0);
+    if (UI.zoom < 1) this.offStale = true;    // the full-size image is only uploaded when shown
+    else if (full || this.offStale) { this.octx.putImageData(this.img, 0, 0); this.offStale = false; }
     else if (y1 >= 0) this.octx.putImageData(this.img, 0, 0, 0, y0, W, y1 - y0 + 1);
     this.render();
   }
@@ -307,6 +311,7 @@ class Panel {
   render() {
     const c = this.canvas, ctx = c.getContext("2d"), dpr = c.width / Math.max(1, this.scroller.clientWidth), z = UI.zoom;
     const ox = this.scroller.scrollLeft / z, oy = this.scroller.scrollTop / z;
+    if (z >= 1 && this.offStale) { this.octx.putImageData(this.img, 0, 0); this.offStale = false; }
     ctx.setTransform(1, 0, 0, 1, 0, 0);
     ctx.fillStyle = COL.outside; ctx.fillRect(0, 0, c.width, c.height);
     ctx.imageSmoothingEnabled = false;
@@ -589,7 +594,8 @@ function showTip(p, s, x, y) {
 function tableHTML(t, limit) {
   const isText = (c) => /^(category|class|name|exe|group|start|end)$/.test(c);
   let h = `<table><thead><tr>${t.columns.map((c) => `<th class="${isText(c) ? "s" : ""}">${esc(c)}</th>`).join("")}</tr></thead><tbody>`;
-  for (const r of t.rows.slice(0, limit || 1e9)) h += `<tr>${r.map((v, i) => `<td class="${isText(t.columns[i]) ? "s" : ""}">${v === null ? "–" : esc(typeof v === "number" && !Number.isInteger(v) ? v : (typeof v === "number" ? fmtInt(v) : v))}</td>`).join("")}</tr>`;
+  const cell = (v, c) => v === null ? "–" : typeof v === "number" && Number.isInteger(v) && !/^(pid|first|p50|p90|last)$/.test(c) ? fmtInt(v) : esc(v);
+  for (const r of t.rows.slice(0, limit || 1e9)) h += `<tr>${r.map((v, i) => `<td class="${isText(t.columns[i]) ? "s" : ""}">${cell(v, t.columns[i])}</td>`).join("")}</tr>`;
   return h + "</tbody></table>";
 }
 const SERIES_COLORS = ["#4d7a97", "#c0762a", "#6a9a3a", "#8e5ea2", "#b8485a", "#3a8f8f", "#9a8a2a", "#5a5a9a", "#777777", "#c25fa0"];
@@ -625,7 +631,8 @@ function renderSummary() {
   h += `<div class="cols">`;
   for (const m of METAS) {
     const t = m.totals;
-    h += `<div class="col"><h3>${esc(m.label)}</h3><div class="facts">${esc(JSON.stringify(m.facts))}</div>`;
+    const facts = Object.entries(m.facts).map(([k, v]) => `${k}: ${typeof v === "object" ? JSON.stringify(v) : v}`).join(" · ");
+    h += `<div class="col"><h3>${esc(m.label)}</h3><div class="facts">${esc(facts)}</div>`;
     h += `<p>${fmtInt(t.physical_pages)} physical pages, ${t.processes} owners, ${fmtInt(t.uffd_events)} uffd events ` +
       `(${fmtInt(t.pages_loaded)} pages / ${kb(t.pages_loaded * m.page_size)}kb loaded, ${fmtInt(t.pages_zeroed)} pages / ${kb(t.pages_zeroed * m.page_size)}kb zeroed), ` +
       `${t.nmt_regions} NMT regions; restored ${kb(t.restored_kb * 1024)} kB, ${t.attributed_pct ?? "–"} % attributed.</p>`;
@@ -655,7 +662,7 @@ function setZoom(z, cx, cy) {
   const px = (sc.scrollLeft + ax) / old, py = (sc.scrollTop + ay) / old;
   UI.zoom = z;
   for (const p of FC.panels) {
-    if (z < 1) p.reduceAll();
+    if (z < 1 && p.painted) p.reduceAll();
     p.resize(); p.scroller.scrollLeft = px * z - ax; p.scroller.scrollTop = py * z - ay; p.render();
   }
   $("zoomlabel").textContent = z >= 1 ? z + " px/page" : Math.round(1 / z) + " pages/px";
@@ -767,6 +774,7 @@ async function main() {
   // initial selection as the seed: the kernel (row 1 of its tree), else the first node
   const tree = FC.panels[0].tree, start = OPTS.select ? findKey(tree, OPTS.select) : (tree.find((n) => n.label.startsWith("0:")) || tree[0]);
   if (start) { if (OPTS.select) reveal(start.key); else selectNode(start); }
+  FC.panels.forEach((p) => { if (!p.painted) p.repaint(); });
   if (OPTS.position === "end") setPos(posMax()); else updateCounters();
   mark("tree+select");
   renderSummary(); mark("summary");
