@@ -104,6 +104,7 @@ def emulate(out: Path | None, kernel: Path | None, rootfs: Path | None, variant:
     console.print(f"recording: {res.out}")
     console.print(f"first-touch pages until the first response: {res.pages} "
                   f"({res.zero_pages} zero, {res.reads_before_resume} during vmstate load)")
+    console.print(f"first-touch pages attributed to an owner: {res.attributed_pct} %")
     for key, val in res.timings_ms.items():
         console.print(f"  {key}: {val} ms")
     console.print("[yellow]times are QEMU TCG (software emulation), not comparable to KVM[/]")

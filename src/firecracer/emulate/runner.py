@@ -97,6 +97,7 @@ class EmulateResult:
     reads_before_resume: int
     timings_ms: dict[str, float] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    attributed_pct: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -354,8 +355,10 @@ def run(cfg: EmulateConfig, progress: Progress | None = None) -> EmulateResult:
 
                 t1 = time.monotonic()
                 summary = collect_agent(agent, out, source=SOURCE)
-                mark("collect_wall", t1)
                 problems += list(summary.problems)
+                kernel_classes = _complete_memmap(agent, out / "memmap.npz", cfg.mem_mib)
+                mark("collect_wall", t1)
+                say(f"memmap: {summary.pages} page rows; kernel allocations by kpageflags: {kernel_classes}")
             finally:
                 agent.close()
             # 2. snapshot: device state only; RAM stays in `mem`
@@ -419,10 +422,43 @@ def run(cfg: EmulateConfig, progress: Progress | None = None) -> EmulateResult:
         timings["total_wall"] = round((time.monotonic() - t_start) * 1000, 1)
         _write_recording_json(out, cfg, qemu_version, timings, first, trace_rows=len(cut), zero=zero,
                               before=before)
-        return EmulateResult(out, len(cut), zero, before, timings, problems)
+        res = EmulateResult(out, len(cut), zero, before, timings, problems)
+        try:
+            res.attributed_pct = _attributed_pct(out)
+        except FirecracerError as exc:
+            problems.append(f"analysis of the recording failed: {exc}")
+        return res
     finally:
         if own_work:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _attributed_pct(out: Path) -> float | None:
+    """Share of first-touch pages the analysis attributes to an owner; also noted in recording.json."""
+    from firecracer.analysis.join import attribute
+    from firecracer.analysis.recording import load_recording
+    from firecracer.analysis.tables import totals
+
+    tot = totals(attribute(load_recording(out)))
+    pct = tot.get("attributed_pct")
+    path = out / "recording.json"
+    rec = json.loads(path.read_text())
+    rec["analysis"] = {"attributed_pct": pct}
+    path.write_text(json.dumps(rec, indent=1, default=str))
+    return None if pct is None else float(pct)
+
+
+def _complete_memmap(agent: Any, path: Path, mem_mib: int) -> dict[str, int]:
+    """Add kernel allocations (slab, page tables, …) no collector section names; see ``kernelpages``."""
+    from firecracer.analysis.memmap import load_memmap, save_memmap
+    from firecracer.emulate.kernelpages import add_kernel_allocations, read_guest_kpages
+
+    mm = load_memmap(path)
+    max_pfn = int(mm.meta.get("max_pfn") or (mem_mib << 20) // 4096)
+    flags, counts = read_guest_kpages(agent, max_pfn)
+    full, per_class = add_kernel_allocations(mm, flags, counts)
+    save_memmap(full, path)
+    return per_class
 
 
 def _pinned(cfg: EmulateConfig, work: Path) -> EmulateConfig:
