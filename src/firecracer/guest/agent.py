@@ -1,0 +1,759 @@
+"""The guest agent: a JSON-lines server the host drives over vsock (or TCP/Unix under QEMU).
+
+Run as root by the guest's init::
+
+    python3 -m firecracer.guest.agent --listen vsock:52 [--listen tcp:0.0.0.0:5252]
+                                      [--forward vsock:8080=127.0.0.1:8080] [--hooks-dir DIR]
+
+Protocol: one JSON object per line each way. Request ``{"cmd": NAME, "args": {...}, "id": ANY}``
+(``args`` and ``id`` optional; ``id`` is echoed). Reply ``{"id": ..., "ok": true, "result": {...}}`` or
+``{"id": ..., "ok": false, "error": {"code": CODE, "message": ONE_LINE}}``. Requests are at most
+``--max-request`` bytes, replies at most ``--max-reply`` bytes (a larger reply becomes a
+``reply-too-large`` error). Commands: ``ping``, ``collect-memmap``, ``nmt``, ``smaps``, ``exec``,
+``prepare``, ``after-restore``, ``help``. The handler never raises: any failure is an error reply.
+
+Standard library only: this file is copied into the guest image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import platform
+import selectors
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from firecracer.guest import jvm, memmap
+
+AGENT_VERSION = 1
+DEFAULT_PORT = 52
+MAX_REQUEST = 1 << 20
+MAX_REPLY = 256 << 20
+MAX_EXEC_OUTPUT = 1 << 20
+MAX_EXEC_TIMEOUT = 3600.0
+MAX_CONNECTIONS = 16
+IDLE_TIMEOUT = 900.0
+DEFAULT_HOOKS_DIR = "/etc/firecracer/hooks"
+DEFAULT_NOTIFY_DIR = "/run/firecracer/notify"
+
+log = logging.getLogger("firecracer.agent")
+
+
+class RequestError(Exception):
+    """A request cannot be served; becomes ``{"ok": false, "error": {"code", "message"}}``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class AgentConfig:
+    """Limits and locations; the defaults are what init gets."""
+
+    max_request: int = MAX_REQUEST
+    max_reply: int = MAX_REPLY
+    max_exec_output: int = MAX_EXEC_OUTPUT
+    hooks_dir: str = DEFAULT_HOOKS_DIR
+    notify_dir: str = DEFAULT_NOTIFY_DIR
+    jvm_timeout: float = 60.0
+    started: float = field(default_factory=time.monotonic)
+
+
+# ---------------------------------------------------------------------------------------------- args
+
+def _arg(args: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = None,
+         *, required: bool = False) -> Any:
+    """Typed argument lookup; wrong type → ``bad-request`` naming the argument."""
+    if name not in args or args[name] is None:
+        if required:
+            raise RequestError("bad-request", f"missing argument {name!r}")
+        return default
+    val = args[name]
+    if kind is int and isinstance(val, bool):
+        raise RequestError("bad-request", f"argument {name!r} must be an integer, got a boolean")
+    if not isinstance(val, kind):
+        want = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise RequestError("bad-request", f"argument {name!r} must be {want}, got {type(val).__name__}")
+    return val
+
+
+def _int_list(args: dict[str, Any], name: str) -> list[int] | None:
+    val = _arg(args, name, list)
+    if val is None:
+        return None
+    if len(val) > 100000 or not all(isinstance(v, int) and not isinstance(v, bool) for v in val):
+        raise RequestError("bad-request", f"argument {name!r} must be a list of integers")
+    return list(val)
+
+
+def _pid_arg(args: dict[str, Any]) -> int:
+    """``args.pid``, or the only running JVM (the workload); clear errors for none or several."""
+    pid = _arg(args, "pid", int)
+    if pid is not None:
+        if pid <= 0 or pid > 1 << 22:
+            raise RequestError("bad-request", f"pid {pid} is out of range")
+        if not os.path.exists(f"/proc/{pid}"):
+            raise RequestError("no-such-process", f"pid {pid}: no such process")
+        return int(pid)
+    pids = jvm.java_pids()
+    if not pids:
+        raise RequestError("no-jvm", "no java process is running (pass 'pid' to choose another process)")
+    if len(pids) > 1:
+        raise RequestError("ambiguous-jvm", f"several java processes {pids}: pass 'pid'")
+    return pids[0]
+
+
+# ------------------------------------------------------------------------------------------ commands
+
+def cmd_help(cfg: AgentConfig, args: dict[str, Any]) -> dict[str, Any]:
+    """List the commands and their one-line descriptions."""
+    return {"commands": {name: (fn.__doc__ or "").strip().splitlines()[0] for name, fn in COMMANDS.items()}}
+
+
+def cmd_ping(cfg: AgentConfig, args: dict[str, Any]) -> dict[str, Any]:
+    """Liveness: uptime, kernel, running JVMs, agent version."""
+    try:
+        with open("/proc/uptime") as fh:
+            uptime = float(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        uptime = -1.0
+    return {"agent_version": AGENT_VERSION, "uptime_s": uptime, "kernel": platform.release(),
+            "hostname": socket.gethostname(), "jvm_pids": jvm.java_pids(), "agent_pid": os.getpid(),
+            "agent_uptime_s": round(time.monotonic() - cfg.started, 3), "time_ns": time.time_ns(),
+            "python": platform.python_version()}
+
+
+def cmd_collect_memmap(cfg: AgentConfig, args: dict[str, Any]) -> dict[str, Any]:
+    """Collect memmap.npz (processes, kernel, page cache, free pages); reply carries it base64-encoded."""
+    pids = _int_list(args, "pids")
+    sections = _arg(args, "sections", list, list(memmap.SECTIONS))
+    if not all(isinstance(s, str) for s in sections):
+        raise RequestError("bad-request", "argument 'sections' must be a list of strings")
+    t0 = time.monotonic()
+    try:
+        mm = memmap.collect(pids, sections=tuple(sections), exclude=(os.getpid(),), source="guest")
+    except memmap.CollectError as exc:
+        raise RequestError("collect-error", str(exc)) from None
+    data = mm.to_bytes()
+    return {"npz_b64": base64.b64encode(data).decode(), "npz_bytes": len(data), "pages": mm.n_pages,
+            "owners": len(mm.owner_pid), "skipped": mm.meta.get("skipped", []),
+            "seconds": round(time.monotonic() - t0, 3)}
+
+
+def cmd_nmt(cfg: AgentConfig, args: dict[str, Any]) -> dict[str, Any]:
+    """jcmd VM.native_memory detail|summary of the JVM (args: pid, mode)."""
+    mode = _arg(args, "mode", str, "detail")
+    if mode not in ("detail", "summary"):
+        raise RequestError("bad-request", f"mode must be 'detail' or 'summary', got {mode!r}")
+    pid = _pid_arg(args)
+    try:
+        text = jvm.native_memory(pid, detail=mode == "detail", timeout=cfg.jvm_timeout,
+                                 max_output=cfg.max_reply // 2)
+    except jvm.JvmError as exc:
+        raise RequestError("jvm-error", str(exc)) from None
+    return {"pid": pid, "mode": mode, "text": text, "options": jvm.jvm_options(pid)}
+
+
+def cmd_jcmd(cfg: AgentConfig, args: dict[str, Any]) -> dict[str, Any]:
+    """Any jcmd diagnostic command in the JVM (args: command, pid)."""
+    command = _arg(args, "command", str, required=True)
+    if not command.strip() or "\0" in command or len(command) > 4096:
+        raise RequestError("bad-request", "argument 'command' must be a non-empty jcmd command line")
+    pid = _pid_arg(args)
+    try:
+        text = jvm.jcmd(pid, command, timeout=cfg.jvm_timeout, max_output=cfg.max_reply // 2)
+    except jvm.JvmError as exc:
+        raise RequestError("jvm-error", str(exc)) from None
+    return {"pid": pid, "text": text}
+
+
+def cmd_smaps(cfg: AgentConfig, args: dict[str, Any]) -> dict[str, Any]:
+    """/proc/PID/smaps verbatim (args: pid; default the JVM)."""
+    pid = _pid_arg(args)
+    try:
+        with open(f"/proc/{pid}/smaps", "rb") as fh:
+            data = fh.read(cfg.max_reply // 2 + 1)
+    except OSError as exc:
+        raise RequestError("no-such-process", f"/proc/{pid}/smaps: {exc.strerror}") from None
+    if len(data) > cfg.max_reply // 2:
+        raise RequestError("output-too-large", f"/proc/{pid}/smaps exceeds {cfg.max_reply // 2} bytes")
+    return {"pid": pid, "text": data.decode("utf-8", "replace")}
+
+
+def run_bounded(argv: list[str], *, timeout: float, max_output: int, stdin: bytes = b"",
+                env: dict[str, str] | None = None, cwd: str | None = None) -> dict[str, Any]:
+    """Run ``argv`` with a timeout and an output bound; kills the process group on either.
+
+    Returns ``{"rc", "stdout", "stderr", "seconds"}``; raises ``RequestError`` (``exec-failed``,
+    ``timeout``, ``output-too-large``) — the last two after the process has been killed.
+    """
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd,
+                                start_new_session=True)
+    except OSError as exc:
+        raise RequestError("exec-failed", f"cannot run {argv[0]!r}: {exc.strerror or exc}") from None
+    out = {"stdout": bytearray(), "stderr": bytearray()}
+    sel = selectors.DefaultSelector()
+    try:
+        if stdin and proc.stdin is not None:
+            # fed from a thread: a child that writes output before reading all its input must not
+            # deadlock against us writing into a full pipe
+            threading.Thread(target=_feed, args=(proc.stdin, stdin), daemon=True).start()
+        assert proc.stdout is not None and proc.stderr is not None
+        sel.register(proc.stdout, selectors.EVENT_READ, "stdout")
+        sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
+        deadline = t0 + timeout
+        while sel.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RequestError("timeout", f"{argv[0]!r} did not finish within {timeout:g} s (killed)")
+            for key, _ in sel.select(min(left, 1.0)):
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    sel.unregister(key.fileobj)
+                    continue
+                out[key.data] += chunk
+                if len(out["stdout"]) + len(out["stderr"]) > max_output:
+                    raise RequestError("output-too-large",
+                                       f"{argv[0]!r} wrote more than {max_output} bytes (killed); "
+                                       "raise max_output or redirect to a file")
+        left = max(0.0, deadline - time.monotonic())
+        try:
+            rc = proc.wait(timeout=left)
+        except subprocess.TimeoutExpired:
+            raise RequestError("timeout", f"{argv[0]!r} did not exit within {timeout:g} s (killed)") from None
+    finally:
+        sel.close()
+        if proc.poll() is None:
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+        for f in (proc.stdout, proc.stderr):
+            if f is not None:
+                f.close()
+    return {"rc": rc, "stdout": out["stdout"].decode("utf-8", "replace"),
+            "stderr": out["stderr"].decode("utf-8", "replace"), "seconds": round(time.monotonic() - t0, 3)}
+
+
+def _feed(pipe: Any, data: bytes) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        pipe.write(data)
+    with contextlib.suppress(OSError, ValueError):
+        pipe.close()
+
+
+def cmd_exec(cfg: AgentConfig, args: dict[str, Any]) -> dict[str, Any]:
+    """Run a command (args: argv list or sh string, timeout_s, max_output, stdin)."""
+    argv = _arg(args, "argv", list)
+    sh = _arg(args, "sh", str)
+    if (argv is None) == (sh is None):
+        raise RequestError("bad-request", "pass exactly one of 'argv' (list of strings) or 'sh' (string)")
+    if sh is not None:
+        argv = ["/bin/sh", "-c", sh]
+    if not argv or not all(isinstance(a, str) and "\0" not in a for a in argv):
+        raise RequestError("bad-request", "argument 'argv' must be a non-empty list of strings")
+    timeout = _arg(args, "timeout_s", (int, float), 30.0)
+    if isinstance(timeout, bool) or not 0 < timeout <= MAX_EXEC_TIMEOUT:
+        raise RequestError("bad-request", f"timeout_s must be in (0, {MAX_EXEC_TIMEOUT:g}]")
+    max_output = _arg(args, "max_output", int, min(cfg.max_exec_output, cfg.max_reply // 2))
+    if not 0 < max_output <= cfg.max_reply // 2:
+        raise RequestError("bad-request", f"max_output must be in (0, {cfg.max_reply // 2}]")
+    stdin = _arg(args, "stdin", str, "")
+    return run_bounded(list(argv), timeout=float(timeout), max_output=max_output, stdin=stdin.encode())
+
+
+def _write_sysctl(path: str, value: str) -> str:
+    with open(path, "w") as fh:
+        fh.write(value)
+    return f"{path} = {value}"
+
+
+def _run_hooks(cfg: AgentConfig, event: str, env_extra: dict[str, str]) -> dict[str, Any]:
+    """Run ``<hooks_dir>/<event>.d/*`` executables and notify ``<notify_dir>/*.sock`` listeners.
+
+    Order follows CRaC (and the seed's FirecrackerContext): ``after-restore`` in name order,
+    ``before-snapshot`` in reverse name order. Each hook gets 60 s and 64 KiB of output.
+    """
+    results: list[dict[str, Any]] = []
+    hook_dir = Path(cfg.hooks_dir) / f"{event}.d"
+    hooks = sorted(p for p in hook_dir.glob("*") if p.is_file() and os.access(p, os.X_OK)) \
+        if hook_dir.is_dir() else []
+    socks = sorted(Path(cfg.notify_dir).glob("*.sock")) if Path(cfg.notify_dir).is_dir() else []
+    if event == "before-snapshot":
+        hooks.reverse()
+        socks.reverse()
+    env = {**os.environ, "FIRECRACER_EVENT": event, **env_extra}
+    for h in hooks:
+        try:
+            r = run_bounded([str(h), event], timeout=60.0, max_output=1 << 16, env=env)
+            results.append({"hook": str(h), "ok": r["rc"] == 0, "rc": r["rc"],
+                            "output": (r["stdout"] + r["stderr"])[-2000:]})
+        except RequestError as exc:
+            results.append({"hook": str(h), "ok": False, "error": exc.message})
+    line = (event + " " + env_extra.get("FIRECRACER_GENERATION", "0")).encode() + b"\n"
+    for s in socks:
+        results.append(_notify(str(s), line))
+    return {"hooks": results, "ok": all(r["ok"] for r in results)}
+
+
+def _notify(path: str, line: bytes) -> dict[str, Any]:
+    """Send one event line to an app's Unix socket and wait (10 s) for its one-line answer."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(10.0)
+    try:
+        sock.connect(path)
+        sock.sendall(line)
+        answer = b""
+        while not answer.endswith(b"\n") and len(answer) < 4096:
+            got = sock.recv(4096)
+            if not got:
+                break
+            answer += got
+        text = answer.decode(errors="replace").strip()
+        return {"notify": path, "ok": text.lower().startswith("ok"), "answer": text[:500]}
+    except OSError as exc:
+        return {"notify": path, "ok": False, "error": f"{exc.strerror or exc}"}
+    finally:
+        sock.close()
+
+
+PREPARE_STEPS = ("hooks", "gc", "trim", "sysctl", "drop-caches", "compact")
+
+
+def cmd_prepare(cfg: AgentConfig, args: dict[str, Any]) -> dict[str, Any]:
+    """Before a snapshot: hooks, GC, native trim, compaction sysctls, drop caches, compact.
+
+    args: ``steps`` (subset of PREPARE_STEPS, in order), ``pid`` (default: the only JVM).
+    """
+    steps = _arg(args, "steps", list, list(PREPARE_STEPS))
+    bad = [s for s in steps if s not in PREPARE_STEPS]
+    if bad:
+        raise RequestError("bad-request", f"unknown prepare step(s) {bad}; known: {', '.join(PREPARE_STEPS)}")
+    pid: int | None = None
+    if any(s in ("gc", "trim") for s in steps):
+        try:
+            pid = _pid_arg(args)
+        except RequestError as exc:
+            if "pid" in args:
+                raise
+            pid = None
+            log.info("prepare: %s", exc.message)
+    report: list[dict[str, Any]] = []
+    for step in steps:
+        t0 = time.monotonic()
+        entry: dict[str, Any] = {"step": step}
+        try:
+            if step == "hooks":
+                entry.update(_run_hooks(cfg, "before-snapshot", {}))
+            elif step in ("gc", "trim"):
+                if pid is None:
+                    entry.update(ok=False, skipped=True, detail="no single JVM to act on")
+                else:
+                    cmd = "GC.run" if step == "gc" else "System.trim_native_heap"
+                    try:
+                        out = jvm.jcmd(pid, cmd, timeout=cfg.jvm_timeout)
+                        entry.update(ok=True, detail=out.strip()[-500:])
+                    except jvm.JvmError as exc:
+                        unknown = "Unknown diagnostic command" in str(exc)
+                        entry.update(ok=False, skipped=unknown, detail=str(exc)[:500])
+            elif step == "sysctl":
+                done = [_write_sysctl("/proc/sys/vm/compaction_proactiveness", "0"),
+                        _write_sysctl("/proc/sys/vm/compact_unevictable_allowed", "0")]
+                entry.update(ok=True, detail="; ".join(done))
+            elif step == "drop-caches":
+                os.sync()
+                entry.update(ok=True, detail=_write_sysctl("/proc/sys/vm/drop_caches", "3"))
+            elif step == "compact":
+                entry.update(ok=True, detail=_write_sysctl("/proc/sys/vm/compact_memory", "1"))
+        except OSError as exc:
+            entry.update(ok=False, detail=f"{exc.filename or step}: {exc.strerror or exc}")
+        entry["seconds"] = round(time.monotonic() - t0, 3)
+        report.append(entry)
+    return {"steps": report, "ok": all(e.get("ok") or e.get("skipped") for e in report)}
+
+
+RNDADDENTROPY = 0x40085203
+AFTER_RESTORE_STEPS = ("entropy", "clock", "hooks")
+
+
+def cmd_after_restore(cfg: AgentConfig, args: dict[str, Any]) -> dict[str, Any]:
+    """After a restore: reseed entropy, set the clock, run hooks and notify apps.
+
+    args: ``entropy_b64`` (16..4096 random bytes from the host), ``time_ns`` (host CLOCK_REALTIME),
+    ``generation`` (restore counter passed to hooks), ``steps``.
+    """
+    steps = _arg(args, "steps", list, list(AFTER_RESTORE_STEPS))
+    bad = [s for s in steps if s not in AFTER_RESTORE_STEPS]
+    if bad:
+        raise RequestError("bad-request",
+                           f"unknown after-restore step(s) {bad}; known: {', '.join(AFTER_RESTORE_STEPS)}")
+    seed_b64 = _arg(args, "entropy_b64", str)
+    time_ns = _arg(args, "time_ns", int)
+    generation = _arg(args, "generation", int, 0)
+    report: list[dict[str, Any]] = []
+    for step in steps:
+        entry: dict[str, Any] = {"step": step}
+        try:
+            if step == "entropy":
+                if not seed_b64:
+                    entry.update(ok=False, skipped=True, detail="no entropy_b64 given by the host")
+                else:
+                    try:
+                        seed = base64.b64decode(seed_b64, validate=True)
+                    except ValueError:
+                        raise RequestError("bad-request", "entropy_b64 is not valid base64") from None
+                    if not 16 <= len(seed) <= 4096:
+                        raise RequestError("bad-request", "entropy_b64 must decode to 16..4096 bytes")
+                    with open("/dev/urandom", "wb") as fh:
+                        fcntl.ioctl(fh.fileno(), RNDADDENTROPY,
+                                    struct.pack("ii", len(seed) * 8, len(seed)) + seed)
+                    entry.update(ok=True, detail=f"credited {len(seed) * 8} bits")
+            elif step == "clock":
+                if time_ns is None:
+                    entry.update(ok=False, skipped=True, detail="no time_ns given by the host")
+                else:
+                    before = time.time_ns()
+                    time.clock_settime_ns(time.CLOCK_REALTIME, time_ns)
+                    entry.update(ok=True, detail=f"clock stepped by {(time_ns - before) / 1e9:+.3f} s")
+            elif step == "hooks":
+                entry.update(_run_hooks(cfg, "after-restore", {"FIRECRACER_GENERATION": str(generation)}))
+        except OSError as exc:
+            entry.update(ok=False, detail=f"{exc.filename or step}: {exc.strerror or exc}")
+        report.append(entry)
+    return {"steps": report, "ok": all(e.get("ok") or e.get("skipped") for e in report)}
+
+
+COMMANDS: dict[str, Callable[[AgentConfig, dict[str, Any]], dict[str, Any]]] = {
+    "help": cmd_help,
+    "ping": cmd_ping,
+    "collect-memmap": cmd_collect_memmap,
+    "nmt": cmd_nmt,
+    "jcmd": cmd_jcmd,
+    "smaps": cmd_smaps,
+    "exec": cmd_exec,
+    "prepare": cmd_prepare,
+    "after-restore": cmd_after_restore,
+}
+
+
+# ------------------------------------------------------------------------------------------- handler
+
+def _error(rid: Any, code: str, message: str) -> dict[str, Any]:
+    return {"id": rid, "ok": False, "error": {"code": code, "message": message.replace("\n", " ")[:2000]}}
+
+
+def handle_request(cfg: AgentConfig, line: bytes) -> bytes:
+    """One request line in, one reply line out (``\\n``-terminated). Never raises."""
+    rid: Any = None
+    try:
+        reply = _dispatch(cfg, line)
+        rid = reply.get("id")
+        out = json.dumps(reply, separators=(",", ":"), ensure_ascii=True).encode() + b"\n"
+        if len(out) > cfg.max_reply:
+            out = json.dumps(_error(rid, "reply-too-large",
+                                    f"reply of {len(out)} bytes exceeds the agent's limit of "
+                                    f"{cfg.max_reply} bytes")).encode() + b"\n"
+        return out
+    except Exception as exc:  # the agent must survive anything a request can trigger
+        log.exception("internal error")
+        return json.dumps(_error(rid, "internal", f"{type(exc).__name__}: {exc}")).encode() + b"\n"
+
+
+def _dispatch(cfg: AgentConfig, line: bytes) -> dict[str, Any]:
+    if len(line) > cfg.max_request:
+        return _error(None, "too-large", f"request of {len(line)} bytes exceeds {cfg.max_request} bytes")
+    try:
+        req = json.loads(line)
+    except (ValueError, RecursionError) as exc:
+        return _error(None, "bad-json", f"request is not JSON: {str(exc)[:200]}")
+    if not isinstance(req, dict):
+        return _error(None, "bad-request", f"request must be a JSON object, got {type(req).__name__}")
+    rid = req.get("id")
+    if not isinstance(rid, (str, int, float, type(None))) or isinstance(rid, bool):
+        rid = None
+    if isinstance(rid, str):
+        rid = rid[:200]
+    cmd = req.get("cmd")
+    if not isinstance(cmd, str):
+        return _error(rid, "bad-request", "request needs a string 'cmd'")
+    fn = COMMANDS.get(cmd)
+    if fn is None:
+        return _error(rid, "unknown-command",
+                      f"unknown command {cmd[:100]!r}; known: {', '.join(sorted(COMMANDS))}")
+    args = req.get("args", {})
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        return _error(rid, "bad-request", f"'args' must be a JSON object, got {type(args).__name__}")
+    try:
+        result = fn(cfg, args)
+    except RequestError as exc:
+        return _error(rid, exc.code, exc.message)
+    return {"id": rid, "ok": True, "result": result}
+
+
+# -------------------------------------------------------------------------------------------- server
+
+def parse_address(spec: str) -> tuple[int, Any]:
+    """``vsock:PORT`` | ``tcp:HOST:PORT`` | ``unix:PATH`` → ``(family, bind address)``."""
+    kind, _, rest = spec.partition(":")
+    try:
+        if kind == "vsock":
+            if not hasattr(socket, "AF_VSOCK"):
+                raise ValueError("this Python has no AF_VSOCK")
+            return socket.AF_VSOCK, (socket.VMADDR_CID_ANY, int(rest))
+        if kind == "tcp":
+            host, _, port = rest.rpartition(":")
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            return family, (host.strip("[]") or "0.0.0.0", int(port))
+        if kind == "unix" and rest:
+            return socket.AF_UNIX, rest
+    except ValueError as exc:
+        raise ValueError(f"bad listen address {spec!r}: {exc}") from None
+    raise ValueError(f"bad listen address {spec!r}: expected vsock:PORT, tcp:HOST:PORT or unix:PATH")
+
+
+def open_listener(spec: str) -> socket.socket:
+    """A listening socket for ``spec`` (a stale Unix socket file is replaced; mode 0600)."""
+    family, addr = parse_address(spec)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_UNIX:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(addr)
+        sock.bind(addr)
+        if family == socket.AF_UNIX:
+            os.chmod(addr, 0o600)
+        sock.listen(16)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class Agent:
+    """Owns the listening sockets and the connection threads; ``serve_forever`` until ``stop``."""
+
+    def __init__(self, cfg: AgentConfig, listens: list[str], forwards: list[tuple[str, str]]) -> None:
+        self.cfg = cfg
+        self._stop = threading.Event()
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._socks: list[tuple[socket.socket, Callable[[socket.socket], None], str]] = []
+        #: listen specs that could not be opened, with why (e.g. vsock under QEMU without vhost-vsock)
+        self.failed: list[str] = []
+        for spec in listens:
+            parse_address(spec)  # a malformed address is the operator's error: fail loudly
+            self._open(spec, self._serve_conn)
+        for spec, target in forwards:
+            self._open(spec, self._forwarder(target))
+        if not any(fn == self._serve_conn for _, fn, _ in self._socks):
+            self.close()
+            raise OSError(f"no agent listener could be opened: {'; '.join(self.failed)}")
+
+    def _open(self, spec: str, fn: Callable[[socket.socket], None]) -> None:
+        """Open one listener; a failure is recorded (and logged), not fatal, so an init that lists
+        both ``vsock:52`` and ``tcp:0.0.0.0:52`` works under Firecracker and under QEMU alike."""
+        try:
+            self._socks.append((open_listener(spec), fn, spec))
+        except OSError as exc:
+            self.failed.append(f"{spec}: {exc.strerror or exc}")
+            log.warning("cannot listen on %s: %s", spec, exc.strerror or exc)
+
+    @property
+    def addresses(self) -> list[Any]:
+        return [s.getsockname() for s, _, _ in self._socks]
+
+    def stop(self) -> None:
+        """Ask ``serve_forever`` to return (safe from a signal handler)."""
+        self._stop.set()
+
+    def close(self) -> None:
+        self._stop.set()
+        for s, _, spec in self._socks:
+            s.close()
+            if spec.startswith("unix:"):
+                with contextlib.suppress(OSError):
+                    os.unlink(spec[5:])
+
+    def serve_forever(self) -> None:
+        sel = selectors.DefaultSelector()
+        for s, fn, _ in self._socks:
+            s.setblocking(False)
+            sel.register(s, selectors.EVENT_READ, fn)
+        try:
+            while not self._stop.is_set():
+                for key, _ in sel.select(0.5):
+                    try:
+                        conn, _ = key.fileobj.accept()  # type: ignore[union-attr]
+                    except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                        continue
+                    except OSError as exc:
+                        log.warning("accept failed: %s", exc)
+                        continue
+                    conn.setblocking(True)
+                    if not self._slots.acquire(blocking=False):
+                        with contextlib.suppress(OSError):
+                            conn.sendall(json.dumps(_error(None, "busy", "too many connections")).encode()
+                                         + b"\n")
+                        conn.close()
+                        continue
+                    threading.Thread(target=self._run_conn, args=(key.data, conn), daemon=True).start()
+        finally:
+            sel.close()
+
+    def _run_conn(self, fn: Callable[[socket.socket], None], conn: socket.socket) -> None:
+        try:
+            fn(conn)
+        except Exception:
+            log.exception("connection handler failed")
+        finally:
+            conn.close()
+            self._slots.release()
+
+    def _serve_conn(self, conn: socket.socket) -> None:
+        """Read request lines (bounded), answer each; an over-long line ends the connection."""
+        conn.settimeout(IDLE_TIMEOUT)
+        buf = bytearray()
+        while not self._stop.is_set():
+            nl = buf.find(b"\n")
+            if nl < 0:
+                if len(buf) > self.cfg.max_request:
+                    conn.sendall(json.dumps(_error(None, "too-large",
+                                                   f"request exceeds {self.cfg.max_request} bytes "
+                                                   "without a newline; closing")).encode() + b"\n")
+                    _lingering_close(conn)
+                    return
+                try:
+                    got = conn.recv(65536)
+                except (TimeoutError, OSError):
+                    return
+                if not got:
+                    return
+                buf += got
+                continue
+            line = bytes(buf[:nl])
+            del buf[: nl + 1]
+            if not line.strip():
+                continue
+            reply = handle_request(self.cfg, line)
+            try:
+                conn.sendall(reply)
+            except OSError:
+                return
+
+    def _forwarder(self, target: str) -> Callable[[socket.socket], None]:
+        host, _, port = target.rpartition(":")
+        addr = (host or "127.0.0.1", int(port))
+
+        def forward(conn: socket.socket) -> None:
+            try:
+                up = socket.create_connection(addr, timeout=10)
+            except OSError as exc:
+                log.warning("forward to %s:%s failed: %s", *addr, exc)
+                return
+            up.settimeout(None)
+            t = threading.Thread(target=_pump, args=(up, conn), daemon=True)
+            t.start()
+            _pump(conn, up)
+            t.join(timeout=IDLE_TIMEOUT)
+            up.close()
+
+        return forward
+
+
+def _lingering_close(conn: socket.socket, limit: int = 4 << 20, seconds: float = 2.0) -> None:
+    """Half-close, then discard what the peer still sends (bounded), so our last reply is not lost to
+    a TCP/Unix reset caused by closing with unread input."""
+    with contextlib.suppress(OSError):
+        conn.shutdown(socket.SHUT_WR)
+        conn.settimeout(seconds)
+        deadline = time.monotonic() + seconds
+        while limit > 0 and time.monotonic() < deadline:
+            got = conn.recv(65536)
+            if not got:
+                break
+            limit -= len(got)
+
+
+def _pump(src: socket.socket, dst: socket.socket) -> None:
+    """Copy ``src`` → ``dst`` until EOF, then half-close ``dst``."""
+    try:
+        while True:
+            data = src.recv(65536)
+            if not data:
+                break
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+
+def _parse_forward(spec: str) -> tuple[str, str]:
+    listen, eq, target = spec.rpartition("=")
+    if not eq or not listen or not target.rpartition(":")[2].isdigit():
+        raise argparse.ArgumentTypeError(f"bad --forward {spec!r}: expected LISTEN=[HOST:]PORT, "
+                                         "e.g. vsock:8080=8080")
+    parse_address(listen)
+    return listen, target
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python3 -m firecracer.guest.agent``."""
+    ap = argparse.ArgumentParser(prog="firecracer.guest.agent", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--listen", action="append", metavar="ADDR",
+                    help=f"vsock:PORT | tcp:HOST:PORT | unix:PATH (repeatable; default vsock:{DEFAULT_PORT})")
+    ap.add_argument("--forward", action="append", default=[], type=_parse_forward,
+                    metavar="LISTEN=[HOST:]PORT",
+                    help="forward connections on LISTEN to a guest TCP port (repeatable)")
+    ap.add_argument("--hooks-dir", default=DEFAULT_HOOKS_DIR)
+    ap.add_argument("--notify-dir", default=DEFAULT_NOTIFY_DIR)
+    ap.add_argument("--max-request", type=int, default=MAX_REQUEST)
+    ap.add_argument("--max-reply", type=int, default=MAX_REPLY)
+    ap.add_argument("--log-level", default="INFO")
+    ns = ap.parse_args(argv)
+    logging.basicConfig(level=ns.log_level.upper(), stream=sys.stderr,
+                        format="firecracer-agent: %(levelname)s %(message)s")
+    cfg = AgentConfig(max_request=ns.max_request, max_reply=ns.max_reply, hooks_dir=ns.hooks_dir,
+                      notify_dir=ns.notify_dir)
+    try:
+        agent = Agent(cfg, ns.listen or [f"vsock:{DEFAULT_PORT}"], ns.forward)
+    except (OSError, ValueError) as exc:
+        log.error("cannot listen: %s", exc)
+        return 1
+    signal.signal(signal.SIGTERM, lambda *_: agent.stop())
+    log.info("listening on %s", ", ".join(spec for _, _, spec in agent._socks))
+    try:
+        agent.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        agent.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
