@@ -380,8 +380,10 @@ class MicroVM:
             self.check_page_server()
             if not self.alive():
                 death = self.fc.describe_death() if self._fc else None
+                ps_line = last_error_line(self.page_server.log) if self.page_server else None
                 raise FirecrackerError(f"{self.name}: serial output never matched {pattern!r}: "
-                                       f"{death or 'Firecracker is not running'}")
+                                       f"{death or 'Firecracker is not running'}"
+                                       + (f"; page server: {ps_line}" if ps_line else ""))
             if time.monotonic() > deadline:
                 tail = text[-200:].strip().replace("\n", " | ")
                 raise FirecrackerError(f"{self.name}: serial output did not match {pattern!r} within "
