@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -144,3 +146,47 @@ def test_huge_trace_pages_are_split() -> None:
     att = attribute(rec)
     assert att.trace is not None and len(att.trace) == 1024
     assert att.trace.gpa[513] == (2 << 20) + 4096
+
+
+def test_huge_page_columns_and_kpageflags_names() -> None:
+    from firecracer.analysis.memmap import decode_kpageflags
+    from firecracer.analysis.tables import _frag_row
+
+    assert decode_kpageflags(0x400000868) == ["UPTODATE", "LRU", "ACTIVE", "MMAP", "MAPPEDTODISK"]
+    assert decode_kpageflags(1 << 22 | 1 << 63) == ["THP", "BIT63"]
+    # one full 2 MiB block (512 pages) plus 10 stray pages; half of the pages flagged THP
+    pages = np.concatenate([np.arange(512, 1024), np.arange(5000, 5010)]).astype(np.uint64) * np.uint64(4096)
+    kf = np.where(np.arange(pages.size) % 2 == 0, np.uint64(1 << 22), np.uint64(0))
+    row = _frag_row("x", pages, kf, 4096)
+    assert row == ["x", 522, 2, 261.0, 512, 50.0, round(100 * 512 / 522, 1)]
+
+
+def test_load_recording_errors(tmp_path: Path) -> None:
+    from firecracer.analysis import load_recording
+    from firecracer.errors import FormatError
+
+    with pytest.raises(FormatError, match="not a recording directory"):
+        load_recording(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FormatError, match="not a recording"):
+        load_recording(tmp_path / "empty")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "recording.json").write_text("{nope")
+    with pytest.raises(FormatError, match=r"recording\.json: not JSON"):
+        load_recording(tmp_path / "bad")
+    (tmp_path / "bad" / "recording.json").write_text("[1]")
+    with pytest.raises(FormatError, match="JSON object"):
+        load_recording(tmp_path / "bad")
+    (tmp_path / "bad" / "recording.json").write_text("{}")
+    (tmp_path / "bad" / "trace.npz").write_bytes(b"garbage")
+    with pytest.raises(FormatError, match=r"trace\.npz"):
+        load_recording(tmp_path / "bad")
+
+
+def test_faulted_pages_total() -> None:
+    rec = synth_recording(8)
+    tr = rec.trace
+    assert tr is not None
+    t = totals(attribute(rec))
+    assert t["faulted_pages"] == len({int(g) for g, f in zip(tr.gpa, tr.flags, strict=True) if f & 2})
+    assert t["faulted_pages"] < t["restored_pages"]

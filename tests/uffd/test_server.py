@@ -277,3 +277,38 @@ def test_record_then_prefetch(sock: str, memfile: Path, tmp_path: Path, mode: st
         assert m["faults"] == 1 and m["pages"]["prefetch"] == len(order)
     tr = load_trace(tmp_path / "replay.npz")
     assert (tr.fault[tr.action == Action.PREFETCH] == -1).all()
+
+
+def _free_hugepages() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("HugePages_Free:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+@pytest.mark.skipif(_free_hugepages() < 4, reason="needs 4 free 2 MiB huge pages "
+                    "(echo 4 > /proc/sys/vm/nr_hugepages)")
+@pytest.mark.parametrize("strategy", ["ondemand", "eager"])
+def test_2mib_pages_are_served_in_page_size_units(sock: str, tmp_path: Path, strategy: str) -> None:
+    huge = 2 << 20
+    mem = tmp_path / "mem2m"
+    rng = np.random.default_rng(3)
+    with open(mem, "wb") as fh:  # pages 0 and 2 data (page 2 only in its last 4 KiB), 1 and 3 holes
+        fh.write(rng.integers(0, 256, huge, dtype=np.uint8).tobytes())
+        fh.seek(3 * huge - PS)
+        fh.write(rng.integers(0, 256, PS, dtype=np.uint8).tobytes())
+        fh.truncate(4 * huge)
+    spec = PeerSpec(sock, [4 * huge], page_size=huge, ops=[("read", [0, 1, 2, 3])])
+    result, [(status, rep)] = serve(sock, mem, spec, strategy, trace=tmp_path / "t.npz")
+    assert result.ok and _ok(status), (result.metrics(), rep)
+    data = mem.read_bytes()
+    for p in range(4):
+        assert rep["reads"][str(p)] == [digest(data[p * huge:(p + 1) * huge])]
+    tr = load_trace(tmp_path / "t.npz")
+    assert tr.page_size == huge and len(tr) == 4
+    assert sorted(tr.file_off.tolist()) == [0, huge, 2 * huge, 3 * huge]
+    zero = {int(o) for o in tr.file_off[tr.is_zero()]}
+    assert zero == {huge, 3 * huge}

@@ -122,22 +122,74 @@ def _parse_chunk(p: Path, buf: bytes, acc: _Acc) -> None:
     first = np.where(lengths > 0, arr[np.minimum(starts, len(arr) - 1)], 0)
     is_p = first == ord("p")
     ctrl = np.flatnonzero(~is_p & (lengths > 0))
+    vstart, vend, vok = _fixed_v_lines(arr, ctrl, first, starts, lengths)
     # state (owner, mapping) after each control line; index 0 = state carried into the chunk
-    st_owner = np.empty(len(ctrl) + 1, dtype=np.int64)
-    st_map = np.empty(len(ctrl) + 1, dtype=np.int64)
-    st_owner[0], st_map[0] = acc.cur_owner, acc.cur_map
+    st_owner = [acc.cur_owner]
+    st_map = [acc.cur_map]
+    starts_l, ends_l = starts.tolist(), ends.tolist()
     for k, li in enumerate(ctrl.tolist()):
-        _control_line(p, acc, acc.line0 + li + 1, buf[starts[li]:ends[li]])
-        st_owner[k + 1], st_map[k + 1] = acc.cur_owner, acc.cur_map
+        if vok[k]:                                  # a well-formed fixed-width 'v' line: fields parsed
+            if acc.cur_owner < 0:
+                raise FormatError(p, acc.line0 + li + 1, "'v' line before any '= PID EXE' section")
+            a, b = starts_l[li] + 40, ends_l[li]
+            _add_mapping(p, acc, acc.line0 + li + 1, vstart[k], vend[k],
+                         buf[a:b].decode("utf-8", "replace") if b > a else "")
+        else:
+            _control_line(p, acc, acc.line0 + li + 1, buf[starts_l[li]:ends_l[li]])
+        st_owner.append(acc.cur_owner)
+        st_map.append(acc.cur_map)
     pl = np.flatnonzero(is_p)
     if pl.size:
         which = np.searchsorted(ctrl, pl)
-        owner = st_owner[which]
+        owner = np.array(st_owner, dtype=np.int64)[which]
         if (owner < 0).any():
             li = int(pl[np.argmax(owner < 0)])
             raise FormatError(p, acc.line0 + li + 1, "'p' line before any '= PID EXE' section")
-        _page_lines(p, acc, arr, buf, pl, starts[pl], lengths[pl], owner, st_map[which])
+        _page_lines(p, acc, arr, buf, pl, starts[pl], lengths[pl], owner,
+                    np.array(st_map, dtype=np.int64)[which])
     acc.line0 += len(nl)
+
+
+def _fixed_v_lines(arr: npt.NDArray[np.uint8], ctrl: npt.NDArray[np.int64], first: npt.NDArray[np.uint8],
+                   starts: npt.NDArray[np.int64], lengths: npt.NDArray[np.int64]
+                   ) -> tuple[list[int], list[int], list[bool]]:
+    """Start/end of the ``v 0x%016lx 0x%016lx[ NAME]`` lines among ``ctrl``, parsed with numpy.
+
+    Returns per control line: start, end, and whether the fast parse applies (else the line goes
+    through ``_control_line``).
+    """
+    n = len(ctrl)
+    ok = np.zeros(n, dtype=bool)
+    vs = np.zeros(n, dtype=np.uint64)
+    ve = np.zeros(n, dtype=np.uint64)
+    cand = np.flatnonzero((first[ctrl] == ord("v")) & (lengths[ctrl] >= 39))
+    if cand.size:
+        li = ctrl[cand]
+        m = _rows(arr, starts[li], 39)
+        d1, d2 = _HEX[m[:, 4:20]], _HEX[m[:, 23:39]]
+        tail = arr[np.minimum(starts[li] + 39, len(arr) - 1)]
+        good = ((m[:, 1] == 32) & (m[:, 20] == 32) & (d1 < 16).all(axis=1) & (d2 < 16).all(axis=1)
+                & _prefix_ok(m[:, 2], m[:, 3]) & _prefix_ok(m[:, 21], m[:, 22])
+                & ((lengths[li] == 39) | (tail == 32)))
+        ok[cand] = good
+        vs[cand] = _pack(d1)
+        ve[cand] = _pack(d2)
+    return vs.tolist(), ve.tolist(), ok.tolist()
+
+
+def _add_mapping(p: Path, acc: _Acc, no: int, start: int, end: int, name: str) -> None:
+    pid = acc.owner_pid[acc.cur_owner]
+    if pid == PID_KERNEL:
+        end += 1                               # /proc/iomem ends are inclusive
+    if end < start:
+        raise FormatError(p, no, f"mapping ends ({end:#x}) before it starts ({start:#x})")
+    if pid < 0:
+        acc.phys_mem = max(acc.phys_mem, end)
+    acc.map_owner.append(acc.cur_owner)
+    acc.map_start.append(start)
+    acc.map_end.append(end)
+    acc.map_name.append(name)
+    acc.cur_map = len(acc.map_owner) - 1
 
 
 def _control_line(p: Path, acc: _Acc, no: int, raw: bytes) -> None:
@@ -170,18 +222,7 @@ def _control_line(p: Path, acc: _Acc, no: int, raw: bytes) -> None:
             start, end = _hex_field(parts[1]), _hex_field(parts[2])
         except ValueError as exc:
             raise FormatError(p, no, str(exc)) from None
-        pid = acc.owner_pid[acc.cur_owner]
-        if pid == PID_KERNEL:
-            end += 1                               # /proc/iomem ends are inclusive
-        if end < start:
-            raise FormatError(p, no, f"mapping ends ({end:#x}) before it starts ({start:#x})")
-        if pid < 0:
-            acc.phys_mem = max(acc.phys_mem, end)
-        acc.map_owner.append(acc.cur_owner)
-        acc.map_start.append(start)
-        acc.map_end.append(end)
-        acc.map_name.append(parts[3] if len(parts) > 3 else "")
-        acc.cur_map = len(acc.map_owner) - 1
+        _add_mapping(p, acc, no, start, end, parts[3] if len(parts) > 3 else "")
     elif line.strip() == "":
         return
     else:

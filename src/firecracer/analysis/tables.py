@@ -25,6 +25,8 @@ import numpy.typing as npt
 from firecracer.analysis.join import CLASS_NAMES, Attribution, OwnerClass
 from firecracer.analysis.memmap import KPF_HUGE, KPF_THP
 
+FLAG_FAULTING = 2        # trace.flags bit 1: the faulting page itself (docs/formats.md)
+
 I64 = npt.NDArray[np.int64]
 BIG = np.iinfo(np.int64).max
 HUGE_PAGES = 512          # 4 KiB pages per 2 MiB block
@@ -247,13 +249,15 @@ def fragmentation_table(att: Attribution) -> Table:
     mm = att.recording.memmap
     out: list[list[Any]] = []
     restored = att.phys_first_touch >= 0
+    traced = att.trace is not None and len(att.trace) > 0
     kfl = mm.page_kflags[att.phys_row] if mm.n_pages else np.zeros(0, dtype=np.uint64)
     for c in (OwnerClass.PROCESS, OwnerClass.KERNEL, OwnerClass.PAGECACHE, OwnerClass.FREE):
         sel = np.flatnonzero(att.phys_class == c)
         if sel.size:
             rsel = sel[restored[sel]]
             out.append(_frag_row(f"class:{CLASS_NAMES[c]}", att.phys[sel], kfl[sel], ps))
-            out.append(_frag_row(f"restored class:{CLASS_NAMES[c]}", att.phys[rsel], kfl[rsel], ps))
+            if traced:
+                out.append(_frag_row(f"restored class:{CLASS_NAMES[c]}", att.phys[rsel], kfl[rsel], ps))
     if att.nmt_arrays is not None and att.nmt_categories and att.nmt_arrays.region_cat.size:
         rc = att.nmt_arrays.region_cat
         reg = att.row_nmt_region[att.phys_row] if mm.n_pages else np.zeros(0, dtype=np.int32)
@@ -264,8 +268,9 @@ def fragmentation_table(att: Attribution) -> Table:
             if sel.size:
                 rsel = sel[restored[sel]]
                 out.append(_frag_row(f"nmt:{name}", att.phys[sel], kfl[sel], ps))
-                out.append(_frag_row(f"restored nmt:{name}", att.phys[rsel], kfl[rsel], ps))
-    if att.trace is not None and len(att.trace):
+                if traced:
+                    out.append(_frag_row(f"restored nmt:{name}", att.phys[rsel], kfl[rsel], ps))
+    if traced:
         out.append(_frag_row("restored (all)", att.restored_gpas(), None, ps))
     return Table("fragmentation", "Physical fragmentation and huge-page coverage",
                  ["group", "pages", "runs", "median_run", "max_run", "huge_pct", "full_2m_pct"], out)
@@ -335,6 +340,8 @@ def totals(att: Attribution) -> dict[str, Any]:
     }
     if tr is not None:
         out["faults"] = int(tr.meta.get("faults", int((tr.fault >= 0).sum())))
+        faulting = (tr.flags & np.uint8(FLAG_FAULTING)) != 0
+        out["faulted_pages"] = int(np.unique(tr.gpa[faulting]).size)   # pages the guest itself touched
         out["strategy"] = tr.meta.get("strategy")
         out["trace_ms"] = round((int(tr.t_ns.max()) - int(tr.t_ns.min())) / 1e6, 3) if n else 0.0
     return out

@@ -268,7 +268,7 @@ def cmd_exec(cfg: AgentConfig, args: dict[str, Any]) -> dict[str, Any]:
     timeout = _arg(args, "timeout_s", (int, float), 30.0)
     if isinstance(timeout, bool) or not 0 < timeout <= MAX_EXEC_TIMEOUT:
         raise RequestError("bad-request", f"timeout_s must be in (0, {MAX_EXEC_TIMEOUT:g}]")
-    max_output = _arg(args, "max_output", int, cfg.max_exec_output)
+    max_output = _arg(args, "max_output", int, min(cfg.max_exec_output, cfg.max_reply // 2))
     if not 0 < max_output <= cfg.max_reply // 2:
         raise RequestError("bad-request", f"max_output must be in (0, {cfg.max_reply // 2}]")
     stdin = _arg(args, "stdin", str, "")
@@ -554,14 +554,25 @@ class Agent:
         self._stop = threading.Event()
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._socks: list[tuple[socket.socket, Callable[[socket.socket], None], str]] = []
-        try:
-            for spec in listens:
-                self._socks.append((open_listener(spec), self._serve_conn, spec))
-            for spec, target in forwards:
-                self._socks.append((open_listener(spec), self._forwarder(target), spec))
-        except Exception:
+        #: listen specs that could not be opened, with why (e.g. vsock under QEMU without vhost-vsock)
+        self.failed: list[str] = []
+        for spec in listens:
+            parse_address(spec)  # a malformed address is the operator's error: fail loudly
+            self._open(spec, self._serve_conn)
+        for spec, target in forwards:
+            self._open(spec, self._forwarder(target))
+        if not any(fn == self._serve_conn for _, fn, _ in self._socks):
             self.close()
-            raise
+            raise OSError(f"no agent listener could be opened: {'; '.join(self.failed)}")
+
+    def _open(self, spec: str, fn: Callable[[socket.socket], None]) -> None:
+        """Open one listener; a failure is recorded (and logged), not fatal, so an init that lists
+        both ``vsock:52`` and ``tcp:0.0.0.0:52`` works under Firecracker and under QEMU alike."""
+        try:
+            self._socks.append((open_listener(spec), fn, spec))
+        except OSError as exc:
+            self.failed.append(f"{spec}: {exc.strerror or exc}")
+            log.warning("cannot listen on %s: %s", spec, exc.strerror or exc)
 
     @property
     def addresses(self) -> list[Any]:
@@ -625,6 +636,7 @@ class Agent:
                     conn.sendall(json.dumps(_error(None, "too-large",
                                                    f"request exceeds {self.cfg.max_request} bytes "
                                                    "without a newline; closing")).encode() + b"\n")
+                    _lingering_close(conn)
                     return
                 try:
                     got = conn.recv(65536)
@@ -662,6 +674,20 @@ class Agent:
             up.close()
 
         return forward
+
+
+def _lingering_close(conn: socket.socket, limit: int = 4 << 20, seconds: float = 2.0) -> None:
+    """Half-close, then discard what the peer still sends (bounded), so our last reply is not lost to
+    a TCP/Unix reset caused by closing with unread input."""
+    with contextlib.suppress(OSError):
+        conn.shutdown(socket.SHUT_WR)
+        conn.settimeout(seconds)
+        deadline = time.monotonic() + seconds
+        while limit > 0 and time.monotonic() < deadline:
+            got = conn.recv(65536)
+            if not got:
+                break
+            limit -= len(got)
 
 
 def _pump(src: socket.socket, dst: socket.socket) -> None:

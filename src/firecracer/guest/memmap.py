@@ -183,16 +183,20 @@ def _collect_process(mm: Memmap, kp: procfs.KPageFiles, pid: int, exe: str) -> N
     fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY)
     # Build the process's rows aside, so a process dying half-way leaves no partial section.
     part = Memmap()
+    pfns: array.array[int] = array.array("Q")
     try:
         owner = len(mm.owner_pid)
         for m in maps:
             mi = len(mm.map_owner) + part.add_mapping(owner, m.start, m.end, m.offset, m.perms, m.name)
             for vaddr, word in procfs.present_pages(fd, m.start, m.end):
                 pfn = word & PM_PFN_MASK
-                fl, cn = kp.lookup(pfn)
-                part.add_page(mi, owner, vaddr, pfn << PAGE_SHIFT, procfs.pm_bits(word), fl, cn)
+                pfns.append(pfn)
+                part.add_page(mi, owner, vaddr, pfn << PAGE_SHIFT, procfs.pm_bits(word), 0, 0)
     finally:
         os.close(fd)
+    # flags and counts in one batched pass, right after the walk (as close in time as we can get)
+    part.page_kflags, counts = kp.lookup_many(pfns)
+    part.page_kcount = array.array("I", (min(c, 0xFFFFFFFF) for c in counts))
     if part.page_paddr and all(p == 0 for p in part.page_paddr[:64]):
         raise CollectError(f"/proc/{pid}/pagemap: PFNs read as 0 (needs CAP_SYS_ADMIN)")
     mm.add_owner(pid, exe)
@@ -210,11 +214,11 @@ def _collect_kernel(mm: Memmap, kp: procfs.KPageFiles) -> None:
     for s in segs:
         end = s.end + 1  # iomem ends are inclusive; memmap ranges are [start, end)
         mi = mm.add_mapping(owner, s.start, end, 0, 0, s.name)
-        addr = s.start & ~(PAGE_SIZE - 1)
-        while addr < end:
-            fl, cn = kp.lookup(addr >> PAGE_SHIFT)
-            mm.add_page(mi, owner, addr, addr, 0, fl, cn)
-            addr += PAGE_SIZE
+        first = s.start >> PAGE_SHIFT
+        pfns = list(range(first, (end + PAGE_SIZE - 1) >> PAGE_SHIFT))
+        flags, counts = kp.lookup_many(pfns)
+        for k, pfn in enumerate(pfns):
+            mm.add_page(mi, owner, pfn << PAGE_SHIFT, pfn << PAGE_SHIFT, 0, flags[k], counts[k])
 
 
 def restrict(mm: Memmap, pids: set[int]) -> Memmap:

@@ -192,6 +192,34 @@ class KPageFiles:
             return 0, 0
         return fl[i], (cn[i] if i < len(cn) else 0)
 
+    def lookup_many(self, pfns: list[int] | array.array[int], *, gap: int = 64,
+                    max_run: int = KPAGE_WINDOW) -> tuple[array.array[int], array.array[int]]:
+        """``(kpageflags, kpagecount)`` arrays for ``pfns`` (any order, repeats allowed).
+
+        Reads only around the PFNs asked for: sorted unique PFNs closer than ``gap`` are fetched with one
+        ``pread`` per run from each file. Scattered PFNs (a process's pages on a big host) would otherwise
+        cost a 512 KiB window each, and the kernel computes every flag word it returns.
+        """
+        uniq = sorted(set(pfns))
+        found: dict[int, tuple[int, int]] = {}
+        i = 0
+        while i < len(uniq):
+            j = i
+            while j + 1 < len(uniq) and uniq[j + 1] - uniq[j] <= gap and uniq[j + 1] - uniq[i] < max_run:
+                j += 1
+            lo, hi = uniq[i], uniq[j] + 1
+            fl: array.array[int] = array.array("Q")
+            fl.frombytes(_whole_words(pread_all(self._flags_fd, (hi - lo) * 8, lo * 8)))
+            cn: array.array[int] = array.array("Q")
+            cn.frombytes(_whole_words(pread_all(self._count_fd, (hi - lo) * 8, lo * 8)))
+            for p in uniq[i:j + 1]:
+                k = p - lo
+                found[p] = (fl[k] if k < len(fl) else 0, cn[k] if k < len(cn) else 0)
+            i = j + 1
+        flags: array.array[int] = array.array("Q", (found[p][0] for p in pfns))
+        counts: array.array[int] = array.array("Q", (found[p][1] for p in pfns))
+        return flags, counts
+
     def scan(self, want: int, reject: int = 0, *,
              limit_pfn: int | None = None) -> Iterator[tuple[int, int, int]]:
         """Yield ``(pfn, flags, count)`` for every PFN whose flags have any bit of ``want`` and none of

@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
+import gc
 import logging
 import os
 import select
 import signal
 import socket
 import stat
+import struct
 import threading
 import time
 from collections import Counter, deque
@@ -66,6 +69,13 @@ PRESENT = 1
 REMOVED = 2
 _EAGAIN_BUDGET_NS = 10_000_000_000  # give up on a range that stays busy for 10 s
 _EAGER_CHUNK = 64 << 20
+
+
+_COPY = struct.Struct("<QQQQq")
+
+
+class _Wakeup(BaseException):
+    """Raised in the serving thread (by SIGUSR1) when its peer exited or a stop was asked."""
 
 
 class PeerGone(Exception):
@@ -150,6 +160,7 @@ class Session:
         self.ended = ""
         self.prefetch: dict[str, Any] = {}
         self.pidfd = -1
+        self._blocking = False
         self._zero_buf = 0
         self._bg: threading.Thread | None = None
         self._bg_rec = _Recorder()
@@ -180,7 +191,8 @@ class Session:
                         self._bg.start()
                     else:
                         self._prefetch_fg()
-                self.ended = self._loop()
+                in_main = threading.current_thread() is threading.main_thread()
+                self.ended = self._loop_blocking() if in_main else self._loop()
         except PeerGone:
             self.ended = "peer-gone"
         except Exception as exc:  # fatal: never leave the peer hanging on a fault
@@ -250,10 +262,124 @@ class Session:
             elif peer_exited:
                 return "peer-exited"
 
+    def _loop_blocking(self) -> str:
+        """The main-thread loop: one blocking ``read`` per wakeup (no ``poll``), single faults inline.
+
+        The uffd is switched to blocking mode (Firecracker never reads it). A watcher thread polls the
+        peer's pidfd and the stop fd and interrupts the read with SIGUSR1, whose handler raises
+        ``_Wakeup``. Under PVM every syscall is costly, so a fault costs one ``read`` and one ioctl.
+        """
+        fd = self.fd
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        self._blocking = True
+        reason: list[str] = []
+        armed = [True]
+        quit_fd = os.eventfd(0, os.EFD_CLOEXEC)
+        main_ident = threading.get_ident()
+
+        def watch() -> None:
+            p = select.poll()
+            for wfd in (self.pidfd, self.stop_fd, quit_fd):
+                if wfd >= 0:
+                    p.register(wfd, select.POLLIN)
+            ready = {f for f, _ in p.poll()}
+            if quit_fd in ready:
+                return
+            reason.append("stopped" if self.stop_fd in ready else "peer-exited")
+            signal.pthread_kill(main_ident, signal.SIGUSR1)
+
+        woke = [False]
+        in_read = [False]
+
+        def on_signal(_signum: int, _frame: object) -> None:
+            woke[0] = True
+            if armed[0] and in_read[0]:  # only a blocked read is interrupted; bookkeeping never is
+                raise _Wakeup
+
+        old = signal.signal(signal.SIGUSR1, on_signal)
+        watcher = threading.Thread(target=watch, name=f"uffd-watch-{self.index}", daemon=True)
+        watcher.start()
+        read, mono, unpack, pack_into, ioctl = os.read, time.monotonic_ns, abi.MSG.unpack, _COPY.pack_into, \
+            fcntl.ioctl
+        want = abi.MSG_SIZE * 256
+        r0 = self.regions[0]
+        base, rend, roff = r0.base_host_virt_addr, r0.end, r0.offset
+        mask, shift, ps, t0 = self.mask, self.shift, self.ps, self.t0
+        state, mem, maddr = self.state, self.mem, self.mem.addr
+        dense = mem.dense
+        fast = self.strategy.kind in ("ondemand", "eager", "prefetch")
+        ws_entry = self._ws_entry
+        runs_append, lat_append = self.rec.runs.append, self.latency_ns.append
+        cbuf = bytearray(_COPY.size)
+        copy_req = abi.UFFDIO_COPY
+        pf = abi.UFFD_EVENT_PAGEFAULT
+        fast_faults = 0
+        gc_was = gc.isenabled()
+        gc.disable()  # the loop makes no reference cycles; collections would only add latency
+        try:
+            while True:
+                if self.pending:
+                    self._handle([], mono())
+                in_read[0] = True
+                if woke[0]:
+                    raise _Wakeup
+                buf = read(fd, want)
+                in_read[0] = False
+                t_read = mono()
+                if len(buf) == 32 and fast and not self.pending:
+                    ev, _r1, _r2, _r3, flags, addr, _a2 = unpack(buf)
+                    page = addr & mask
+                    if ev == pf and base <= page < rend:
+                        off = roff + (page - base)
+                        idx = off >> shift
+                        if state[idx] == MISSING and (dense or mem.has_data(off, ps)) and (
+                                ws_entry is None or ws_entry[idx] < 0):
+                            pack_into(cbuf, 0, page, maddr + off, ps, 0, 0)
+                            try:
+                                ioctl(fd, copy_req, cbuf, True)
+                            except OSError:
+                                pass  # EEXIST/EAGAIN/…: the general path below sorts it out
+                            else:
+                                t = mono()
+                                state[idx] = PRESENT
+                                fi = self.nfaults
+                                self.nfaults = fi + 1
+                                fast_faults += 1
+                                if ws_entry is not None:
+                                    self.misses += 1
+                                runs_append((t - t0, page, off, 1, FLAG_FAULTING | (flags & FLAG_WRITE),
+                                             Action.LOAD, fi, t - t_read))
+                                lat_append(t - t_read)
+                                self.last_fault_ns = t - t0
+                                continue
+                if buf:
+                    self._handle(list(abi.MSG.iter_unpack(buf)), t_read)
+                elif not self.peer_alive():
+                    return "peer-exited"
+                else:
+                    time.sleep(0.001)
+        except _Wakeup:
+            why = reason[0] if reason else "stopped"
+            if why == "stopped" and self.peer_alive():
+                self.kill_peer()
+            return why
+        finally:
+            if gc_was:
+                gc.enable()
+            armed[0] = in_read[0] = False
+            os.eventfd_write(quit_fd, 1)
+            watcher.join(timeout=5)
+            os.close(quit_fd)
+            signal.signal(signal.SIGUSR1, old)
+            self.events["pagefault"] += fast_faults
+            self.ioctls += fast_faults
+
     def _read(self) -> list[tuple[int, int, int, int, int, int, int]]:
         out: list[tuple[int, int, int, int, int, int, int]] = []
         want = abi.MSG_SIZE * 256
         while True:
+            if self._blocking and not select.select([self.fd], [], [], 0)[0]:
+                break
             try:
                 buf = os.read(self.fd, want)
             except BlockingIOError:
@@ -348,7 +474,7 @@ class Session:
                     src = self.ws.src(e)
         if self.strategy.kind == "fault-around" and self.strategy.around > 1 and st != REMOVED:
             self._around(r, off, idx, wflag, fi, t_read, dontwake)
-        elif st == REMOVED or (src is None and self.mem.is_hole(off)):
+        elif st == REMOVED or (src is None and not self.mem.has_data(off, self.ps)):
             self._install(self.ops, self.rec, page, off, 1, None, Action.ZERO, wflag | FLAG_ZERO, fi, t_read,
                           dontwake)
         else:
@@ -379,7 +505,7 @@ class Session:
             i = j
         runs.sort(key=lambda ij: not (ij[0] <= idx < ij[1]))  # the faulting run first: wake early
         for i, j in runs:
-            for p_off, p_len, is_data in self.mem.split(i << self.shift, (j - i) << self.shift):
+            for p_off, p_len, is_data in self.mem.split(i << self.shift, (j - i) << self.shift, self.ps):
                 has_fault = p_off <= off < p_off + p_len
                 hva = r.base_host_virt_addr + (p_off - r.offset)
                 self._install(self.ops, self.rec, hva, p_off, p_len >> self.shift,
@@ -488,7 +614,7 @@ class Session:
             for s, e in zip(self.mem.data_start, self.mem.data_end, strict=True):
                 os.posix_fadvise(self.mem.fd, s, e - s, os.POSIX_FADV_WILLNEED)
         for r in self.regions:
-            for p_off, p_len, is_data in self.mem.split(r.offset, r.size):
+            for p_off, p_len, is_data in self.mem.split(r.offset, r.size, self.ps):
                 for c in range(0, p_len, _EAGER_CHUNK):
                     clen = min(_EAGER_CHUNK, p_len - c)
                     o = p_off + c

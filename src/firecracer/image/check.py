@@ -1,0 +1,331 @@
+"""Boot the image under QEMU TCG (no KVM) and check it: init ran, agent answers, HTTP 200, NMT.
+
+This is how images are tested where Firecracker cannot run a Linux guest (PVM-nested KVM, no KVM).
+QEMU's ``microvm`` machine has the same shape as Firecracker's (virtio-mmio devices on the kernel
+command line, 8250 console, no PCI). The guest is reached through user-mode networking restricted to
+``hostfwd`` ports on 127.0.0.1 (``restrict=on``: the guest cannot open connections anywhere else): one
+port to the agent (``FC_AGENT=tcp:0.0.0.0:5252``), one to the app's HTTP port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, ClassVar
+
+from firecracer.errors import BinaryNotFound, FirecracerError
+from firecracer.guest.client import AgentClient, AgentError
+from firecracer.image._build import ImageError, NullReporter, Reporter
+from firecracer.image.kernel import latest_kernel
+from firecracer.image.rootfs import INIT_PATH, latest_rootfs
+
+GUEST_AGENT_PORT = 5252
+GUEST_IP = "10.0.2.15"
+#: option with a quoted space, to prove FC_JAVA_OPTIONS survives the kernel command line intact
+QUOTING_PROBE = "-Dfirecracer.check='boot check'"
+OVERLAY_SIZE = "200m"
+
+
+@dataclass
+class Check:
+    """One verified property of the booted image."""
+
+    name: str
+    ok: bool
+    detail: str
+    ms: float | None = None
+
+
+@dataclass
+class CheckResult:
+    """Outcome of ``firecracer image check``."""
+
+    ok: bool
+    checks: list[Check]
+    times: dict[str, float | None]
+    console_log: Path
+    kernel: Path
+    rootfs: Path
+    qemu_argv: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"ok": self.ok, "checks": [asdict(c) for c in self.checks], "times": self.times,
+                "console_log": str(self.console_log), "kernel": str(self.kernel), "rootfs": str(self.rootfs),
+                "qemu_argv": self.qemu_argv}
+
+
+def free_port() -> int:
+    """A currently free TCP port on 127.0.0.1 (QEMU binds it a moment later)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def kernel_cmdline(agent_port: int = GUEST_AGENT_PORT, extra: str = "") -> str:
+    """Kernel arguments for a QEMU check boot: console, read-only root, init, static IP, agent on TCP."""
+    args = [
+        "console=ttyS0", "reboot=k", "panic=-1", "pci=off", "root=/dev/vda", "ro", f"init={INIT_PATH}",
+        f"ip={GUEST_IP}::10.0.2.2:255.255.255.0::eth0:off", f"overlay_size={OVERLAY_SIZE}",
+        f"FC_AGENT=tcp:0.0.0.0:{agent_port}", "FC_NMT=detail", f'FC_JAVA_OPTIONS="{QUOTING_PROBE} -Xss1m"',
+    ]
+    return " ".join(args) + (f" {extra}" if extra else "")
+
+
+def qemu_argv(qemu: str, kernel: Path, rootfs: Path, host_agent_port: int, host_http_port: int,
+              app_port: int, *, mem_mib: int = 1024, cpus: int = 2, extra_args: str = "") -> list[str]:
+    """The QEMU command line: microvm, TCG, read-only virtio-blk root, restricted user-mode net."""
+    net = (f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{host_agent_port}-:{GUEST_AGENT_PORT},"
+           f"hostfwd=tcp:127.0.0.1:{host_http_port}-:{app_port}")
+    return [
+        qemu, "-M", "microvm,accel=tcg", "-cpu", "max", "-m", str(mem_mib), "-smp", str(cpus),
+        "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
+        "-kernel", str(kernel), "-append", kernel_cmdline(extra=extra_args),
+        "-drive", f"id=root,file={rootfs},format=raw,if=none,readonly=on",
+        "-device", "virtio-blk-device,drive=root",
+        "-netdev", net, "-device", "virtio-net-device,netdev=n0",
+    ]
+
+
+class _Console:
+    """Reads the serial console in a thread, keeps the log, timestamps the first sight of markers."""
+
+    MARKERS: ClassVar[dict[str, re.Pattern[str]]] = {
+        "kernel": re.compile(r"Linux version \d"),
+        "init": re.compile(r"firecracer-init: started"),
+        "overlay": re.compile(r"firecracer-init: root overlay: (.*)"),
+        "agent": re.compile(r"firecracer-init: agent started"),
+        "jvm": re.compile(r"firecracer-init: jvm started pid=(\d+) uptime_ms=(\d+)"),
+        "ready": re.compile(r"petclinic: ready .*uptime_ms=(\d+)"),
+        "first_response": re.compile(r"petclinic: first response status=(\d+) uptime_ms=(\d+)"),
+        "fatal": re.compile(r"firecracer-init: FATAL.*|Kernel panic.*"),
+    }
+
+    def __init__(self, stream: IO[bytes], log: IO[bytes], t0: float) -> None:
+        self.t0 = t0
+        self.seen: dict[str, tuple[float, re.Match[str]]] = {}
+        self.tail: list[str] = []
+        self._stream = stream
+        self._log = log
+        self._lock = threading.Lock()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        for raw in self._stream:
+            self._log.write(raw)
+            self._log.flush()
+            line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+            now = time.monotonic()
+            with self._lock:
+                self.tail = [*self.tail[-30:], line]
+                for name, rx in self.MARKERS.items():
+                    if name not in self.seen:
+                        m = rx.search(line)
+                        if m:
+                            self.seen[name] = (now, m)
+
+    def get(self, name: str) -> tuple[float, re.Match[str]] | None:
+        with self._lock:
+            return self.seen.get(name)
+
+    def ms(self, name: str) -> float | None:
+        got = self.get(name)
+        return None if got is None else round((got[0] - self.t0) * 1000, 1)
+
+    def last_lines(self, n: int = 3) -> str:
+        with self._lock:
+            lines = [ln.strip() for ln in self.tail if ln.strip()]
+        return " | ".join(lines[-n:]) or "no console output"
+
+
+def _http_get(port: int, path: str = "/", timeout: float = 10.0) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        resp.read()
+        return int(resp.status)
+    finally:
+        conn.close()
+
+
+def run_check(kernel: Path | None = None, rootfs: Path | None = None, *, timeout: float = 300.0,
+              console_log: Path | None = None, reporter: Reporter | None = None,
+              qemu: str | None = None) -> CheckResult:
+    """Boot under QEMU TCG, run the checks, always stop QEMU; returns every check with its outcome."""
+    rep: Reporter = reporter or NullReporter()
+    kernel = kernel or latest_kernel()
+    rootfs = rootfs or latest_rootfs()
+    if kernel is None:
+        raise ImageError("no kernel built yet: run 'firecracer image kernel' (or give --kernel)")
+    if rootfs is None:
+        raise ImageError("no root file system built yet: run 'firecracer image rootfs' (or give --rootfs)")
+    qemu_bin = qemu or shutil.which("qemu-system-x86_64")
+    if qemu_bin is None:
+        raise BinaryNotFound("qemu-system-x86_64 not found (Debian: apt-get install qemu-system-x86)")
+    manifest = rootfs.parent / "image.json"
+    app_port = 8080
+    if manifest.is_file():
+        port = json.loads(manifest.read_text()).get("app", {}).get("port")
+        app_port = port if isinstance(port, int) else app_port
+    agent_port, http_port = free_port(), free_port()
+    argv = qemu_argv(qemu_bin, kernel, rootfs, agent_port, http_port, app_port)
+    if console_log is None:
+        console_log = rootfs.parent / "check-console.log"
+        if not os.access(rootfs.parent, os.W_OK):
+            console_log = Path(f"/tmp/firecracer-check-{os.getpid()}.log")
+    console_log.parent.mkdir(parents=True, exist_ok=True)
+    checks: list[Check] = []
+    times: dict[str, float | None] = {}
+    rep.step(f"booting {kernel.name} + {rootfs.name} under QEMU TCG (console: {console_log})")
+    t0 = time.monotonic()
+    with console_log.open("wb") as log:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            assert proc.stdout is not None
+            con = _Console(proc.stdout, log, t0)
+            _run_checks(con, proc, agent_port, http_port, t0 + timeout, checks, times, rep)
+        finally:
+            _stop(proc)
+            if proc.stdout is not None:
+                proc.stdout.close()
+    times["wall_total_ms"] = round((time.monotonic() - t0) * 1000, 1)
+    for name in ("kernel", "init", "agent", "jvm", "ready", "first_response"):
+        times[f"wall_to_{name}_ms"] = con.ms(name)
+    ok = bool(checks) and all(c.ok for c in checks)
+    return CheckResult(ok, checks, times, console_log, kernel, rootfs, argv)
+
+
+def _run_checks(con: _Console, proc: subprocess.Popen[bytes], agent_port: int, http_port: int,
+                deadline: float, checks: list[Check], times: dict[str, float | None], rep: Reporter) -> None:
+    """The check sequence; appends to ``checks`` as it goes so a timeout still reports what passed."""
+
+    def alive() -> bool:
+        return proc.poll() is None and con.get("fatal") is None
+
+    def fail(name: str, why: str) -> None:
+        checks.append(Check(name, False, f"{why}; console: {con.last_lines()}"))
+
+    # 1. init ran (and the overlay it made)
+    while time.monotonic() < deadline and alive() and con.get("jvm") is None:
+        time.sleep(0.2)
+    if con.get("init") is None or con.get("overlay") is None:
+        fail("init", "init did not start" if con.get("init") is None else "init did not set up the overlay")
+        return
+    overlay = con.get("overlay")
+    checks.append(Check("init", True, f"PID 1 ran; overlay {overlay[1].group(1) if overlay else '?'}",
+                        con.ms("init")))
+    rep.step("init ran")
+
+    # 2. the agent answers
+    agent: AgentClient | None = None
+    last_err = ""
+    while time.monotonic() < deadline and alive():
+        try:
+            agent = AgentClient.connect(f"tcp:127.0.0.1:{agent_port}", timeout=10)
+            ping = agent.ping()
+            break
+        except AgentError as exc:
+            last_err = str(exc)
+            if agent is not None:
+                agent.close()
+                agent = None
+            time.sleep(1)
+    if agent is None:
+        fail("agent", f"agent did not answer ping ({last_err or 'QEMU exited'})")
+        return
+    t_agent = time.monotonic()
+    checks.append(Check("agent", True, f"ping: kernel {ping.get('kernel')}, uptime {ping.get('uptime_s')} s, "
+                        f"jvm pids {ping.get('jvm_pids')}", round((t_agent - con.t0) * 1000, 1)))
+    rep.step("agent answered ping")
+    try:
+        _more_checks(con, agent, http_port, deadline, alive, checks, times, rep)
+    finally:
+        agent.close()
+
+
+def _more_checks(con: _Console, agent: AgentClient, http_port: int, deadline: float,
+                 is_alive: Callable[[], bool], checks: list[Check], times: dict[str, float | None],
+                 rep: Reporter) -> None:
+
+    def fail(name: str, why: str) -> None:
+        checks.append(Check(name, False, f"{why}; console: {con.last_lines()}"))
+
+    # 3. overlay size honoured (the seed's was silently ignored)
+    try:
+        mounts = agent.exec(["cat", "/proc/mounts"], timeout_s=20).stdout
+        line = next((ln for ln in mounts.splitlines() if " /rom/overlay " in ln), "")
+        want_kib = int(OVERLAY_SIZE[:-1]) * 1024
+        ok = f"size={want_kib}k" in line
+        checks.append(Check("overlay", ok, line.strip() or "no tmpfs at /rom/overlay in /proc/mounts"))
+    except AgentError as exc:
+        fail("overlay", f"agent exec failed: {exc}")
+
+    # 4. the JVM serves HTTP 200
+    status, last_err = 0, ""
+    while time.monotonic() < deadline and is_alive():
+        try:
+            status = _http_get(http_port)
+            if status == 200:
+                break
+            last_err = f"HTTP {status}"
+        except (OSError, http.client.HTTPException) as exc:
+            last_err = str(exc) or type(exc).__name__
+        time.sleep(1)
+    t_200 = time.monotonic()
+    if status != 200:
+        fail("http", f"no HTTP 200 from the app ({last_err or 'QEMU exited'})")
+        return
+    first = con.get("first_response")
+    jvm = con.get("jvm")
+    guest_200 = int(first[1].group(2)) if first else None
+    times["guest_boot_to_first_200_ms"] = guest_200
+    times["guest_jvm_start_to_first_200_ms"] = (guest_200 - int(jvm[1].group(2))
+                                                if guest_200 is not None and jvm else None)
+    times["wall_to_first_200_ms"] = round((t_200 - con.t0) * 1000, 1)
+    checks.append(Check("http", True, f"GET / → 200 (guest boot→first 200: {guest_200} ms)",
+                        times["wall_to_first_200_ms"]))
+    rep.step("the JVM served HTTP 200")
+
+    # 5. NMT detail readable, and FC_JAVA_OPTIONS arrived intact
+    try:
+        pid, text = agent.nmt(mode="detail")
+        ok = "Native Memory Tracking" in text and "Java Heap" in text and "reserved=" in text
+        regions = text.count("[0x")
+        checks.append(Check("nmt", ok, f"jcmd {pid} VM.native_memory detail: {len(text)} bytes, "
+                            f"{regions} address ranges" if ok else f"unexpected NMT output: {text[:120]!r}"))
+        opts = agent.call("nmt", {"mode": "summary"}, timeout=120).get("options") or []
+        want = "-Dfirecracer.check=boot check"
+        checks.append(Check("java-options", want in opts,
+                            f"{want!r} {'in' if want in opts else 'missing from'} the JVM's options {opts}"))
+    except AgentError as exc:
+        fail("nmt", f"agent nmt failed: {exc}")
+    rep.step("NMT detail read")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Terminate QEMU (its own process group), bounded; it holds nothing that needs a clean shutdown."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+__all__ = ["Check", "CheckResult", "FirecracerError", "kernel_cmdline", "qemu_argv", "run_check"]

@@ -1,0 +1,383 @@
+#!/usr/bin/python3 -I
+"""firecracer guest init: PID 1 of the guest image (standard library only).
+
+What it does, in order (each step prints one ``firecracer-init:`` line on the console):
+
+1. Read-only root shared by clones: mount an overlay whose upper layer is a tmpfs of ``overlay_size``
+   (default 256m; the seed's ``tempfs_size`` is accepted as an alias — the seed sent one name and read
+   the other) or the block device ``overlay_root=vdb``; ``overlay_root=none`` keeps the root as mounted.
+   Then ``pivot_root`` into it (the read-only root stays visible at ``/rom``, the upper layer at
+   ``/rom/overlay``).
+2. Mount proc, sysfs, debugfs, devpts, /dev/shm and /run; bring ``lo`` (and ``eth0``) up.
+3. Start the guest agent (``python3 -m firecracer.guest.agent``) unless ``FC_AGENT=off``.
+   ``FC_AGENT`` is a comma-separated list of listen addresses (``vsock:52,tcp:0.0.0.0:5252``; default:
+   the agent's own, vsock port 52). ``FC_AGENT_FORWARD`` lists ``LISTEN=[HOST:]PORT`` forwards; by
+   default, with the agent on vsock, ``vsock:8080=127.0.0.1:8080`` reaches the app's HTTP port.
+4. Start the JVM: ``/opt/jdk/bin/java [NMT] FC_JAVA_OPTIONS <app> FC_JAVA_ARGS``. Option strings are split
+   with shell rules (``shlex``), so ``FC_JAVA_OPTIONS="-Dgreeting='hello world' -Xmx64m"`` on the
+   kernel command line gives two options. The app comes from ``/opt/firecracer/app.json`` (written by
+   ``firecracer image rootfs``) unless ``FC_JAVA_CMD`` names a jar or a main class. Its pid, argv and
+   start time (guest uptime) are written to ``/run/firecracer/jvm.json``.
+5. Reap children; when the JVM exits, sync and reboot, so Firecracker (``reboot=k``) or QEMU
+   (``-no-reboot``) exits instead of the kernel panicking because PID 1 died.
+
+Linux hands unknown ``key=value`` kernel arguments to init as environment variables (double quotes
+stripped), which is how all of the above is configured. Other modes, for the image build:
+``init.py --train SECONDS -- ARGV…`` brings ``lo`` up, runs ARGV, stops it with SIGTERM after SECONDS
+(the AppCDS training run of a user JAR).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import json
+import os
+import shlex
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+APP_JSON = Path("/opt/firecracer/app.json")
+JAVA = "/opt/jdk/bin/java"
+RUN_DIR = Path("/run/firecracer")
+AGENT_PATH = "/opt/firecracer"
+GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_NOATIME = 1024
+MS_MOVE = 8192
+SYS_PIVOT_ROOT = 155  # x86-64
+RB_AUTOBOOT = 0x01234567
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+
+
+class InitError(Exception):
+    """A step of the boot failed; init prints it and reboots (a dead PID 1 would panic the kernel)."""
+
+
+@dataclass(frozen=True)
+class InitConfig:
+    """Everything init reads from the kernel command line (its environment)."""
+
+    overlay_root: str = "ram"
+    overlay_size: str = "256m"
+    agent: bool = True
+    agent_listen: tuple[str, ...] = ()  # () = the agent's default (vsock:52)
+    agent_forward: tuple[str, ...] | None = None  # None = default forward of the app port over vsock
+    java_options: list[str] = field(default_factory=list)
+    java_cmd: str = ""
+    java_args: list[str] = field(default_factory=list)
+    nmt: str = ""  # "", "summary" or "detail"
+    appcds: bool = False
+    java: bool = True
+    shell: bool = False
+
+    @classmethod
+    def from_env(cls, env: dict[str, str]) -> InitConfig:
+        """Parse the variables; raises ``InitError`` naming the variable on a bad value."""
+
+        def split(name: str) -> list[str]:
+            try:
+                return shlex.split(env.get(name, ""))
+            except ValueError as exc:
+                raise InitError(f"{name}={env.get(name)!r}: {exc}") from None
+
+        nmt = env.get("FC_NMT", "").lower()
+        if nmt in ("off", "0", "no"):
+            nmt = ""
+        if nmt not in ("", "summary", "detail"):
+            raise InitError(f"FC_NMT={nmt!r}: expected summary, detail or off")
+        agent_raw = env.get("FC_AGENT", "").strip()
+        forward_raw = env.get("FC_AGENT_FORWARD")
+        size = env.get("overlay_size") or env.get("tempfs_size") or "256m"
+        overlay_root = env.get("overlay_root", "ram") or "ram"
+        return cls(
+            overlay_root=overlay_root,
+            overlay_size=size,
+            agent=agent_raw.lower() not in ("off", "0", "no"),
+            agent_listen=tuple(a for a in agent_raw.split(",") if a),
+            agent_forward=None if forward_raw is None else tuple(a for a in forward_raw.split(",") if a),
+            java_options=split("FC_JAVA_OPTIONS"),
+            java_cmd=env.get("FC_JAVA_CMD", ""),
+            java_args=split("FC_JAVA_ARGS"),
+            nmt=nmt,
+            appcds=env.get("FC_APPCDS", "").lower() in ("1", "on", "yes", "true"),
+            java=env.get("FC_JAVA", "on").lower() not in ("off", "0", "no"),
+            shell=env.get("FC_INIT", "") == "shell",
+        )
+
+
+def java_argv(cfg: InitConfig, app: dict[str, object], java: str = JAVA) -> list[str]:
+    """The JVM command line: java, NMT, AppCDS, user options, the app (jar or main class), its args.
+
+    ``app`` is ``/opt/firecracer/app.json``: ``{"classpath": [...], "main": CLASS, "jar": PATH|null,
+    "args": [...], "appcds": PATH|null}``. ``FC_JAVA_CMD`` overrides it: a path ending in ``.jar`` runs
+    with ``-jar``, anything else is split with shell rules (e.g. ``-cp /x.jar Main``).
+    """
+    argv = [java]
+    if cfg.nmt:
+        argv.append(f"-XX:NativeMemoryTracking={cfg.nmt}")
+    appcds = app.get("appcds")
+    if cfg.appcds and isinstance(appcds, str):
+        argv.append(f"-XX:SharedArchiveFile={appcds}")
+    argv += cfg.java_options
+    if cfg.java_cmd:
+        if cfg.java_cmd.endswith(".jar"):
+            argv += ["-jar", cfg.java_cmd]
+        else:
+            argv += shlex.split(cfg.java_cmd)
+        return argv + cfg.java_args
+    jar = app.get("jar")
+    main = app.get("main")
+    classpath = app.get("classpath")
+    if isinstance(classpath, list) and classpath and isinstance(main, str):
+        argv += ["-cp", ":".join(str(c) for c in classpath), main]
+    elif isinstance(jar, str):
+        argv += ["-jar", jar]
+    else:
+        raise InitError(f"{APP_JSON}: names neither a classpath+main nor a jar")
+    args = app.get("args")
+    if isinstance(args, list):
+        argv += [str(a) for a in args]
+    return argv + cfg.java_args
+
+
+def log(msg: str) -> None:
+    """One console line (PID 1's stdout is /dev/console)."""
+    sys.stdout.write(f"firecracer-init: {msg}\n")
+    sys.stdout.flush()
+
+
+def uptime_s() -> float:
+    """Guest seconds since boot (CLOCK_BOOTTIME, what /proc/uptime shows)."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise InitError(f"{what}: {os.strerror(err)}")
+
+
+def mount(source: str, target: str, fstype: str | None, flags: int = 0, data: str | None = None) -> None:
+    """mount(2) via libc; raises ``InitError`` naming the mount."""
+    rc = _libc.mount(source.encode(), target.encode(), fstype.encode() if fstype else None,
+                     ctypes.c_ulong(flags), data.encode() if data else None)
+    _check(rc, f"mount {fstype or ''} {source} on {target}" + (f" ({data})" if data else ""))
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    _check(_libc.syscall(SYS_PIVOT_ROOT, new_root.encode(), put_old.encode()),
+           f"pivot_root {new_root} {put_old}")
+
+
+def link_up(name: str) -> bool:
+    """Set IFF_UP on an interface with SIOCSIFFLAGS (no iproute2 needed); False if it doesn't exist."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        ifreq = struct.pack("16sH22x", name.encode(), 0)
+        try:
+            flags = struct.unpack("16sH22x", fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, ifreq))[1]
+        except OSError:
+            return False
+        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH22x", name.encode(), flags | IFF_UP))
+    return True
+
+
+def setup_overlay(cfg: InitConfig) -> str:
+    """Overlay the read-only root with tmpfs or a block device and pivot into it; returns a description."""
+    if cfg.overlay_root == "none":
+        return "no overlay (overlay_root=none)"
+    for d in ("/overlay", "/rom", "/mnt"):
+        if not os.path.isdir(d):
+            raise InitError(f"{d} is missing in the root file system (needed for the overlay)")
+    if cfg.overlay_root == "ram":
+        mount("tmpfs", "/overlay", "tmpfs", MS_NOATIME, f"mode=0755,size={cfg.overlay_size}")
+        what = f"tmpfs size={cfg.overlay_size}"
+    else:
+        dev = f"/dev/{cfg.overlay_root}"
+        if not Path(dev).is_block_device():
+            raise InitError(f"overlay_root={cfg.overlay_root}: {dev} is not a block device")
+        mount(dev, "/overlay", "ext4", MS_NOATIME)
+        what = f"{dev} (ext4)"
+    os.makedirs("/overlay/root", exist_ok=True)
+    os.makedirs("/overlay/work", exist_ok=True)
+    mount("overlay", "/mnt", "overlay", MS_NOATIME,
+          "lowerdir=/,upperdir=/overlay/root,workdir=/overlay/work")
+    pivot_root("/mnt", "/mnt/rom")
+    os.chdir("/")
+    mount("/rom/dev", "/dev", None, MS_MOVE)
+    return what
+
+
+def mount_pseudo() -> None:
+    """proc, sysfs, debugfs (if the kernel has it), devpts, /dev/shm, /run."""
+    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    mount("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    if os.path.isdir("/sys/kernel/debug"):
+        try:
+            mount("debugfs", "/sys/kernel/debug", "debugfs")
+        except InitError as exc:
+            log(f"warning: {exc}")
+    os.makedirs("/dev/pts", exist_ok=True)
+    mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "gid=5,mode=620,ptmxmode=666")
+    os.makedirs("/dev/shm", exist_ok=True)
+    mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    mount("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=64m")
+
+
+def child_env(env: dict[str, str]) -> dict[str, str]:
+    """Environment of the agent and the JVM: the kernel's variables plus a sane PATH, HOME, locale."""
+    out = dict(env)
+    out.update(PATH=f"/opt/jdk/bin:{GUEST_PATH}", HOME="/root", LANG="C.UTF-8", PYTHONPATH=AGENT_PATH,
+               TERM="linux")
+    return out
+
+
+def agent_argv(cfg: InitConfig, app: dict[str, object]) -> list[str]:
+    """``python3 -m firecracer.guest.agent`` with ``--listen``/``--forward`` from the config."""
+    argv = ["/usr/bin/python3", "-m", "firecracer.guest.agent"]
+    for addr in cfg.agent_listen:
+        argv += ["--listen", addr]
+    forwards = cfg.agent_forward
+    port = app.get("port")
+    if forwards is None:
+        on_vsock = not cfg.agent_listen or any(a.startswith("vsock:") for a in cfg.agent_listen)
+        forwards = (f"vsock:{port}=127.0.0.1:{port}",) if on_vsock and isinstance(port, int) else ()
+    for fwd in forwards:
+        argv += ["--forward", fwd]
+    return argv
+
+
+def read_app() -> dict[str, object]:
+    """``/opt/firecracer/app.json`` (the workload the image was built with), or {} without one."""
+    if APP_JSON.is_file():
+        data = json.loads(APP_JSON.read_text())
+        if isinstance(data, dict):
+            return data
+    return {}
+
+
+def start_agent(cfg: InitConfig, env: dict[str, str]) -> subprocess.Popen[bytes] | None:
+    if not cfg.agent:
+        log("agent disabled (FC_AGENT=off)")
+        return None
+    if not Path(AGENT_PATH, "firecracer", "guest", "agent.py").is_file():
+        log(f"agent not installed under {AGENT_PATH}; not started")
+        return None
+    argv = agent_argv(cfg, read_app())
+    proc = subprocess.Popen(argv, env=env, cwd="/", start_new_session=True)
+    log(f"agent started pid={proc.pid}: {shlex.join(argv)}")
+    return proc
+
+
+def start_jvm(cfg: InitConfig, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    app = read_app()
+    argv = java_argv(cfg, app)
+    cwd = str(app.get("workdir") or "/")
+    started = uptime_s()
+    proc = subprocess.Popen(argv, env=env, cwd=cwd, start_new_session=True)
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    (RUN_DIR / "jvm.json").write_text(json.dumps({
+        "pid": proc.pid, "argv": argv, "start_uptime_s": round(started, 6), "start_time": time.time()}))
+    (RUN_DIR / "jvm.pid").write_text(f"{proc.pid}\n")
+    log(f"jvm started pid={proc.pid} uptime_ms={int(started * 1000)}: {shlex.join(argv)}")
+    return proc
+
+
+def reboot(why: str) -> None:
+    """Leave the VM: sync and reboot(2) — Firecracker (reboot=k) and QEMU (-no-reboot) then exit."""
+    log(f"{why}; rebooting")
+    os.sync()
+    _libc.reboot(RB_AUTOBOOT)
+    time.sleep(5)  # reboot(2) only returns on error
+    os._exit(1)
+
+
+def run_pid1(env: dict[str, str]) -> None:
+    """The boot sequence; never returns."""
+    t0 = uptime_s()
+    log(f"started at uptime_ms={int(t0 * 1000)}")
+    try:
+        cfg = InitConfig.from_env(env)
+        what = setup_overlay(cfg)
+        log(f"root overlay: {what}")
+        mount_pseudo()
+        Path("/proc/sys/kernel/hostname").write_text("firecracer\n")
+        links = [n for n in ("lo", "eth0") if link_up(n)]
+        log(f"network up: {', '.join(links) or 'none'}")
+        RUN_DIR.mkdir(parents=True, exist_ok=True)
+        (RUN_DIR / "boot.json").write_text(json.dumps({
+            "init_start_uptime_s": round(t0, 6), "overlay": what,
+            "cmdline": Path("/proc/cmdline").read_text().strip()}))
+        cenv = child_env(env)
+        if cfg.shell:
+            log("FC_INIT=shell: starting a shell on the console")
+            os.execve("/bin/bash", ["/bin/bash", "-l"], cenv)
+        start_agent(cfg, cenv)
+        jvm = start_jvm(cfg, cenv) if cfg.java else None
+        if jvm is None:
+            log("JVM disabled (FC_JAVA=off)")
+    except (InitError, OSError, ValueError) as exc:
+        reboot(f"FATAL: {exc}")
+        return
+    while True:  # PID 1 reaps every orphan
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            time.sleep(1)
+            continue
+        except InterruptedError:
+            continue
+        if jvm is not None and pid == jvm.pid:
+            code = os.waitstatus_to_exitcode(status)
+            reboot(f"jvm pid={pid} exited with status {code}")
+
+
+def run_training(seconds: float, argv: list[str]) -> int:
+    """Image-build helper: lo up, run ARGV, SIGTERM it after SECONDS; return its exit status.
+
+    A JVM stopped by SIGTERM exits normally (shutdown hooks, -XX:ArchiveClassesAtExit runs): 143 is
+    reported as success.
+    """
+    link_up("lo")
+    proc = subprocess.Popen(argv)
+    try:
+        return proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            return 124
+        return 0 if code in (143, -signal.SIGTERM) else code
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) >= 3 and argv[0] == "--train" and "--" in argv:
+        sep = argv.index("--")
+        return run_training(float(argv[1]), argv[sep + 1:])
+    if os.getpid() != 1:
+        sys.stderr.write("firecracer-init: not PID 1; use --train SECONDS -- ARGV for the build helper\n")
+        return 2
+    run_pid1(dict(os.environ))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

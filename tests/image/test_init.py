@@ -1,0 +1,85 @@
+"""The guest init's pure parts (kernel-argument parsing, JVM and agent command lines) and its build mode."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from firecracer.image.guest_init import init
+from firecracer.image.guest_init.init import InitConfig, InitError, agent_argv, java_argv
+
+APP = {"classpath": ["/opt/app/petclinic.jar"], "main": "io.firecracer.petclinic.PetClinic",
+       "jar": "/opt/app/petclinic.jar", "args": ["--port", "8080"], "appcds": "/opt/app/app-cds.jsa",
+       "port": 8080}
+INIT = Path(init.__file__)
+
+
+def test_defaults() -> None:
+    cfg = InitConfig.from_env({})
+    got = (cfg.overlay_root, cfg.overlay_size, cfg.nmt, cfg.java, cfg.agent)
+    assert got == ("ram", "256m", "", True, True)
+    assert java_argv(cfg, APP) == ["/opt/jdk/bin/java", "-cp", "/opt/app/petclinic.jar",
+                                   "io.firecracer.petclinic.PetClinic", "--port", "8080"]
+
+
+def test_overlay_size_is_honoured_under_both_names() -> None:
+    """The seed sent overlay_size= but read tempfs_size: both work here, overlay_size wins."""
+    assert InitConfig.from_env({"overlay_size": "1g"}).overlay_size == "1g"
+    assert InitConfig.from_env({"tempfs_size": "64m"}).overlay_size == "64m"
+    assert InitConfig.from_env({"overlay_size": "1g", "tempfs_size": "64m"}).overlay_size == "1g"
+    assert InitConfig.from_env({"overlay_root": "vdb"}).overlay_root == "vdb"  # kept, not reset to ram
+
+
+def test_java_options_keep_quoted_spaces() -> None:
+    """The kernel strips the outer double quotes; inner single quotes group words (shell rules)."""
+    env = {"FC_JAVA_OPTIONS": "-Dgreeting='hello world' -Xmx64m", "FC_NMT": "detail", "FC_APPCDS": "1",
+           "FC_JAVA_ARGS": "--owners 10"}
+    argv = java_argv(InitConfig.from_env(env), APP)
+    assert argv == ["/opt/jdk/bin/java", "-XX:NativeMemoryTracking=detail",
+                    "-XX:SharedArchiveFile=/opt/app/app-cds.jsa", "-Dgreeting=hello world", "-Xmx64m",
+                    "-cp", "/opt/app/petclinic.jar", "io.firecracer.petclinic.PetClinic", "--port", "8080",
+                    "--owners", "10"]
+
+
+def test_java_cmd_overrides_the_app() -> None:
+    assert java_argv(InitConfig.from_env({"FC_JAVA_CMD": "/x/app.jar"}), APP)[1:] == ["-jar", "/x/app.jar"]
+    assert java_argv(InitConfig.from_env({"FC_JAVA_CMD": "-cp /y.jar Main"}), APP)[1:] == ["-cp", "/y.jar",
+                                                                                            "Main"]
+
+
+def test_bad_values_name_the_variable() -> None:
+    with pytest.raises(InitError, match="FC_NMT"):
+        InitConfig.from_env({"FC_NMT": "full"})
+    with pytest.raises(InitError, match="FC_JAVA_OPTIONS"):
+        InitConfig.from_env({"FC_JAVA_OPTIONS": "-Dx='unclosed"})
+    with pytest.raises(InitError, match=r"app\.json"):
+        java_argv(InitConfig(), {})
+
+
+def test_agent_command_line() -> None:
+    default = agent_argv(InitConfig.from_env({}), APP)
+    assert default[1:] == ["-m", "firecracer.guest.agent", "--forward", "vsock:8080=127.0.0.1:8080"]
+    qemu = agent_argv(InitConfig.from_env({"FC_AGENT": "tcp:0.0.0.0:5252"}), APP)
+    assert qemu[3:] == ["--listen", "tcp:0.0.0.0:5252"]
+    env = {"FC_AGENT": "vsock:52,tcp:0.0.0.0:5252", "FC_AGENT_FORWARD": ""}
+    both = agent_argv(InitConfig.from_env(env), APP)
+    assert both[3:] == ["--listen", "vsock:52", "--listen", "tcp:0.0.0.0:5252"]
+    assert not InitConfig.from_env({"FC_AGENT": "off"}).agent
+
+
+def test_refuses_to_run_as_a_normal_process() -> None:
+    res = subprocess.run([sys.executable, str(INIT)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "not PID 1" in res.stderr
+
+
+def test_training_mode_stops_a_long_run_with_sigterm() -> None:
+    """The build helper: a run that outlives SECONDS gets SIGTERM, which counts as a normal end."""
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    res = subprocess.run([sys.executable, str(INIT), "--train", "0.5", "--", *sleeper], timeout=60)
+    assert res.returncode == 0
+    res = subprocess.run([sys.executable, str(INIT), "--train", "30", "--", sys.executable, "-c",
+                          "raise SystemExit(3)"], timeout=60)
+    assert res.returncode == 3
