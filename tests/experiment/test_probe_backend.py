@@ -138,7 +138,8 @@ def test_probe_study_all_strategies(firecracker_bin: Path, tmp_path: Path) -> No
     for rep in (1, 2):
         od = runs[f"a.ondemand.r{rep}"]
         assert od.pages is not None and ws <= set(od.pages.tolist())  # every touched page faulted in once
-        assert od.metrics["faults"] == len(od.pages) and od.metrics["bytes"] >= 256 * 4096
+        # a fault event can repeat for a page already served (stale faults under load): >=, not ==
+        assert od.metrics["faults"] >= len(od.pages) and od.metrics["bytes"] >= 256 * 4096
         fa = runs[f"a.fault-around16.r{rep}"]
         assert fa.metrics["faults"] < od.metrics["faults"] and fa.metrics["pages"] > od.metrics["pages"]
         pf = runs[f"a.prefetch.r{rep}"]
