@@ -104,3 +104,31 @@ def test_memmap_loader_only_raises_format_error(blob: object) -> None:
             p.write_bytes(blob)
         with contextlib.suppress(FormatError):
             load_memmap(p)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.tuples(st.integers(0, 100_000), st.binary(min_size=1, max_size=8)),
+       st.one_of(st.none(), st.text(max_size=40), st.sampled_from(["{}", "[]", '{"jvm": {"pid": "x"}}',
+                                                                     '{"jvm": 5}', '{"label": 3}'])))
+def test_load_recording_only_raises_format_error(flip: tuple[int, bytes], meta: str | None) -> None:
+    """A real recording with a damaged trace.npz and arbitrary recording.json."""
+    import shutil
+
+    from firecracer.analysis import attribute, load_recording, tables
+
+    src = Path(__file__).parent.parent / "fixtures" / "probe_ondemand"
+    with tempfile.TemporaryDirectory() as d:
+        rec = Path(d) / "rec"
+        shutil.copytree(src, rec)
+        raw = bytearray((rec / "trace.npz").read_bytes())
+        pos, junk = flip
+        pos %= len(raw)
+        raw[pos:pos + len(junk)] = junk
+        (rec / "trace.npz").write_bytes(bytes(raw))
+        if meta is not None:
+            (rec / "recording.json").write_text(meta)
+        try:
+            r = load_recording(rec)
+        except FormatError:
+            return
+        tables(attribute(r))

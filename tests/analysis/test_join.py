@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from firecracer.analysis import attribute, compare, tables
 from firecracer.analysis.join import OwnerClass
@@ -144,3 +148,68 @@ def test_huge_trace_pages_are_split() -> None:
     att = attribute(rec)
     assert att.trace is not None and len(att.trace) == 1024
     assert att.trace.gpa[513] == (2 << 20) + 4096
+
+
+def test_huge_page_columns_and_kpageflags_names() -> None:
+    from firecracer.analysis.memmap import decode_kpageflags
+    from firecracer.analysis.tables import _frag_row
+
+    assert decode_kpageflags(0x400000868) == ["UPTODATE", "LRU", "ACTIVE", "MMAP", "MAPPEDTODISK"]
+    assert decode_kpageflags(1 << 22 | 1 << 63) == ["THP", "BIT63"]
+    # one full 2 MiB block (512 pages) plus 10 stray pages; half of the pages flagged THP
+    pages = np.concatenate([np.arange(512, 1024), np.arange(5000, 5010)]).astype(np.uint64) * np.uint64(4096)
+    kf = np.where(np.arange(pages.size) % 2 == 0, np.uint64(1 << 22), np.uint64(0))
+    row = _frag_row("x", pages, kf, 4096)
+    assert row == ["x", 522, 2, 261.0, 512, 50.0, round(100 * 512 / 522, 1)]
+
+
+def test_load_recording_errors(tmp_path: Path) -> None:
+    from firecracer.analysis import load_recording
+    from firecracer.errors import FormatError
+
+    with pytest.raises(FormatError, match="not a recording directory"):
+        load_recording(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FormatError, match="not a recording"):
+        load_recording(tmp_path / "empty")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "recording.json").write_text("{nope")
+    with pytest.raises(FormatError, match=r"recording\.json: not JSON"):
+        load_recording(tmp_path / "bad")
+    (tmp_path / "bad" / "recording.json").write_text("[1]")
+    with pytest.raises(FormatError, match="JSON object"):
+        load_recording(tmp_path / "bad")
+    (tmp_path / "bad" / "recording.json").write_text("{}")
+    (tmp_path / "bad" / "trace.npz").write_bytes(b"garbage")
+    with pytest.raises(FormatError, match=r"trace\.npz"):
+        load_recording(tmp_path / "bad")
+
+
+def test_faulted_pages_total() -> None:
+    rec = synth_recording(8)
+    tr = rec.trace
+    assert tr is not None
+    t = totals(attribute(rec))
+    assert t["faulted_pages"] == len({int(g) for g, f in zip(tr.gpa, tr.flags, strict=True) if f & 2})
+    assert t["faulted_pages"] < t["restored_pages"]
+
+
+@given(st.lists(st.integers(0, 40), max_size=300))
+def test_argsort_with_ties_matches_stable_argsort(keys: list[int]) -> None:
+    from firecracer.analysis.join import _argsort_ties_by_index
+
+    k = np.array(keys, dtype=np.uint64)
+    assert np.array_equal(_argsort_ties_by_index(k), np.argsort(k, kind="stable"))
+
+
+def test_restore_timeline_is_cumulative_and_ends_at_the_totals() -> None:
+    from firecracer.analysis.tables import restore_timeline
+
+    att = attribute(synth_recording(3))
+    t = restore_timeline(att, 7)
+    assert t.columns[0] == "t_ms" and len(t.rows) == 7
+    classes = {r["group"]: r["kb"] for r in tables(att)["restore_order"].to_dicts()}
+    for k, col in enumerate(t.columns[1:], 1):
+        vals = [r[k] for r in t.rows]
+        assert vals == sorted(vals)
+        assert vals[-1] == classes[col]

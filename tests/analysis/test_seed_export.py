@@ -100,3 +100,28 @@ def test_cli_bad_recording_is_one_line(tmp_path: Path, capsys: pytest.CaptureFix
     assert ex.value.code == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("firecracer: error:") and "nmt.txt" in err and "\n" not in err
+
+
+def test_directory_of_seed_files(tmp_path: Path) -> None:
+    tot, mm, log, nmt = _export(tmp_path, 4)
+    d = tmp_path / "rec"
+    d.mkdir()
+    for src, name in ((mm, "memmap.txt"), (log, "uffd.log"), (nmt, "nmt.txt")):
+        (d / name).write_bytes(src.read_bytes())
+    got = totals(attribute(load_recording(d)))
+    for key in ("physical_pages", "processes", "uffd_events", "pages_loaded", "pages_zeroed"):
+        assert got[key] == tot[key], key
+
+
+def test_new_seed_log_format_with_tid_imports_the_same(tmp_path: Path) -> None:
+    """The seed handler's current log format (thread id field) gives the same totals as the old one."""
+    tot, mm, _log, nmt = _export(tmp_path, 5)
+    rec = synth_recording(5)
+    assert rec.trace is not None
+    export_seed_log(rec.trace, tmp_path / "tid.log", with_tid=True)
+    text = (tmp_path / "tid.log").read_text()
+    assert "(r): 0 0x" in text or "(w): 0 0x" in text
+    got = totals(attribute(assemble_from_seed(mm, tmp_path / "tid.log", nmt)))
+    for key in ("physical_pages", "processes", "uffd_events", "pages_loaded", "pages_zeroed",
+                "restored_pages"):
+        assert got[key] == tot[key], key

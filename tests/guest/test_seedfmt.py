@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import array
 import ctypes
 import io
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -76,3 +78,23 @@ def test_full_names_and_free_section_are_opt_in() -> None:
     assert "v 0x0000555555554000 0x0000555555583000 /tmp/my dir/lib x.so\n" in text
     assert text.endswith("= -2 free\nv 000000000000000000 0x000000003d47d000 free\n"
                          "p 0x0000000002000000 0x0000000000000400\n")
+
+
+def test_restrict_keeps_only_chosen_owners_with_consistent_indices() -> None:
+    mm = synthetic()
+    small = memmap.restrict(mm, {0, 214})
+    assert list(small.owner_pid) == [214, 0]
+    assert small.owner_exe == ["/opt/jdk/bin/java", "kernel"]
+    assert list(small.map_owner) == [0, 0, 1] and small.map_name[2] == "Kernel code"
+    assert list(small.page_owner) == [0, 0, 1, 1] and list(small.page_map) == [0, 1, 2, 2]
+    assert list(small.page_paddr) == [0x063D4000, 0x1FF7000, 0x1000000, 0x1001000]
+    assert small.meta["restricted_to"] == [0, 214]
+
+
+def test_from_columns_refuses_other_archives() -> None:
+    with pytest.raises(ValueError, match="not a firecracer-memmap"):
+        memmap.Memmap.from_columns({"owner_pid": array.array("q")}, {"format": "firecracer-memmap"})
+    mm = synthetic()
+    cols = {c: getattr(mm, c) for c in memmap.Memmap.COLUMNS}
+    back = memmap.Memmap.from_columns(cols, mm.full_meta())
+    assert back.owner_exe == mm.owner_exe and back.map_name == mm.map_name and back.n_pages == 6

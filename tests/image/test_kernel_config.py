@@ -75,3 +75,25 @@ def test_check_vmlinux_rejects_non_elf(tmp_path: Path) -> None:
     bad.write_bytes(b"MZ" + b"\0" * 64)
     with pytest.raises(ImageError, match="not an x86-64 ELF"):
         check_vmlinux(bad)
+
+
+def test_failed_make_is_one_line_and_cleans_up(tmp_path: Path) -> None:
+    """A source tree whose make fails: one line naming the step, log kept, build tree removed."""
+    from firecracer.image._build import missing_packages
+    from firecracer.image.kernel import BUILD_PACKAGES, build_kernel
+    from firecracer.paths import images_dir
+
+    if missing_packages(BUILD_PACKAGES):
+        pytest.skip(f"kernel build packages missing: {missing_packages(BUILD_PACKAGES)}")
+    tree = tmp_path / "linux"
+    tree.mkdir()
+    (tree / "Kconfig").write_text("")
+    (tree / "Makefile").write_text("VERSION = 6\nPATCHLEVEL = 1\nSUBLEVEL = 0\n"
+                                   "allnoconfig:\n\t@echo 'scripts/kconfig: error: broken tree'; exit 2\n")
+    with pytest.raises(ImageError) as err:
+        build_kernel(str(tree), reporter=NullReporter())
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("make allnoconfig failed (exit 2)") and "broken tree" in msg
+    logs = list(images_dir().glob("kernel-*.build.log"))
+    assert len(logs) == 1 and str(logs[0]) in msg
+    assert not list((images_dir() / "build").glob("kernel-*"))

@@ -100,7 +100,8 @@ class Attribution:
         """Sorted distinct guest-physical pages the trace served."""
         if self.trace is None:
             return np.zeros(0, dtype=np.uint64)
-        return np.unique(self.trace.gpa & ~np.uint64(self.page_size - 1))
+        g = np.sort(self.trace.gpa[self.trace_first] & ~np.uint64(self.page_size - 1))
+        return g
 
 
 def _class_of_pids(pids: I64) -> npt.NDArray[np.uint8]:
@@ -123,6 +124,23 @@ def _split_trace(trace: Trace, page_size: int) -> Trace:
     for k in ("hva", "file_off", "gpa"):
         rep[k] = rep[k] + sub
     return type(trace)(**rep, meta={**trace.meta, "page_size": page_size, "split_from": trace.page_size})
+
+
+def _argsort_ties_by_index(key: U64) -> I64:
+    """``argsort(key, kind="stable")``, but faster: a quicksort, then equal keys (rare: pages shared by
+    owners of one priority) put back in row order."""
+    order = np.argsort(key).astype(np.int64)
+    ks = key[order]
+    if ks.size > 1:
+        eq = ks[1:] == ks[:-1]
+        if eq.any():
+            tied = np.zeros(ks.size, dtype=bool)
+            tied[1:] |= eq
+            tied[:-1] |= eq
+            pos = np.flatnonzero(tied)
+            sub = order[pos]
+            order[pos] = sub[np.lexsort((sub, ks[pos]))]
+    return order
 
 
 def attribute(recording: Recording) -> Attribution:
@@ -154,11 +172,14 @@ def attribute(recording: Recording) -> Attribution:
             cin = (ci >= 0) & (va < nmt_arrays.committed_end[np.maximum(ci, 0)])
             row_nmt_committed[jrows[cin]] = True
 
-    # distinct physical pages; within a page, rows ordered by owner priority (JVM, process, kernel, …)
+    # distinct physical pages; within a page, rows ordered by owner priority (JVM, process, kernel, …).
+    # paddr is page aligned, so the priority fits in its low bits: one stable sort instead of a lexsort.
     is_jvm = (mm.page_owner == nmt_owner) if n_rows else np.zeros(0, dtype=bool)
-    prio = row_class.astype(np.int64) * 2 + (~is_jvm).astype(np.int64)
-    row_order = np.lexsort((np.arange(n_rows), prio, mm.page_paddr)).astype(np.int64)
-    paddr_sorted = mm.page_paddr[row_order]
+    prio = row_class.astype(np.uint64) * np.uint64(2) + (~is_jvm).astype(np.uint64)
+    page_mask = ~np.uint64(ps - 1)
+    key = (mm.page_paddr & page_mask) | prio
+    row_order = _argsort_ties_by_index(key)
+    paddr_sorted = mm.page_paddr[row_order] & page_mask
     if n_rows:
         newgrp = np.empty(n_rows, dtype=bool)
         newgrp[0] = True
@@ -183,14 +204,14 @@ def attribute(recording: Recording) -> Attribution:
     phys_first_touch = np.full(len(phys), -1, dtype=np.int64)
     if trace is not None and nt:
         gpage = trace.gpa & ~np.uint64(ps - 1)
-        _, first_idx = np.unique(gpage, return_index=True)
+        uniq, first_idx, inverse = np.unique(gpage, return_index=True, return_inverse=True)
         trace_first[first_idx] = True
         if len(phys):
-            pi = np.searchsorted(phys, gpage).astype(np.int64)
-            found = (pi < len(phys)) & (phys[np.minimum(pi, len(phys) - 1)] == gpage)
-            trace_phys[found] = pi[found]
-            f = first_idx[found[first_idx]]
-            phys_first_touch[trace_phys[f]] = f
+            pi = np.searchsorted(phys, uniq).astype(np.int64)      # sorted queries: cache friendly
+            found = (pi < len(phys)) & (phys[np.minimum(pi, len(phys) - 1)] == uniq)
+            upi = np.where(found, pi, -1)
+            trace_phys = upi[inverse.reshape(-1)]
+            phys_first_touch[upi[found]] = first_idx[found]
     has = trace_phys >= 0
     trace_row = np.full(nt, -1, dtype=np.int64)
     trace_row[has] = phys_row[trace_phys[has]]

@@ -7,7 +7,8 @@ the seed's ``= / v / p`` text.
 
 Public API: ``Memmap`` (with ``owner_exe``, ``map_name``, ``page_size`` and helpers),
 ``load_memmap(path) -> Memmap`` (validated: dtypes, lengths, index bounds → ``FormatError``),
-``save_memmap(memmap, path)``, owner pid constants ``PID_KERNEL``, ``PID_PAGECACHE``, ``PID_FREE``.
+``save_memmap(memmap, path)``, owner pid constants ``PID_KERNEL``, ``PID_PAGECACHE``, ``PID_FREE``,
+``decode_kpageflags(word) -> [names]``.
 """
 
 from __future__ import annotations
@@ -51,7 +52,21 @@ KPF_HUGE = 17
 KPF_THP = 22
 KPF_MAPPEDTODISK = 34
 
-MAX_MEMBER_BYTES = 1 << 34
+#: ``/proc/kpageflags`` bit names (include/uapi/linux/kernel-page-flags.h, plus the kernel-internal
+#: bits 32–41 the proc interface also reports).
+KPF_NAMES = {
+    0: "LOCKED", 1: "ERROR", 2: "REFERENCED", 3: "UPTODATE", 4: "DIRTY", 5: "LRU", 6: "ACTIVE", 7: "SLAB",
+    8: "WRITEBACK", 9: "RECLAIM", 10: "BUDDY", 11: "MMAP", 12: "ANON", 13: "SWAPCACHE", 14: "SWAPBACKED",
+    15: "COMPOUND_HEAD", 16: "COMPOUND_TAIL", 17: "HUGE", 18: "UNEVICTABLE", 19: "HWPOISON", 20: "NOPAGE",
+    21: "KSM", 22: "THP", 23: "OFFLINE", 24: "ZERO_PAGE", 25: "IDLE", 26: "PGTABLE", 32: "RESERVED",
+    33: "MLOCKED", 34: "MAPPEDTODISK", 35: "PRIVATE", 36: "PRIVATE_2", 37: "OWNER_PRIVATE", 38: "ARCH",
+    39: "UNCACHED", 40: "SOFTDIRTY", 41: "ARCH_2",
+}
+
+
+def decode_kpageflags(word: int) -> list[str]:
+    """Names of the bits set in a ``/proc/kpageflags`` word (unknown bits as ``BIT<n>``), low bit first."""
+    return [KPF_NAMES.get(b, f"BIT{b}") for b in range(64) if (int(word) >> b) & 1]
 
 
 @dataclass

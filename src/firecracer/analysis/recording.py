@@ -7,8 +7,8 @@ Public API (stable; the viewer and the experiment runner use it):
 * ``Trace`` (re-exported from ``firecracer.uffd.trace``, which owns trace files and the seed uffd log):
   columns ``t_ns, hva, file_off, gpa, flags, action, fault, service_ns`` and ``meta``.
 * ``load_recording(path) -> Recording``: a directory with ``recording.json`` and any of ``memmap.npz``
-  (or seed ``memmap.txt``), ``trace.npz``, ``nmt.txt``. Missing pieces are ``None``/empty, malformed
-  ones raise ``FormatError``.
+  (or seed ``memmap.txt``), ``trace.npz`` (or a seed ``uffd.log``), ``nmt.txt``. Missing pieces are
+  ``None``/empty, malformed ones raise ``FormatError``.
 * ``assemble_from_seed(memmap_txt, uffd_log, nmt_txt=None) -> Recording`` and
   ``save_recording(rec, dir)`` to write it as a native recording directory.
 """
@@ -42,10 +42,17 @@ ACTION_NAMES = ("load", "zero", "prefetch", "around", "eager")
 
 
 def load_trace(path: str | Path) -> Trace:
-    """``firecracer.uffd.trace.load_trace`` (validated ``trace.npz``)."""
+    """``firecracer.uffd.trace.load_trace`` (validated ``trace.npz``); any decoding failure of a damaged
+    file (zlib, struct) also becomes a ``FormatError``."""
+    import struct
+    import zlib
+
     from firecracer.uffd.trace import load_trace as _load
 
-    return _load(path)
+    try:
+        return _load(path)
+    except (zlib.error, struct.error, KeyError, NotImplementedError, MemoryError) as exc:
+        raise FormatError(path, 0, f"cannot read trace: {exc}") from exc
 
 
 @dataclass
@@ -97,7 +104,13 @@ def load_recording(path: str | Path) -> Recording:
         memmap = parse_seed_memmap(d / "memmap.txt")
     else:
         memmap = empty_memmap()
-    trace = load_trace(d / "trace.npz") if (d / "trace.npz").exists() else None
+    trace = None
+    if (d / "trace.npz").exists():
+        trace = load_trace(d / "trace.npz")
+    elif (d / "uffd.log").exists():                 # a seed uffd_handler log dropped into the directory
+        from firecracer.uffd.trace import import_seed_log
+
+        trace = import_seed_log(d / "uffd.log")
     nmt = parse_nmt(d / "nmt.txt") if (d / "nmt.txt").exists() else None
     if not rj.exists() and memmap.n_pages == 0 and trace is None and nmt is None:
         raise FormatError(d, 0, "not a recording: no recording.json, memmap, trace or nmt.txt")

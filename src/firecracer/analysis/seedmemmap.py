@@ -19,6 +19,7 @@ UffdVisualizer).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,12 +43,12 @@ for _i, _c in enumerate(b"ABCDEF"):
     _HEX[_c] = 10 + _i
 _SHIFTS = (np.arange(15, -1, -1, dtype=np.uint64) * np.uint64(4))
 _ZERO18 = "0" * 18
-_HEXCHARS = frozenset("0123456789abcdefABCDEF")
+_HEXTOK = re.compile(r"0[xX][0-9a-fA-F]{1,16}")
 
 
 def _hex_field(tok: str) -> int:
     """``0x…`` hex, or the 18-zero spelling of 0; ``ValueError`` otherwise."""
-    if tok[:2] in ("0x", "0X") and 2 < len(tok) <= 18 and all(c in _HEXCHARS for c in tok[2:]):
+    if _HEXTOK.fullmatch(tok):
         return int(tok[2:], 16)
     if tok and len(tok) <= 18 and tok.strip("0") == "":
         return 0
@@ -121,22 +122,74 @@ def _parse_chunk(p: Path, buf: bytes, acc: _Acc) -> None:
     first = np.where(lengths > 0, arr[np.minimum(starts, len(arr) - 1)], 0)
     is_p = first == ord("p")
     ctrl = np.flatnonzero(~is_p & (lengths > 0))
+    vstart, vend, vok = _fixed_v_lines(arr, ctrl, first, starts, lengths)
     # state (owner, mapping) after each control line; index 0 = state carried into the chunk
-    st_owner = np.empty(len(ctrl) + 1, dtype=np.int64)
-    st_map = np.empty(len(ctrl) + 1, dtype=np.int64)
-    st_owner[0], st_map[0] = acc.cur_owner, acc.cur_map
+    st_owner = [acc.cur_owner]
+    st_map = [acc.cur_map]
+    starts_l, ends_l = starts.tolist(), ends.tolist()
     for k, li in enumerate(ctrl.tolist()):
-        _control_line(p, acc, acc.line0 + li + 1, buf[starts[li]:ends[li]])
-        st_owner[k + 1], st_map[k + 1] = acc.cur_owner, acc.cur_map
+        if vok[k]:                                  # a well-formed fixed-width 'v' line: fields parsed
+            if acc.cur_owner < 0:
+                raise FormatError(p, acc.line0 + li + 1, "'v' line before any '= PID EXE' section")
+            a, b = starts_l[li] + 40, ends_l[li]
+            _add_mapping(p, acc, acc.line0 + li + 1, vstart[k], vend[k],
+                         buf[a:b].decode("utf-8", "replace") if b > a else "")
+        else:
+            _control_line(p, acc, acc.line0 + li + 1, buf[starts_l[li]:ends_l[li]])
+        st_owner.append(acc.cur_owner)
+        st_map.append(acc.cur_map)
     pl = np.flatnonzero(is_p)
     if pl.size:
         which = np.searchsorted(ctrl, pl)
-        owner = st_owner[which]
+        owner = np.array(st_owner, dtype=np.int64)[which]
         if (owner < 0).any():
             li = int(pl[np.argmax(owner < 0)])
             raise FormatError(p, acc.line0 + li + 1, "'p' line before any '= PID EXE' section")
-        _page_lines(p, acc, arr, buf, pl, starts[pl], lengths[pl], owner, st_map[which])
+        _page_lines(p, acc, arr, buf, pl, starts[pl], lengths[pl], owner,
+                    np.array(st_map, dtype=np.int64)[which])
     acc.line0 += len(nl)
+
+
+def _fixed_v_lines(arr: npt.NDArray[np.uint8], ctrl: npt.NDArray[np.int64], first: npt.NDArray[np.uint8],
+                   starts: npt.NDArray[np.int64], lengths: npt.NDArray[np.int64]
+                   ) -> tuple[list[int], list[int], list[bool]]:
+    """Start/end of the ``v 0x%016lx 0x%016lx[ NAME]`` lines among ``ctrl``, parsed with numpy.
+
+    Returns per control line: start, end, and whether the fast parse applies (else the line goes
+    through ``_control_line``).
+    """
+    n = len(ctrl)
+    ok = np.zeros(n, dtype=bool)
+    vs = np.zeros(n, dtype=np.uint64)
+    ve = np.zeros(n, dtype=np.uint64)
+    cand = np.flatnonzero((first[ctrl] == ord("v")) & (lengths[ctrl] >= 39))
+    if cand.size:
+        li = ctrl[cand]
+        m = _rows(arr, starts[li], 39)
+        d1, d2 = _HEX[m[:, 4:20]], _HEX[m[:, 23:39]]
+        tail = arr[np.minimum(starts[li] + 39, len(arr) - 1)]
+        good = ((m[:, 1] == 32) & (m[:, 20] == 32) & (d1 < 16).all(axis=1) & (d2 < 16).all(axis=1)
+                & _prefix_ok(m[:, 2], m[:, 3]) & _prefix_ok(m[:, 21], m[:, 22])
+                & ((lengths[li] == 39) | (tail == 32)))
+        ok[cand] = good
+        vs[cand] = _pack(d1)
+        ve[cand] = _pack(d2)
+    return vs.tolist(), ve.tolist(), ok.tolist()
+
+
+def _add_mapping(p: Path, acc: _Acc, no: int, start: int, end: int, name: str) -> None:
+    pid = acc.owner_pid[acc.cur_owner]
+    if pid == PID_KERNEL:
+        end += 1                               # /proc/iomem ends are inclusive
+    if end < start:
+        raise FormatError(p, no, f"mapping ends ({end:#x}) before it starts ({start:#x})")
+    if pid < 0:
+        acc.phys_mem = max(acc.phys_mem, end)
+    acc.map_owner.append(acc.cur_owner)
+    acc.map_start.append(start)
+    acc.map_end.append(end)
+    acc.map_name.append(name)
+    acc.cur_map = len(acc.map_owner) - 1
 
 
 def _control_line(p: Path, acc: _Acc, no: int, raw: bytes) -> None:
@@ -169,18 +222,7 @@ def _control_line(p: Path, acc: _Acc, no: int, raw: bytes) -> None:
             start, end = _hex_field(parts[1]), _hex_field(parts[2])
         except ValueError as exc:
             raise FormatError(p, no, str(exc)) from None
-        pid = acc.owner_pid[acc.cur_owner]
-        if pid == PID_KERNEL:
-            end += 1                               # /proc/iomem ends are inclusive
-        if end < start:
-            raise FormatError(p, no, f"mapping ends ({end:#x}) before it starts ({start:#x})")
-        if pid < 0:
-            acc.phys_mem = max(acc.phys_mem, end)
-        acc.map_owner.append(acc.cur_owner)
-        acc.map_start.append(start)
-        acc.map_end.append(end)
-        acc.map_name.append(parts[3] if len(parts) > 3 else "")
-        acc.cur_map = len(acc.map_owner) - 1
+        _add_mapping(p, acc, no, start, end, parts[3] if len(parts) > 3 else "")
     elif line.strip() == "":
         return
     else:
@@ -195,24 +237,22 @@ def _page_lines(p: Path, acc: _Acc, arr: npt.NDArray[np.uint8], buf: bytes, pl: 
     f2 = np.zeros(n, dtype=np.uint64)
     flags = np.zeros(n, dtype=np.uint8)
     ok = np.zeros(n, dtype=bool)
-    cols = np.arange(43, dtype=np.int64)
-    fixed = np.flatnonzero((lengths == 39) | (lengths == 43))
-    for b in range(0, len(fixed), BATCH):
-        idx = fixed[b:b + BATCH]
-        width = np.minimum(lengths[idx], 43)[:, None]
-        gather = np.minimum(starts[idx][:, None] + np.minimum(cols, width - 1), len(arr) - 1)
-        m = arr[gather]
-        d1 = _HEX[m[:, 4:20]]
-        d2 = _HEX[m[:, 23:39]]
-        good = ((m[:, 1] == 32) & (m[:, 20] == 32) & (d1 < 16).all(axis=1) & (d2 < 16).all(axis=1)
-                & _prefix_ok(m[:, 2], m[:, 3]) & _prefix_ok(m[:, 21], m[:, 22]))
-        long = lengths[idx] == 43
-        fl_ok = (m[:, 39] == 32) & (m[:, 41] == 32) & ((m[:, 40] | 1) == 49) & ((m[:, 42] | 1) == 49)
-        good &= ~long | fl_ok
-        f1[idx] = np.bitwise_or.reduce(d1.astype(np.uint64) << _SHIFTS, axis=1)
-        f2[idx] = np.bitwise_or.reduce(d2.astype(np.uint64) << _SHIFTS, axis=1)
-        flags[idx] = np.where(long, (m[:, 40] - 48) * PM_EXCLUSIVE + (m[:, 42] - 48) * PM_FILE, 0)
-        ok[idx] = good
+    for width in (39, 43):                       # the two fixed widths virt2phys prints
+        idx = np.flatnonzero(lengths == width)
+        for b in range(0, len(idx), BATCH):
+            sub = idx[b:b + BATCH]
+            m = _rows(arr, starts[sub], width)
+            d1 = _HEX[m[:, 4:20]]
+            d2 = _HEX[m[:, 23:39]]
+            good = ((m[:, 1] == 32) & (m[:, 20] == 32) & (d1 < 16).all(axis=1) & (d2 < 16).all(axis=1)
+                    & _prefix_ok(m[:, 2], m[:, 3]) & _prefix_ok(m[:, 21], m[:, 22]))
+            if width == 43:
+                good &= ((m[:, 39] == 32) & (m[:, 41] == 32) & ((m[:, 40] | 1) == 49)
+                         & ((m[:, 42] | 1) == 49))
+                flags[sub] = (m[:, 40] - 48) * PM_EXCLUSIVE + (m[:, 42] - 48) * PM_FILE
+            f1[sub] = _pack(d1)
+            f2[sub] = _pack(d2)
+            ok[sub] = good
     for j in np.flatnonzero(~ok).tolist():          # other widths: one line at a time
         no = acc.line0 + int(pl[j]) + 1
         line = buf[starts[j]:starts[j] + lengths[j]].decode("utf-8", "replace")
@@ -251,6 +291,33 @@ def _page_lines(p: Path, acc: _Acc, arr: npt.NDArray[np.uint8], buf: bytes, pl: 
                       np.where(proc, flags, 0).astype(np.uint8), kflags))
 
 
+def _rows(arr: npt.NDArray[np.uint8], starts: npt.NDArray[np.int64], width: int) -> npt.NDArray[np.uint8]:
+    """The ``width`` bytes at each start, as an (n, width) array.
+
+    Lines of one width sit ``width + 1`` bytes apart inside a run, so for each phase ``start % (width+1)``
+    the buffer is a 2-D strided view whose rows are lines: one row gather (a memcpy per line) instead of
+    ``width`` single-byte gathers per line.
+    """
+    stride = width + 1
+    out = np.empty((len(starts), width), dtype=np.uint8)
+    phase = starts % stride
+    order = np.argsort(phase, kind="stable")
+    bounds = np.searchsorted(phase[order], np.arange(stride + 1))
+    for ph in range(stride):
+        sel = order[bounds[ph]:bounds[ph + 1]]
+        if sel.size:
+            view = np.lib.stride_tricks.as_strided(arr[ph:], shape=((len(arr) - ph) // stride, width),
+                                                   strides=(stride, 1), writeable=False)
+            out[sel] = view[(starts[sel] - ph) // stride]
+    return out
+
+
+def _pack(digits: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint64]:
+    """16 hex digit values per row → uint64 (pairs of nibbles to bytes, read big-endian)."""
+    by = ((digits[:, 0::2] & 15) << 4) | (digits[:, 1::2] & 15)
+    return np.ascontiguousarray(by).view(">u8").reshape(-1).astype(np.uint64)
+
+
 def _prefix_ok(a: npt.NDArray[np.uint8], b: npt.NDArray[np.uint8]) -> npt.NDArray[np.bool_]:
     """The two characters before the 16 hex digits: ``0x`` (or ``0X``) or ``00`` (the 18-zero quirk)."""
     res: npt.NDArray[np.bool_] = (a == 48) & ((b == 120) | (b == 88) | (b == 48))
@@ -263,7 +330,6 @@ def _finish(acc: _Acc) -> Memmap:
     else:
         cols = [np.zeros(0, dtype=d) for d in (np.int32, np.int32, np.uint64, np.uint64, np.uint8, np.uint64)]
     page_map, page_owner, vaddr, paddr, pm, kflags = cols
-    # the 18-zero quirk can make a "0x" mapping end look like zero; nothing to fix, but keep rows in order
     phys = acc.phys_mem or (int(paddr.max()) + PAGE if paddr.size else 0)
     meta = {"format": FORMAT, "version": 1, "page_size": PAGE, "owner_exe": acc.owner_exe,
             "map_name": acc.map_name, "phys_mem_bytes": phys, "source": "seed-import"}

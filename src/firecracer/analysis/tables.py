@@ -9,7 +9,8 @@ collected processes mapping it.
 
 Public API (stable): ``Table`` (``name``, ``title``, ``columns``, ``rows``; ``to_dicts()``),
 ``tables(att) -> dict[str, Table]`` with keys ``processes``, ``mappings``, ``nmt_categories``,
-``nmt_regions``, ``owner_classes``, ``fragmentation``, ``restore_order``; ``totals(att) -> dict``
+``nmt_regions``, ``owner_classes``, ``fragmentation``, ``restore_order``, ``restore_timeline``;
+``totals(att) -> dict``
 (``physical_pages``, ``processes``, ``uffd_events``, ``pages_loaded``, ``pages_zeroed``, ``nmt_regions``
 computed with the original UffdVisualizer's rules, plus our own counts).
 """
@@ -24,6 +25,8 @@ import numpy.typing as npt
 
 from firecracer.analysis.join import CLASS_NAMES, Attribution, OwnerClass
 from firecracer.analysis.memmap import KPF_HUGE, KPF_THP
+
+FLAG_FAULTING = 2        # trace.flags bit 1: the faulting page itself (docs/formats.md)
 
 I64 = npt.NDArray[np.int64]
 BIG = np.iinfo(np.int64).max
@@ -70,19 +73,37 @@ class _Group:
     shared: I64
 
 
+@dataclass
+class _RowFacts:
+    restored: npt.NDArray[np.bool_]
+    pss: npt.NDArray[np.float64]
+    shared: npt.NDArray[np.bool_]
+
+
+def _row_facts(att: Attribution) -> _RowFacts:
+    """Per memmap row: restored?, PSS weight (1 / process mappers), shared?; computed once per att."""
+    cached = getattr(att, "_row_facts", None)
+    if isinstance(cached, _RowFacts):
+        return cached
+    nproc = att.phys_nproc[att.row_phys]
+    pss = np.where(att.row_class == OwnerClass.PROCESS, 1.0 / np.maximum(nproc, 1), 1.0)
+    facts = _RowFacts(att.row_first_touch >= 0, pss, att.phys_nrows[att.row_phys] > 1)
+    object.__setattr__(att, "_row_facts", facts)
+    return facts
+
+
 def _group(att: Attribution, grp: I64, n: int) -> _Group:
     """Per-group sums over memmap rows (``grp`` = group index per row, -1 = in no group)."""
+    f = _row_facts(att)
     ok = grp >= 0
     g = grp[ok]
     rss = np.bincount(g, minlength=n).astype(np.int64)
-    ft = att.row_first_touch[ok]
-    restored = np.bincount(g[ft >= 0], minlength=n).astype(np.int64)
+    rest = f.restored[ok]
+    restored = np.bincount(g[rest], minlength=n).astype(np.int64)
     first = np.full(n, BIG, dtype=np.int64)
-    np.minimum.at(first, g[ft >= 0], ft[ft >= 0])
-    nproc = att.phys_nproc[att.row_phys[ok]]
-    share = np.where(att.row_class[ok] == OwnerClass.PROCESS, 1.0 / np.maximum(nproc, 1), 1.0)
-    pss = np.bincount(g, weights=share, minlength=n).astype(np.float64)
-    shared = np.bincount(g[att.phys_nrows[att.row_phys[ok]] > 1], minlength=n).astype(np.int64)
+    np.minimum.at(first, g[rest], att.row_first_touch[ok][rest])
+    pss = np.bincount(g, weights=f.pss[ok], minlength=n).astype(np.float64)
+    shared = np.bincount(g[f.shared[ok]], minlength=n).astype(np.int64)
     return _Group(rss, restored, first, pss, shared)
 
 
@@ -113,11 +134,14 @@ def mappings_table(att: Attribution) -> Table:
     n = len(mm.map_owner)
     g = _group(att, mm.page_map.astype(np.int64), n)
     ranks = _ranks(g.first)
-    names, pids = mm.map_name, mm.owner_pid[mm.map_owner]
     virt = ((mm.map_end - mm.map_start) // np.uint64(1024)).astype(np.int64)
-    rows = [[int(pids[i]), f"{int(mm.map_start[i]):#x}", f"{int(mm.map_end[i]):#x}", names[i],
-             int(virt[i]), int(_kb(g.rss[i], ps)), int(_kb(g.restored[i], ps)),
-             _pct(g.restored[i], g.rss[i]), _ft(int(g.first[i])), ranks[i]] for i in range(n)]
+    pct = np.round(100.0 * g.restored / np.maximum(g.rss, 1), 1)
+    cols = [mm.owner_pid[mm.map_owner].tolist(), [f"{v:#x}" for v in mm.map_start.tolist()],
+            [f"{v:#x}" for v in mm.map_end.tolist()], mm.map_name, virt.tolist(), _kb(g.rss, ps).tolist(),
+            _kb(g.restored, ps).tolist(), [p if r else None for p, r in zip(pct.tolist(), g.rss.tolist(),
+                                                                           strict=True)],
+            [None if f >= BIG else f for f in g.first.tolist()], ranks]
+    rows = [list(r) for r in zip(*cols, strict=True)] if n else []
     return Table("mappings", "Mappings", ["pid", "start", "end", "name", "virtual_kb", "rss_kb",
                                           "restored_kb", "restored_pct", "first_touch", "rank"], rows)
 
@@ -200,6 +224,7 @@ def runs(pages: npt.NDArray[np.uint64], ps: int) -> npt.NDArray[np.int64]:
 
 def _frag_row(label: str, pages: npt.NDArray[np.uint64], kflags: npt.NDArray[np.uint64] | None,
               ps: int) -> list[Any]:
+    """``pages`` sorted and distinct (subsets of ``Attribution.phys`` are)."""
     r = runs(pages, ps)
     huge = None
     if kflags is not None and kflags.size and kflags.any():
@@ -207,9 +232,10 @@ def _frag_row(label: str, pages: npt.NDArray[np.uint64], kflags: npt.NDArray[np.
         huge = _pct(int(((kflags & bits) != 0).sum()), kflags.size)
     full2m = None
     if pages.size and ps == 4096:
-        blk = (pages // np.uint64(HUGE_PAGES * ps)).astype(np.int64)
-        _, inv, cnt = np.unique(blk, return_inverse=True, return_counts=True)
-        full2m = _pct(int((cnt[inv] == HUGE_PAGES).sum()), pages.size)
+        blk = pages // np.uint64(HUGE_PAGES * ps)            # sorted, so blocks are contiguous runs
+        edges = np.concatenate(([0], np.flatnonzero(blk[1:] != blk[:-1]) + 1, [blk.size]))
+        cnt = np.diff(edges)
+        full2m = _pct(int(cnt[cnt == HUGE_PAGES].sum()), pages.size)
     return [label, int(pages.size), int(r.size), float(np.median(r)) if r.size else None,
             int(r.max()) if r.size else None, huge, full2m]
 
@@ -218,30 +244,43 @@ def fragmentation_table(att: Attribution) -> Table:
     """Physical contiguity per owner class / NMT category, for present and for restored pages.
 
     ``huge_pct`` = pages with kpageflags THP or HUGE (native memmaps only); ``full_2m_pct`` = pages lying
-    in a 2 MiB-aligned physical block that the group fills completely (works for seed data too).
+    in a 2 MiB-aligned physical block that the group fills completely (works for seed data too). The row
+    "restored, in service order" counts runs of consecutive pages in the order they were served (REAP saw
+    runs of 2–3 pages), i.e. how much one ioctl per run could have batched.
     """
     ps = att.page_size
     mm = att.recording.memmap
     out: list[list[Any]] = []
     restored = att.phys_first_touch >= 0
+    traced = att.trace is not None and len(att.trace) > 0
     kfl = mm.page_kflags[att.phys_row] if mm.n_pages else np.zeros(0, dtype=np.uint64)
     for c in (OwnerClass.PROCESS, OwnerClass.KERNEL, OwnerClass.PAGECACHE, OwnerClass.FREE):
-        sel = att.phys_class == c
-        if sel.any():
+        sel = np.flatnonzero(att.phys_class == c)
+        if sel.size:
+            rsel = sel[restored[sel]]
             out.append(_frag_row(f"class:{CLASS_NAMES[c]}", att.phys[sel], kfl[sel], ps))
-            out.append(_frag_row(f"restored class:{CLASS_NAMES[c]}", att.phys[sel & restored],
-                                 kfl[sel & restored], ps))
-    if att.nmt_arrays is not None and att.nmt_categories:
+            if traced:
+                out.append(_frag_row(f"restored class:{CLASS_NAMES[c]}", att.phys[rsel], kfl[rsel], ps))
+    if att.nmt_arrays is not None and att.nmt_categories and att.nmt_arrays.region_cat.size:
         rc = att.nmt_arrays.region_cat
         reg = att.row_nmt_region[att.phys_row] if mm.n_pages else np.zeros(0, dtype=np.int32)
-        for ci, cat in enumerate(att.nmt_categories):
-            sel = (reg >= 0) & (rc[np.maximum(reg, 0)] == ci) if rc.size else np.zeros(len(reg), dtype=bool)
-            if sel.any():
-                out.append(_frag_row(f"nmt:{cat}", att.phys[sel], kfl[sel], ps))
-                both = sel & restored
-                out.append(_frag_row(f"restored nmt:{cat}", att.phys[both], kfl[both], ps))
-    if att.trace is not None and len(att.trace):
+        jvm = np.flatnonzero(reg >= 0)
+        cat = rc[reg[jvm]]
+        for ci, name in enumerate(att.nmt_categories):
+            sel = jvm[cat == ci]
+            if sel.size:
+                rsel = sel[restored[sel]]
+                out.append(_frag_row(f"nmt:{name}", att.phys[sel], kfl[sel], ps))
+                if traced:
+                    out.append(_frag_row(f"restored nmt:{name}", att.phys[rsel], kfl[rsel], ps))
+    if traced:
         out.append(_frag_row("restored (all)", att.restored_gpas(), None, ps))
+        assert att.trace is not None
+        seq = att.trace.gpa[att.trace_first] // np.uint64(ps)      # first touches, in service order
+        brk = np.flatnonzero(np.diff(seq.astype(np.int64)) != 1) + 1
+        r = np.diff(np.concatenate(([0], brk, [seq.size]))) if seq.size else np.zeros(0, dtype=np.int64)
+        out.append(["restored, in service order", int(seq.size), int(r.size),
+                    float(np.median(r)) if r.size else None, int(r.max()) if r.size else None, None, None])
     return Table("fragmentation", "Physical fragmentation and huge-page coverage",
                  ["group", "pages", "runs", "median_run", "max_run", "huge_pct", "full_2m_pct"], out)
 
@@ -278,6 +317,31 @@ def restore_order_table(att: Attribution) -> Table:
                   "p90_pct_of_trace"], rows)
 
 
+def restore_timeline(att: Attribution, bins: int = 20) -> Table:
+    """Cumulative restored kB per owner class and NMT category at ``bins`` equal steps of trace time
+    (trace index when the trace has no times, e.g. seed imports): the viewer's and report's chart."""
+    tr = att.trace
+    if tr is None or not len(tr) or bins < 1:
+        return Table("restore_timeline", "Restored kB over time", [], [])
+    idx = np.flatnonzero(att.trace_first)
+    t = tr.t_ns.astype(np.float64)
+    timed = bool(t.max() > t.min())
+    x = (t - t.min()) / 1e6 if timed else np.arange(len(tr), dtype=np.float64)
+    edges = np.linspace(0.0, float(x.max()), bins + 1)[1:]
+    cols: list[str] = ["t_ms" if timed else "trace_index"]
+    series: list[list[int]] = []
+    for names, grp in _trace_groups(att):
+        g = grp[idx]
+        for k, name in enumerate(names):
+            sel = idx[g == k]
+            if sel.size:
+                cols.append(name)
+                series.append((np.searchsorted(np.sort(x[sel]), edges, side="right") * att.page_size
+                               // 1024).tolist())
+    rows = [[round(float(e), 3), *(s[i] for s in series)] for i, e in enumerate(edges.tolist())]
+    return Table("restore_timeline", "Restored kB over time (cumulative, first touches)", cols, rows)
+
+
 def totals(att: Attribution) -> dict[str, Any]:
     """Counts, the first six as the original UffdVisualizer computes them (SEED.md §5.1–5.2).
 
@@ -310,6 +374,9 @@ def totals(att: Attribution) -> dict[str, Any]:
     }
     if tr is not None:
         out["faults"] = int(tr.meta.get("faults", int((tr.fault >= 0).sum())))
+        faulting = (tr.flags & np.uint8(FLAG_FAULTING)) != 0
+        fp = np.sort(tr.gpa[faulting])                        # pages the guest itself touched
+        out["faulted_pages"] = int((fp[1:] != fp[:-1]).sum()) + 1 if fp.size else 0
         out["strategy"] = tr.meta.get("strategy")
         out["trace_ms"] = round((int(tr.t_ns.max()) - int(tr.t_ns.min())) / 1e6, 3) if n else 0.0
     return out
@@ -319,4 +386,4 @@ def tables(att: Attribution) -> dict[str, Table]:
     """All tables for one recording, in display order."""
     return {t.name: t for t in (
         owner_classes_table(att), processes_table(att), nmt_categories_table(att), nmt_regions_table(att),
-        mappings_table(att), fragmentation_table(att), restore_order_table(att))}
+        mappings_table(att), fragmentation_table(att), restore_order_table(att), restore_timeline(att))}

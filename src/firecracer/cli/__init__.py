@@ -11,7 +11,20 @@ import sys
 import click
 
 from firecracer import __version__
-from firecracer.cli import analyze, collect, doctor, emulate, experiment, image, install, uffd, view, vm
+from firecracer.cli import (
+    analyze,
+    collect,
+    demo,
+    doctor,
+    emulate,
+    experiment,
+    image,
+    install,
+    selftest,
+    uffd,
+    view,
+    vm,
+)
 from firecracer.cli._render import err_console
 from firecracer.errors import FirecracerError
 
@@ -26,7 +39,8 @@ def cli() -> None:
     """
 
 
-for _module in (doctor, install, image, vm, uffd, collect, analyze, view, experiment, emulate):
+for _module in (demo, doctor, install, image, vm, selftest, uffd, collect, analyze, view, experiment,
+                emulate):
     for _cmd in _module.COMMANDS:
         cli.add_command(_cmd)
 

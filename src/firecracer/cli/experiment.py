@@ -1,21 +1,167 @@
-"""``firecracer experiment``: whole studies from a spec."""
+"""``firecracer experiment``: whole studies from a spec — run (resumable, shardable), report, merge."""
 
 from __future__ import annotations
 
-import click
+import dataclasses
+import shutil
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from firecracer.cli._render import not_yet
+import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from firecracer.cli._render import console, err_console, print_json
+
+if TYPE_CHECKING:
+    from firecracer.experiment.spec import Spec
 
 
 @click.group()
 def experiment() -> None:
-    """Run a matrix of variants × restore strategies and report on it."""
+    """Run a matrix of variants × restore strategies × repetitions, and report on it."""
+
+
+def _load(spec_file: str | None, example: bool) -> Spec:
+    from firecracer.experiment.spec import example_spec_path, load_spec
+
+    if example == bool(spec_file):
+        raise click.UsageError("give SPEC.toml or --example (the bundled probe-guest study), not both")
+    return load_spec(example_spec_path() if example or spec_file is None else spec_file)
 
 
 @experiment.command()
-def run() -> None:
-    """Run a study spec."""
-    not_yet("experiment run", "issue #9")
+@click.argument("spec_file", metavar="SPEC.toml", required=False, type=click.Path(dir_okay=False))
+@click.option("--example", is_flag=True, help="Run the bundled example spec (probe guest, 24 runs).")
+@click.option("-o", "--output", "out", metavar="RESULTS/", type=click.Path(file_okay=False),
+              help="Results directory (default: ./results-<study name>). Re-running resumes there.")
+@click.option("--dry-run", is_flag=True, help="Print the plan (and what is already done) and exit.")
+@click.option("--shard", metavar="i/n", help="Run only slice i of n (merge the shards' results later).")
+@click.option("--retry-failed", is_flag=True, help="Run again the runs recorded as failed.")
+@click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the plan as JSON.")
+@click.option("--firecracker", "firecracker", metavar="PATH",
+              help="Firecracker binary (overrides study.firecracker; else $FIRECRACKER, cache, PATH).")
+def run(spec_file: str | None, example: bool, out: str | None, dry_run: bool, shard: str | None,
+        retry_failed: bool, as_json: bool, firecracker: str | None) -> None:
+    """Run a study spec: every variant × strategy × repetition, recorded in RESULTS/results.sqlite.
+
+    Interrupt it any time (Ctrl-C); running the same command again skips every recorded run. A run
+    that fails is recorded with its reason and the study goes on.
+    """
+    from firecracer.experiment.plan import Shard, plan_runs
+    from firecracer.experiment.runner import Event, make_backend, run_study
+    from firecracer.experiment.store import DB_NAME, ResultStore
+
+    spec = _load(spec_file, example)
+    if firecracker:
+        spec = dataclasses.replace(spec, firecracker=firecracker)
+    sh = Shard.parse(shard) if shard else None
+    results = Path(out) if out else Path(f"results-{spec.name}")
+
+    if dry_run:
+        runs = plan_runs(spec, sh)
+        have: dict[str, str] = {}
+        if (results / DB_NAME).exists():
+            with ResultStore.open(results) as store:
+                have = store.statuses()
+        if as_json:
+            print_json({"study": spec.name, "backend": spec.backend, "digest": spec.digest,
+                        "results": str(results), "shard": str(sh) if sh else None,
+                        "runs": [{"run_id": r.run_id, "variant": r.variant.name, "strategy": r.strategy.name,
+                                  "repetition": r.repetition, "status": have.get(r.run_id, "pending")}
+                                 for r in runs]})
+            return
+        table = Table(title=f"plan: {spec.name} ({spec.backend})" + (f", shard {sh}" if sh else ""))
+        for col in ("#", "run", "variant", "strategy", "rep", "status"):
+            table.add_column(col)
+        for r in runs:
+            st = have.get(r.run_id, "pending")
+            mark = {"ok": "[green]done[/]", "failed": "[red]failed[/]"}.get(st, "pending")
+            table.add_row(str(r.index), r.run_id, r.variant.name, r.strategy.name, str(r.repetition), mark)
+        console.print(table)
+        todo = sum(1 for r in runs if have.get(r.run_id) is None
+                   or (retry_failed and have.get(r.run_id) == "failed"))
+        console.print(f"{len(runs)} runs in this plan ({len(spec.variants)} variants × "
+                      f"{len(spec.strategies)} strategies × {spec.repetitions} repetitions"
+                      + (f", shard {sh}" if sh else "") + f"); {todo} to run; results in {results}")
+        return
+
+    backend = make_backend(spec)
+    backend.check()  # before any output: a host that cannot run the study is one line, nothing else
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("[red]{task.fields[failed]} failed"), console=err_console,
+                  transient=False) as progress:
+        task = progress.add_task(spec.name, total=None, failed=0)
+        nfail = 0
+
+        def on_event(e: Event) -> None:
+            nonlocal nfail
+            if e.kind == "start":
+                progress.update(task, total=e.total, completed=e.skipped)
+                if e.skipped:
+                    progress.console.print(f"resuming: {e.skipped} runs already recorded in {results}")
+            elif e.kind == "variant":
+                progress.update(task, description=f"{spec.name}: preparing {e.variant}")
+            elif e.kind == "run" and e.run is not None:
+                progress.update(task, description=f"{spec.name}: {e.run.run_id}")
+            elif e.kind == "done" and e.record is not None:
+                if not e.record.ok:
+                    nfail += 1
+                    progress.console.print(f"[red]failed[/] {e.record.run_id}: {e.record.reason}",
+                                           markup=True, highlight=False)
+                progress.update(task, advance=1, failed=nfail)
+
+        try:
+            summary = run_study(spec, results, backend=backend, shard=sh, retry_failed=retry_failed,
+                                on_event=on_event)
+        except KeyboardInterrupt:
+            progress.stop()
+            err_console.print(f"interrupted: finished runs are kept in {results}; run the same command again "
+                              "to resume")
+            raise
+    console.print(f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} already recorded; "
+                  f"results in {results}  (report: firecracer experiment report {results})")
+
+
+@experiment.command()
+@click.argument("results", metavar="RESULTS/", type=click.Path(file_okay=False, exists=True))
+@click.option("-o", "--output", "out", metavar="report.html", type=click.Path(dir_okay=False),
+              help="Where to write the report (default: RESULTS/report.html).")
+def report(results: str, out: str | None) -> None:
+    """Write the study's self-contained HTML report (tables and SVG plots, no network)."""
+    from firecracer.experiment.report import write_report
+
+    path = write_report(results, out or Path(results) / "report.html")
+    console.print(f"report written: {path}")
+
+
+@experiment.command()
+@click.argument("dest", metavar="OUT/", type=click.Path(file_okay=False))
+@click.argument("shards", metavar="SHARD_DIR...", nargs=-1, required=True,
+                type=click.Path(file_okay=False, exists=True))
+@click.option("--no-recordings", is_flag=True, help="Merge only the database rows, not runs/<id>/ dirs.")
+def merge(dest: str, shards: tuple[str, ...], no_recordings: bool) -> None:
+    """Merge the results directories of a study's shards into OUT/ (same spec required)."""
+    from firecracer.experiment.store import merge as merge_results
+
+    counts = merge_results(dest, shards, copy_recordings=not no_recordings)
+    console.print(f"merged {len(shards)} result directories into {dest}: {counts['added']} runs added, "
+                  f"{counts['replaced']} failed runs replaced by ok ones, {counts['kept']} duplicates kept")
+
+
+@experiment.command()
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False), help="Copy the spec to this file.")
+def example(out: str | None) -> None:
+    """Print (or copy out) the bundled example spec: probe guest, 2 working sets × 4 strategies × 3."""
+    from firecracer.experiment.spec import example_spec_path
+
+    src = example_spec_path()
+    if out:
+        shutil.copyfile(src, out)
+        console.print(f"wrote {out}")
+    else:
+        sys.stdout.write(src.read_text())
 
 
 COMMANDS = [experiment]

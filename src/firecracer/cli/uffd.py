@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-import click
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
 
-from firecracer.cli._render import not_yet
+import click
+from rich.table import Table
+
+from firecracer.cli._render import err_console, print_json
+from firecracer.errors import FirecracerError
 
 
 @click.group()
@@ -13,9 +23,148 @@ def uffd() -> None:
 
 
 @uffd.command()
-def serve() -> None:
-    """Serve page faults from a snapshot memory file."""
-    not_yet("uffd serve", "issue #4")
+@click.argument("socket_path", metavar="SOCKET", type=click.Path(dir_okay=False))
+@click.argument("mem_file", metavar="MEMFILE", type=click.Path(exists=True, dir_okay=False))
+@click.option("--strategy", "-s", default="ondemand", show_default=True,
+              help="ondemand | fault-around:N | prefetch:TRACE | prefetch-background:TRACE | eager")
+@click.option("--trace", "trace_out", type=click.Path(dir_okay=False), help="Write trace.npz here "
+              "(and, for ondemand/fault-around, the working-set file TRACE.ws that prefetch replays).")
+@click.option("--metrics", "metrics_out", type=click.Path(dir_okay=False), help="Write metrics JSON here.")
+@click.option("--sessions", default=1, show_default=True, type=click.IntRange(min=0),
+              help="Hand-offs to serve before exiting (0: until SIGTERM/SIGINT).")
+@click.option("--accept-timeout", type=float, default=None,
+              help="Fail if Firecracker has not connected within this many seconds (default: wait).")
+@click.option("--handshake-timeout", type=float, default=10.0, show_default=True,
+              help="Seconds to wait for the hand-off message after a connection.")
+@click.option("--populate", is_flag=True, help="Read the whole memory file up front (MAP_POPULATE).")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics JSON on stdout at exit.")
+@click.option("--quiet", "-q", is_flag=True, help="No table at exit (the ready line is still printed).")
+def serve(socket_path: str, mem_file: str, strategy: str, trace_out: str | None, metrics_out: str | None,
+          sessions: int, accept_timeout: float | None, handshake_timeout: float, populate: bool,
+          as_json: bool, quiet: bool) -> None:
+    """Serve page faults from MEMFILE to the Firecracker that connects to SOCKET.
+
+    Prints "firecracer uffd: listening on SOCKET" to stderr once listening. Exits 0 after the
+    sessions ended (Firecracker exited); non-zero on a fatal error, after killing Firecracker so it
+    never hangs on a fault. Options may come before or after SOCKET MEMFILE.
+    """
+    from firecracer.uffd.server import Server
+
+    logging.basicConfig(level=logging.WARNING, format="firecracer uffd: %(message)s", stream=sys.stderr)
+    server = Server(socket_path, mem_file, strategy, trace_out=trace_out, max_sessions=sessions,
+                    accept_timeout=accept_timeout, handshake_timeout=handshake_timeout, populate=populate,
+                    metrics_out=metrics_out)
+    try:
+        server.listen()
+
+        def _stop(signum: int, _frame: object) -> None:
+            server.stop()
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        sys.stderr.write(f"firecracer uffd: listening on {socket_path} (pid {os.getpid()}, "
+                         f"strategy {server.strategy})\n")
+        sys.stderr.flush()
+        result = server.serve()
+    finally:
+        server.close()
+    metrics = result.metrics()  # --metrics was written by the server, before the traces
+    if as_json:
+        print_json(metrics)
+    elif not quiet:
+        err_console.print(metrics_table(metrics))
+    if not result.ok:
+        raise FirecracerError(f"uffd serve: {metrics['error']}")
+
+
+def metrics_table(metrics: dict[str, Any]) -> Table:
+    """One row per session: faults, pages by action, bytes, latency percentiles."""
+    t = Table(title="uffd page server", show_lines=False)
+    for col in ("session", "strategy", "faults", "load", "zero", "around", "prefetch", "eager", "MiB",
+                "p50 µs", "p90 µs", "p99 µs", "last fault ms", "ended"):
+        t.add_column(col, justify="right" if col not in ("strategy", "ended") else "left")
+    for s in metrics["sessions"]:
+        lat = s.get("latency_us", {})
+        pages = s["pages"]
+        mib = (s["bytes_copied"] + s["bytes_zeroed"]) / (1 << 20)
+        t.add_row(str(s["session"]), s["strategy"], str(s["faults"]), str(pages["load"]), str(pages["zero"]),
+                  str(pages["around"]), str(pages["prefetch"]), str(pages["eager"]), f"{mib:.1f}",
+                  str(lat.get("p50", "-")), str(lat.get("p90", "-")), str(lat.get("p99", "-")),
+                  f"{s['handshake_to_last_fault_ms']:.1f}", s["error"] or s["ended"])
+    return t
+
+
+@uffd.command("export-seed")
+@click.argument("trace", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Log file to write.")
+@click.option("--with-tid", is_flag=True, help="The seed's newer format (thread id; the original "
+              "UffdVisualizer cannot read it).")
+@click.option("--address", type=click.Choice(["gpa", "file_off"]), default="gpa", show_default=True,
+              help="Which address goes into the guest range field.")
+def export_seed(trace: str, output: str, with_tid: bool, address: str) -> None:
+    """Write TRACE (trace.npz) as a seed uffd_handler log, readable by the original UffdVisualizer."""
+    from firecracer.uffd.trace import export_seed_log, load_trace
+
+    tr = load_trace(trace)
+    export_seed_log(tr, output, with_tid=with_tid, address=address)
+    err_console.print(f"wrote {len(tr)} page lines to {output}")
+
+
+@uffd.command("import-seed")
+@click.argument("log", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="trace.npz to write.")
+@click.option("--page-size", type=int, default=4096, show_default=True)
+@click.option("--mem-bytes", type=int, default=None, help="Guest RAM size for gpa conversion "
+              "(default: from the log's region lines).")
+@click.option("--address", type=click.Choice(["gpa", "file_off"]), default="file_off", show_default=True,
+              help="What the log's guest range holds (the seed handler printed file offsets).")
+def import_seed(log: str, output: str, page_size: int, mem_bytes: int | None, address: str) -> None:
+    """Read a seed uffd_handler LOG (with or without thread ids) into a trace.npz."""
+    from firecracer.uffd.trace import import_seed_log, save_trace
+
+    tr = import_seed_log(log, page_size=page_size, mem_bytes=mem_bytes, address=address)
+    save_trace(tr, output)
+    err_console.print(f"imported {len(tr)} faults ({tr.meta['seed_format']} format) into {output}")
+
+
+@uffd.command("working-set")
+@click.argument("trace", type=click.Path(exists=True, dir_okay=False))
+@click.argument("mem_file", metavar="MEMFILE", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Default: TRACE with suffix .ws.")
+def working_set(trace: str, mem_file: str, output: str | None) -> None:
+    """Build the working-set file prefetch:TRACE installs (page contents in first-fault order)."""
+    from firecracer.uffd.memfile import MemoryFile
+    from firecracer.uffd.strategies import WorkingSet, write_working_set, ws_path_for
+
+    out = Path(output) if output else ws_path_for(trace)
+    with MemoryFile(mem_file) as mem:
+        write_working_set(trace, mem, out)
+    ws = WorkingSet(out, populate=False)
+    info = ws.describe()
+    ws.close()
+    err_console.print(f"wrote {out}: {info['pages']} pages in {info['runs']} runs, {info['bytes']} bytes")
+
+
+@uffd.command()
+@click.argument("trace", type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def info(trace: str, as_json: bool) -> None:
+    """Summarise a trace.npz: rows per action, faults, pages, time span."""
+    from firecracer.uffd.trace import FLAG_FAULTING, load_trace
+
+    tr = load_trace(trace)
+    data = {"rows": len(tr), "strategy": tr.strategy, "page_size": tr.page_size,
+            "faulting_pages": int(((tr.flags & FLAG_FAULTING) != 0).sum()),
+            "working_set": int(tr.working_set().size), "actions": tr.action_counts(),
+            "span_ms": round(float(tr.t_ns.max()) / 1e6, 3) if len(tr) else 0.0,
+            "events": tr.meta.get("events", {}), "regions": len(tr.regions)}
+    if as_json:
+        print_json(data)
+    else:
+        t = Table(title=str(trace), show_header=False)
+        for k, v in data.items():
+            t.add_row(k, json.dumps(v) if isinstance(v, dict) else str(v))
+        err_console.print(t)
 
 
 COMMANDS = [uffd]

@@ -194,7 +194,7 @@ def cmd_smaps(cfg: AgentConfig, args: dict[str, Any]) -> dict[str, Any]:
         raise RequestError("no-such-process", f"/proc/{pid}/smaps: {exc.strerror}") from None
     if len(data) > cfg.max_reply // 2:
         raise RequestError("output-too-large", f"/proc/{pid}/smaps exceeds {cfg.max_reply // 2} bytes")
-    return {"pid": pid, "text": data.decode("utf-8", "surrogateescape").encode("utf-8", "replace").decode()}
+    return {"pid": pid, "text": data.decode("utf-8", "replace")}
 
 
 def run_bounded(argv: list[str], *, timeout: float, max_output: int, stdin: bytes = b"",
@@ -215,9 +215,9 @@ def run_bounded(argv: list[str], *, timeout: float, max_output: int, stdin: byte
     sel = selectors.DefaultSelector()
     try:
         if stdin and proc.stdin is not None:
-            with contextlib.suppress(BrokenPipeError):
-                proc.stdin.write(stdin)
-            proc.stdin.close()
+            # fed from a thread: a child that writes output before reading all its input must not
+            # deadlock against us writing into a full pipe
+            threading.Thread(target=_feed, args=(proc.stdin, stdin), daemon=True).start()
         assert proc.stdout is not None and proc.stderr is not None
         sel.register(proc.stdout, selectors.EVENT_READ, "stdout")
         sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
@@ -255,6 +255,13 @@ def run_bounded(argv: list[str], *, timeout: float, max_output: int, stdin: byte
             "stderr": out["stderr"].decode("utf-8", "replace"), "seconds": round(time.monotonic() - t0, 3)}
 
 
+def _feed(pipe: Any, data: bytes) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        pipe.write(data)
+    with contextlib.suppress(OSError, ValueError):
+        pipe.close()
+
+
 def cmd_exec(cfg: AgentConfig, args: dict[str, Any]) -> dict[str, Any]:
     """Run a command (args: argv list or sh string, timeout_s, max_output, stdin)."""
     argv = _arg(args, "argv", list)
@@ -268,7 +275,7 @@ def cmd_exec(cfg: AgentConfig, args: dict[str, Any]) -> dict[str, Any]:
     timeout = _arg(args, "timeout_s", (int, float), 30.0)
     if isinstance(timeout, bool) or not 0 < timeout <= MAX_EXEC_TIMEOUT:
         raise RequestError("bad-request", f"timeout_s must be in (0, {MAX_EXEC_TIMEOUT:g}]")
-    max_output = _arg(args, "max_output", int, cfg.max_exec_output)
+    max_output = _arg(args, "max_output", int, min(cfg.max_exec_output, cfg.max_reply // 2))
     if not 0 < max_output <= cfg.max_reply // 2:
         raise RequestError("bad-request", f"max_output must be in (0, {cfg.max_reply // 2}]")
     stdin = _arg(args, "stdin", str, "")
@@ -554,14 +561,25 @@ class Agent:
         self._stop = threading.Event()
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._socks: list[tuple[socket.socket, Callable[[socket.socket], None], str]] = []
-        try:
-            for spec in listens:
-                self._socks.append((open_listener(spec), self._serve_conn, spec))
-            for spec, target in forwards:
-                self._socks.append((open_listener(spec), self._forwarder(target), spec))
-        except Exception:
+        #: listen specs that could not be opened, with why (e.g. vsock under QEMU without vhost-vsock)
+        self.failed: list[str] = []
+        for spec in listens:
+            parse_address(spec)  # a malformed address is the operator's error: fail loudly
+            self._open(spec, self._serve_conn)
+        for spec, target in forwards:
+            self._open(spec, self._forwarder(target))
+        if not any(fn == self._serve_conn for _, fn, _ in self._socks):
             self.close()
-            raise
+            raise OSError(f"no agent listener could be opened: {'; '.join(self.failed)}")
+
+    def _open(self, spec: str, fn: Callable[[socket.socket], None]) -> None:
+        """Open one listener; a failure is recorded (and logged), not fatal, so an init that lists
+        both ``vsock:52`` and ``tcp:0.0.0.0:52`` works under Firecracker and under QEMU alike."""
+        try:
+            self._socks.append((open_listener(spec), fn, spec))
+        except OSError as exc:
+            self.failed.append(f"{spec}: {exc.strerror or exc}")
+            log.warning("cannot listen on %s: %s", spec, exc.strerror or exc)
 
     @property
     def addresses(self) -> list[Any]:
@@ -625,6 +643,7 @@ class Agent:
                     conn.sendall(json.dumps(_error(None, "too-large",
                                                    f"request exceeds {self.cfg.max_request} bytes "
                                                    "without a newline; closing")).encode() + b"\n")
+                    _lingering_close(conn)
                     return
                 try:
                     got = conn.recv(65536)
@@ -662,6 +681,20 @@ class Agent:
             up.close()
 
         return forward
+
+
+def _lingering_close(conn: socket.socket, limit: int = 4 << 20, seconds: float = 2.0) -> None:
+    """Half-close, then discard what the peer still sends (bounded), so our last reply is not lost to
+    a TCP/Unix reset caused by closing with unread input."""
+    with contextlib.suppress(OSError):
+        conn.shutdown(socket.SHUT_WR)
+        conn.settimeout(seconds)
+        deadline = time.monotonic() + seconds
+        while limit > 0 and time.monotonic() < deadline:
+            got = conn.recv(65536)
+            if not got:
+                break
+            limit -= len(got)
 
 
 def _pump(src: socket.socket, dst: socket.socket) -> None:

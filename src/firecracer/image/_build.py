@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterable, Sequence
@@ -89,7 +90,7 @@ def run_logged(argv: Sequence[str], log_path: Path, what: str, reporter: Reporte
     log_path.parent.mkdir(parents=True, exist_ok=True)
     tail: list[str] = []
     disk_full = False
-    with log_path.open("a", encoding="utf-8", errors="replace") as log:
+    with log_path.open("a", encoding="utf-8", errors="replace", buffering=1) as log:
         log.write(f"$ {' '.join(argv)}\n")
         log.flush()
         try:
@@ -128,12 +129,19 @@ def _kill_group(proc: subprocess.Popen[str]) -> None:
 
 
 def error_line(lines: Sequence[str]) -> str:
-    """The most telling line of a failed tool's output: the last line that looks like an error."""
-    keys = ("E: ", "error:", "Error", "ERROR", "fatal", "Failed", "failed", "cannot", "Couldn't", "No such")
-    for line in reversed(lines):
-        if any(k in line for k in keys):
-            return line
-    return lines[-1] if lines else "no output"
+    """The most telling line of a failed tool's output.
+
+    The last line with a strong marker (a compiler ``error:``, apt's ``E:``, ``fatal``), else the last
+    with a weak one (``Error``, ``failed``, ``cannot`` …), else the last line; make's
+    Entering/Leaving-directory chatter is never chosen.
+    """
+    useful = [ln for ln in lines if not re.match(r"make(\[\d+\])?: (Entering|Leaving) directory", ln)]
+    for keys in (("error:", "E: ", "fatal:", "FATAL"),
+                 ("Error", "ERROR", "failed", "Failed", "cannot", "Couldn't", "No such", "***")):
+        for line in reversed(useful):
+            if any(k in line for k in keys):
+                return line
+    return useful[-1] if useful else "no output"
 
 
 def missing_packages(packages: Iterable[str]) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import tempfile
@@ -18,8 +19,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from firecracer.image.rootfs import KERNEL_ARGS
+from firecracer.image.rootfs import INIT_PATH
 
+#: Firecracker <= 1.4 needs a frequency in the host CPU's brand string; this host's has none
+OLD_FC_BRAND = re.compile(r"MissingFrequency|GetBrandString")
 PVM_STOP_MARKERS = ("KVM_EXIT_INTERNAL_ERROR", "InternalError", "emulation failure", "Unexpected exit reason")
 
 
@@ -34,7 +37,17 @@ class FcBoot:
     stopped_by_pvm: bool
 
     @property
+    def unsupported(self) -> str | None:
+        """Why this Firecracker cannot start any guest on this host, or None."""
+        if self.exit_code not in (None, 0) and OLD_FC_BRAND.search("\n".join(self.console)):
+            return ("Firecracker <= 1.4 cannot start a guest on this host: the CPU brand string has no "
+                    "frequency (fixed in 1.5)")
+        return None
+
+    @property
     def ending(self) -> str:
+        if self.unsupported:
+            return self.unsupported
         if self.exit_code is None:
             return "still running when the time was up (killed)"
         if self.stopped_by_pvm:
@@ -44,8 +57,14 @@ class FcBoot:
 
 def boot_in_firecracker(firecracker: Path, kernel: Path, rootfs: Path | None = None, *,
                         seconds: float = 15.0, mem_mib: int = 512, extra_args: str = "") -> FcBoot:
-    """Run Firecracker for at most ``seconds``; always kills it and removes its config file."""
-    boot_args = f"console=ttyS0 reboot=k panic=1 pci=off {KERNEL_ARGS if rootfs else ''} {extra_args}".strip()
+    """Run Firecracker for at most ``seconds``; always kills it and removes its config file.
+
+    ``earlyprintk=ttyS0`` makes the kernel print from its first instruction on: on PVM hosts it is
+    stopped before the normal console would have flushed a single line.
+    """
+    # Firecracker itself appends "root=/dev/vda ro" for a read-only root drive
+    boot_args = (f"console=ttyS0 earlyprintk=ttyS0 reboot=k panic=1 pci=off "
+                 f"{f'init={INIT_PATH}' if rootfs else ''} {extra_args}").strip()
     config: dict[str, object] = {
         "boot-source": {"kernel_image_path": str(kernel), "boot_args": " ".join(boot_args.split())},
         "drives": ([{"drive_id": "rootfs", "path_on_host": str(rootfs), "is_root_device": True,

@@ -173,12 +173,51 @@ def build_kernel(source: str = "debian", output: Path | None = None, jobs: int |
 
     t0 = time.monotonic()
     work = images / "build" / f"kernel-{key}"
+    log = images / f"kernel-{key}.build.log"  # outside the work dir: it outlives a failed build
     need_free(images, BUILD_SPACE, "the kernel build")
     if work.exists():
         shutil.rmtree(work)
+    log.unlink(missing_ok=True)
+    try:
+        release, n = _configure_and_make(src, fragment, work, log, jobs, rep)
+        out = work / "out"
+        tmp_final = images / f".kernel-{key}.tmp"
+        if tmp_final.exists():
+            shutil.rmtree(tmp_final)
+        tmp_final.mkdir()
+        shutil.copy2(out / "vmlinux", tmp_final / "vmlinux")
+        shutil.copy2(out / ".config", tmp_final / "config")
+        seconds = time.monotonic() - t0
+        meta = {
+            "format": "firecracer-kernel", "version": 1, "key": key, "release": release,
+            "source": asdict(src) | {"path": str(src.path)}, "compiler": compiler_version(),
+            "fragment_sha256": short_hash([fragment]), "options_verified": len(fragment_options(fragment)),
+            "jobs": n, "build_seconds": round(seconds, 1),
+            "vmlinux_bytes": (out / "vmlinux").stat().st_size, "vmlinux_sha256": file_sha256(out / "vmlinux"),
+            "built": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        (tmp_final / "kernel.json").write_text(json.dumps(meta, indent=2) + "\n")
+        shutil.move(str(log), tmp_final / "build.log")
+        if final.exists():
+            shutil.rmtree(final)
+        tmp_final.rename(final)
+    finally:
+        if work.exists():
+            shutil.rmtree(work)  # objects and unpacked sources: ≈ 2 GiB, never reused
+    link_latest(final / "vmlinux", images / "vmlinux")
+    prune(images, "kernel")
+    rep.step(f"kernel {release} built in {seconds:.0f} s: {final / 'vmlinux'}")
+    result = KernelBuild(final / "vmlinux", key, release, final / "config", final / "build.log", seconds,
+                         cached=False)
+    _copy_out(result, output)
+    return result
+
+
+def _configure_and_make(src: KernelSource, fragment: str, work: Path, log: Path, jobs: int | None,
+                        rep: Reporter) -> tuple[str, int]:
+    """Unpack (unless a tree was given), ``allnoconfig`` + fragment, verify, ``make vmlinux``."""
     out = work / "out"
     out.mkdir(parents=True)
-    log = work / "build.log"
     if src.kind == "dir":
         tree = src.path
     else:
@@ -192,45 +231,16 @@ def build_kernel(source: str = "debian", output: Path | None = None, jobs: int |
     make = ["make", "-C", str(tree), f"O={out}", "ARCH=x86_64"]
     rep.step("configuring: make allnoconfig with the firecracer fragment")
     run_logged([*make, "allnoconfig", f"KCONFIG_ALLCONFIG={frag_file}"], log, "make allnoconfig", rep)
-    config_text = (out / ".config").read_text()
-    bad = missing_options(fragment, config_text)
+    bad = missing_options(fragment, (out / ".config").read_text())
     if bad:
-        raise ImageError(f"kernel config: {len(bad)} option(s) of the fragment did not land in "
-                         f"{out / '.config'} (missing dependencies?): {', '.join(bad)}")
+        raise ImageError(f"kernel config: {len(bad)} option(s) of the fragment did not land in the final "
+                         f".config (missing dependencies?): {', '.join(bad)}")
     n = jobs or (os.cpu_count() or 1) + 1
     rep.step(f"building vmlinux with make -j{n} (log: {log})")
     run_logged(["nice", "-n", "10", *make, f"-j{n}", "vmlinux"], log, "make vmlinux", rep)
     release = (out / "include" / "config" / "kernel.release").read_text().strip()
     check_vmlinux(out / "vmlinux")
-
-    tmp_final = images / f".kernel-{key}.tmp"
-    if tmp_final.exists():
-        shutil.rmtree(tmp_final)
-    tmp_final.mkdir()
-    shutil.copy2(out / "vmlinux", tmp_final / "vmlinux")
-    shutil.copy2(out / ".config", tmp_final / "config")
-    shutil.copy2(log, tmp_final / "build.log")
-    seconds = time.monotonic() - t0
-    meta = {
-        "format": "firecracer-kernel", "version": 1, "key": key, "release": release,
-        "source": asdict(src) | {"path": str(src.path)}, "compiler": compiler_version(),
-        "fragment_sha256": short_hash([fragment]), "options_verified": len(fragment_options(fragment)),
-        "jobs": n, "build_seconds": round(seconds, 1), "vmlinux_bytes": (out / "vmlinux").stat().st_size,
-        "vmlinux_sha256": file_sha256(out / "vmlinux"),
-        "built": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    (tmp_final / "kernel.json").write_text(json.dumps(meta, indent=2) + "\n")
-    if final.exists():
-        shutil.rmtree(final)
-    tmp_final.rename(final)
-    shutil.rmtree(work)  # objects and unpacked sources: ≈ 2 GiB we never reuse
-    link_latest(final / "vmlinux", images / "vmlinux")
-    prune(images, "kernel")
-    rep.step(f"kernel {release} built in {seconds:.0f} s: {final / 'vmlinux'}")
-    result = KernelBuild(final / "vmlinux", key, release, final / "config", final / "build.log", seconds,
-                         cached=False)
-    _copy_out(result, output)
-    return result
+    return release, n
 
 
 def _copy_out(result: KernelBuild, output: Path | None) -> None:

@@ -57,17 +57,32 @@ class MemoryFile:
         """Bytes of the file that hold data (not holes)."""
         return sum(e - s for s, e in zip(self.data_start, self.data_end, strict=True))
 
-    def is_hole(self, off: int) -> bool:
-        """Whether byte ``off`` lies in a hole (reads as zero, no data stored)."""
+    def has_data(self, off: int, length: int) -> bool:
+        """Whether any byte of ``[off, off+length)`` holds data (a page is a hole only if all of it is)."""
         if self.dense:
-            return False
-        i = bisect.bisect_right(self.data_start, off) - 1
-        return i < 0 or off >= self.data_end[i]
+            return True
+        i = bisect.bisect_right(self.data_start, off + length - 1) - 1
+        return i >= 0 and self.data_end[i] > off
 
-    def split(self, off: int, length: int) -> list[tuple[int, int, bool]]:
-        """``[off, off+length)`` cut into ``(start, length, is_data)`` pieces at data/hole boundaries."""
+    def split(self, off: int, length: int, unit: int = 4096) -> list[tuple[int, int, bool]]:
+        """``[off, off+length)`` cut into ``(start, length, is_data)`` pieces at data/hole boundaries.
+
+        Boundaries fall on multiples of ``unit`` (the page size): a unit with any data is data.
+        """
         if self.dense:
             return [(off, length, True)]
+        if unit > 4096:
+            out: list[tuple[int, int, bool]] = []
+            for u in range(off, off + length, unit):
+                d = self.has_data(u, unit)
+                if out and out[-1][2] == d:
+                    out[-1] = (out[-1][0], out[-1][1] + unit, d)
+                else:
+                    out.append((u, unit, d))
+            return out
+        return self._split4k(off, length)
+
+    def _split4k(self, off: int, length: int) -> list[tuple[int, int, bool]]:
         out: list[tuple[int, int, bool]] = []
         end = off + length
         pos = off

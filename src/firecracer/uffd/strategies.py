@@ -108,7 +108,8 @@ def write_working_set(trace: Trace | str | Path, mem: MemoryFile, out: str | Pat
     ps = tr.page_size
     offs = tr.working_set().astype(np.uint64)
     offs = offs[offs + np.uint64(ps) <= np.uint64(mem.size)]
-    kinds = np.array([KIND_HOLE if mem.is_hole(int(o)) else KIND_DATA for o in offs.tolist()], dtype=np.uint8)
+    kinds = np.array([KIND_DATA if mem.has_data(int(o), ps) else KIND_HOLE for o in offs.tolist()],
+                     dtype=np.uint8)
     n = int(offs.size)
     data_offs = offs[kinds == KIND_DATA]
     index_offset = _WS_HEADER.size
@@ -165,6 +166,9 @@ class WorkingSet:
             self.page_size, self.n, self.mem_size, self.n_data = ps, n, msize, n_data
             self.data_offset = data_offset
             flags = abi.MAP_PRIVATE | (abi.MAP_POPULATE if populate else 0)
+            if populate:  # start one big sequential read of the whole file before mapping it
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
             self.addr = abi.mmap(self.file_size, abi.PROT_READ, flags, fd, 0)
         finally:
             os.close(fd)

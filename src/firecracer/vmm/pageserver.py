@@ -62,10 +62,18 @@ class PageServer:
         self.socket_path = Path(socket_path)
         self.log = Path(log)
         self.proc: subprocess.Popen[bytes] | None = None
+        self._attached_pid: int | None = None
 
     @property
     def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
+        return self.proc.pid if self.proc else self._attached_pid
+
+    @classmethod
+    def attach(cls, pid: int, socket_path: Path, log: Path) -> PageServer:
+        """Take over a page server another process started, by pid (for ``firecracer vm kill``)."""
+        ps = cls([], socket_path, log)
+        ps._attached_pid = pid
+        return ps
 
     def start(self, timeout: float = 20.0) -> None:
         """Spawn it and wait until it listens; on failure it is killed and the error names its log."""
@@ -94,11 +102,33 @@ class PageServer:
                               f"(log: {self.log})")
 
     def alive(self) -> bool:
+        if self._attached_pid is not None:
+            try:
+                os.kill(self._attached_pid, 0)
+            except ProcessLookupError:
+                return False
+            return True
         return self.proc is not None and self.proc.poll() is None
 
-    def stop(self, grace: float = 2.0) -> int | None:
-        """SIGTERM, then SIGKILL after ``grace`` s; reap; remove the socket. Returns the exit status."""
+    def stop(self, grace: float = 15.0, natural: float = 0.0) -> int | None:
+        """Wait ``natural`` s for it to exit by itself (it does once Firecracker is gone), then
+        SIGTERM (it writes its trace and metrics), SIGKILL after ``grace`` s; reap; remove the
+        socket. Returns the exit status."""
         rc: int | None = None
+        if self._attached_pid is not None and self.alive():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._attached_pid, signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while self.alive() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._attached_pid, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while self.alive() and time.monotonic() < deadline:
+                time.sleep(0.02)
+        if self.proc is not None and natural > 0:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=natural)
         if self.proc is not None:
             if self.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):

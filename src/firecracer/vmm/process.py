@@ -80,6 +80,7 @@ class FirecrackerProcess:
         self.log_level = log_level
         self.version: Version = firecracker_version(self.binary)
         self.proc: subprocess.Popen[bytes] | None = None
+        self._attached_pid: int | None = None  # a Firecracker started by another process
         self._stdin_fd: int | None = None
         self.api = ApiClient(self.api_sock, describe_death=self.describe_death)
         self.api._version = self.version  # known from --version; GET /version would agree
@@ -111,7 +112,14 @@ class FirecrackerProcess:
 
     @property
     def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
+        return self.proc.pid if self.proc else self._attached_pid
+
+    @classmethod
+    def attach(cls, binary: Path, run_dir: Path, vm_id: str, pid: int) -> FirecrackerProcess:
+        """Take over a Firecracker another process started (``firecracer vm boot``) by its pid."""
+        fp = cls(binary, run_dir, vm_id)
+        fp._attached_pid = pid
+        return fp
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> None:
@@ -150,10 +158,17 @@ class FirecrackerProcess:
             raise
 
     def alive(self) -> bool:
+        if self._attached_pid is not None:
+            return pid_is_firecracker(self._attached_pid)
         return self.proc is not None and self.proc.poll() is None
 
     def describe_death(self) -> str | None:
         """Why the process is gone ("exited with status 1: <log line>"), or None if it runs."""
+        if self._attached_pid is not None:
+            if self.alive():
+                return None
+            line = last_error_line(self.log_path, self.stderr_path)
+            return f"Firecracker (pid {self._attached_pid}) is gone" + (f": {line}" if line else "")
         if self.proc is None:
             return "Firecracker was never started"
         # give a dying process a moment, so a reset connection is explained by its exit
@@ -168,12 +183,25 @@ class FirecrackerProcess:
 
     def send_serial(self, data: bytes) -> None:
         """Write bytes to the guest's serial port (Firecracker's stdin)."""
-        if self._stdin_fd is None:
-            raise FirecrackerError(f"{self.vm_id}: serial input is not connected")
-        os.write(self._stdin_fd, data)
+        if self._stdin_fd is not None:
+            os.write(self._stdin_fd, data)
+            return
+        try:  # attached: Firecracker holds the FIFO open, so a non-blocking writer never waits
+            fd = os.open(self.serial_in, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            raise FirecrackerError(f"{self.serial_in}: cannot open the serial input ({exc})") from exc
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
 
     def wait(self, timeout: float) -> int | None:
         """Wait up to ``timeout`` s for the process to exit by itself; its exit status or None."""
+        if self._attached_pid is not None:
+            gone = wait_for_exit(self._attached_pid, timeout)
+            if gone:
+                self._cleanup_files()
+            return 0 if gone else None
         if self.proc is None:
             return None
         try:
@@ -185,6 +213,12 @@ class FirecrackerProcess:
 
     def kill(self) -> None:
         """SIGKILL the whole process group, reap it, remove sockets and the FIFO. Idempotent."""
+        if self._attached_pid is not None and self.alive():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._attached_pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(self._attached_pid, signal.SIGKILL)
+            wait_for_exit(self._attached_pid, 10)
         if self.proc is not None:
             if self.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -206,6 +240,19 @@ class FirecrackerProcess:
             sock.unlink(missing_ok=True)
 
 
+def pid_is_firecracker(pid: int) -> bool:
+    """True if ``pid`` runs and is a Firecracker (guards against pid reuse and zombies)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except OSError:
+        return False
+    state = stat.rsplit(b")", 1)[-1].split()[0:1]
+    return state != [b"Z"] and b"firecracker" in cmdline
+
+
 def wait_for_exit(pid: int, timeout: float) -> bool:
     """Poll until a process we did not spawn (no waitpid) is gone; True if it went."""
     deadline = time.monotonic() + timeout
@@ -214,5 +261,15 @@ def wait_for_exit(pid: int, timeout: float) -> bool:
             os.kill(pid, 0)
         except ProcessLookupError:
             return True
+        if not pid_is_firecracker(pid) and _is_zombie(pid):
+            return True
         time.sleep(0.02)
     return False
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[-1].split()[0:1] == [b"Z"]
+    except OSError:
+        return True

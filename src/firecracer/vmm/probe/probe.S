@@ -28,7 +28,7 @@
  *                          contents stay unchanged so later rounds verify the same way
  * errors = number of sampled 8-byte words that did not hold the expected value.
  *
- * Sampled words: on PVM every guest instruction is emulated (~1 us each, measured), so writing
+ * Sampled words: on PVM every guest instruction is emulated (0.5-1.5 us each, measured), so writing
  * all 512 words of a page costs ~2 ms.  The probe therefore writes and checks NSAMPLE words per
  * page at the byte offsets listed in samples.bin (e.g. 0 and 4088: first and last word, which
  * catches a zero page, a wrong page and a truncated copy).  NSAMPLE = 512 gives the full pattern.

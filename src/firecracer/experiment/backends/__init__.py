@@ -1,0 +1,1 @@
+"""Backends that execute study runs (see :mod:`firecracer.experiment.backend`)."""

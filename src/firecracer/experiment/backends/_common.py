@@ -1,0 +1,74 @@
+"""Helpers shared by the Firecracker backends (probe, jvm): cold page cache, logs, page-server results."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def drop_cache(path: Path) -> None:
+    """Evict the memory file from the page cache, so every restore starts cold (as in production)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def keep_logs(src: Path, dest: Path) -> None:
+    """Copy the VM's logs (serial, Firecracker, page server, metrics) out of the short socket dir."""
+    if not src.is_dir():
+        return
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.is_file() and not f.is_socket() and f.suffix in (".log", ".json", ".err"):
+            with contextlib.suppress(OSError):
+                shutil.copyfile(f, dest / f.name)
+
+
+def log_note(log: Path) -> str:
+    try:
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return f" (page server: {lines[-1].strip()[:300]})" if lines else ""
+
+
+def server_metrics(metrics_out: Path, trace_out: Path) -> dict[str, Any]:
+    """Faults, pages, bytes, service and install time from the page server's metrics and trace."""
+    out: dict[str, Any] = {}
+    try:
+        m = json.loads(metrics_out.read_text())
+    except (OSError, ValueError):
+        m = None
+    sess = m.get("sessions", [{}])[0] if isinstance(m, dict) and m.get("sessions") else {}
+    if isinstance(sess, dict) and sess:
+        out["faults"] = sess.get("faults")
+        out["pages"] = sess.get("pages_total")
+        out["bytes"] = int(sess.get("bytes_copied", 0)) + int(sess.get("bytes_zeroed", 0))
+        out["latency_us"] = sess.get("latency_us")
+        out["handshake_to_last_fault_ms"] = sess.get("handshake_to_last_fault_ms")
+        pf = sess.get("prefetch") or {}
+        if isinstance(pf, dict):
+            if "installed" in pf:
+                out["prefetched"] = pf["installed"]
+            if "misses" in pf:
+                out["misses"] = pf["misses"]
+            inst = pf.get("install_ms", pf.get("eager_ms"))
+            if isinstance(inst, int | float):
+                out["install"] = float(inst)
+    if trace_out.exists():
+        from firecracer.uffd.trace import FLAG_FAULTING, load_trace
+
+        t = load_trace(trace_out)
+        faulting = (t.flags & FLAG_FAULTING) != 0
+        out["service_ms"] = float(t.service_ns[faulting].astype(np.float64).sum()) / 1e6
+        out.setdefault("faults", int(np.count_nonzero(faulting)))
+        out.setdefault("pages", len(t))
+    return {k: v for k, v in out.items() if v is not None}

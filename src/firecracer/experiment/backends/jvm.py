@@ -1,0 +1,320 @@
+"""``jvm``: the JVM image under Firecracker, on hosts whose KVM boots Linux guests (bare metal).
+
+Per variant: boot the image (``guest.kernel`` + ``guest.rootfs``) with the variant's JVM options on the
+kernel command line (``FC_JAVA_OPTIONS``, read by the image's init) and NMT detail (``FC_NMT=detail``);
+wait until the guest agent answers and the service returns HTTP 200 (``workload.ready_timeout_s``);
+``workload.warmup_requests`` requests; agent ``prepare`` (``workload.prepare``); collect ``memmap.npz`` +
+``nmt.txt`` into the variant directory; Full snapshot. Per run: restore (File, or Uffd with the page
+server and the run's strategy; ``prefetch`` records its trace with an ondemand restore first), resume,
+the first request over vsock (first byte and complete response), collect the trace, kill. The runner then
+attributes the restored pages to NMT categories (:mod:`firecracer.experiment.attribution`).
+
+Talking to the guest goes through Firecracker's vsock Unix socket (``CONNECT <port>``): the agent on port
+52 and the app's HTTP port, which the image's agent forwards from vsock to the JVM. :class:`GuestDriver`
+does that part and is tested here against a real agent and a real HTTP server behind an emulated vsock
+socket; the whole backend needs a KVM host where Linux guests boot, which PVM-nested hosts (ours) are not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from firecracer.errors import FirecracerError
+from firecracer.experiment.backend import Backend, RunFailed, RunOutcome
+from firecracer.experiment.backends._common import drop_cache, keep_logs, log_note, server_metrics
+from firecracer.experiment.plan import Run
+from firecracer.experiment.spec import Spec, Variant
+from firecracer.experiment.store import now_iso
+from firecracer.experiment.workingset import from_trace
+from firecracer.guest.client import AgentClient, AgentError
+from firecracer.vmm.config import MemBackend
+from firecracer.vmm.machine import DEFAULT_BOOT_ARGS, MicroVM, VMConfig
+
+AGENT_PORT = 52
+
+
+@dataclass(frozen=True)
+class HttpTiming:
+    """One HTTP exchange over vsock: status, seconds to the first response byte and to EOF, bytes."""
+
+    status: int
+    first_byte_s: float
+    total_s: float
+    nbytes: int
+
+
+class GuestDriver:
+    """The guest as seen through Firecracker's vsock Unix socket ``uds``: agent and HTTP service."""
+
+    def __init__(self, uds: Path, *, app_port: int = 8080, path: str = "/",
+                 agent_port: int = AGENT_PORT) -> None:
+        self.uds = uds
+        self.app_port = app_port
+        self.path = path
+        self.agent_address = f"vsock:{uds}:{agent_port}"
+
+    def agent(self, timeout: float = 10.0) -> AgentClient:
+        return AgentClient.connect(self.agent_address, timeout=timeout)
+
+    def request(self, timeout: float = 30.0) -> HttpTiming:
+        """``GET path`` over vsock (``CONNECT app_port``); times from before connecting."""
+        t0 = time.perf_counter()
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        try:
+            s.connect(str(self.uds))
+            s.sendall(f"CONNECT {self.app_port}\n".encode())
+            line = b""
+            while not line.endswith(b"\n"):
+                got = s.recv(1)
+                if not got or len(line) > 128:
+                    raise FirecracerError(f"vsock {self.uds}: no 'OK' for CONNECT {self.app_port} "
+                                          f"(got {line!r}; is the app port forwarded?)")
+                line += got
+            if not line.startswith(b"OK "):
+                raise FirecracerError(f"vsock {self.uds}: CONNECT {self.app_port} answered {line.strip()!r}")
+            s.sendall(f"GET {self.path} HTTP/1.0\r\nHost: guest\r\nConnection: close\r\n\r\n".encode())
+            first = s.recv(65536)
+            t_first = time.perf_counter()
+            data = bytearray(first)
+            while first:
+                first = s.recv(65536)
+                data += first
+            t_end = time.perf_counter()
+        except OSError as exc:
+            raise FirecracerError(f"vsock {self.uds}: GET {self.path} on port {self.app_port}: "
+                                  f"{exc}") from None
+        finally:
+            s.close()
+        head = bytes(data[:64]).split(b"\r\n", 1)[0].split()
+        if len(head) < 2 or not head[0].startswith(b"HTTP/") or not head[1].isdigit():
+            raise FirecracerError(f"vsock {self.uds}: GET {self.path}: not an HTTP response: "
+                                  f"{bytes(data[:60])!r}")
+        return HttpTiming(int(head[1]), t_first - t0, t_end - t0, len(data))
+
+    def wait_ready(self, timeout: float) -> dict[str, Any]:
+        """Until the agent answers ``ping`` and the service answers 200; the ping reply. Bounded."""
+        deadline = time.monotonic() + timeout
+        last = "nothing answered"
+        while time.monotonic() < deadline:
+            try:
+                with self.agent(timeout=min(5.0, timeout)) as a:
+                    ping = a.ping()
+                r = self.request(timeout=min(10.0, timeout))
+                if r.status == 200:
+                    return ping
+                last = f"the service answered HTTP {r.status}"
+            except FirecracerError as exc:
+                last = str(exc)
+            time.sleep(0.2)
+        raise RunFailed("ready", f"guest not ready within {timeout:g} s: {last}")
+
+    def warm_up(self, n: int, timeout: float) -> list[float]:
+        """``n`` requests (each must be 200); their total times in ms."""
+        out = []
+        for i in range(n):
+            r = self.request(timeout)
+            if r.status != 200:
+                raise RunFailed("warmup", f"warm-up request {i + 1} answered HTTP {r.status}")
+            out.append(r.total_s * 1e3)
+        return out
+
+    def prepare_and_collect(self, steps: list[str], dest: Path, timeout: float,
+                            sections: list[str] | None = None, pid: int | None = None) -> dict[str, Any]:
+        """Agent ``prepare`` steps, then ``memmap.npz`` and ``nmt.txt`` (of the JVM) into ``dest``."""
+        facts: dict[str, Any] = {}
+        try:
+            with self.agent(timeout=timeout) as a:
+                if steps:
+                    rep = a.prepare(steps, pid=pid)
+                    facts["prepare"] = rep
+                    if not rep.get("ok"):
+                        bad = [s for s in rep.get("steps", []) if not (s.get("ok") or s.get("skipped"))]
+                        raise RunFailed("prepare", f"prepare step(s) failed: {json.dumps(bad)[:300]}")
+                jpid, text = a.nmt(pid)
+                (dest / "nmt.txt").write_text(text)
+                only_jvm = sections is not None and list(sections) == ["processes"]
+                pids = [jpid] if only_jvm else None
+                (dest / "memmap.npz").write_bytes(a.collect_memmap(pids=pids, sections=sections))
+                facts["jvm_pid"] = jpid
+        except AgentError as exc:
+            raise RunFailed("collect", str(exc)) from None
+        return facts
+
+
+@dataclass
+class JvmState:
+    variant: Variant
+    workdir: Path
+    snapdir: Path
+    prefetch_trace: Path | None = None
+
+
+class JvmBackend(Backend[JvmState]):
+    """See module doc."""
+
+    name = "jvm"
+
+    def __init__(self, spec: Spec) -> None:
+        super().__init__(spec)
+        self._fc: Path | None = None
+        self._fc_version = ""
+
+    def check(self) -> None:
+        from firecracer import host
+        from firecracer.vmm.binary import find_firecracker, firecracker_version
+
+        if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+            raise FirecracerError("the jvm backend needs a usable /dev/kvm (see 'firecracer doctor')")
+        pvm = host.check_pvm_nested()
+        if pvm.ok:
+            raise FirecracerError("this host's KVM is PVM-nested: no Linux guest (hence no JVM) boots under "
+                                  "Firecracker here; run the study on a bare-metal KVM host, or use the "
+                                  "probe backend")
+        for label, p in (("guest.kernel", self.spec.guest.kernel), ("guest.rootfs", self.spec.guest.rootfs)):
+            if p is None or not p.is_file():
+                raise FirecracerError(f"{self.spec.path}: {label} {p} is not a file (build it with "
+                                      "'firecracer image kernel' / 'firecracer image rootfs')")
+        self._fc = find_firecracker(self.spec.firecracker)
+        self._fc_version = str(firecracker_version(self._fc))
+
+    def versions(self) -> dict[str, Any]:
+        return {"firecracker": self._fc_version, "backend": "JVM image under Firecracker",
+                "kernel_image": str(self.spec.guest.kernel), "rootfs": str(self.spec.guest.rootfs)}
+
+    def boot_args(self, variant: Variant) -> str:
+        """Kernel command line: Firecracker's defaults, the spec's, NMT detail and the JVM options."""
+        opts = " ".join(shlex.quote(o) for o in variant.jvm_options)
+        args = f"{DEFAULT_BOOT_ARGS} {self.spec.guest.boot_args} FC_NMT=detail".strip()
+        if '"' in opts:
+            raise RunFailed("boot", f"variant {variant.name}: JVM options may not contain '\"' (kernel "
+                                    "command lines cannot quote it)")
+        return f'{args} FC_JAVA_OPTIONS="{opts}"' if opts else args
+
+    @contextmanager
+    def variant(self, variant: Variant, workdir: Path) -> Iterator[JvmState]:
+        assert self._fc is not None, "check() first"
+        snap = workdir / "snapshot"
+        marker = workdir / "variant.json"
+        if not (marker.exists() and (snap / "snapshot.json").exists()):
+            shutil.rmtree(snap, ignore_errors=True)
+            facts = self._prepare_variant(variant, workdir, snap)
+            marker.write_text(json.dumps({"created": now_iso(), **facts}, indent=1, default=str))
+        state = JvmState(variant, workdir, snap)
+        if (workdir / "prefetch-trace.npz").exists():
+            state.prefetch_trace = workdir / "prefetch-trace.npz"
+        yield state
+
+    def _prepare_variant(self, variant: Variant, workdir: Path, snap: Path) -> dict[str, Any]:
+        wl = self.spec.workload
+        g = self.spec.guest
+        short = Path(tempfile.mkdtemp(prefix="fcx-"))
+        try:
+            with MicroVM(self._fc, run_dir=short / "vm") as vm:
+                t0 = time.monotonic()
+                try:
+                    vm.boot(VMConfig(kernel=str(g.kernel), rootfs=str(g.rootfs),
+                                     boot_args=self.boot_args(variant), mem_size_mib=g.mem_size_mib,
+                                     vcpu_count=g.vcpus, vsock_cid=3,
+                                     labels={"variant": variant.name,
+                                             "jvm_options": list(variant.jvm_options)}))
+                except FirecracerError as exc:
+                    raise RunFailed("boot", str(exc)) from None
+                guest = GuestDriver(vm.vsock_path, app_port=wl.port, path=wl.path)
+                ping = guest.wait_ready(wl.ready_timeout_s)
+                ready_ms = (time.monotonic() - t0) * 1e3
+                warm = guest.warm_up(wl.warmup_requests, self.spec.timeout_s)
+                facts = guest.prepare_and_collect(list(wl.prepare), workdir, self.spec.timeout_s)
+                try:
+                    s = vm.snapshot(snap, labels={"variant": variant.name})
+                except FirecracerError as exc:
+                    raise RunFailed("snapshot", str(exc)) from None
+                return {"boot_to_ready_ms": ready_ms, "ping": ping, "warmup_ms": warm,
+                        "snapshot_ms": s.timings_ms.get("create"), **facts}
+        finally:
+            keep_logs(short / "vm", workdir / "boot")
+            shutil.rmtree(short, ignore_errors=True)
+
+    def run(self, state: JvmState, run: Run, rundir: Path) -> RunOutcome:
+        strategy = run.strategy.name
+        if strategy == "prefetch":
+            if state.prefetch_trace is None:
+                rec = state.workdir / "prefetch-recording"
+                shutil.rmtree(rec, ignore_errors=True)
+                rec.mkdir()
+                self._restore(state, "ondemand", rec, "record ")
+                os.replace(rec / "trace.npz", state.workdir / "prefetch-trace.npz")
+                state.prefetch_trace = state.workdir / "prefetch-trace.npz"
+            strategy = f"prefetch:{state.prefetch_trace}"
+        return self._restore(state, strategy, rundir)
+
+    def _restore(self, state: JvmState, strategy: str, rundir: Path, prefix: str = "") -> RunOutcome:
+        wl = self.spec.workload
+        uffd = strategy != "file"
+        short = Path(tempfile.mkdtemp(prefix="fcx-"))
+        trace_out, metrics_out = rundir / "trace.npz", rundir / "uffd-metrics.json"
+        metrics: dict[str, Any] = {}
+        try:
+            drop_cache(state.snapdir / "mem")
+            try:
+                vm = MicroVM.restore(state.snapdir, firecracker=self._fc, run_dir=short / "vm",
+                                     backend=MemBackend.UFFD if uffd else MemBackend.FILE, resume=False,
+                                     strategy=strategy if uffd else None, trace=trace_out if uffd else None,
+                                     metrics=metrics_out if uffd else None)
+            except FirecracerError as exc:
+                raise RunFailed(prefix + "restore", f"{exc}{log_note(short / 'vm' / 'uffd.log')}") from None
+            t_loaded = time.perf_counter()
+            with vm:
+                vm.resume()
+                t_resumed = time.perf_counter()
+                try:
+                    guest = GuestDriver(vm.vsock_path, app_port=wl.port, path=wl.path)
+                    r = guest.request(self.spec.timeout_s)
+                except FirecracerError as exc:
+                    raise RunFailed(prefix + "first-response", str(exc)) from None
+                t_done = time.perf_counter()
+                if r.status != 200:
+                    raise RunFailed(prefix + "first-response", f"the first request answered HTTP {r.status}")
+                load = vm.timings_ms["load_snapshot"]
+                t_req = t_done - r.total_s
+                timings = {"load_snapshot": load, "resume": (t_resumed - t_loaded) * 1e3,
+                           "first_byte": load + (t_req - t_loaded + r.first_byte_s) * 1e3,
+                           "first_response": load + (t_done - t_loaded) * 1e3, "request": r.total_s * 1e3}
+                metrics.update(http_status=r.status, response_bytes=r.nbytes)
+                with contextlib.suppress(FirecracerError):
+                    lat = vm.flush_metrics().get("latencies_us", {})
+                    if isinstance(lat, dict) and lat.get("load_snapshot"):
+                        metrics["fc_load_snapshot_us"] = lat["load_snapshot"]
+        finally:
+            keep_logs(short / "vm", rundir / "vm")
+            shutil.rmtree(short, ignore_errors=True)
+        if uffd:
+            metrics.update(server_metrics(metrics_out, trace_out))
+            if "install" in metrics:
+                timings["install"] = metrics.pop("install")
+        (rundir / "recording.json").write_text(json.dumps({
+            "format": "firecracer-recording", "version": 1, "created": now_iso(), "source": "firecracker",
+            "vmm": {"firecracker": self._fc_version},
+            "guest": {"kernel": str(self.spec.guest.kernel), "mem_size_mib": self.spec.guest.mem_size_mib},
+            "jvm": {"options": list(state.variant.jvm_options)}, "strategy": strategy,
+            "timings_ms": timings, "metrics": metrics}, indent=1, default=str))
+        for f in ("memmap.npz", "nmt.txt"):  # the run is a complete recording (analysis, viewer)
+            if (state.workdir / f).exists():
+                try:
+                    os.link(state.workdir / f, rundir / f)
+                except OSError:
+                    shutil.copyfile(state.workdir / f, rundir / f)
+        return RunOutcome(timings_ms=timings, metrics=metrics,
+                          pages=from_trace(trace_out) if uffd and trace_out.exists() else None)

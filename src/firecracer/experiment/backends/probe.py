@@ -1,0 +1,331 @@
+"""``probe``: the probe guest under real Firecracker, restored by File backend or our uffd page server.
+
+Runs on every KVM host, PVM-nested ones included (where no Linux guest can boot). Per variant: the working
+set (seeded scattered pages, or a recorded trace's faulting pages) becomes both the probe's fill set and its
+embedded touch sequence; boot, wait for ``PROBE READY``, pause, Full snapshot into the variant directory
+(reused after an interruption). Per run: start the page server (``python -m firecracer uffd serve``) for
+uffd strategies, ``PUT /snapshot/load``, ``PATCH /vm Resumed``, one trigger byte on the serial port, wait for
+the ``PROBE RESULT`` line (pages, errors, TSC cycles), flush Firecracker's metrics, kill Firecracker, collect
+the page server's trace and metrics. ``prefetch`` records its trace with an ``ondemand`` restore first (once
+per variant, kept in the variant directory), like REAP.
+
+Every wait is bounded by ``study.timeout_s``; Firecracker and the page server are killed on every exit path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from firecracer.errors import FirecracerError
+from firecracer.experiment import workingset
+from firecracer.experiment.backend import Backend, RunFailed, RunOutcome
+from firecracer.experiment.backends._common import drop_cache, keep_logs, log_note, server_metrics
+from firecracer.experiment.plan import Run
+from firecracer.experiment.spec import Variant
+from firecracer.experiment.store import now_iso
+from firecracer.vmm.binary import find_firecracker, firecracker_version
+from firecracer.vmm.config import MemBackend
+from firecracer.vmm.machine import MicroVM, VMConfig
+from firecracer.vmm.probe import ProbeReady, ProbeResult, build_probe, min_mem_mib, parse_line, probe_info
+
+PAGE = 4096
+_WS_LO_PAGE = 4096  # working sets live above 16 MiB: below are the ELF image (2 MiB) and its tables
+
+
+@dataclass
+class ProbeState:
+    """A prepared variant: its snapshot and what the probe will touch."""
+
+    variant: Variant
+    workdir: Path
+    elf: Path
+    snapdir: Path
+    pages: npt.NDArray[np.uint64]
+    prefetch_trace: Path | None = None
+
+    @property
+    def vmstate(self) -> Path:
+        return self.snapdir / "vmstate"
+
+    @property
+    def mem(self) -> Path:
+        return self.snapdir / "mem"
+
+
+class ProbeBackend(Backend[ProbeState]):
+    """See module doc."""
+
+    name = "probe"
+
+    def __init__(self, spec: Any) -> None:
+        super().__init__(spec)
+        self._fc: Path | None = None
+        self._fc_version = ""
+        self.dropped = 0
+
+    # -- host checks -------------------------------------------------------------------------------
+    def check(self) -> None:
+        if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+            raise FirecracerError("the probe backend needs a usable /dev/kvm (see 'firecracer doctor')")
+        self._fc = find_firecracker(self.spec.firecracker)
+        version = firecracker_version(self._fc)
+        self._fc_version = str(version)
+        if any(s.uses_uffd for s in self.spec.strategies) and not version.at_least(1, 8):
+            raise FirecracerError(
+                f"{self._fc}: Firecracker {version} cannot register userfaultfd on host kernels >= 6.6 "
+                "(fixed in v1.8); use Firecracker >= 1.8 for uffd strategies, or only 'file'")
+        if shutil.which("as") is None or shutil.which("ld") is None:
+            raise FirecracerError("the probe guest is assembled with GNU binutils ('as', 'ld'): "
+                                  "apt-get install binutils")
+
+    def versions(self) -> dict[str, Any]:
+        return {"firecracker": self._fc_version, "firecracker_path": str(self._fc or ""),
+                "backend": "probe guest under Firecracker"}
+
+    @property
+    def fc(self) -> Path:
+        if self._fc is None:
+            self.check()
+        assert self._fc is not None
+        return self._fc
+
+    # -- variant -----------------------------------------------------------------------------------
+    def _working_set(self, variant: Variant) -> npt.NDArray[np.uint64]:
+        """The pages the probe fills and touches, in order (see module doc).
+
+        A recorded trace (e.g. of a JVM restore) also holds pages the probe cannot own: its own image and
+        low memory (below 16 MiB) and the x86 MMIO holes. Those are dropped (``self.dropped`` says how
+        many); the rest keeps its recorded order.
+        """
+        mem_pages = self.spec.guest.mem_size_mib * 256
+        self.dropped = 0
+        if variant.trace is not None:
+            pages = workingset.from_trace(variant.trace)
+            gib = 1 << 18  # pages per GiB
+            keep = (pages >= _WS_LO_PAGE) & ~((pages >= 3 * gib) & (pages < 4 * gib)) \
+                & ~((pages >= 256 * gib) & (pages < 512 * gib))
+            self.dropped = int(len(pages) - np.count_nonzero(keep))
+            pages = pages[keep]
+        else:
+            assert variant.working_set_pages is not None
+            pages = workingset.scattered(variant.working_set_pages, _WS_LO_PAGE, min(mem_pages, 3 << 18),
+                                         variant.mean_run_pages, variant.seed)
+        if len(pages) == 0:
+            raise RunFailed("prepare", f"variant {variant.name}: empty working set")
+        need = min_mem_mib(int(pages.max()))
+        if need > self.spec.guest.mem_size_mib:
+            raise RunFailed("prepare", f"variant {variant.name}: page {int(pages.max()):#x} needs "
+                                       f"mem_size_mib >= {need} (spec has {self.spec.guest.mem_size_mib})")
+        return pages
+
+    @contextmanager
+    def variant(self, variant: Variant, workdir: Path) -> Iterator[ProbeState]:
+        pages = self._working_set(variant)
+        try:
+            elf = build_probe([int(p) for p in pages], [int(p) for p in pages],
+                              seed=(0x5EED << 48) ^ (variant.seed & 0xFFFF_FFFF_FFFF))
+        except ValueError as exc:
+            raise RunFailed("prepare", f"variant {variant.name}: {exc}") from None
+        info = probe_info(elf)
+        snap = workdir / "snapshot"
+        marker = workdir / "variant.json"
+        key = {"elf": info.key, "mem_size_mib": self.spec.guest.mem_size_mib, "vcpus": self.spec.guest.vcpus,
+               "firecracker": self._fc_version}
+        if not (marker.exists() and json.loads(marker.read_text()).get("key") == key
+                and (snap / "snapshot.json").exists()):
+            marker.unlink(missing_ok=True)
+            shutil.rmtree(snap, ignore_errors=True)
+            facts = self._boot_and_snapshot(elf, snap, workdir)
+            marker.write_text(json.dumps({"key": key, "created": now_iso(), "working_set_pages": len(pages),
+                                          "trace_pages_dropped": self.dropped, **facts}, indent=1))
+        state = ProbeState(variant, workdir, elf, snap, pages)
+        rec = workdir / "prefetch-trace.npz"
+        if rec.exists():
+            state.prefetch_trace = rec
+        yield state
+
+    def _boot_and_snapshot(self, elf: Path, snap: Path, workdir: Path) -> dict[str, Any]:
+        timeout = self.spec.timeout_s
+        short = Path(tempfile.mkdtemp(prefix="fcx-"))  # Unix socket paths must stay short
+        try:
+            with MicroVM(self.fc, run_dir=short / "vm") as vm:
+                t0 = time.monotonic()
+                try:
+                    vm.boot(VMConfig(kernel=str(elf), boot_args="console=ttyS0",
+                                     mem_size_mib=self.spec.guest.mem_size_mib,
+                                     vcpu_count=self.spec.guest.vcpus, vsock_cid=None,
+                                     labels={"probe": probe_info(elf).key}))
+                except FirecracerError as exc:
+                    raise RunFailed("boot", str(exc)) from None
+                if _wait_line(vm, ProbeReady, 0, timeout) is None:
+                    raise RunFailed("ready", f"the probe printed no READY line within {timeout:g} s"
+                                             f"{_death(vm)}")
+                boot_ms = (time.monotonic() - t0) * 1e3
+                try:
+                    s = vm.snapshot(snap)
+                except FirecracerError as exc:
+                    raise RunFailed("snapshot", str(exc)) from None
+                return {"boot_to_ready_ms": boot_ms, "snapshot_ms": s.timings_ms.get("create")}
+        finally:
+            keep_logs(short / "vm", workdir / "boot")
+            shutil.rmtree(short, ignore_errors=True)
+
+    # -- run ---------------------------------------------------------------------------------------
+    def run(self, state: ProbeState, run: Run, rundir: Path) -> RunOutcome:
+        strategy = run.strategy.name
+        if strategy == "prefetch":
+            if state.prefetch_trace is None:
+                # REAP's record phase: one ondemand restore whose trace is the working set to prefetch.
+                rec_dir = state.workdir / "prefetch-recording"
+                shutil.rmtree(rec_dir, ignore_errors=True)
+                rec_dir.mkdir()
+                self._restore(state, "ondemand", rec_dir, phase_prefix="record ")
+                final = state.workdir / "prefetch-trace.npz"
+                os.replace(rec_dir / "trace.npz", final)
+                state.prefetch_trace = final
+            strategy = f"prefetch:{state.prefetch_trace}"
+        return self._restore(state, strategy, rundir)
+
+    def _restore(self, state: ProbeState, strategy: str, rundir: Path,
+                 phase_prefix: str = "") -> RunOutcome:
+        timeout = self.spec.timeout_s
+        uffd = strategy != "file"
+        short = Path(tempfile.mkdtemp(prefix="fcx-"))  # Unix socket paths must stay short
+        trace_out = rundir / "trace.npz"
+        metrics_out = rundir / "uffd-metrics.json"
+        timings: dict[str, float] = {}
+        metrics: dict[str, Any] = {}
+        try:
+            drop_cache(state.mem)
+            try:
+                vm = MicroVM.restore(state.snapdir, firecracker=self.fc, run_dir=short / "vm",
+                                     backend=MemBackend.UFFD if uffd else MemBackend.FILE, resume=False,
+                                     strategy=strategy if uffd else None, trace=trace_out if uffd else None,
+                                     metrics=metrics_out if uffd else None, check=False)
+            except FirecracerError as exc:
+                note = log_note(short / "vm" / "uffd.log")
+                raise RunFailed(phase_prefix + "restore", f"{exc}{note}") from None
+            t_loaded = time.perf_counter()
+            with vm:
+                faults0 = _page_faults(vm.pid)
+                vm.resume()
+                t_resumed = time.perf_counter()
+                since = _serial_size(vm)
+                vm.send_serial(b"t")
+                t_sent = time.perf_counter()
+                got = _wait_line(vm, ProbeResult, since, timeout)
+                if got is None:
+                    raise RunFailed(phase_prefix + "first-response",
+                                    f"no PROBE RESULT within {timeout:g} s{_death(vm)}"
+                                    f"{log_note(short / 'vm' / 'uffd.log')}")
+                result, t_first_byte, t_line = got
+                load = vm.timings_ms["load_snapshot"]
+                timings = {"load_snapshot": load, "resume": (t_resumed - t_loaded) * 1e3,
+                           "first_byte": load + (t_first_byte - t_loaded) * 1e3,
+                           "first_response": load + (t_line - t_loaded) * 1e3,
+                           "request": (t_line - t_sent) * 1e3}
+                for k in ("spawn", "page_server_start"):
+                    if k in vm.timings_ms:
+                        timings[k] = vm.timings_ms[k]
+                metrics.update(errors=result.errors, probe_pages=result.pages, probe_cycles=result.cycles,
+                               fc_page_faults=_page_faults(vm.pid) - faults0)
+                with contextlib.suppress(FirecracerError):
+                    lat = vm.flush_metrics().get("latencies_us", {})
+                    if isinstance(lat, dict) and lat.get("load_snapshot"):
+                        metrics["fc_load_snapshot_us"] = lat["load_snapshot"]
+            # leaving the context killed Firecracker and stopped the page server (trace + metrics written)
+        finally:
+            keep_logs(short / "vm", rundir / "vm")
+            shutil.rmtree(short, ignore_errors=True)
+        if not uffd:
+            metrics["faults"] = metrics["fc_page_faults"]
+            metrics["fault_source"] = "Firecracker process minflt+majflt from resume to the result"
+        else:
+            metrics.update(server_metrics(metrics_out, trace_out))
+        if metrics.get("errors"):
+            raise RunFailed(phase_prefix + "verify", f"the probe found {metrics['errors']} wrong words in "
+                                                     f"{metrics['probe_pages']} pages")
+        if uffd and not trace_out.exists():
+            note = log_note(rundir / "vm" / "uffd.log")
+            raise RunFailed(phase_prefix + "collect", f"the page server wrote no trace{note}")
+        if "install" in metrics:
+            timings["install"] = metrics.pop("install")
+        pages = workingset.from_trace(trace_out) if uffd else None
+        (rundir / "recording.json").write_text(json.dumps({
+            "format": "firecracer-recording", "version": 1, "created": now_iso(), "source": "firecracker",
+            "vmm": {"firecracker": self._fc_version}, "guest": {"kernel": "probe", "mem_size_mib":
+                                                                 self.spec.guest.mem_size_mib},
+            "jvm": None, "strategy": strategy, "timings_ms": timings, "metrics": metrics,
+            "probe": {"elf": str(state.elf), "working_set_pages": len(state.pages)}}, indent=1))
+        return RunOutcome(timings_ms=timings, metrics=metrics, pages=pages)
+
+
+def _serial_size(vm: MicroVM) -> int:
+    try:
+        return vm.serial_log.stat().st_size
+    except OSError:
+        return 0
+
+
+def _wait_line(vm: MicroVM, kind: type, since: int, timeout: float) -> tuple[Any, float, float] | None:
+    """Poll the serial log (0.5 ms) from byte ``since`` for a probe line of ``kind``.
+
+    Returns (parsed line, perf_counter when its first byte was seen, when the whole line was seen), or
+    None on timeout or when Firecracker died. Fine polling keeps the timing error well under a ms.
+    """
+    deadline = time.monotonic() + timeout
+    t_first: float | None = None
+    buf = b""
+    pos = since
+    with open(vm.serial_log, "rb") as f:
+        while True:
+            f.seek(pos)
+            chunk = f.read()
+            now = time.perf_counter()
+            if chunk:
+                pos += len(chunk)
+                if t_first is None:
+                    t_first = now
+                buf += chunk
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    parsed = parse_line(line.decode(errors="replace"))
+                    if isinstance(parsed, kind):
+                        return parsed, t_first if t_first is not None else now, now
+                    t_first = now if buf else None
+                continue
+            if time.monotonic() > deadline or not vm.alive():
+                return None
+            time.sleep(0.0005)
+
+
+def _death(vm: MicroVM) -> str:
+    if vm.alive():
+        return ""
+    why = vm.fc.describe_death() if vm.pid is not None else None
+    return f" ({why})" if why else " (Firecracker exited)"
+
+
+def _page_faults(pid: int | None) -> int:
+    """minflt + majflt of a process so far (a restored guest's first touches show up here)."""
+    if pid is None:
+        return 0
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[7]) + int(fields[9])  # stat fields 10 (minflt) and 12 (majflt)

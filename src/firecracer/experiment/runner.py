@@ -1,0 +1,211 @@
+"""Execute a study: plan → skip what the store already has → per variant, prepare then run, record.
+
+The runner never prints: it reports through an ``on_event`` callback (the CLI draws a rich progress
+bar from it). A failing run or variant is recorded as ``failed`` with its phase and reason, and the
+study goes on. Ctrl-C (KeyboardInterrupt) stops the study after the backend has cleaned up; the run in
+flight is not recorded, so a re-run does it again and skips every recorded one.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from firecracer import __version__
+from firecracer.experiment.backend import Backend, RunFailed, RunOutcome, describe_exception
+from firecracer.experiment.plan import Run, Shard, group_by_variant, plan_runs
+from firecracer.experiment.spec import Spec
+from firecracer.experiment.store import ResultStore, RunRecord, now_iso
+
+
+@dataclass(frozen=True)
+class Event:
+    """Progress: ``kind`` is ``start`` (study; ``total``/``skipped`` set), ``variant`` (preparing),
+    ``run`` (starting a run), ``done`` (a run was recorded; ``record`` set) or ``end``."""
+
+    kind: str
+    run: Run | None = None
+    record: RunRecord | None = None
+    total: int = 0
+    skipped: int = 0
+    variant: str = ""
+
+
+@dataclass(frozen=True)
+class StudySummary:
+    """What one invocation did: runs planned for this shard, skipped (already recorded), ok, failed."""
+
+    planned: int
+    skipped: int
+    ok: int
+    failed: int
+    results_dir: Path
+
+
+def make_backend(spec: Spec) -> Backend[Any]:
+    """The backend the spec names (imported lazily: the probe/jvm ones need the vmm and uffd layers)."""
+    if spec.backend == "host-replay":
+        from firecracer.experiment.backends.hostreplay import HostReplayBackend
+        return HostReplayBackend(spec)
+    if spec.backend == "probe":
+        from firecracer.experiment.backends.probe import ProbeBackend
+        return ProbeBackend(spec)
+    from firecracer.experiment.backends.jvm import JvmBackend
+    return JvmBackend(spec)
+
+
+def host_facts() -> dict[str, str]:
+    return {"hostname": socket.gethostname(), "kernel": platform.release(), "machine": platform.machine(),
+            "cpus": str(os.cpu_count() or 0)}
+
+
+def pending_runs(spec: Spec, store: ResultStore, shard: Shard | None,
+                 retry_failed: bool) -> tuple[list[Run], int]:
+    """Runs still to do (in order) and how many of the shard's runs are already recorded."""
+    runs = plan_runs(spec, shard)
+    have = store.statuses()
+    todo = [r for r in runs if r.run_id not in have or (retry_failed and have[r.run_id] == "failed")]
+    return todo, len(runs) - len(todo)
+
+
+def run_study(spec: Spec, results_dir: Path | str, *, backend: Backend[Any] | None = None,
+              shard: Shard | None = None, retry_failed: bool = False,
+              on_event: Callable[[Event], None] | None = None) -> StudySummary:
+    """Run every pending run of ``spec`` (or of one shard) into ``results_dir``; see module doc."""
+    results_dir = Path(results_dir)
+    emit = on_event or (lambda e: None)
+    be = backend if backend is not None else make_backend(spec)
+    be.check()
+    ok = failed = 0
+    with ResultStore.open(results_dir, create=True) as store:
+        store.bind_study(spec.name, spec.digest, spec.text, str(spec.path), spec.backend)
+        todo, skipped = pending_runs(spec, store, shard, retry_failed)
+        emit(Event("start", total=len(todo) + skipped, skipped=skipped))
+        versions = {"firecracer": __version__, **be.versions()}
+        host = host_facts()
+        spec_all = spec.as_dict()
+        for variant, runs in group_by_variant(todo):
+            emit(Event("variant", variant=variant.name))
+            vdir = results_dir / "variants" / variant.name
+            vdir.mkdir(parents=True, exist_ok=True)
+            t_var = (time.monotonic(), now_iso())
+            try:
+                cm = be.variant(variant, vdir)
+                state = cm.__enter__()
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:  # the variant cannot be prepared: every run of it fails, go on
+                phase = exc.phase if isinstance(exc, RunFailed) else "prepare"
+                for run in runs:
+                    rec = _record(spec_all, spec, run, shard, host, versions, be.name, t_var, None,
+                                  phase=phase, reason=f"variant not prepared: {describe_exception(exc)}")
+                    store.record(rec)
+                    failed += 1
+                    emit(Event("done", run=run, record=rec))
+                continue
+            try:
+                for run in runs:
+                    emit(Event("run", run=run))
+                    rundir = results_dir / "runs" / run.run_id
+                    if rundir.exists():
+                        shutil.rmtree(rundir)  # leftovers of an interrupted or failed attempt
+                    rundir.mkdir(parents=True)
+                    t0 = (time.monotonic(), now_iso())
+                    try:
+                        outcome = be.run(state, run, rundir)
+                    except KeyboardInterrupt:
+                        raise
+                    except Exception as exc:
+                        phase = exc.phase if isinstance(exc, RunFailed) else "run"
+                        rec = _record(spec_all, spec, run, shard, host, versions, be.name, t0, None,
+                                      phase=phase, reason=describe_exception(exc), rundir=rundir,
+                                      results_dir=results_dir)
+                        failed += 1
+                    else:
+                        if outcome.categories is None:
+                            outcome.categories, why = _categories(rundir, vdir)
+                            if why:
+                                outcome.metrics["attribution_error"] = why
+                        if spec.viewer:
+                            why = _viewer(rundir, f"{spec.name}: {run.run_id}")
+                            if why:
+                                outcome.metrics["viewer_error"] = why
+                        rec = _record(spec_all, spec, run, shard, host, versions, be.name, t0, outcome,
+                                      rundir=rundir, results_dir=results_dir)
+                        ok += 1
+                    store.record(rec)
+                    emit(Event("done", run=run, record=rec))
+            finally:
+                cm.__exit__(None, None, None)
+            if not spec.keep_snapshots and all(r.run_id in store.statuses() for r in runs):
+                shutil.rmtree(vdir, ignore_errors=True)
+        emit(Event("end"))
+    return StudySummary(planned=len(todo) + skipped, skipped=skipped, ok=ok, failed=failed,
+                        results_dir=results_dir)
+
+
+def _categories(rundir: Path, vdir: Path) -> tuple[dict[str, int] | None, str | None]:
+    """NMT attribution of the run's restored pages when the recording has what it needs.
+
+    A malformed memmap/NMT does not fail a run whose restore worked: the reason is returned (and stored
+    in the run's metrics as ``attribution_error``) and the categories stay empty.
+    """
+    from firecracer.errors import FirecracerError
+    from firecracer.experiment.attribution import restored_by_category
+
+    try:
+        return restored_by_category(rundir, vdir), None
+    except FirecracerError as exc:
+        return None, describe_exception(exc)
+
+
+def _viewer(rundir: Path, title: str) -> str | None:
+    """Write the run's viewer page (``rundir/report.html``, firecracer.viz) when it has a trace or memmap.
+
+    Returns why it could not (kept in the run's metrics as ``viewer_error``), else None.
+    """
+    from firecracer.errors import FirecracerError
+
+    if not any((rundir / f).exists() for f in ("trace.npz", "memmap.npz")):
+        return None
+    try:
+        from firecracer.analysis.recording import load_recording
+        from firecracer.viz.html import ViewOptions, write_report
+
+        write_report([load_recording(rundir)], rundir / "report.html", ViewOptions(title=title))
+    except (FirecracerError, OSError, ValueError) as exc:
+        return describe_exception(exc)
+    return None
+
+
+def _record(spec_all: dict[str, Any], spec: Spec, run: Run, shard: Shard | None, host: dict[str, str],
+            versions: dict[str, Any], backend: str, t0: tuple[float, str], outcome: RunOutcome | None, *,
+            phase: str | None = None, reason: str | None = None, rundir: Path | None = None,
+            results_dir: Path | None = None) -> RunRecord:
+    """Build the row: the run's full spec (study + this variant + strategy + repetition) and versions."""
+    run_spec = {**{k: v for k, v in spec_all.items() if k != "variants"},
+                "variant": run.variant.as_dict(), "strategy": run.strategy.name,
+                "repetition": run.repetition, "spec_digest": spec.digest}
+    wall = time.monotonic() - t0[0]
+    rec_path: str | None = None
+    if rundir is not None and results_dir is not None and rundir.is_dir() and any(rundir.iterdir()):
+        rec_path = str(rundir.relative_to(results_dir))
+    return RunRecord(
+        run_id=run.run_id, idx=run.index, variant=run.variant.name, strategy=run.strategy.name,
+        repetition=run.repetition, status="ok" if outcome is not None else "failed",
+        phase=phase, reason=reason, started=t0[1], finished=now_iso(), wall_s=wall,
+        host=host["hostname"], shard=str(shard) if shard else None, backend=backend,
+        spec=run_spec, versions={**versions, "host": host},
+        timings=dict(outcome.timings_ms) if outcome else {},
+        metrics=dict(outcome.metrics) if outcome else {},
+        categories=outcome.categories if outcome else None,
+        pages=outcome.pages if outcome else None,
+        recording=rec_path,
+    )

@@ -1,0 +1,411 @@
+"""A study spec: one TOML file naming the backend, the variants, the restore strategies and repetitions.
+
+Parsed with :mod:`tomllib` and validated up front, so a typo fails before any VM boots, as one line
+naming the file and the key (``FormatError(path, line, why)``). The validated spec keeps its source text:
+the results store records it with every run, so a result can always be traced back to what produced it.
+
+Layout (see ``docs/experiment.md`` for every key)::
+
+    [study]
+    name = "probe-working-sets"
+    backend = "probe"                 # probe | jvm | host-replay
+    repetitions = 3
+    strategies = ["file", "ondemand", "fault-around:16", "prefetch"]
+
+    [guest]
+    mem_size_mib = 128
+
+    [[variant]]
+    name = "ws-2k"
+    working_set_pages = 2048          # probe / host-replay: a seeded scattered page set
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from firecracer.errors import FormatError
+
+BACKENDS = ("probe", "jvm", "host-replay")
+"""``probe``: the probe guest under Firecracker (any KVM host, PVM included); ``jvm``: the JVM image
+under Firecracker (bare-metal KVM hosts); ``host-replay``: no VM at all, the working set replayed
+against a memory file on the host (tests and dry runs of the machinery; never a VM result)."""
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
+_STRATEGY_RE = re.compile(r"^(file|ondemand|eager|prefetch|fault-around:(\d+))$")
+
+_STUDY_KEYS = {"name", "description", "backend", "repetitions", "strategies", "timeout_s", "firecracker",
+               "keep_snapshots", "viewer"}
+_GUEST_KEYS = {"mem_size_mib", "vcpus", "kernel", "rootfs", "boot_args"}
+_WORKLOAD_KEYS = {"port", "path", "warmup_requests", "prepare", "ready_timeout_s"}
+_VARIANT_KEYS = {"name", "description", "working_set_pages", "mean_run_pages", "seed", "trace",
+                 "jvm_options"}
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A restore strategy: ``file`` (Firecracker's File backend) or a uffd page-server strategy."""
+
+    name: str
+
+    @property
+    def uses_uffd(self) -> bool:
+        return self.name != "file"
+
+    @property
+    def slug(self) -> str:
+        """The name as it appears in run ids and directory names (no ``:``)."""
+        return self.name.replace(":", "")
+
+    @property
+    def around_pages(self) -> int | None:
+        """N of ``fault-around:N``, else None."""
+        return int(self.name.split(":", 1)[1]) if self.name.startswith("fault-around:") else None
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One configuration of the guest: a working set (probe) or a JVM option set (jvm)."""
+
+    name: str
+    description: str = ""
+    working_set_pages: int | None = None
+    mean_run_pages: float = 2.5
+    seed: int = 0
+    trace: Path | None = None
+    jvm_options: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name}
+        if self.description:
+            d["description"] = self.description
+        if self.working_set_pages is not None:
+            d.update(working_set_pages=self.working_set_pages, mean_run_pages=self.mean_run_pages,
+                     seed=self.seed)
+        if self.trace is not None:
+            d["trace"] = str(self.trace)
+        if self.jvm_options:
+            d["jvm_options"] = list(self.jvm_options)
+        return d
+
+
+@dataclass(frozen=True)
+class Guest:
+    """The microVM: memory size and vCPUs; kernel/rootfs/boot args only for the jvm backend."""
+
+    mem_size_mib: int = 128
+    vcpus: int = 1
+    kernel: Path | None = None
+    rootfs: Path | None = None
+    boot_args: str = ""
+
+
+@dataclass(frozen=True)
+class Workload:
+    """How to drive the guest (jvm backend): readiness, warm-up, prepare hooks, the first request."""
+
+    port: int = 8080
+    path: str = "/"
+    warmup_requests: int = 20
+    prepare: tuple[str, ...] = ("gc", "drop-caches")
+    ready_timeout_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A validated study spec; ``text`` is the TOML it came from, ``digest`` its SHA-256 prefix."""
+
+    path: Path
+    text: str
+    name: str
+    backend: str
+    repetitions: int
+    strategies: tuple[Strategy, ...]
+    variants: tuple[Variant, ...]
+    guest: Guest = field(default_factory=Guest)
+    workload: Workload = field(default_factory=Workload)
+    description: str = ""
+    timeout_s: float = 120.0
+    firecracker: str | None = None
+    keep_snapshots: bool = True
+    viewer: bool = True
+
+    @property
+    def digest(self) -> str:
+        """Identity of the study: the parsed content (not formatting), so comments may change freely.
+
+        Where the Firecracker binary lives is a detail of each host (``--firecracker``), not of the study:
+        it is left out, while the version each run used is recorded in its row.
+        """
+        d = self.as_dict()
+        d["study"].pop("firecracker", None)
+        canon = json.dumps(d, sort_keys=True)
+        return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+    def variant(self, name: str) -> Variant:
+        for v in self.variants:
+            if v.name == name:
+                return v
+        raise KeyError(name)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Everything that decides what a run does (paths as given, not resolved)."""
+        return {
+            "study": {"name": self.name, "backend": self.backend, "repetitions": self.repetitions,
+                      "strategies": [s.name for s in self.strategies], "timeout_s": self.timeout_s,
+                      "firecracker": self.firecracker},
+            "guest": {"mem_size_mib": self.guest.mem_size_mib, "vcpus": self.guest.vcpus,
+                      "kernel": str(self.guest.kernel) if self.guest.kernel else None,
+                      "rootfs": str(self.guest.rootfs) if self.guest.rootfs else None,
+                      "boot_args": self.guest.boot_args},
+            "workload": {"port": self.workload.port, "path": self.workload.path,
+                         "warmup_requests": self.workload.warmup_requests,
+                         "prepare": list(self.workload.prepare),
+                         "ready_timeout_s": self.workload.ready_timeout_s},
+            "variants": [v.as_dict() for v in self.variants],
+        }
+
+
+class _Checker:
+    """Typed getters that fail with ``FormatError(file, line, "key: why")``."""
+
+    def __init__(self, path: Path, text: str) -> None:
+        self.path = path
+        self.lines = text.splitlines()
+
+    def fail(self, key: str, why: str) -> FormatError:
+        return FormatError(self.path, self._line_of(key), f"{key}: {why}")
+
+    def _line_of(self, key: str) -> int:
+        """Best-effort line of ``key`` for the message (``table[i].leaf``: searched inside the i-th
+        ``[[table]]``, ``table.leaf`` inside ``[table]``); 0 when not found."""
+        head, _, leaf = key.partition(".")
+        m = re.fullmatch(r"(\w+)(?:\[(\d+)\])?", head)
+        if not m:
+            return 0
+        table, nth = m.group(1), int(m.group(2) or 0)
+        header = re.compile(rf"^\s*\[\[?\s*{re.escape(table)}\s*\]\]?\s*(#.*)?$")
+        starts = [i for i, line in enumerate(self.lines) if header.match(line)]
+        if nth >= len(starts):
+            return 0
+        if not leaf:
+            return starts[nth] + 1
+        pat = re.compile(rf"^\s*{re.escape(leaf.split('[', 1)[0])}\s*=")
+        for i in range(starts[nth] + 1, len(self.lines)):
+            if self.lines[i].lstrip().startswith("["):
+                break
+            if pat.match(self.lines[i]):
+                return i + 1
+        return starts[nth] + 1
+
+    def table(self, data: Mapping[str, Any], key: str, allowed: set[str], where: str) -> dict[str, Any]:
+        value = data.get(key, {})
+        if not isinstance(value, dict):
+            raise self.fail(where, "must be a table")
+        unknown = sorted(set(value) - allowed)
+        if unknown:
+            raise self.fail(f"{where}.{unknown[0]}",
+                            f"unknown key (known: {', '.join(sorted(allowed))})")
+        return value
+
+    def string(self, t: Mapping[str, Any], key: str, where: str, default: str | None = None) -> str:
+        v = t.get(key, default)
+        if not isinstance(v, str):
+            raise self.fail(f"{where}.{key}", "missing" if v is None else f"must be a string, got {v!r}")
+        return v
+
+    def integer(self, t: Mapping[str, Any], key: str, where: str, default: int | None, lo: int,
+                hi: int) -> int:
+        v = t.get(key, default)
+        if v is None:
+            raise self.fail(f"{where}.{key}", "missing")
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise self.fail(f"{where}.{key}", f"must be an integer, got {v!r}")
+        if not lo <= v <= hi:
+            raise self.fail(f"{where}.{key}", f"must be between {lo} and {hi}, got {v}")
+        return v
+
+    def number(self, t: Mapping[str, Any], key: str, where: str, default: float, lo: float,
+               hi: float) -> float:
+        v = t.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise self.fail(f"{where}.{key}", f"must be a number, got {v!r}")
+        if not lo <= v <= hi:
+            raise self.fail(f"{where}.{key}", f"must be between {lo} and {hi}, got {v}")
+        return float(v)
+
+    def boolean(self, t: Mapping[str, Any], key: str, where: str, default: bool) -> bool:
+        v = t.get(key, default)
+        if not isinstance(v, bool):
+            raise self.fail(f"{where}.{key}", f"must be true or false, got {v!r}")
+        return v
+
+    def strings(self, t: Mapping[str, Any], key: str, where: str,
+                default: tuple[str, ...]) -> tuple[str, ...]:
+        v = t.get(key, list(default))
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise self.fail(f"{where}.{key}", f"must be a list of strings, got {v!r}")
+        return tuple(v)
+
+    def name(self, t: Mapping[str, Any], key: str, where: str) -> str:
+        v = self.string(t, key, where)
+        if not _NAME_RE.match(v):
+            raise self.fail(f"{where}.{key}", f"{v!r} is not a valid name (letters, digits, _ . + -; "
+                                              "at most 64 characters)")
+        return v
+
+    def filepath(self, t: Mapping[str, Any], key: str, where: str, base: Path) -> Path | None:
+        if key not in t:
+            return None
+        p = Path(self.string(t, key, where)).expanduser()
+        return p if p.is_absolute() else base / p
+
+
+def parse_strategy(name: str) -> Strategy:
+    """``file``, ``ondemand``, ``fault-around:N`` (N a power of two, 2–512), ``prefetch`` or ``eager``.
+
+    ``prefetch`` in a study records its trace on a first restore of each variant, then replays it.
+    Raises ValueError with the reason.
+    """
+    m = _STRATEGY_RE.match(name)
+    if not m:
+        raise ValueError(f"unknown strategy {name!r} (file, ondemand, fault-around:N, prefetch, eager)")
+    if m.group(2) is not None:
+        n = int(m.group(2))
+        if n < 2 or n > 512 or n & (n - 1):
+            raise ValueError(f"{name!r}: N must be a power of two between 2 and 512")
+    return Strategy(name)
+
+
+def parse_spec(text: str, path: Path | str = "<spec>") -> Spec:
+    """Validate spec text; relative paths in it are resolved against the spec file's directory."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        m = re.search(r"at line (\d+)", str(exc))
+        line = getattr(exc, "lineno", 0) or (int(m.group(1)) if m else 0)
+        raise FormatError(path, line, f"not valid TOML: {exc}") from None
+    c = _Checker(path, text)
+    base = path.parent if path.name != "<spec>" else Path.cwd()
+
+    unknown = sorted(set(data) - {"study", "guest", "workload", "variant"})
+    if unknown:
+        raise c.fail(unknown[0], "unknown table (known: study, guest, workload, variant)")
+    if "study" not in data:
+        raise c.fail("study", "missing table [study]")
+    st = c.table(data, "study", _STUDY_KEYS, "study")
+    backend = c.string(st, "backend", "study", "probe")
+    if backend not in BACKENDS:
+        raise c.fail("study.backend", f"{backend!r} is not one of {', '.join(BACKENDS)}")
+    raw_strats = c.strings(st, "strategies", "study", ())
+    if not raw_strats:
+        raise c.fail("study.strategies", "must list at least one strategy")
+    strategies: list[Strategy] = []
+    for i, s in enumerate(raw_strats):
+        try:
+            strat = parse_strategy(s)
+        except ValueError as exc:
+            raise c.fail(f"study.strategies[{i}]", str(exc)) from None
+        if strat in strategies:
+            raise c.fail(f"study.strategies[{i}]", f"{s!r} is listed twice")
+        strategies.append(strat)
+
+    gt = c.table(data, "guest", _GUEST_KEYS, "guest")
+    guest = Guest(
+        mem_size_mib=c.integer(gt, "mem_size_mib", "guest", 128, 16, 1 << 20),
+        vcpus=c.integer(gt, "vcpus", "guest", 1, 1, 32),
+        kernel=c.filepath(gt, "kernel", "guest", base),
+        rootfs=c.filepath(gt, "rootfs", "guest", base),
+        boot_args=c.string(gt, "boot_args", "guest", ""),
+    )
+    wt = c.table(data, "workload", _WORKLOAD_KEYS, "workload")
+    workload = Workload(
+        port=c.integer(wt, "port", "workload", 8080, 1, 65535),
+        path=c.string(wt, "path", "workload", "/"),
+        warmup_requests=c.integer(wt, "warmup_requests", "workload", 20, 0, 1_000_000),
+        prepare=c.strings(wt, "prepare", "workload", ("gc", "drop-caches")),
+        ready_timeout_s=c.number(wt, "ready_timeout_s", "workload", 60.0, 0.1, 3600.0),
+    )
+
+    raw_variants = data.get("variant", [])
+    if not isinstance(raw_variants, list) or not raw_variants:
+        raise c.fail("variant", "at least one [[variant]] table is needed")
+    variants: list[Variant] = []
+    page_limit = guest.mem_size_mib * 256
+    for i, vt in enumerate(raw_variants):
+        where = f"variant[{i}]"
+        if not isinstance(vt, dict):
+            raise c.fail(where, "must be a table ([[variant]])")
+        vt = c.table({"v": vt}, "v", _VARIANT_KEYS, where)
+        name = c.name(vt, "name", where)
+        if any(v.name == name for v in variants):
+            raise c.fail(f"{where}.name", f"variant {name!r} is defined twice")
+        ws: int | None = None
+        if "working_set_pages" in vt:
+            ws = c.integer(vt, "working_set_pages", where, None, 1, page_limit // 2)
+        trace = c.filepath(vt, "trace", where, base)
+        if backend in ("probe", "host-replay") and ws is None and trace is None:
+            raise c.fail(f"{where}.working_set_pages",
+                         f"a {backend} variant needs working_set_pages (or trace = a recorded trace)")
+        if ws is not None and trace is not None:
+            raise c.fail(f"{where}.trace", "give working_set_pages or trace, not both")
+        jvm_options = c.strings(vt, "jvm_options", where, ())
+        if backend == "jvm" and (ws is not None or trace is not None):
+            raise c.fail(f"{where}.working_set_pages", "jvm variants are JVM option sets (jvm_options)")
+        variants.append(Variant(
+            name=name,
+            description=c.string(vt, "description", where, ""),
+            working_set_pages=ws,
+            mean_run_pages=c.number(vt, "mean_run_pages", where, 2.5, 1.0, 512.0),
+            seed=c.integer(vt, "seed", where, i, 0, 2**63 - 1),
+            trace=trace,
+            jvm_options=jvm_options,
+        ))
+    if backend == "jvm":
+        for key in ("kernel", "rootfs"):
+            if getattr(guest, key) is None:
+                raise c.fail(f"guest.{key}", "the jvm backend needs the built image (firecracer image …)")
+
+    return Spec(
+        path=path, text=text,
+        name=c.name(st, "name", "study"),
+        description=c.string(st, "description", "study", ""),
+        backend=backend,
+        repetitions=c.integer(st, "repetitions", "study", 3, 1, 10_000),
+        strategies=tuple(strategies),
+        variants=tuple(variants),
+        guest=guest,
+        workload=workload,
+        timeout_s=c.number(st, "timeout_s", "study", 120.0, 1.0, 86_400.0),
+        firecracker=c.string(st, "firecracker", "study") if "firecracker" in st else None,
+        keep_snapshots=c.boolean(st, "keep_snapshots", "study", True),
+        viewer=c.boolean(st, "viewer", "study", True),
+    )
+
+
+def load_spec(path: Path | str) -> Spec:
+    """Read and validate a spec file (``FormatError`` naming the file and key on any problem)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FormatError(path, 0, "spec file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FormatError(path, 0, f"cannot read spec: {exc}") from None
+    return parse_spec(text, path)
+
+
+def example_spec_path() -> Path:
+    """The bundled example: probe guest, 2 working-set variants × 4 strategies × 3 repetitions."""
+    return Path(__file__).with_name("examples") / "probe-working-sets.toml"

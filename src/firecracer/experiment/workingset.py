@@ -1,0 +1,80 @@
+"""Working sets for trace-replay variants: seeded scattered page sets, or the pages of a recorded trace.
+
+REAP found that a restored function touches its pages in contiguous runs of only 2–3 pages, scattered
+over guest memory, in an order unrelated to their addresses. :func:`scattered` draws such a set: run
+lengths from a geometric distribution with the given mean, runs placed at random non-overlapping
+positions in ``[lo, hi)``, pages ascending within a run, runs in shuffled order. Same seed, same set.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from firecracer.errors import FirecracerError
+from firecracer.uffd.trace import FLAG_FAULTING, load_trace
+
+PAGE = 4096
+
+
+def scattered(n_pages: int, lo: int, hi: int, mean_run: float = 2.5, seed: int = 0) -> npt.NDArray[np.uint64]:
+    """``n_pages`` distinct page numbers in ``[lo, hi)`` in touch order (see module doc).
+
+    Raises ``FirecracerError`` when the range cannot hold them with gaps between runs.
+    """
+    span = hi - lo
+    if n_pages < 1 or mean_run < 1:
+        raise FirecracerError(f"working set: need n_pages >= 1 and mean_run >= 1 (got {n_pages}, {mean_run})")
+    if 2 * n_pages > span:
+        raise FirecracerError(f"working set of {n_pages} pages does not fit scattered in {span} pages "
+                              "(at most half the range)")
+    rng = np.random.default_rng(seed)
+    lengths: list[int] = []
+    left = n_pages
+    while left > 0:
+        k = int(min(left, rng.geometric(1.0 / mean_run)))
+        lengths.append(k)
+        left -= k
+    runs = np.array(lengths, dtype=np.int64)
+    # Place runs with at least one free page after each: choose gap sizes summing to the free space.
+    free = span - int(runs.sum()) - len(runs)
+    cuts = np.sort(rng.integers(0, free + 1, size=len(runs)))
+    gaps = np.diff(np.concatenate(([0], cuts)))
+    starts = lo + np.cumsum(gaps) + np.concatenate(([0], np.cumsum(runs[:-1] + 1)))
+    order = rng.permutation(len(runs))
+    pages = np.concatenate([np.arange(starts[i], starts[i] + runs[i], dtype=np.int64) for i in order])
+    return pages.astype(np.uint64)
+
+
+def from_trace(path: Path) -> npt.NDArray[np.uint64]:
+    """Guest-physical page numbers the guest faulted on in a ``trace.npz``, unique, in first-fault order.
+
+    Only rows flagged as the faulting page count (neighbours of fault-around and prefetched pages are not
+    evidence the guest needed them). Raises ``FormatError`` naming the file when it is not a valid trace.
+    """
+    trace = load_trace(path)
+    gpa = trace.gpa[(trace.flags & FLAG_FAULTING) != 0]
+    pages = gpa // np.uint64(trace.page_size)
+    _, first = np.unique(pages, return_index=True)
+    out: npt.NDArray[np.uint64] = pages[np.sort(first)]
+    return out
+
+
+def runs_of(pages: npt.NDArray[np.uint64]) -> list[tuple[int, int]]:
+    """Sorted pages → contiguous ``(start, count)`` runs (for bulk installs)."""
+    if len(pages) == 0:
+        return []
+    s = np.sort(pages.astype(np.int64))
+    breaks = np.flatnonzero(np.diff(s) != 1) + 1
+    starts = np.concatenate(([0], breaks))
+    ends = np.concatenate((breaks, [len(s)]))
+    return [(int(s[a]), int(b - a)) for a, b in zip(starts, ends, strict=True)]
+
+
+def jaccard(a: npt.NDArray[np.uint64], b: npt.NDArray[np.uint64]) -> float:
+    """|A ∩ B| / |A ∪ B| of two page sets (1.0 for two empty sets)."""
+    sa, sb = np.unique(a), np.unique(b)
+    union = len(np.union1d(sa, sb))
+    return 1.0 if union == 0 else len(np.intersect1d(sa, sb, assume_unique=True)) / union

@@ -1,0 +1,198 @@
+"""The jvm backend's guest side without a VM: a real guest agent and a real HTTP service behind an
+emulated Firecracker vsock socket (``CONNECT <port>`` → ``OK``, then bytes both ways), and a real JVM.
+
+The whole jvm backend needs a KVM host where Linux guests boot; this host (PVM-nested) is not one, and
+``JvmBackend.check`` says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from firecracer.analysis.memmap import load_memmap
+from firecracer.analysis.nmt import parse_nmt
+from firecracer.errors import FirecracerError
+from firecracer.experiment.backend import RunFailed
+from firecracer.experiment.backends.jvm import GuestDriver, JvmBackend
+from firecracer.experiment.spec import parse_spec
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    status = 200
+
+    def do_GET(self) -> None:
+        body = b"hello from the service\n" * 100
+        self.send_response(type(self).status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *a: object) -> None:
+        pass
+
+
+def _pipe(a: socket.socket, b: socket.socket) -> None:
+    try:
+        while data := a.recv(65536):
+            b.sendall(data)
+    except OSError:
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            b.shutdown(socket.SHUT_WR)
+
+
+class VsockEmulator:
+    """Firecracker's host side of vsock: a Unix socket taking ``CONNECT <port>\\n`` lines."""
+
+    def __init__(self, path: Path, targets: dict[int, tuple[str, object]]) -> None:
+        self.path = path
+        self.targets = targets
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(path))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: socket.socket) -> None:
+        conn.settimeout(10)
+        line = b""
+        while not line.endswith(b"\n") and len(line) < 64:
+            got = conn.recv(1)
+            if not got:
+                conn.close()
+                return
+            line += got
+        port = int(line.split()[1])
+        if port not in self.targets:
+            conn.close()  # what Firecracker does when nothing listens in the guest
+            return
+        kind, addr = self.targets[port]
+        peer = socket.socket(socket.AF_UNIX if kind == "unix" else socket.AF_INET, socket.SOCK_STREAM)
+        peer.connect(addr)  # type: ignore[arg-type]
+        conn.sendall(b"OK 1073741824\n")
+        conn.settimeout(None)
+        threading.Thread(target=_pipe, args=(peer, conn), daemon=True).start()
+        _pipe(conn, peer)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture
+def guest(tmp_path: Path) -> Iterator[tuple[GuestDriver, type[_Handler]]]:
+    """Agent (real, ``python -m firecracer.guest.agent``) + HTTP service behind an emulated vsock."""
+    agent_sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen([sys.executable, "-m", "firecracer.guest.agent", "--listen",
+                              f"unix:{agent_sock}", "--log-level", "WARNING"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    handler = type("H", (_Handler,), {"status": 200})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t.start()
+    vs = None
+    try:
+        deadline = time.monotonic() + 30
+        while not agent_sock.exists():
+            assert agent.poll() is None and time.monotonic() < deadline, "agent did not start"
+            time.sleep(0.05)
+        vs = VsockEmulator(tmp_path / "v.sock", {52: ("unix", str(agent_sock)),
+                                                 8080: ("tcp", ("127.0.0.1", httpd.server_address[1]))})
+        yield GuestDriver(tmp_path / "v.sock", app_port=8080, path="/owners"), handler
+    finally:
+        if vs is not None:
+            vs.close()
+        httpd.shutdown()
+        httpd.server_close()
+        agent.terminate()
+        agent.wait(timeout=10)
+
+
+def test_request_over_vsock_times_first_byte_and_response(guest: tuple[GuestDriver, type[_Handler]]) -> None:
+    drv, _ = guest
+    r = drv.request(timeout=10)
+    assert r.status == 200 and r.nbytes > 2300
+    assert 0 < r.first_byte_s <= r.total_s
+
+
+def test_ready_warmup_and_failures(guest: tuple[GuestDriver, type[_Handler]], tmp_path: Path) -> None:
+    drv, handler = guest
+    ping = drv.wait_ready(timeout=20)
+    assert ping["agent_version"] and "jvm_pids" in ping
+    assert len(drv.warm_up(3, timeout=10)) == 3
+    handler.status = 503
+    with pytest.raises(RunFailed, match="guest not ready within 1 s: the service answered HTTP 503"):
+        drv.wait_ready(timeout=1)
+    with pytest.raises(RunFailed, match="warm-up request 1 answered HTTP 503"):
+        drv.warm_up(2, timeout=10)
+    nowhere = GuestDriver(drv.uds, app_port=9999)
+    with pytest.raises(FirecracerError, match="no 'OK' for CONNECT 9999"):
+        nowhere.request(timeout=5)
+    with pytest.raises(FirecracerError, match=r"absent\.sock: GET / on port 8080: .*No such file"):
+        GuestDriver(tmp_path / "absent.sock").request(timeout=5)
+
+
+def test_prepare_and_collect_a_real_jvm(guest: tuple[GuestDriver, type[_Handler]], tmp_path: Path) -> None:
+    """What a variant collects before its snapshot: the agent's memmap.npz and the JVM's NMT detail."""
+    from firecracer.guest import workload
+
+    if os.geteuid() != 0:
+        pytest.skip("collecting pagemap PFNs needs root")
+    why = workload.java_available()
+    if why:
+        pytest.skip(why)
+    drv, _ = guest
+    jvm = workload.start_jvm(tmp_path / "jvm")
+    try:
+        out = tmp_path / "variant"
+        out.mkdir()
+        facts = drv.prepare_and_collect(["gc"], out, timeout=120, sections=["processes"], pid=jvm.pid)
+    finally:
+        jvm.stop()
+    assert facts["jvm_pid"] == jvm.pid and facts["prepare"]["ok"]
+    nmt = parse_nmt(out / "nmt.txt")
+    assert nmt.pid == jvm.pid and any("Heap" in r.category for r in nmt.regions)
+    mm = load_memmap(out / "memmap.npz")
+    assert jvm.pid in mm.owner_pid.tolist() and mm.n_pages > 1000
+
+
+def test_jvm_backend_refuses_pvm_hosts_and_missing_images(tmp_path: Path) -> None:
+    from firecracer import host
+
+    spec = parse_spec('[study]\nname = "j"\nbackend = "jvm"\nstrategies = ["file"]\n'
+                      '[guest]\nkernel = "vmlinux"\nrootfs = "rootfs.ext4"\n'
+                      '[[variant]]\nname = "thp"\n'
+                      'jvm_options = ["-XX:+UseTransparentHugePages", "-Da=b c"]\n',
+                      tmp_path / "s.toml")
+    be = JvmBackend(spec)
+    with pytest.raises(FirecracerError) as exc:
+        be.check()
+    if host.check_pvm_nested().ok:
+        assert "PVM-nested" in str(exc.value)
+    elif os.access("/dev/kvm", os.R_OK | os.W_OK):
+        assert "guest.kernel" in str(exc.value)
+    args = be.boot_args(spec.variants[0])
+    assert "FC_NMT=detail" in args and "FC_JAVA_OPTIONS=\"-XX:+UseTransparentHugePages '-Da=b c'\"" in args

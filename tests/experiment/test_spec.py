@@ -1,0 +1,101 @@
+"""Spec parsing: the bundled example, and every class of mistake as one line naming file and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from firecracer.errors import FormatError
+from firecracer.experiment.spec import example_spec_path, load_spec, parse_spec, parse_strategy
+
+GOOD = """
+[study]
+name = "s"
+backend = "probe"
+strategies = ["file", "ondemand"]
+
+[[variant]]
+name = "a"
+working_set_pages = 100
+"""
+
+
+def test_bundled_example_is_probe_two_variants_four_strategies_three_reps() -> None:
+    spec = load_spec(example_spec_path())
+    assert spec.backend == "probe"
+    assert len(spec.variants) == 2
+    assert [s.name for s in spec.strategies] == ["file", "ondemand", "fault-around:16", "prefetch"]
+    assert spec.repetitions == 3
+    assert all(v.working_set_pages for v in spec.variants)
+
+
+def test_defaults_and_paths_relative_to_the_spec(tmp_path: Path) -> None:
+    p = tmp_path / "sub" / "s.toml"
+    p.parent.mkdir()
+    p.write_text(GOOD.replace('working_set_pages = 100', 'trace = "t/trace.npz"'))
+    spec = load_spec(p)
+    assert spec.repetitions == 3 and spec.guest.mem_size_mib == 128
+    assert spec.variants[0].trace == p.parent / "t" / "trace.npz"
+
+
+def test_digest_ignores_comments_and_binary_location_but_not_content() -> None:
+    a = parse_spec(GOOD)
+    b = parse_spec("# a comment\n" + GOOD)
+    c = parse_spec(GOOD.replace("100", "101"))
+    d = parse_spec(GOOD.replace("[study]", '[study]\nfirecracker = "/opt/fc"'))
+    assert a.digest == b.digest == d.digest != c.digest
+
+
+@pytest.mark.parametrize(("text", "key", "line"), [
+    (GOOD.replace('name = "s"', 'name = "s'), "not valid TOML", 3),
+    (GOOD.replace('backend = "probe"', 'backend = "qemu"'), "study.backend", 4),
+    (GOOD.replace('"ondemand"]', '"ondemand", "lazy"]'), "study.strategies[2]", 5),
+    (GOOD.replace('"ondemand"]', '"fault-around:3"]'), "study.strategies[1]", 5),
+    (GOOD.replace('"ondemand"]', '"file"]'), "listed twice", 5),
+    (GOOD.replace('strategies = ["file", "ondemand"]', 'strategies = []'), "study.strategies", 5),
+    (GOOD + "repetitons = 3\n", "variant[0].repetitons: unknown key", 10),
+    (GOOD.replace("working_set_pages = 100", ""), "variant[0].working_set_pages", 7),
+    (GOOD.replace("[study]", "[study]\nrepetitions = 0"), "study.repetitions: must be between", 3),
+    (GOOD.replace("[study]", "[study]\nrepetitions = 'x'"), "study.repetitions: must be an integer", 3),
+    (GOOD.replace("working_set_pages = 100", "working_set_pages = 100000"),
+     "variant[0].working_set_pages", 9),
+    (GOOD + '\n[[variant]]\nname = "a"\nworking_set_pages = 5\n', "defined twice", 12),
+    (GOOD.replace('name = "a"', 'name = "a b"'), "not a valid name", 0),
+    (GOOD + "\n[guestt]\n", "guestt: unknown table", 0),
+    (GOOD.replace('backend = "probe"', 'backend = "jvm"'), "variant[0].working_set_pages", 9),
+])
+def test_mistakes_name_the_file_and_key(tmp_path: Path, text: str, key: str, line: int) -> None:
+    p = tmp_path / "bad.toml"
+    p.write_text(text)
+    with pytest.raises(FormatError) as exc:
+        load_spec(p)
+    msg = str(exc.value)
+    assert msg.startswith(str(p)), msg
+    assert key in msg, msg
+    assert "\n" not in msg
+    if line:
+        assert exc.value.line == line, msg
+
+
+def test_missing_spec_file(tmp_path: Path) -> None:
+    with pytest.raises(FormatError, match="spec file not found"):
+        load_spec(tmp_path / "nope.toml")
+
+
+def test_jvm_backend_needs_the_image() -> None:
+    text = GOOD.replace('backend = "probe"', 'backend = "jvm"').replace(
+        "working_set_pages = 100", 'jvm_options = ["-XX:+UseTransparentHugePages"]')
+    with pytest.raises(FormatError, match=r"guest\.kernel"):
+        parse_spec(text)
+    spec = parse_spec(text + '[guest]\nkernel = "/k"\nrootfs = "/r"\n')
+    assert spec.variants[0].jvm_options == ("-XX:+UseTransparentHugePages",)
+
+
+def test_strategy_grammar() -> None:
+    assert parse_strategy("fault-around:16").around_pages == 16
+    assert parse_strategy("fault-around:16").slug == "fault-around16"
+    assert not parse_strategy("file").uses_uffd
+    for bad in ("fault-around:1", "fault-around:1024", "prefetch:x", "FILE"):
+        with pytest.raises(ValueError):
+            parse_strategy(bad)
