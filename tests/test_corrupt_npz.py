@@ -1,4 +1,4 @@
-"""A zip member flagged as encrypted made zipfile raise RuntimeError past both loaders (hypothesis found it)."""
+"""A zip member flagged encrypted made zipfile raise RuntimeError past both loaders (found by hypothesis)."""
 
 from __future__ import annotations
 
