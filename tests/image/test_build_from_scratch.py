@@ -24,7 +24,11 @@ def _fc(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
 @pytest.mark.root
 @pytest.mark.qemu
 @pytest.mark.timeout(7200)
-def test_kernel_rootfs_check_from_an_empty_cache(need_root: None, qemu_bin: str) -> None:
+def test_kernel_rootfs_check_from_an_empty_cache(need_root: None, qemu_bin: str,
+                                                request: pytest.FixtureRequest) -> None:
+    expr = str(request.config.getoption("-m") or "")
+    if "slow" not in expr or "not slow" in expr:
+        pytest.skip("slow (a kernel + rootfs build, tens of minutes): run with 'pytest -m slow tests/image'")
     images = Path(os.environ["FIRECRACER_CACHE"]) / "images"
     assert not images.exists()
     try:

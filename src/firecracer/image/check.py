@@ -295,6 +295,9 @@ def _more_checks(con: _Console, agent: AgentClient, http_port: int, deadline: fl
     if status != 200:
         fail("http", f"no HTTP 200 from the app ({last_err or 'QEMU exited'})")
         return
+    settle = time.monotonic() + 10  # the app logs its first response just after sending it
+    while con.get("first_response") is None and time.monotonic() < settle and is_alive():
+        time.sleep(0.1)
     first = con.get("first_response")
     jvm = con.get("jvm")
     guest_200 = int(first[1].group(2)) if first else None
