@@ -411,8 +411,13 @@ def build_c(work: Path) -> tuple[Path, Path]:
     return out[0], out[1]
 
 
-def per_fault(server: list[str], peer: Path, sock: Path, pages: int) -> tuple[float, float]:
-    """(µs per fault seen by the C peer, server CPU seconds in total) for one server run."""
+def per_fault(server: list[str], peer: Path, sock: Path, pages: int,
+              settle: float = 0.0) -> tuple[float, float]:
+    """(µs per fault seen by the C peer, server CPU seconds in total) for one server run.
+
+    ``settle``: seconds between the server's ready line and the first fault, so its start-up CPU burst
+    (Python imports) does not count against it in the scheduler while it is measured.
+    """
     sock.unlink(missing_ok=True)
     proc = subprocess.Popen(server, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
@@ -426,6 +431,7 @@ def per_fault(server: list[str], peer: Path, sock: Path, pages: int) -> tuple[fl
                 break
         else:
             raise RuntimeError(f"{server[0]} did not start")
+        time.sleep(settle)
         res = subprocess.run([str(peer), str(sock), str(pages)], capture_output=True, text=True, timeout=300,
                              check=True)
         deadline = time.monotonic() + 30
@@ -492,6 +498,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--c-pages", type=int, default=5000, help="faults per per-fault measurement")
     ap.add_argument("--c-repeat", type=int, default=15, help="alternating C/Python measurements (median)")
+    ap.add_argument("--settle", type=float, default=4.0, help="seconds between a per-fault server's "
+                    "ready line and the first fault (same for C and Python)")
     ap.add_argument("--firecracker", help="binary (default: newest installed >= 1.8)")
     ap.add_argument("--workdir", help="keep files here (default: a temp dir on disk, removed)")
     ap.add_argument("--drop-caches", action="store_true", help="echo 3 > /proc/sys/vm/drop_caches "
@@ -573,7 +581,7 @@ def main() -> None:
 
         for _ in range(args.c_repeat):
             for cmd, us, cpu in ((c_cmd, c_us, c_cpu), (py_cmd, py_us, py_cpu)):
-                wall, total = per_fault(cmd(pagesf), c_peer, sock, args.c_pages)
+                wall, total = per_fault(cmd(pagesf), c_peer, sock, args.c_pages, args.settle)
                 _, fixed = per_fault(cmd(one), c_peer, sock, 1)
                 us.append(wall)
                 cpu.append(max(0.0, total - fixed) / args.c_pages * 1e6)

@@ -118,3 +118,26 @@ def test_collector_seed_export_parses_to_the_same_rows(tmp_path: Path) -> None:
         assert np.array_equal(getattr(a, name)[oa], getattr(b, name)[ob]), name
     assert np.array_equal(a.page_pm[oa] & 3, b.page_pm[ob])          # the seed keeps bits 56 and 61
     assert totals(attribute(load_recording(tmp_path)))["physical_pages"] == b.distinct_physical_pages()
+
+
+def test_jaccard_matrix_of_real_restores() -> None:
+    from firecracer.analysis.compare import jaccard_matrix
+
+    a = attribute(load_recording(FIXTURES / "probe_ondemand"))
+    b = attribute(load_recording(FIXTURES / "probe_around16"))
+    m = jaccard_matrix([a, b, a])
+    assert m[0][0] == m[1][1] == m[0][2] == 1.0
+    assert m[0][1] == m[1][0] == m[1][2] == round(431 / 3008, 4)
+    assert jaccard_matrix([a, b], "nmt:Java Heap") == [[None, None], [None, None]]
+
+
+def test_service_order_runs_show_fault_around_batches() -> None:
+    from firecracer.analysis.tables import fragmentation_table
+
+    rows = {r["group"]: r for r in fragmentation_table(
+        attribute(load_recording(FIXTURES / "probe_around16"))).to_dicts()}
+    served = rows["restored, in service order"]
+    assert served["median_run"] == 16.0 and served["max_run"] % 16 == 0   # whole aligned 16-page blocks
+    ondemand = {r["group"]: r for r in fragmentation_table(
+        attribute(load_recording(FIXTURES / "probe_ondemand"))).to_dicts()}
+    assert ondemand["restored, in service order"]["median_run"] == 1.0     # a shuffled walk, page by page

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from firecracer.analysis import attribute, compare, tables
 from firecracer.analysis.join import OwnerClass
@@ -190,3 +192,24 @@ def test_faulted_pages_total() -> None:
     t = totals(attribute(rec))
     assert t["faulted_pages"] == len({int(g) for g, f in zip(tr.gpa, tr.flags, strict=True) if f & 2})
     assert t["faulted_pages"] < t["restored_pages"]
+
+
+@given(st.lists(st.integers(0, 40), max_size=300))
+def test_argsort_with_ties_matches_stable_argsort(keys: list[int]) -> None:
+    from firecracer.analysis.join import _argsort_ties_by_index
+
+    k = np.array(keys, dtype=np.uint64)
+    assert np.array_equal(_argsort_ties_by_index(k), np.argsort(k, kind="stable"))
+
+
+def test_restore_timeline_is_cumulative_and_ends_at_the_totals() -> None:
+    from firecracer.analysis.tables import restore_timeline
+
+    att = attribute(synth_recording(3))
+    t = restore_timeline(att, 7)
+    assert t.columns[0] == "t_ms" and len(t.rows) == 7
+    classes = {r["group"]: r["kb"] for r in tables(att)["restore_order"].to_dicts()}
+    for k, col in enumerate(t.columns[1:], 1):
+        vals = [r[k] for r in t.rows]
+        assert vals == sorted(vals)
+        assert vals[-1] == classes[col]

@@ -186,3 +186,15 @@ def test_live_jvm(tmp_path: Path) -> None:
     finally:
         os.killpg(jvm.pid, signal.SIGKILL)
         jvm.wait(timeout=30)
+
+
+def test_jdk8_doc_wording() -> None:
+    """Oracle's JDK 8 troubleshooting guide prints two spaces after 'Total:' and commas in malloc lines."""
+    r = parse_nmt_text("123:\n\nNative Memory Tracking:\n\n"
+                       "Total:  reserved=664192KB,  committed=253120KB\n\n"
+                       "-                     Class (reserved=6568KB, committed=4140KB)\n"
+                       "                            (classes #665)\n"
+                       "                            (malloc=424KB, #1000)\n"
+                       "                            (mmap: reserved=6144KB, committed=3716KB)\n")
+    assert r.total_reserved == 664192 * KB and r.total_committed == 253120 * KB
+    assert r.summary["Class"].malloc == 424 * KB and r.summary["Class"].mmap_committed == 3716 * KB

@@ -100,3 +100,11 @@ def test_run_report_and_merge_from_the_cli(tmp_path: Path) -> None:
     assert os.path.isdir(tmp_path / "all" / "runs" / "big.ondemand.r1")
     ex = fc("example")
     assert ex.returncode == 0 and 'backend = "probe"' in ex.stdout
+
+
+def test_missing_firecracker_stops_the_study_with_one_line(tmp_path: Path) -> None:
+    out = fc("run", "--example", "-o", str(tmp_path / "res"), "--firecracker", "/nonexistent/firecracker")
+    assert out.returncode == 1
+    err = out.stderr.strip()
+    assert err.count("\n") == 0 and err.startswith("firecracer: error:"), err
+    assert "/nonexistent/firecracker" in err or "/dev/kvm" in err

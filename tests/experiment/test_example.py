@@ -28,11 +28,13 @@ def test_bundled_example_end_to_end(firecracker_bin: Path, tmp_path: Path) -> No
     cmd = [sys.executable, "-m", "firecracer", "experiment", "run", "--example", "-o", str(res)]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "24 ok, 0 failed" in " ".join(run.stdout.split())
     with ResultStore.open(res) as st:
         runs = st.runs()
+    why = "; ".join(f"{r.run_id}: {r.reason}" for r in runs if not r.ok)
+    assert "24 ok, 0 failed" in " ".join(run.stdout.split()), why
     assert len(runs) == 24 and all(r.ok and r.backend == "probe" for r in runs)
     assert all(r.metrics["errors"] == 0 for r in runs)
+    assert all((res / "runs" / r.run_id / "report.html").exists() for r in runs if r.strategy != "file")
 
     rep = subprocess.run([sys.executable, "-m", "firecracer", "experiment", "report", str(res), "-o",
                           str(tmp_path / "report.html")], capture_output=True, text=True, timeout=120,

@@ -7,6 +7,7 @@ uffd serve``) and by the bundled example in ``test_example_study``.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -26,12 +27,13 @@ from firecracer.experiment.plan import Run
 from firecracer.experiment.runner import run_study
 from firecracer.experiment.spec import Spec, parse_spec
 from firecracer.experiment.store import ResultStore
+from firecracer.experiment.workingset import from_trace
 
 pytestmark = pytest.mark.firecracker
 
 
 def probe_spec(tmp_path: Path, fc: Path, strategies: str = '"file"', reps: int = 2, pages: int = 256,
-               timeout: float = 30, name: str = "p") -> Spec:
+               timeout: float = 120, name: str = "p") -> Spec:
     text = (f'[study]\nname = "{name}"\nbackend = "probe"\nrepetitions = {reps}\n'
             f"strategies = [{strategies}]\n"
             f'timeout_s = {timeout}\nfirecracker = "{fc}"\n[guest]\nmem_size_mib = 64\n'
@@ -41,10 +43,16 @@ def probe_spec(tmp_path: Path, fc: Path, strategies: str = '"file"', reps: int =
     return parse_spec(text, p)
 
 
+def failures(res: Path) -> str:
+    """The failed runs' reasons, for assertion messages (a loaded shared host can make runs fail)."""
+    with ResultStore.open(res) as st:
+        return "; ".join(f"{r.run_id}: {r.reason}" for r in st.runs() if not r.ok)
+
+
 def test_file_restores_of_the_probe(firecracker_bin: Path, tmp_path: Path) -> None:
     spec = probe_spec(tmp_path, firecracker_bin)
     summary = run_study(spec, tmp_path / "res")
-    assert (summary.ok, summary.failed) == (2, 0)
+    assert (summary.ok, summary.failed) == (2, 0), failures(tmp_path / "res")
     with ResultStore.open(tmp_path / "res") as st:
         runs = st.runs()
     for r in runs:
@@ -123,14 +131,15 @@ def test_probe_study_all_strategies(firecracker_bin: Path, tmp_path: Path) -> No
     spec = probe_spec(tmp_path, firecracker_bin, reps=2, pages=256,
                       strategies='"file", "ondemand", "fault-around:16", "prefetch", "eager"')
     summary = run_study(spec, tmp_path / "res")
-    assert (summary.ok, summary.failed) == (10, 0)
+    assert (summary.ok, summary.failed) == (10, 0), failures(tmp_path / "res")
     with ResultStore.open(tmp_path / "res") as st:
         runs = {r.run_id: r for r in st.runs()}
     ws = set(ProbeBackend(spec)._working_set(spec.variants[0]).tolist())
     for rep in (1, 2):
         od = runs[f"a.ondemand.r{rep}"]
         assert od.pages is not None and ws <= set(od.pages.tolist())  # every touched page faulted in once
-        assert od.metrics["faults"] == len(od.pages) and od.metrics["bytes"] >= 256 * 4096
+        # a fault event can repeat for a page already served (stale faults under load): >=, not ==
+        assert od.metrics["faults"] >= len(od.pages) and od.metrics["bytes"] >= 256 * 4096
         fa = runs[f"a.fault-around16.r{rep}"]
         assert fa.metrics["faults"] < od.metrics["faults"] and fa.metrics["pages"] > od.metrics["pages"]
         pf = runs[f"a.prefetch.r{rep}"]
@@ -157,6 +166,15 @@ def _firecrackers_in(prefix: str) -> list[int]:
     return pids
 
 
+def _describe(pid: int) -> str:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
+    return f"{state} {cmd[:200]}"
+
+
 def test_sigint_mid_probe_study_leaves_nothing_running_and_resumes(firecracker_bin: Path,
                                                                    tmp_path: Path) -> None:
     spec = probe_spec(tmp_path, firecracker_bin, reps=8, strategies='"file", "ondemand"')
@@ -181,7 +199,13 @@ def test_sigint_mid_probe_study_leaves_nothing_running_and_resumes(firecracker_b
             proc.kill()
             proc.wait()
     assert proc.returncode == 130, err[-2000:]
-    assert _firecrackers_in(str(tmp_root)) == []  # Firecracker and page servers are gone
+    assert failures(res) == ""
+    # Firecracker and page servers are gone (bounded wait: a SIGKILLed process may still be exiting)
+    deadline = time.monotonic() + 10
+    while _firecrackers_in(str(tmp_root)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = {pid: _describe(pid) for pid in _firecrackers_in(str(tmp_root))}
+    assert left == {}, f"left running after SIGINT: {left}; stderr: {err[-1500:]}"
     assert list(tmp_root.glob("fcx-*")) == []  # and their socket dirs
     marker = (res / "variants" / "a" / "variant.json").read_text()
     with sqlite3.connect(res / "results.sqlite") as c:
@@ -189,8 +213,34 @@ def test_sigint_mid_probe_study_leaves_nothing_running_and_resumes(firecracker_b
     assert len(before) < 16
     # resuming reuses the variant's snapshot and redoes no finished run
     summary = run_study(spec, res)
-    assert summary.skipped == len(before) and summary.ok == 16 - len(before) and summary.failed == 0
+    assert summary.skipped == len(before) and summary.ok == 16 - len(before), failures(res)
     assert (res / "variants" / "a" / "variant.json").read_text() == marker
     with sqlite3.connect(res / "results.sqlite") as c:
         after = dict(c.execute("SELECT run_id, finished FROM runs").fetchall())
     assert all(after[k] == v for k, v in before.items())
+
+
+def test_trace_replay_variant(firecracker_bin: Path, tmp_path: Path) -> None:
+    """A variant replays a recorded restore's page order (here: a probe ondemand trace, whose image and
+    page-table pages the replaying probe cannot own and drops)."""
+    from firecracer.vmm.binary import firecracker_version
+
+    if not firecracker_version(firecracker_bin).at_least(1, 8):
+        pytest.skip("uffd restores need Firecracker >= 1.8 on this host kernel")
+    first = probe_spec(tmp_path, firecracker_bin, reps=1, pages=300, strategies='"ondemand"', name="rec")
+    assert run_study(first, tmp_path / "rec").ok == 1
+    trace = tmp_path / "rec" / "runs" / "a.ondemand.r1" / "trace.npz"
+    text = first.text.replace('name = "rec"', 'name = "replay"').replace(
+        "working_set_pages = 300", f'trace = "{trace}"')
+    (tmp_path / "replay.toml").write_text(text)
+    replay = parse_spec(text, tmp_path / "replay.toml")
+    summary = run_study(replay, tmp_path / "replay")
+    assert summary.ok == 1, failures(tmp_path / "replay")
+    with ResultStore.open(tmp_path / "replay") as st:
+        r = st.runs()[0]
+    recorded = from_trace(trace)
+    kept = recorded[recorded >= 4096]
+    assert len(kept) == 300 and r.metrics["probe_pages"] == 300  # exactly the recorded working set
+    assert r.pages is not None and set(kept.tolist()) <= set(r.pages.tolist())
+    facts = json.loads((tmp_path / "replay" / "variants" / "a" / "variant.json").read_text())
+    assert facts["trace_pages_dropped"] == len(recorded) - 300 > 0

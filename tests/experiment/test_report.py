@@ -31,7 +31,8 @@ def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture
 def study(make_spec: Callable[..., Spec], tmp_path: Path) -> Path:
     """A finished host-replay study with one failed run."""
-    spec = make_spec(strategies=("file", "ondemand", "fault-around:16", "prefetch"), repetitions=3)
+    spec = make_spec(strategies=("file", "ondemand", "fault-around:16", "prefetch"), repetitions=3,
+                     viewer=True)
     res = tmp_path / "res"
     run_study(spec, res)
     with ResultStore.open(res) as st:
@@ -64,6 +65,9 @@ def test_report_is_self_contained_and_has_every_section(study: Path, tmp_path: P
     assert "restore: &lt;Firecracker said no&gt; &amp; more" in html
     assert "No run in this study has NMT attribution" in html
     assert 'href="../res/runs/small.ondemand.r1/"' in html
+    assert 'href="../res/runs/small.ondemand.r1/report.html">viewer</a>' in html  # per-run viewer pages
+    assert (study / "runs" / "big.prefetch.r1" / "report.html").exists()
+    assert not (study / "runs" / "big.file.r1" / "report.html").exists()  # no trace, no memmap: no viewer
 
 
 def test_report_with_nmt_categories_draws_the_category_plot(study: Path, tmp_path: Path) -> None:

@@ -449,9 +449,12 @@ def requests(draw: st.DrawFn) -> bytes:
     if kind == 2:
         args = draw(st.dictionaries(st.sampled_from(["pid", "mode", "command", "steps", "x"]), json_values,
                                     max_size=3))
-        if isinstance(args.get("pid"), int) and args["pid"] > 0:
+        cmd = draw(st.sampled_from(SAFE_CMDS))
+        if (isinstance(args.get("pid"), int) and args["pid"] > 0) or (
+                cmd in ("nmt", "smaps", "jcmd") and args.get("pid") is None):
+            # never let a fuzzed request pick "the only JVM": that could be another job's JVM
             args["pid"] = draw(st.sampled_from([os.getpid(), 999_999_999, 4_000_000]))
-        req = {"cmd": draw(st.sampled_from(SAFE_CMDS)), "args": args, "id": draw(json_values)}
+        req = {"cmd": cmd, "args": args, "id": draw(json_values)}
         return json.dumps(req).encode()
     if kind == 3:
         args = {"argv": draw(st.sampled_from([[], [1], "true", ["true"], ["echo", "fuzz"], None])),

@@ -123,6 +123,7 @@ def test_every_strategy_restores_the_probe_correctly(probe_snapshot: tuple[Path,
     assert od["faults"] >= nfill and od["pages"]["zero"] > 0  # holes were zero-filled
     tr = load_trace(runs["ondemand"].trace)
     assert tr.meta["regions"][0]["size"] == 128 << 20
+    assert tr.meta["firecracker_version"] == str(firecracker_version(fc))
     assert ((tr.flags & FLAG_FAULTING) != 0).all() and (tr.gpa == tr.file_off).all()
     assert ws_path_for(runs["ondemand"].trace).exists()
     fa = runs["fault-around"].session

@@ -83,9 +83,22 @@ def _ok(status: int) -> bool:
     return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
 
 
+@pytest.fixture(params=["native", "python"])
+def fast_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with the compiled single-fault fast path and with pure Python."""
+    from firecracer.uffd import native
+
+    monkeypatch.setenv("FIRECRACER_UFFD_NATIVE", "1" if request.param == "native" else "0")
+    monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.setattr(native, "_lib", None)
+    if request.param == "native" and native.load() is None:
+        pytest.skip("no C compiler for the native fast path")
+    return str(request.param)
+
+
 @pytest.mark.parametrize("generation", ["v1.4", "v1.7", "v1.12", "secret"])
 def test_every_handshake_generation_serves_correct_pages(sock: str, memfile: Path, tmp_path: Path,
-                                                         generation: str) -> None:
+                                                         generation: str, fast_path: str) -> None:
     pages = [3, 0, 63, 41, 17]
     spec = PeerSpec(sock, [NPAGES * PS], generation=generation, ops=[("read", pages)])
     result, [(status, rep)] = serve(sock, memfile, spec, trace=tmp_path / "t.npz")
@@ -94,6 +107,7 @@ def test_every_handshake_generation_serves_correct_pages(sock: str, memfile: Pat
     for p in pages:
         assert rep["reads"][str(p)] == [expected(memfile, p)]
     m = result.sessions[0]
+    assert m["native_fast_path"] == (fast_path == "native")
     assert m["handshake"] == {"v1.4": "v1.4-v1.6", "v1.7": "v1.7-v1.11"}.get(generation, "v1.12+")
     assert m["faults"] == 5 and m["pages"]["load"] == 4 and m["pages"]["zero"] == 1
     tr = load_trace(tmp_path / "t.npz")
@@ -118,7 +132,7 @@ def test_two_regions_and_writes(sock: str, memfile: Path, tmp_path: Path) -> Non
     assert len(tr.regions) == 2
 
 
-def test_parallel_faults_in_one_wakeup(sock: str, memfile: Path) -> None:
+def test_parallel_faults_in_one_wakeup(sock: str, memfile: Path, fast_path: str) -> None:
     pages = list(range(0, 32))
     spec = PeerSpec(sock, [NPAGES * PS], ops=[("parallel", pages)])
     result, [(status, rep)] = serve(sock, memfile, spec)
@@ -157,7 +171,7 @@ def test_fault_around_serves_aligned_block_and_skips_present(sock: str, memfile:
     assert (tr.action[(tr.flags & FLAG_FAULTING) == 0] == Action.AROUND).all()
 
 
-def test_remove_then_fault_serves_zero(sock: str, memfile: Path, tmp_path: Path) -> None:
+def test_remove_then_fault_serves_zero(sock: str, memfile: Path, tmp_path: Path, fast_path: str) -> None:
     spec = PeerSpec(sock, [NPAGES * PS], features=abi.UFFD_FEATURE_EVENT_REMOVE,
                     ops=[("read", [5, 6]), ("dontneed", 5, 2), ("read", [5, 6, 7])])
     result, [(status, rep)] = serve(sock, memfile, spec, trace=tmp_path / "t.npz")
@@ -228,7 +242,7 @@ def test_fault_outside_regions_kills_peer(sock: str, memfile: Path) -> None:
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
 
 
-def test_peer_death_mid_restore_ends_session(sock: str, memfile: Path) -> None:
+def test_peer_death_mid_restore_ends_session(sock: str, memfile: Path, fast_path: str) -> None:
     spec = PeerSpec(sock, [NPAGES * PS], ops=[("read", [1, 2]), ("exit",)])
     result, [(status, _)] = serve(sock, memfile, spec)
     assert result.ok and _ok(status)
@@ -254,7 +268,7 @@ def test_eager_installs_everything_up_front(sock: str, memfile: Path, tmp_path: 
 
 
 @pytest.mark.parametrize("mode", ["prefetch", "prefetch-background"])
-def test_record_then_prefetch(sock: str, memfile: Path, tmp_path: Path, mode: str) -> None:
+def test_record_then_prefetch(sock: str, memfile: Path, tmp_path: Path, mode: str, fast_path: str) -> None:
     order = [7, 8, 9, 30, 2, 44, 31]
     rec = PeerSpec(sock, [NPAGES * PS], ops=[("read", order)])
     result, _ = serve(sock, memfile, rec, trace=tmp_path / "rec.npz")

@@ -16,11 +16,11 @@ from firecracer.viz.html import ViewOptions, build_html
 from firecracer.viz.pack import pack
 
 
-def _unpack(meta: dict[str, Any], blob: bytes) -> dict[str, np.ndarray]:
-    raw = zlib.decompress(blob)
+def _unpack(meta: dict[str, Any], blobs: list[bytes]) -> dict[str, np.ndarray]:
+    raws = [zlib.decompress(b) for b in blobs]
     out = {}
-    for name, (dt, off, n, delta) in meta["arrays"].items():
-        a = np.frombuffer(raw, dtype=np.dtype(dt).newbyteorder("<"), count=n, offset=off).copy()
+    for name, (dt, off, n, delta, part) in meta["arrays"].items():
+        a = np.frombuffer(raws[part], dtype=np.dtype(dt).newbyteorder("<"), count=n, offset=off).copy()
         if delta:
             a = np.cumsum(a.astype(np.uint64)).astype(np.uint32) if a.dtype == np.uint32 else np.cumsum(a)
         out[name] = a
@@ -29,12 +29,13 @@ def _unpack(meta: dict[str, Any], blob: bytes) -> dict[str, np.ndarray]:
 
 def test_blob_round_trips(syn_rec: Path) -> None:
     pk = pack(attribute(load_recording(syn_rec)))
-    got = _unpack(pk.meta, pk.blob)
+    got = _unpack(pk.meta, pk.blobs)
     assert set(got) == set(pk.arrays)
     for name, arr in pk.arrays.items():
         assert np.array_equal(got[name], arr), name
     assert pk.meta["slots"] == (256 << 20) // 4096
-    assert all(off % 8 == 0 for _, off, _, _ in pk.meta["arrays"].values())
+    assert all(off % 8 == 0 for _, off, _, _, _ in pk.meta["arrays"].values())
+    assert pk.meta["arrays"]["row_phys"][4] == 0 and pk.meta["arrays"]["row_vpi"][4] == 1
 
 
 def test_tree_statistics_equal_the_analysis_tables(syn_rec: Path) -> None:
@@ -75,10 +76,10 @@ def test_html_is_self_contained_and_inert(syn_rec: Path) -> None:
     assert evil not in html
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)
     assert "<link" not in html and "@import" not in html
-    assert html.count("<script") == 4     # options, meta, one blob, the viewer
+    assert html.count("<script") == 5     # options, meta, two blobs, the viewer
     metas = json.loads(re.search(r'id="fc-meta">(.*?)</script>', html, re.S).group(1))  # type: ignore[union-attr]
     assert metas[0]["label"] == evil
     opts = json.loads(re.search(r'id="fc-opts">(.*?)</script>', html, re.S).group(1))  # type: ignore[union-attr]
     assert opts["colors"]["loadsel"] == "#ff0000" and opts["colors"]["selshared"] == "#4d7a97"
-    blob = re.search(r'id="fc-blob-0">([A-Za-z0-9+/=]+)</script>', html)
+    blob = re.search(r'id="fc-blob-0-0">([A-Za-z0-9+/=]+)</script>', html)
     assert blob is not None and zlib.decompress(base64.b64decode(blob.group(1)))

@@ -47,6 +47,9 @@ def test_physical_png_colours(syn_rec: Path) -> None:
     assert at(first) in (_rgb("loadsel"), _rgb("load"), _rgb("nomap"))
     heap_only = set((mm.page_paddr[jvm] // 4096).astype(int).tolist()) - restored
     assert at(min(heap_only)) in (_rgb("selected"), _rgb("selshared"))
+    gap = np.asarray(physical_image(att, width=64, scale=4))
+    assert tuple(gap[3, 0]) == _rgb("outside") and tuple(gap[0, 3]) == _rgb("outside")
+    assert tuple(gap[1, 1]) == _rgb("background")
 
 
 def test_chart_and_write_pngs(syn_rec: Path, tmp_path: Path) -> None:
@@ -102,3 +105,21 @@ def test_serve_returns_the_report(syn_rec: Path, tmp_path: Path) -> None:
         assert srv.url.startswith("http://127.0.0.1:")
         with urllib.request.urlopen(srv.url, timeout=10) as resp:
             assert resp.status == 200 and b"<title>x</title>" in resp.read()
+
+
+def test_cli_screenshot_with_a_hovered_page(syn_rec: Path, tmp_path: Path) -> None:
+    from firecracer.viz.browser import find_chromium
+
+    if find_chromium() is None:
+        pytest.skip("no chromium binary (apt-get install chromium, or set CHROMIUM)")
+    mm = load_recording(syn_rec).memmap
+    page = int(mm.page_paddr[mm.owner_pid[mm.page_owner] == JVM_PID][0])
+    shot = tmp_path / "shot.png"
+    res = CliRunner().invoke(cli, ["view", str(syn_rec), "-o", str(tmp_path / "r.html"),
+                                   "--screenshot", str(shot), "--screenshot-size", "800x600",
+                                   "--screenshot-hover", hex(page)])
+    assert res.exit_code == 0, res.output
+    img = Image.open(shot).convert("RGB")
+    assert img.size == (800, 600)
+    # the tooltip's background colour is on screen
+    assert (255, 255, 240) in {tuple(c) for c in np.asarray(img).reshape(-1, 3)[::3].tolist()}

@@ -21,7 +21,7 @@ JAVA_KEY = "o:/usr/lib/jvm/java-17-openjdk-amd64/bin/java#0"
 
 def _open(b: Browser, html: Path) -> None:
     b.open(html.as_uri())
-    b.wait_for("window.FC && (FC.ready || FC.error)")
+    b.wait_for("window.FC && ((FC.ready && FC.detailReady) || FC.error)")
     assert b.evaluate("FC.error") is None
 
 
@@ -180,3 +180,17 @@ def test_overview_zoom_keeps_every_selected_page_visible(browser: Browser, repor
       } return bad; })()""")
     assert bad == []
     assert browser.evaluate("document.getElementById('zoomlabel').textContent") == "4 pages/px"
+
+
+def test_time_clock_follows_trace_time(browser: Browser, report: Path, syn_rec: Path) -> None:
+    tr = load_recording(syn_rec).trace
+    assert tr is not None
+    t_us = (tr.t_ns - tr.t_ns.min()) // np.uint64(1000)
+    _open(browser, report)
+    browser.evaluate("(() => { const s = document.getElementById('speed'); s.value = 7;"
+                     " s.dispatchEvent(new Event('change')); })()")
+    assert browser.evaluate("FC.ui.clock") == "time"
+    cut = int(t_us[len(t_us) // 2])
+    browser.evaluate(f"FC.setPos({cut})")
+    assert browser.evaluate("FC.counter(0)") == int((t_us <= cut).sum())
+    assert browser.evaluate("document.getElementById('clock').textContent").startswith(f"{cut / 1000:.3f} /")

@@ -26,7 +26,7 @@ def _need(*dirs: Path) -> None:
 
 def _open(b: Browser, html: Path) -> None:
     b.open(html.as_uri())
-    b.wait_for("window.FC && (FC.ready || FC.error)", timeout=120)
+    b.wait_for("window.FC && ((FC.ready && FC.detailReady) || FC.error)", timeout=120)
     assert b.evaluate("FC.error") is None
 
 

@@ -360,3 +360,43 @@ def test_tap_in_own_namespace_for_vm_and_clones(fc_any: Path, elf: Path, tmp_pat
     assert not Path("/run/netns/fcr-clone0").exists() and not Path("/run/netns/fcr-clone1").exists()
     for c in clones:
         assert_clean(c)
+
+
+def test_replay_a_recorded_restore_order(fc_any: Path, elf: Path, tmp_path: Path) -> None:
+    """Record a Uffd restore's trace, then replay its first-fault order with a fresh probe."""
+    from firecracer.vmm.probe.replay import replay_pages
+
+    if not firecracker_version(fc_any).at_least(1, 8):
+        pytest.skip(f"Firecracker {firecracker_version(fc_any)}: {UFFD_OLD_FC}")
+    vm = _boot_or_skip(elf, fc_any)
+    with vm:
+        snap = vm.snapshot(tmp_path / "s", punch_holes=True)  # never-filled pages become zero pages
+    trace = tmp_path / "rec.npz"
+    with MicroVM.restore(snap, firecracker=fc_any, backend=MemBackend.UFFD, trace=trace) as r:
+        assert trigger(r).errors == 0
+    pages, fill = replay_pages(trace)
+    assert set(TRACE) <= set(pages)  # the walk faulted every traced page (plus image/page tables)
+    assert set(FILL) & set(TRACE) <= set(fill)
+    assert not set(range(6000, 6016)) & set(fill)  # served as zero pages, so not filled in the replay
+    replay = build_probe(pages, fill, skip_reserved=True)
+    assert probe_info(replay).trace_pages >= len(TRACE)
+    with boot_probe(replay, fc_any) as again:
+        res = trigger(again)
+        assert (res.errors, res.pages) == (0, probe_info(replay).trace_pages)
+
+
+def test_page_server_dying_mid_run_is_reported_and_cleaned(fc_any: Path, elf: Path, tmp_path: Path) -> None:
+    if not firecracker_version(fc_any).at_least(1, 8):
+        pytest.skip(f"Firecracker {firecracker_version(fc_any)}: {UFFD_OLD_FC}")
+    vm = _boot_or_skip(elf, fc_any)
+    with vm:
+        snap = vm.snapshot(tmp_path / "s")
+    argv = [sys.executable, str(HERE / "uffd_min_server.py"), "{socket}", "{mem}"]
+    r = MicroVM.restore(snap, firecracker=fc_any, backend=MemBackend.UFFD, page_server=argv)
+    with r:
+        assert r.page_server is not None and r.page_server.pid is not None
+        os.kill(r.page_server.pid, signal.SIGKILL)
+        with pytest.raises(FirecrackerError, match=r"page server died \(killed by SIGKILL\)"):
+            trigger(r, b"a", timeout=60)  # the walk faults on pages nobody serves any more
+        assert not r.alive()
+    assert_clean(r)

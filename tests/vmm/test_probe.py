@@ -130,3 +130,12 @@ def test_probe_boots_fills_and_verifies(fc_any: Path, tmp_path: Path) -> None:
     assert [(r.round, r.kind, r.pages, r.errors) for r in results] == \
         [(1, "trace", 5, 0), (2, "trace", 5, 0), (3, "verify", 65, 0)]
     assert all(r.cycles > 0 for r in results)
+
+
+def test_skip_reserved_drops_unusable_pages() -> None:
+    low, hole = IMAGE_BASE // PAGE_SIZE, (3 << 30) // PAGE_SIZE
+    elf = build_probe([low, 4096, hole, 4097], [low, 4096, hole], writes=[True, False, True, True],
+                      skip_reserved=True)
+    info = probe_info(elf)
+    assert (info.trace_pages, info.fill_pages) == (2, 1)
+    assert elf == build_probe([4096, 4097], [4096], writes=[False, True])

@@ -8,7 +8,8 @@ Jaccard indices compare the *restored* page sets, by group (all, owner class, NM
   across snapshots of the same workload (the seed boots with ``norandmaps``, so addresses are stable).
 
 Public API (stable): ``compare(att_a, att_b) -> dict[str, Table]`` with ``categories`` and
-``similarity``; ``jaccard(a, b)``.
+``similarity``; ``jaccard(a, b)``; ``jaccard_matrix(atts, group="all")`` for repetitions of one
+experiment (guest-physical restored sets, pairwise).
 """
 
 from __future__ import annotations
@@ -22,9 +23,20 @@ from firecracer.analysis.join import CLASS_NAMES, Attribution, OwnerClass
 from firecracer.analysis.tables import Table, nmt_categories_table, owner_classes_table
 
 
+def _distinct(a: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """Sorted distinct values (sort-based: faster than numpy's hash unique for large uint64 arrays)."""
+    s = np.sort(a)
+    if s.size < 2:
+        return s
+    keep = np.empty(s.size, dtype=bool)
+    keep[0] = True
+    keep[1:] = s[1:] != s[:-1]
+    return s[keep]
+
+
 def jaccard(a: npt.NDArray[Any], b: npt.NDArray[Any]) -> float | None:
     """|A ∩ B| / |A ∪ B| of two arrays taken as sets; ``None`` when both are empty."""
-    ua, ub = np.unique(a), np.unique(b)
+    ua, ub = _distinct(a), _distinct(b)
     union = np.union1d(ua, ub).size
     return round(np.intersect1d(ua, ub, assume_unique=True).size / union, 4) if union else None
 
@@ -104,3 +116,14 @@ def compare(a: Attribution, b: Attribution) -> dict[str, Table]:
     similarity = Table("similarity", "Working-set similarity of the restored pages",
                        ["group", "pages_a", "pages_b", "common_gpa", "jaccard_gpa", "jaccard_gva"], sim)
     return {"categories": cats, "similarity": similarity}
+
+
+def jaccard_matrix(atts: list[Attribution], group: str = "all") -> list[list[float | None]]:
+    """Pairwise Jaccard of the restored guest-physical page sets of ``group`` (``all``, ``class:…``,
+    ``nmt:…``), e.g. across repetitions of one restore: how stable the working set is."""
+    sets = []
+    for att in atts:
+        g = _groups(att).get(group)
+        gpa = att.trace.gpa[att.trace_first] if att.trace is not None else np.zeros(0, dtype=np.uint64)
+        sets.append(_distinct(gpa[g]) if g is not None else np.zeros(0, dtype=np.uint64))
+    return [[jaccard(a, b) for b in sets] for a in sets]

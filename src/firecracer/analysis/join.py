@@ -126,6 +126,23 @@ def _split_trace(trace: Trace, page_size: int) -> Trace:
     return type(trace)(**rep, meta={**trace.meta, "page_size": page_size, "split_from": trace.page_size})
 
 
+def _argsort_ties_by_index(key: U64) -> I64:
+    """``argsort(key, kind="stable")``, but faster: a quicksort, then equal keys (rare: pages shared by
+    owners of one priority) put back in row order."""
+    order = np.argsort(key).astype(np.int64)
+    ks = key[order]
+    if ks.size > 1:
+        eq = ks[1:] == ks[:-1]
+        if eq.any():
+            tied = np.zeros(ks.size, dtype=bool)
+            tied[1:] |= eq
+            tied[:-1] |= eq
+            pos = np.flatnonzero(tied)
+            sub = order[pos]
+            order[pos] = sub[np.lexsort((sub, ks[pos]))]
+    return order
+
+
 def attribute(recording: Recording) -> Attribution:
     """Join the recording's trace, memmap and NMT report (see the module docstring)."""
     mm = recording.memmap
@@ -161,7 +178,7 @@ def attribute(recording: Recording) -> Attribution:
     prio = row_class.astype(np.uint64) * np.uint64(2) + (~is_jvm).astype(np.uint64)
     page_mask = ~np.uint64(ps - 1)
     key = (mm.page_paddr & page_mask) | prio
-    row_order = np.argsort(key, kind="stable").astype(np.int64)
+    row_order = _argsort_ties_by_index(key)
     paddr_sorted = mm.page_paddr[row_order] & page_mask
     if n_rows:
         newgrp = np.empty(n_rows, dtype=bool)

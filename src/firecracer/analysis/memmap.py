@@ -154,7 +154,7 @@ def load_memmap(path: str | Path) -> Memmap:
     except FormatError:
         raise
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, struct.error,
-            NotImplementedError, MemoryError) as exc:
+            NotImplementedError, MemoryError, RuntimeError) as exc:  # zipfile: RuntimeError for 'encrypted'
         raise FormatError(p, 0, f"cannot read memmap: {exc}") from exc
     mm = Memmap(**arrs, meta=meta)
     validate(mm, p)

@@ -41,10 +41,10 @@ _COMMITTED = re.compile(
     r"^[\t ]+\[0x([0-9a-fA-F]{1,16}) - 0x([0-9a-fA-F]{1,16})\] committed " + _SIZE + r"(?:( from)| )?$")
 _RANGE_START = re.compile(r"^[\t ]*\[0x[0-9a-fA-F]+ - ")
 _FRAME = re.compile(r"^[\t ]*\[0x[0-9a-fA-F]+\]")
-_CATEGORY = re.compile(r"^-\s*(.+?) \(reserved=" + _SIZE + r"(?: [+-]\d+\w+)?, committed=" + _SIZE)
-_TOTAL = re.compile(r"^Total: reserved=" + _SIZE + r"(?: [+-]\d+\w+)?, committed=" + _SIZE)
+_CATEGORY = re.compile(r"^-\s*(.+?) \(reserved=" + _SIZE + r"(?: [+-]\d+\w+)?,\s*committed=" + _SIZE)
+_TOTAL = re.compile(r"^Total:\s+reserved=" + _SIZE + r"(?: [+-]\d+\w+)?,\s*committed=" + _SIZE)
 _MALLOC = re.compile(r"^\s*\(malloc=" + _SIZE)
-_MMAP = re.compile(r"^\s*\(mmap: reserved=" + _SIZE + r"(?: [+-]\d+\w+)?, committed=" + _SIZE)
+_MMAP = re.compile(r"^\s*\(mmap: reserved=" + _SIZE + r"(?: [+-]\d+\w+)?,\s*committed=" + _SIZE)
 _PID = re.compile(r"^(\d+):\s*$")
 
 MAX_LINE = 1 << 16

@@ -330,7 +330,6 @@ def _finish(acc: _Acc) -> Memmap:
     else:
         cols = [np.zeros(0, dtype=d) for d in (np.int32, np.int32, np.uint64, np.uint64, np.uint8, np.uint64)]
     page_map, page_owner, vaddr, paddr, pm, kflags = cols
-    # the 18-zero quirk can make a "0x" mapping end look like zero; nothing to fix, but keep rows in order
     phys = acc.phys_mem or (int(paddr.max()) + PAGE if paddr.size else 0)
     meta = {"format": FORMAT, "version": 1, "page_size": PAGE, "owner_exe": acc.owner_exe,
             "map_name": acc.map_name, "phys_mem_bytes": phys, "source": "seed-import"}

@@ -9,7 +9,8 @@ collected processes mapping it.
 
 Public API (stable): ``Table`` (``name``, ``title``, ``columns``, ``rows``; ``to_dicts()``),
 ``tables(att) -> dict[str, Table]`` with keys ``processes``, ``mappings``, ``nmt_categories``,
-``nmt_regions``, ``owner_classes``, ``fragmentation``, ``restore_order``; ``totals(att) -> dict``
+``nmt_regions``, ``owner_classes``, ``fragmentation``, ``restore_order``, ``restore_timeline``;
+``totals(att) -> dict``
 (``physical_pages``, ``processes``, ``uffd_events``, ``pages_loaded``, ``pages_zeroed``, ``nmt_regions``
 computed with the original UffdVisualizer's rules, plus our own counts).
 """
@@ -243,7 +244,9 @@ def fragmentation_table(att: Attribution) -> Table:
     """Physical contiguity per owner class / NMT category, for present and for restored pages.
 
     ``huge_pct`` = pages with kpageflags THP or HUGE (native memmaps only); ``full_2m_pct`` = pages lying
-    in a 2 MiB-aligned physical block that the group fills completely (works for seed data too).
+    in a 2 MiB-aligned physical block that the group fills completely (works for seed data too). The row
+    "restored, in service order" counts runs of consecutive pages in the order they were served (REAP saw
+    runs of 2–3 pages), i.e. how much one ioctl per run could have batched.
     """
     ps = att.page_size
     mm = att.recording.memmap
@@ -272,6 +275,12 @@ def fragmentation_table(att: Attribution) -> Table:
                     out.append(_frag_row(f"restored nmt:{name}", att.phys[rsel], kfl[rsel], ps))
     if traced:
         out.append(_frag_row("restored (all)", att.restored_gpas(), None, ps))
+        assert att.trace is not None
+        seq = att.trace.gpa[att.trace_first] // np.uint64(ps)      # first touches, in service order
+        brk = np.flatnonzero(np.diff(seq.astype(np.int64)) != 1) + 1
+        r = np.diff(np.concatenate(([0], brk, [seq.size]))) if seq.size else np.zeros(0, dtype=np.int64)
+        out.append(["restored, in service order", int(seq.size), int(r.size),
+                    float(np.median(r)) if r.size else None, int(r.max()) if r.size else None, None, None])
     return Table("fragmentation", "Physical fragmentation and huge-page coverage",
                  ["group", "pages", "runs", "median_run", "max_run", "huge_pct", "full_2m_pct"], out)
 
@@ -308,6 +317,31 @@ def restore_order_table(att: Attribution) -> Table:
                   "p90_pct_of_trace"], rows)
 
 
+def restore_timeline(att: Attribution, bins: int = 20) -> Table:
+    """Cumulative restored kB per owner class and NMT category at ``bins`` equal steps of trace time
+    (trace index when the trace has no times, e.g. seed imports): the viewer's and report's chart."""
+    tr = att.trace
+    if tr is None or not len(tr) or bins < 1:
+        return Table("restore_timeline", "Restored kB over time", [], [])
+    idx = np.flatnonzero(att.trace_first)
+    t = tr.t_ns.astype(np.float64)
+    timed = bool(t.max() > t.min())
+    x = (t - t.min()) / 1e6 if timed else np.arange(len(tr), dtype=np.float64)
+    edges = np.linspace(0.0, float(x.max()), bins + 1)[1:]
+    cols: list[str] = ["t_ms" if timed else "trace_index"]
+    series: list[list[int]] = []
+    for names, grp in _trace_groups(att):
+        g = grp[idx]
+        for k, name in enumerate(names):
+            sel = idx[g == k]
+            if sel.size:
+                cols.append(name)
+                series.append((np.searchsorted(np.sort(x[sel]), edges, side="right") * att.page_size
+                               // 1024).tolist())
+    rows = [[round(float(e), 3), *(s[i] for s in series)] for i, e in enumerate(edges.tolist())]
+    return Table("restore_timeline", "Restored kB over time (cumulative, first touches)", cols, rows)
+
+
 def totals(att: Attribution) -> dict[str, Any]:
     """Counts, the first six as the original UffdVisualizer computes them (SEED.md §5.1–5.2).
 
@@ -341,7 +375,8 @@ def totals(att: Attribution) -> dict[str, Any]:
     if tr is not None:
         out["faults"] = int(tr.meta.get("faults", int((tr.fault >= 0).sum())))
         faulting = (tr.flags & np.uint8(FLAG_FAULTING)) != 0
-        out["faulted_pages"] = int(np.unique(tr.gpa[faulting]).size)   # pages the guest itself touched
+        fp = np.sort(tr.gpa[faulting])                        # pages the guest itself touched
+        out["faulted_pages"] = int((fp[1:] != fp[:-1]).sum()) + 1 if fp.size else 0
         out["strategy"] = tr.meta.get("strategy")
         out["trace_ms"] = round((int(tr.t_ns.max()) - int(tr.t_ns.min())) / 1e6, 3) if n else 0.0
     return out
@@ -351,4 +386,4 @@ def tables(att: Attribution) -> dict[str, Table]:
     """All tables for one recording, in display order."""
     return {t.name: t for t in (
         owner_classes_table(att), processes_table(att), nmt_categories_table(att), nmt_regions_table(att),
-        mappings_table(att), fragmentation_table(att), restore_order_table(att))}
+        mappings_table(att), fragmentation_table(att), restore_order_table(att), restore_timeline(att))}

@@ -14,6 +14,7 @@ from firecracer import __version__
 from firecracer.cli import (
     analyze,
     collect,
+    demo,
     doctor,
     emulate,
     experiment,
@@ -38,7 +39,8 @@ def cli() -> None:
     """
 
 
-for _module in (doctor, install, image, vm, selftest, uffd, collect, analyze, view, experiment, emulate):
+for _module in (demo, doctor, install, image, vm, selftest, uffd, collect, analyze, view, experiment,
+                emulate):
     for _cmd in _module.COMMANDS:
         cli.add_command(_cmd)
 

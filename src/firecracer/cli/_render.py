@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
 from rich.console import Console
 
-console = Console()
-err_console = Console(stderr=True)
+# Piped or redirected output (logs, CI, a README) gets wide tables instead of rich's 80-column default;
+# $COLUMNS still wins.
+_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
+console = Console(width=_WIDTH)
+err_console = Console(stderr=True, width=_WIDTH)
 
 
 def print_json(data: Any) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich import box
 from rich.table import Table as RichTable
 
 from firecracer.cli._render import console, print_json
@@ -96,7 +97,8 @@ def _render_totals(label: str, tot: dict[str, Any]) -> None:
                   f"{tot['processes']} sections, {tot['mappings']:,} mappings; "
                   f"{tot['uffd_events']:,} uffd events ({tot['pages_loaded']:,} loaded, "
                   f"{tot['pages_zeroed']:,} zeroed); {tot['nmt_regions']} NMT regions; "
-                  f"restored {tot['restored_kb']:,} kB, attributed {tot['attributed_pct']}%")
+                  + (f"restored {tot['restored_kb']:,} kB, {tot['attributed_pct']}% of it attributed"
+                     if tot["uffd_events"] else "no restore trace"))
 
 
 def _render_table(name: str, t: Any, top: int) -> None:
@@ -109,13 +111,22 @@ def _render_table(name: str, t: Any, top: int) -> None:
         r = t.columns.index("rss_kb")
         rows = sorted(rows, key=lambda x: (-(x[k] or 0), -(x[r] or 0)))[:top]
         note = f" (top {top} of {len(t.rows)} by restored kB; --json for all)"
-    rt = RichTable(title=f"{t.title}{note}", title_justify="left")
-    for c in t.columns:
-        numeric = any(isinstance(x[t.columns.index(c)], int | float) for x in rows)
-        rt.add_column(c, justify="right" if numeric else "left")
-    for row in rows:
-        rt.add_row(*[_cell(c, v) for c, v in zip(t.columns, row, strict=True)])
+    rt = RichTable(title=f"{t.title}{note}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    cells = [[_cell(c, v) for c, v in zip(t.columns, row, strict=True)] for row in rows]
+    for k, c in enumerate(t.columns):
+        numeric = any(isinstance(x[k], int | float) for x in rows)
+        # headers wrap at the spaces _header puts in; long names fold; numbers stay on one line
+        rt.add_column(_header(c), justify="right" if numeric else "left",
+                      overflow="ellipsis" if numeric else "fold")
+    for r in cells:
+        rt.add_row(*r)
     console.print(rt)
+
+
+def _header(col: str) -> str:
+    """Column name for the terminal: words that can wrap (``restored_pct_of_rss`` → ``restored % of rss``)."""
+    return (col.replace("_pct_of_", " % of ").replace("_pct", " %").replace("_kb", " kB")
+            .replace("_", " "))
 
 
 def _cell(col: str, v: Any) -> str:

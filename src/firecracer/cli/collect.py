@@ -7,10 +7,14 @@ import click
 from firecracer.cli._render import console, print_json
 from firecracer.errors import FirecracerError
 from firecracer.guest import memmap, recording
+from firecracer.guest.agent import DEFAULT_PORT as AGENT_PORT
 from firecracer.guest.client import AgentClient
 
 
 @click.command()
+@click.argument("vm_name", metavar="[VM]", required=False)
+@click.option("--port", type=int, default=AGENT_PORT, show_default=True,
+              help="Guest vsock port of the agent (with VM).")
 @click.option("--local", "local", is_flag=True, help="Collect this host (needs root).")
 @click.option("--agent", "agent", metavar="ADDR",
               help="Collect a guest through its agent: vsock:UDS_PATH:PORT, tcp:HOST:PORT or unix:PATH.")
@@ -25,11 +29,21 @@ from firecracer.guest.client import AgentClient
 @click.option("-o", "--output", "out", required=True, type=click.Path(file_okay=False),
               help="Recording directory (created; existing recording.json is merged).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
-def collect(local: bool, agent: str | None, pids: tuple[int, ...], jvm_pid: int | None, sections: str,
-            fmt: str, source: str | None, timeout: float, out: str, as_json: bool) -> None:
-    """Collect memmap + NMT + smaps from a guest (via its agent) or from this host (--local)."""
-    if local == bool(agent):
-        raise click.UsageError("pass exactly one of --local or --agent ADDR")
+def collect(vm_name: str | None, port: int, local: bool, agent: str | None, pids: tuple[int, ...],
+            jvm_pid: int | None, sections: str, fmt: str, source: str | None, timeout: float, out: str,
+            as_json: bool) -> None:
+    """Collect memmap + NMT + smaps from microVM VM (its agent over vsock), a guest agent at --agent ADDR,
+    or this host (--local)."""
+    if sum((local, bool(agent), bool(vm_name))) != 1:
+        raise click.UsageError("pass exactly one of VM, --agent ADDR or --local")
+    if vm_name:
+        from firecracer.vmm.machine import MicroVM
+
+        vm = MicroVM.attach(vm_name)
+        if not vm.alive():
+            raise FirecracerError(f"VM {vm_name!r} is not running (see 'firecracer vm ls')")
+        agent = f"vsock:{vm.vsock_path}:{port}"
+        source = source or "firecracker"
     secs = tuple(s.strip() for s in sections.split(",") if s.strip())
     try:
         if local:

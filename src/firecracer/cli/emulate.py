@@ -40,13 +40,14 @@ def _default_image() -> tuple[Path | None, Path | None]:
 @click.option("--keep-snapshot", is_flag=True, help="Copy vmstate + sparse mem into RECORDING/snapshot/.")
 @click.option("--workdir", type=click.Path(path_type=Path), help="Keep the run's work files here.")
 @click.option("--qemu", default="qemu-system-x86_64", show_default=True)
+@click.option("--cpu-model", default="max", show_default=True, help="QEMU -cpu for both VMs.")
 @click.option("--list-samples", is_flag=True, help="List the bundled real recordings and exit.")
 @click.option("--extract-sample", metavar="NAME", help="Unpack a bundled recording into OUT.")
 @click.option("--json", "as_json", is_flag=True)
 def emulate(out: Path | None, kernel: Path | None, rootfs: Path | None, variant: str,
             java_options: str | None, mem_mib: int, cpus: int, warmup: int, request_path: str,
             boot_timeout: float, keep_snapshot: bool,
-            workdir: Path | None, qemu: str, list_samples: bool, extract_sample: str | None,
+            workdir: Path | None, qemu: str, cpu_model: str, list_samples: bool, extract_sample: str | None,
             as_json: bool) -> None:
     """Boot the image under QEMU TCG, warm up, collect, snapshot, restore lazily, record the page order.
 
@@ -91,7 +92,7 @@ def emulate(out: Path | None, kernel: Path | None, rootfs: Path | None, variant:
                         java_options=opts if java_options is None else java_options,
                         appcds=appcds, label=f"petclinic {variant} (QEMU TCG, FUSE lazy restore)",
                         warmup=warmup, request_path=request_path, boot_timeout=boot_timeout, qemu=qemu,
-                        keep_snapshot=keep_snapshot, workdir=workdir)
+                        keep_snapshot=keep_snapshot, workdir=workdir, cpu_model=cpu_model)
 
     def progress(msg: str) -> None:
         if not as_json:
@@ -104,6 +105,7 @@ def emulate(out: Path | None, kernel: Path | None, rootfs: Path | None, variant:
     console.print(f"recording: {res.out}")
     console.print(f"first-touch pages until the first response: {res.pages} "
                   f"({res.zero_pages} zero, {res.reads_before_resume} during vmstate load)")
+    console.print(f"first-touch pages attributed to an owner: {res.attributed_pct} %")
     for key, val in res.timings_ms.items():
         console.print(f"  {key}: {val} ms")
     console.print("[yellow]times are QEMU TCG (software emulation), not comparable to KVM[/]")

@@ -50,7 +50,7 @@ def run(spec_file: str | None, example: bool, out: str | None, dry_run: bool, sh
     that fails is recorded with its reason and the study goes on.
     """
     from firecracer.experiment.plan import Shard, plan_runs
-    from firecracer.experiment.runner import Event, run_study
+    from firecracer.experiment.runner import Event, make_backend, run_study
     from firecracer.experiment.store import DB_NAME, ResultStore
 
     spec = _load(spec_file, example)
@@ -87,6 +87,8 @@ def run(spec_file: str | None, example: bool, out: str | None, dry_run: bool, sh
                       + (f", shard {sh}" if sh else "") + f"); {todo} to run; results in {results}")
         return
 
+    backend = make_backend(spec)
+    backend.check()  # before any output: a host that cannot run the study is one line, nothing else
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("[red]{task.fields[failed]} failed"), console=err_console,
                   transient=False) as progress:
@@ -111,7 +113,8 @@ def run(spec_file: str | None, example: bool, out: str | None, dry_run: bool, sh
                 progress.update(task, advance=1, failed=nfail)
 
         try:
-            summary = run_study(spec, results, shard=sh, retry_failed=retry_failed, on_event=on_event)
+            summary = run_study(spec, results, backend=backend, shard=sh, retry_failed=retry_failed,
+                                on_event=on_event)
         except KeyboardInterrupt:
             progress.stop()
             err_console.print(f"interrupted: finished runs are kept in {results}; run the same command again "

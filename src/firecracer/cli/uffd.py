@@ -52,7 +52,8 @@ def serve(socket_path: str, mem_file: str, strategy: str, trace_out: str | None,
 
     logging.basicConfig(level=logging.WARNING, format="firecracer uffd: %(message)s", stream=sys.stderr)
     server = Server(socket_path, mem_file, strategy, trace_out=trace_out, max_sessions=sessions,
-                    accept_timeout=accept_timeout, handshake_timeout=handshake_timeout, populate=populate)
+                    accept_timeout=accept_timeout, handshake_timeout=handshake_timeout, populate=populate,
+                    metrics_out=metrics_out)
     try:
         server.listen()
 
@@ -67,9 +68,7 @@ def serve(socket_path: str, mem_file: str, strategy: str, trace_out: str | None,
         result = server.serve()
     finally:
         server.close()
-    metrics = result.metrics()
-    if metrics_out:
-        Path(metrics_out).write_text(json.dumps(metrics, indent=2) + "\n")
+    metrics = result.metrics()  # --metrics was written by the server, before the traces
     if as_json:
         print_json(metrics)
     elif not quiet:

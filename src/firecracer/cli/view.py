@@ -55,6 +55,9 @@ def _geometry(text: str) -> tuple[int, int]:
 @click.option("--screenshot", type=click.Path(dir_okay=False, path_type=Path),
               help="Also render the page in headless Chromium and save a PNG screenshot of it.")
 @click.option("--screenshot-size", default="1400x900", show_default=True, help="Screenshot viewport WxH.")
+@click.option("--screenshot-hover", metavar="ADDR",
+              help="Before the screenshot, hover the physical page at ADDR (e.g. 0x26ff25000) to show "
+                   "its owners.")
 @click.option("--color", "colors", multiple=True, metavar="NAME=#RRGGBB",
               help="Override a colour (seed: uffdVisualizer.*Color), e.g. loadsel=#ff8800; names: "
                    "background memory kernel pagecache free traceonly shared selected selshared loadsel load "
@@ -64,6 +67,7 @@ def _geometry(text: str) -> tuple[int, int]:
 def view(files: tuple[Path, ...], seed: bool, compare_with: Path | None, output: Path | None, scale: float,
          width: int, phys_mem: str | None, labels: tuple[str, ...], select: str | None, at_end: bool,
          png_out: Path | None, png_category: str | None, screenshot: Path | None, screenshot_size: str,
+         screenshot_hover: str | None,
          colors: tuple[str, ...], serve: bool, port: int) -> None:
     """Write (or serve) the interactive physical-memory viewer for a RECORDING.
 
@@ -126,10 +130,19 @@ def view(files: tuple[Path, ...], seed: bool, compare_with: Path | None, output:
         w, h = _geometry(screenshot_size)
         with Browser(width=w, height=h) as b:
             b.open(path.resolve().as_uri())
-            b.wait_for("window.FC && (FC.ready || FC.error)", timeout=120)
+            b.wait_for("window.FC && ((FC.ready && FC.detailReady) || FC.error)", timeout=120)
             err = b.evaluate("FC.error")
             if err:
                 raise click.ClickException(f"the page failed in Chromium: {err}")
+            if screenshot_hover is not None:
+                try:
+                    page = int(screenshot_hover, 0) // rep.packs[0].meta["page_size"]
+                except ValueError as exc:
+                    raise click.BadParameter(f"{screenshot_hover!r} is not an address",
+                                             param_hint="--screenshot-hover") from exc
+                xy = b.evaluate(f"FC.slotToClient(0, {page})")
+                b.mouse("mouseMoved", xy["x"], xy["y"])
+                b.wait_for("document.getElementById('tip').style.display === 'block'", timeout=10)
             b.screenshot(screenshot)
         console.print(f"wrote {screenshot}")
     if serve:

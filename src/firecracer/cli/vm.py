@@ -69,6 +69,9 @@ def _show(m: MicroVM, as_json: bool) -> None:
 @_fc_option
 @click.option("--kernel", type=click.Path(dir_okay=False), help="Guest kernel (vmlinux ELF).")
 @click.option("--probe", is_flag=True, help="Boot the probe guest instead of a kernel (see docs/vmm.md).")
+@click.option("--replay", type=click.Path(dir_okay=False, exists=True),
+              help="With --probe: walk the faulting pages of this trace.npz, in first-fault order.")
+@click.option("--replay-limit", type=click.IntRange(1), help="Replay only the first N faulting pages.")
 @click.option("--rootfs", type=click.Path(dir_okay=False), help="Root file system image.")
 @click.option("--rw", is_flag=True, help="Attach the root file system read-write (default read-only).")
 @click.option("--boot-args", default=DEFAULT_BOOT_ARGS, show_default=True)
@@ -80,17 +83,27 @@ def _show(m: MicroVM, as_json: bool) -> None:
 @click.option("--no-vsock", is_flag=True, help="Do not attach a vsock device.")
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="Recorded into snapshot.json.")
 @click.option("--json", "as_json", is_flag=True)
-def boot(name: str | None, firecracker: str | None, kernel: str | None, probe: bool, rootfs: str | None,
-         rw: bool, boot_args: str, vcpus: int, mem_mib: int, track_dirty_pages: bool, huge_pages: str | None,
-         net: bool, no_vsock: bool, labels: tuple[str, ...], as_json: bool) -> None:
+def boot(name: str | None, firecracker: str | None, kernel: str | None, probe: bool, replay: str | None,
+         replay_limit: int | None, rootfs: str | None, rw: bool, boot_args: str, vcpus: int, mem_mib: int,
+         track_dirty_pages: bool, huge_pages: str | None, net: bool, no_vsock: bool, labels: tuple[str, ...],
+         as_json: bool) -> None:
     """Boot a microVM and leave it running (see 'vm ls', 'vm kill')."""
     if probe == (kernel is not None):
         raise click.UsageError("give exactly one of --kernel or --probe")
+    if replay and not probe:
+        raise click.UsageError("--replay needs --probe")
     if probe:
-        from firecracer.vmm.probe import build_probe
+        from firecracer.vmm.probe import build_probe, min_mem_mib, probe_info
         from firecracer.vmm.selftest import FILL, TRACE
 
-        kernel = str(build_probe(TRACE, FILL))
+        if replay:
+            from firecracer.vmm.probe.replay import replay_pages
+
+            trace, fill = replay_pages(replay, limit=replay_limit)
+            kernel = str(build_probe(trace, fill, skip_reserved=True))
+        else:
+            kernel = str(build_probe(TRACE, FILL))
+        mem_mib = max(mem_mib, min_mem_mib(probe_info(kernel).max_page))
         boot_args = "console=ttyS0"
     assert kernel is not None
     lab: dict[str, Any] = {}

@@ -10,6 +10,10 @@ backend makes from its memory file. Two kernel mechanisms could hide first touch
 * readahead: the ``INIT`` reply sets ``max_readahead = 0``, so the mount's ``ra_pages`` is 0 and
   ``filemap_fault`` reads only the faulting folio (order 0: FUSE does not allocate large folios for a
   fault without readahead);
+* large folios: since Linux 6.x FUSE caches files in folios of up to ``max_write`` bytes, and a
+  mapping with ``MADV_HUGEPAGE`` (QEMU advises it on all guest RAM) reads a whole folio per fault
+  *even with readahead off* — we measured 32-page (128 KiB) reads that way. The ``INIT`` reply sets
+  ``max_write = 4096``, which caps the folio order at 0: one page per fault again;
 * fault-around (``filemap_map_pages``) only maps pages *already* in the page cache, i.e. pages that
   were read (and recorded) before — it can never install a page we did not serve.
 
@@ -65,7 +69,9 @@ _STATFS_OUT = struct.Struct("<QQQQQIIII24x")
 
 ROOT_ID, FILE_ID = 1, 2
 FUSE_BIG_WRITES = 1 << 5
-MAX_WRITE = 128 * 1024
+#: ``max_write`` in the INIT reply: one page, so the page cache uses order-0 folios (one page per fault).
+MAX_WRITE = 4096
+_READ_BUF = 256 * 1024
 _VALID_S = 3600  # attributes never change while mounted
 _MS_NOSUID, _MS_NODEV = 2, 4
 _MNT_DETACH = 2
@@ -183,7 +189,7 @@ class MemFileMount:
             raise FuseError(f"/dev/fuse: cannot open: {exc.strerror}") from exc
         self._src_fd = os.open(self.source, os.O_RDONLY | os.O_CLOEXEC)
         opts = (f"fd={self._dev_fd},rootmode=40000,user_id={os.geteuid()},group_id={os.getegid()},"
-                f"allow_other,max_read={MAX_WRITE}")
+                "allow_other,max_read=4096")
         libc = _libc()
         rc = libc.mount(b"firecracer-mem", os.fsencode(self.mountpoint), b"fuse", _MS_NOSUID | _MS_NODEV,
                         opts.encode())
@@ -259,7 +265,7 @@ class MemFileMount:
                 raise
 
     def _serve(self) -> None:
-        bufsize = MAX_WRITE + 64 * 1024
+        bufsize = _READ_BUF
         try:
             while True:
                 try:

@@ -42,6 +42,7 @@ import numpy as np
 
 from firecracer import __version__
 from firecracer.emulate.fusemem import MemFileMount, PageReads, data_extents, in_holes
+from firecracer.emulate.nothp import drop_hugepage_advice
 from firecracer.emulate.qmp import Qmp
 from firecracer.errors import BinaryNotFound, FirecracerError
 
@@ -85,6 +86,7 @@ class EmulateConfig:
     keep_snapshot: bool = False
     workdir: Path | None = None
     prepare_steps: list[str] | None = None
+    cpu_model: str = "max"
 
 
 @dataclass
@@ -97,6 +99,7 @@ class EmulateResult:
     reads_before_resume: int
     timings_ms: dict[str, float] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    attributed_pct: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -133,7 +136,7 @@ def qemu_argv(cfg: EmulateConfig, mem_path: Path, qmp: Path, agent_port: int, ht
            f"hostfwd=tcp:127.0.0.1:{http_port}-:{APP_PORT}")
     argv = [
         # acpi=off: see firecracer.image.check (TCG cannot calibrate timers on hw-reduced ACPI)
-        cfg.qemu, "-M", "microvm,accel=tcg,acpi=off,memory-backend=mem", "-cpu", "max",
+        cfg.qemu, "-M", "microvm,accel=tcg,acpi=off,memory-backend=mem", "-cpu", cfg.cpu_model,
         "-m", f"{cfg.mem_mib}M", "-smp", str(cfg.cpus),
         "-object", f"memory-backend-file,id=mem,size={cfg.mem_mib}M,mem-path={mem_path},share=on",
         "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
@@ -151,11 +154,12 @@ def qemu_argv(cfg: EmulateConfig, mem_path: Path, qmp: Path, agent_port: int, ht
 class _Qemu:
     """A QEMU process in its own process group, console copied to a log file with markers seen."""
 
-    def __init__(self, argv: list[str], log: Path) -> None:
+    def __init__(self, argv: list[str], log: Path, *, no_hugepage_advice: bool = False) -> None:
         self.log_path = log
         self._log: IO[bytes] = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+                                     stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=drop_hugepage_advice if no_hugepage_advice else None)
         self.lines: list[str] = []
         self._cv = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -354,8 +358,10 @@ def run(cfg: EmulateConfig, progress: Progress | None = None) -> EmulateResult:
 
                 t1 = time.monotonic()
                 summary = collect_agent(agent, out, source=SOURCE)
-                mark("collect_wall", t1)
                 problems += list(summary.problems)
+                kernel_classes = _complete_memmap(agent, out / "memmap.npz", cfg.mem_mib)
+                mark("collect_wall", t1)
+                say(f"memmap: {summary.pages} page rows; kernel allocations by kpageflags: {kernel_classes}")
             finally:
                 agent.close()
             # 2. snapshot: device state only; RAM stays in `mem`
@@ -419,10 +425,44 @@ def run(cfg: EmulateConfig, progress: Progress | None = None) -> EmulateResult:
         timings["total_wall"] = round((time.monotonic() - t_start) * 1000, 1)
         _write_recording_json(out, cfg, qemu_version, timings, first, trace_rows=len(cut), zero=zero,
                               before=before)
-        return EmulateResult(out, len(cut), zero, before, timings, problems)
+        res = EmulateResult(out, len(cut), zero, before,
+                            {k: v for k, v in timings.items() if not k.endswith("_ns")}, problems)
+        try:
+            res.attributed_pct = _attributed_pct(out)
+        except FirecracerError as exc:
+            problems.append(f"analysis of the recording failed: {exc}")
+        return res
     finally:
         if own_work:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _attributed_pct(out: Path) -> float | None:
+    """Share of first-touch pages the analysis attributes to an owner; also noted in recording.json."""
+    from firecracer.analysis.join import attribute
+    from firecracer.analysis.recording import load_recording
+    from firecracer.analysis.tables import totals
+
+    tot = totals(attribute(load_recording(out)))
+    pct = tot.get("attributed_pct")
+    path = out / "recording.json"
+    rec = json.loads(path.read_text())
+    rec["analysis"] = {"attributed_pct": pct}
+    path.write_text(json.dumps(rec, indent=1, default=str))
+    return None if pct is None else float(pct)
+
+
+def _complete_memmap(agent: Any, path: Path, mem_mib: int) -> dict[str, int]:
+    """Add kernel allocations (slab, page tables, …) no collector section names; see ``kernelpages``."""
+    from firecracer.analysis.memmap import load_memmap, save_memmap
+    from firecracer.emulate.kernelpages import add_kernel_allocations, read_guest_kpages
+
+    mm = load_memmap(path)
+    max_pfn = int(mm.meta.get("max_pfn") or (mem_mib << 20) // 4096)
+    flags, counts = read_guest_kpages(agent, max_pfn)
+    full, per_class = add_kernel_allocations(mm, flags, counts)
+    save_memmap(full, path)
+    return per_class
 
 
 def _pinned(cfg: EmulateConfig, work: Path) -> EmulateConfig:
@@ -446,7 +486,7 @@ def _restore(cfg: EmulateConfig, mem: Path, vmstate: Path, work: Path, a_port: i
     marks: dict[str, float] = {}
     with MemFileMount(mem, work / "fuse") as mount:
         dst = _Qemu(qemu_argv(cfg, mount.path, work / "qmp-dst.sock", a_port, h_port, incoming=True),
-                    out / "console-restore.log")
+                    out / "console-restore.log", no_hugepage_advice=True)
         try:
             with Qmp(work / "qmp-dst.sock", timeout=60) as q:
                 t_load = mount.mark()

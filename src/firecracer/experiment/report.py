@@ -30,7 +30,7 @@ body{font-family:system-ui,sans-serif;margin:24px auto;max-width:1100px;color:#2
 h1{font-size:22px;margin-bottom:4px} h2{font-size:17px;margin-top:30px;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;font-size:12px;margin:8px 0}
 th,td{padding:3px 8px;border-bottom:1px solid #eee;text-align:right} th{background:#f5f5f5}
-td.l,th.l{text-align:left}
+td.l,th.l{text-align:left;white-space:nowrap}
 .warn{background:#fff4d6;border:1px solid #e6c35c;padding:8px 12px;border-radius:4px}
 .fail{color:#b00020} .ok{color:#1b7a35} .muted{color:#777;font-size:12px}
 .plots{display:flex;flex-wrap:wrap;gap:14px} pre{background:#f7f7f7;padding:8px;font-size:11px;overflow:auto}
@@ -206,6 +206,7 @@ def _summary_table(variants: list[str], strategies: list[str],
                    by_cell: dict[tuple[str, str], list[RunRecord]], runs: list[RunRecord]) -> str:
     head = ('<table><tr><th class="l">variant</th><th class="l">strategy</th><th>ok</th><th>failed</th>'
             "<th>first response p50 ms</th><th>p90 ms</th><th>load_snapshot p50 ms</th>"
+            "<th>FC metric p50 ms</th>"
             "<th>vs ondemand</th><th>faults p50</th><th>MB served p50</th><th>Jaccard p50</th></tr>")
     rows = []
     for v in variants:
@@ -216,6 +217,7 @@ def _summary_table(variants: list[str], strategies: list[str],
             nfail = sum(1 for r in runs if not r.ok and r.variant == v and r.strategy == s)
             fr = [r.timings["first_response"] for r in cell if "first_response" in r.timings]
             ls = [r.timings["load_snapshot"] for r in cell if "load_snapshot" in r.timings]
+            fcm = [r.metrics["fc_load_snapshot_us"] / 1e3 for r in cell if "fc_load_snapshot_us" in r.metrics]
             fa = [float(r.metrics["faults"]) for r in cell if "faults" in r.metrics]
             mb = [r.metrics["bytes"] / 2**20 for r in cell if "bytes" in r.metrics]
             jac = _pairwise(cell)
@@ -226,6 +228,7 @@ def _summary_table(variants: list[str], strategies: list[str],
                         f"<td>{len(cell)}</td>"
                         f'<td class="{"fail" if nfail else ""}">{nfail}</td><td>{_num(_median(fr))}</td>'
                         f"<td>{_num(_pct(fr, 90))}</td><td>{_num(_median(ls), 2)}</td>"
+                        f"<td>{_num(_median(fcm), 2)}</td>"
                         f"<td>{_speedup(base, _median(fr))}</td>"
                         f"<td>{_num(_median(fa), 0)}</td><td>{_num(_median(mb), 2)}</td>"
                         f"<td>{_num(_median(off), 3) if jv else '–'}</td></tr>")

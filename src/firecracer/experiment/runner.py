@@ -133,6 +133,10 @@ def run_study(spec: Spec, results_dir: Path | str, *, backend: Backend[Any] | No
                             outcome.categories, why = _categories(rundir, vdir)
                             if why:
                                 outcome.metrics["attribution_error"] = why
+                        if spec.viewer:
+                            why = _viewer(rundir, f"{spec.name}: {run.run_id}")
+                            if why:
+                                outcome.metrics["viewer_error"] = why
                         rec = _record(spec_all, spec, run, shard, host, versions, be.name, t0, outcome,
                                       rundir=rundir, results_dir=results_dir)
                         ok += 1
@@ -160,6 +164,25 @@ def _categories(rundir: Path, vdir: Path) -> tuple[dict[str, int] | None, str | 
         return restored_by_category(rundir, vdir), None
     except FirecracerError as exc:
         return None, describe_exception(exc)
+
+
+def _viewer(rundir: Path, title: str) -> str | None:
+    """Write the run's viewer page (``rundir/report.html``, firecracer.viz) when it has a trace or memmap.
+
+    Returns why it could not (kept in the run's metrics as ``viewer_error``), else None.
+    """
+    from firecracer.errors import FirecracerError
+
+    if not any((rundir / f).exists() for f in ("trace.npz", "memmap.npz")):
+        return None
+    try:
+        from firecracer.analysis.recording import load_recording
+        from firecracer.viz.html import ViewOptions, write_report
+
+        write_report([load_recording(rundir)], rundir / "report.html", ViewOptions(title=title))
+    except (FirecracerError, OSError, ValueError) as exc:
+        return describe_exception(exc)
+    return None
 
 
 def _record(spec_all: dict[str, Any], spec: Spec, run: Run, shard: Shard | None, host: dict[str, str],

@@ -220,6 +220,11 @@ class AgentClient:
     def collect_memmap(self, pids: list[int] | None = None, sections: list[str] | None = None,
                        timeout: float = 1800.0) -> bytes:
         """The guest's ``memmap.npz`` bytes."""
+        return self.collect_memmap_info(pids, sections, timeout)[0]
+
+    def collect_memmap_info(self, pids: list[int] | None = None, sections: list[str] | None = None,
+                            timeout: float = 1800.0) -> tuple[bytes, dict[str, Any]]:
+        """``(memmap.npz bytes, the rest of the reply: pages, owners, skipped, seconds in the guest)``."""
         args: dict[str, Any] = {}
         if pids is not None:
             args["pids"] = pids
@@ -227,7 +232,8 @@ class AgentClient:
             args["sections"] = sections
         r = self.call("collect-memmap", args, timeout=timeout)
         try:
-            return base64.b64decode(r["npz_b64"], validate=True)
+            data = base64.b64decode(r.pop("npz_b64"), validate=True)
+            return data, r
         except (KeyError, ValueError):
             raise AgentError(f"{self.address}: collect-memmap reply has no valid npz_b64",
                              "bad-reply") from None

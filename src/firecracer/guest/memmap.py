@@ -82,6 +82,20 @@ class Memmap:
         self.page_kflags.append(kflags)
         self.page_kcount.append(min(kcount, 0xFFFFFFFF))
 
+    def add_unmapped_pages(self, owner: int, pfns: list[int], kflags: list[int], kcounts: list[int]) -> None:
+        """Bulk rows of a section without mappings (page cache, free): ``vaddr = paddr = pfn * page``."""
+        n = len(pfns)
+        addrs: array.array[int] = array.array("Q", [p << PAGE_SHIFT for p in pfns])
+        self.page_map.extend(array.array("i", [-1]) * n)
+        self.page_owner.extend(array.array("i", [owner]) * n)
+        self.page_vaddr.extend(addrs)
+        self.page_paddr.extend(addrs)
+        self.page_pm.frombytes(bytes(n))
+        self.page_kflags.extend(array.array("Q", kflags))
+        if kcounts and max(kcounts) > 0xFFFFFFFF:
+            kcounts = [min(c, 0xFFFFFFFF) for c in kcounts]
+        self.page_kcount.extend(array.array("I", kcounts))
+
     def full_meta(self) -> dict[str, Any]:
         return {**self.meta, "format": FORMAT, "version": VERSION, "page_size": PAGE_SIZE,
                 "owner_exe": list(self.owner_exe), "map_name": list(self.map_name)}
@@ -152,12 +166,12 @@ def collect(pids: list[int] | None = None, *, sections: tuple[str, ...] = SECTIO
         if "pagecache" in sections:
             owner = mm.add_owner(PID_PAGECACHE, "pagecache")
             # anon pages overload MAPPEDTODISK (tools/mm/page-types.c), hence the ANON reject
-            for pfn, fl, cn in kp.scan(1 << KPF["MAPPEDTODISK"], 1 << KPF["ANON"]):
-                mm.add_page(-1, owner, pfn << PAGE_SHIFT, pfn << PAGE_SHIFT, 0, fl, cn)
+            for pfns, fls, cns in kp.scan_windows(1 << KPF["MAPPEDTODISK"], 1 << KPF["ANON"]):
+                mm.add_unmapped_pages(owner, pfns, fls, cns)
         if "free" in sections:
             owner = mm.add_owner(PID_FREE, "free")
-            for pfn, fl, cn in kp.scan(1 << KPF["BUDDY"]):
-                mm.add_page(-1, owner, pfn << PAGE_SHIFT, pfn << PAGE_SHIFT, 0, fl, cn)
+            for pfns, fls, cns in kp.scan_windows(1 << KPF["BUDDY"]):
+                mm.add_unmapped_pages(owner, pfns, fls, cns)
     return mm
 
 
@@ -183,15 +197,20 @@ def _collect_process(mm: Memmap, kp: procfs.KPageFiles, pid: int, exe: str) -> N
     fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY)
     # Build the process's rows aside, so a process dying half-way leaves no partial section.
     part = Memmap()
-    pfns: array.array[int] = array.array("Q")
+    pfns: list[int] = []
     try:
         owner = len(mm.owner_pid)
         for m in maps:
             mi = len(mm.map_owner) + part.add_mapping(owner, m.start, m.end, m.offset, m.perms, m.name)
-            for vaddr, word in procfs.present_pages(fd, m.start, m.end):
-                pfn = word & PM_PFN_MASK
-                pfns.append(pfn)
-                part.add_page(mi, owner, vaddr, pfn << PAGE_SHIFT, procfs.pm_bits(word), 0, 0)
+            for vaddrs, words in procfs.present_chunks(fd, m.start, m.end):
+                n = len(vaddrs)
+                chunk_pfns = [w & PM_PFN_MASK for w in words]
+                pfns.extend(chunk_pfns)
+                part.page_map.extend(array.array("i", [mi]) * n)
+                part.page_owner.extend(array.array("i", [owner]) * n)
+                part.page_vaddr.extend(array.array("Q", vaddrs))
+                part.page_paddr.extend(array.array("Q", [p << PAGE_SHIFT for p in chunk_pfns]))
+                part.page_pm.extend(array.array("B", [procfs.pm_bits(w) for w in words]))
     finally:
         os.close(fd)
     # flags and counts in one batched pass, right after the walk (as close in time as we can get)

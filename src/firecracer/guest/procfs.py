@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import itertools
 import os
 import re
 from collections.abc import Iterator
@@ -114,11 +115,12 @@ def pread_all(fd: int, size: int, offset: int) -> bytes:
     return b"".join(parts) if len(parts) != 1 else parts[0]
 
 
-def present_pages(fd: int, start: int, end: int) -> Iterator[tuple[int, int]]:
-    """Yield ``(vaddr, pagemap_word)`` for every present page in ``[start, end)`` of an open pagemap.
+def present_chunks(fd: int, start: int, end: int) -> Iterator[tuple[list[int], list[int]]]:
+    """Yield ``(vaddrs, pagemap_words)`` of the present pages in ``[start, end)`` of an open pagemap.
 
-    One ``pread`` per mapping (per ``PAGEMAP_CHUNK`` pages for huge ones); non-present runs are
-    skipped in C via ``bytes.find`` on the words' top bytes, so Python only touches present pages.
+    One ``pread`` per mapping (per ``PAGEMAP_CHUNK`` pages for huge ones). The present bit (63) is the
+    top bit of each little-endian word's last byte; ``bytes.translate`` turns those bytes into a 0/1
+    mask and ``itertools.compress`` picks the present entries, so no Python code runs per page.
     """
     first = start >> PAGE_SHIFT
     last = end >> PAGE_SHIFT
@@ -128,13 +130,19 @@ def present_pages(fd: int, start: int, end: int) -> Iterator[tuple[int, int]]:
         n = len(data) // 8
         if n == 0:
             return
-        words = memoryview(data[: n * 8]).cast("Q")
-        flags = data[7::8].translate(_TOP_BIT)
-        i = flags.find(1)
-        while i >= 0:
-            yield (first + i) << PAGE_SHIFT, words[i]
-            i = flags.find(1, i + 1)
+        data = data[: n * 8]
+        mask = data[7::8].translate(_TOP_BIT)
+        if mask.find(1) >= 0:
+            yield (list(itertools.compress(range(first << PAGE_SHIFT, (first + n) << PAGE_SHIFT, PAGE_SIZE),
+                                           mask)),
+                   list(itertools.compress(memoryview(data).cast("Q"), mask)))
         first += n
+
+
+def present_pages(fd: int, start: int, end: int) -> Iterator[tuple[int, int]]:
+    """Like :func:`present_chunks`, one ``(vaddr, pagemap_word)`` at a time."""
+    for vaddrs, words in present_chunks(fd, start, end):
+        yield from zip(vaddrs, words, strict=True)
 
 
 def pm_bits(word: int) -> int:
@@ -220,40 +228,44 @@ class KPageFiles:
         counts: array.array[int] = array.array("Q", (found[p][1] for p in pfns))
         return flags, counts
 
-    def scan(self, want: int, reject: int = 0, *,
-             limit_pfn: int | None = None) -> Iterator[tuple[int, int, int]]:
-        """Yield ``(pfn, flags, count)`` for every PFN whose flags have any bit of ``want`` and none of
-        ``reject``, over the whole file (or below ``limit_pfn``). Filtering is done on whole windows with
-        big-integer masks, so Python only iterates over matching PFNs.
+    def scan_windows(self, want: int, reject: int = 0, *, limit_pfn: int | None = None,
+                     ) -> Iterator[tuple[list[int], list[int], list[int]]]:
+        """Per 64 Ki-PFN window, ``(pfns, flags, counts)`` of every PFN whose flags have any bit of
+        ``want`` and none of ``reject`` (below ``limit_pfn`` if given). Filtering uses big-integer byte
+        masks and ``itertools.compress``, so no Python code runs per PFN.
         """
         w = 0
-        while True:
+        while limit_pfn is None or w * KPAGE_WINDOW < limit_pfn:
             off = w * KPAGE_WINDOW * 8
             data = _whole_words(pread_all(self._flags_fd, KPAGE_WINDOW * 8, off))
             if not data:
                 return
             n = len(data) // 8
+            base = w * KPAGE_WINDOW
+            if limit_pfn is not None and base + n > limit_pfn:
+                n = limit_pfn - base
+                data = data[: n * 8]
             mask = _bit_mask(data, want)
             if reject:
                 mask &= ~_bit_mask(data, reject)
             if mask:
-                words = memoryview(data).cast("Q")
                 counts: array.array[int] = array.array("Q")
                 counts.frombytes(_whole_words(pread_all(self._count_fd, n * 8, off)))
+                if len(counts) < n:
+                    counts.extend([0] * (n - len(counts)))
                 hits = mask.to_bytes(n, "little")
-                base = w * KPAGE_WINDOW
-                i = hits.find(1)
-                while i >= 0:
-                    pfn = base + i
-                    if limit_pfn is not None and pfn >= limit_pfn:
-                        return
-                    yield pfn, words[i], counts[i] if i < len(counts) else 0
-                    i = hits.find(1, i + 1)
-            if n < KPAGE_WINDOW:
+                yield (list(itertools.compress(range(base, base + n), hits)),
+                       list(itertools.compress(memoryview(data).cast("Q"), hits)),
+                       list(itertools.compress(counts, hits)))
+            if len(data) // 8 < KPAGE_WINDOW:
                 return
             w += 1
-            if limit_pfn is not None and w * KPAGE_WINDOW >= limit_pfn:
-                return
+
+    def scan(self, want: int, reject: int = 0, *,
+             limit_pfn: int | None = None) -> Iterator[tuple[int, int, int]]:
+        """Like :meth:`scan_windows`, one ``(pfn, flags, count)`` at a time."""
+        for pfns, flags, counts in self.scan_windows(want, reject, limit_pfn=limit_pfn):
+            yield from zip(pfns, flags, counts, strict=True)
 
     def max_pfn(self) -> int:
         """One past the highest PFN the kernel describes (size of /proc/kpageflags / 8)."""

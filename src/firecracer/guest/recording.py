@@ -170,7 +170,9 @@ def collect_agent(client: Any, out: str | Path, *, pids: list[int] | None = None
     outp.mkdir(parents=True, exist_ok=True)
     summary = CollectSummary(outp)
     ping = client.ping()
-    data = client.collect_memmap(pids=pids, sections=sections)
+    t_mm = time.monotonic()
+    data, info = client.collect_memmap_info(pids=pids, sections=sections)
+    timings = {"memmap_s": round(time.monotonic() - t_mm, 3), "memmap_guest_s": info.get("seconds")}
     try:
         cols, meta = npyio.read_npz(io.BytesIO(data))
         mm = memmap.Memmap.from_columns(cols, meta)
@@ -184,8 +186,10 @@ def collect_agent(client: Any, out: str | Path, *, pids: list[int] | None = None
         write_seed_text(mm, outp / "memmap.txt")
         summary.files.append("memmap.txt")
     jvm_facts: dict[str, Any] = {}
+    t_nmt = time.monotonic()
     try:
         pid, text = client.nmt(jvm_pid)
+        timings["nmt_s"] = round(time.monotonic() - t_nmt, 3)
         (outp / "nmt.txt").write_text(text, encoding="utf-8")
         summary.files.append("nmt.txt")
         summary.jvm_pid = pid
@@ -212,7 +216,8 @@ def collect_agent(client: Any, out: str | Path, *, pids: list[int] | None = None
                   "agent_version": ping.get("agent_version")},
         "jvm": jvm_facts,
         "collect": {"collected": mm.meta.get("collected"), "seconds": summary.seconds,
-                    "agent": client.address, "pages": summary.pages, "problems": summary.problems},
+                    "agent": client.address, "pages": summary.pages, "problems": summary.problems,
+                    "timings": timings},
     }
     merge_recording_json(outp, updates, {"source": source} if source else None)
     summary.files.append("recording.json")

@@ -20,9 +20,11 @@ server reports failure. Every page installed is recorded for the trace (``trace.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import gc
+import json
 import logging
 import os
 import select
@@ -40,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from firecracer.errors import FirecracerError, HandshakeError
-from firecracer.uffd import abi
+from firecracer.uffd import abi, native
 from firecracer.uffd.handshake import Handshake, Region, peer_pid, receive
 from firecracer.uffd.memfile import MemoryFile
 from firecracer.uffd.strategies import (
@@ -92,22 +94,31 @@ class ServeError(FirecracerError):
 class _Recorder:
     """Installed runs (not pages), expanded to trace rows with numpy at the end."""
 
-    __slots__ = ("runs",)
+    __slots__ = ("chunks", "runs")
 
     def __init__(self) -> None:
         self.runs: list[tuple[int, int, int, int, int, int, int, int]] = []
+        self.chunks: list[np.ndarray[Any, Any]] = []  # native fast-path records (native.REC_DTYPE)
+
+    def as_array(self) -> np.ndarray[Any, np.dtype[np.int64]]:
+        """All runs as an (N, 8) int64 array (t_ns, hva, off, n, flags, action, fault, svc)."""
+        parts = [np.array(self.runs, dtype=np.int64).reshape(-1, 8)]
+        for c in self.chunks:
+            a = np.zeros((len(c), 8), dtype=np.int64)
+            a[:, 0], a[:, 1], a[:, 2] = c["t_ns"], c["hva"], c["off"]
+            a[:, 3] = 1
+            a[:, 4], a[:, 5], a[:, 6], a[:, 7] = c["flags"], Action.LOAD, c["fault"], c["svc"]
+            parts.append(a)
+        return np.concatenate(parts)
 
     def add(self, t_ns: int, hva: int, off: int, n: int, flags: int, action: int, fault: int,
             svc: int) -> None:
         self.runs.append((t_ns, hva, off, n, flags, action, fault, svc))
 
 
-def _expand(runs: list[tuple[int, int, int, int, int, int, int, int]], ps: int) -> dict[str, Any]:
-    if not runs:
-        arr = np.zeros((0, 8), dtype=np.int64)
-    else:
-        arr = np.array(runs, dtype=np.int64)  # user addresses and offsets fit in 63 bits
-        arr = arr[np.argsort(arr[:, 0], kind="stable")]
+def _expand(arr: np.ndarray[Any, np.dtype[np.int64]], ps: int) -> dict[str, Any]:
+    """Run records (``_Recorder.as_array``; user addresses and offsets fit in 63 bits) → trace columns."""
+    arr = arr[np.argsort(arr[:, 0], kind="stable")]
     n = arr[:, 3]
     rep = np.repeat(np.arange(arr.shape[0]), n)
     within = (np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)) * ps
@@ -161,12 +172,16 @@ class Session:
         self.prefetch: dict[str, Any] = {}
         self.pidfd = -1
         self._blocking = False
+        self.native = False
         self._zero_buf = 0
         self._bg: threading.Thread | None = None
         self._bg_rec = _Recorder()
         self._stop_bg = threading.Event()
         self._ws_entry: np.ndarray[Any, np.dtype[np.int32]] | None = None
+        self.peer_exe = ""
         if hs.peer_pid:
+            with contextlib.suppress(OSError):
+                self.peer_exe = os.readlink(f"/proc/{hs.peer_pid}/exe")
             try:
                 self.pidfd = os.pidfd_open(hs.peer_pid)
             except OSError:
@@ -191,8 +206,12 @@ class Session:
                         self._bg.start()
                     else:
                         self._prefetch_fg()
+                lib = native.load() if self.strategy.kind in ("ondemand", "eager", "prefetch") else None
                 in_main = threading.current_thread() is threading.main_thread()
-                self.ended = self._loop_blocking() if in_main else self._loop()
+                if lib is not None:
+                    self.ended = self._loop_native(lib)
+                else:
+                    self.ended = self._loop_blocking() if in_main else self._loop()
         except PeerGone:
             self.ended = "peer-gone"
         except Exception as exc:  # fatal: never leave the peer hanging on a fault
@@ -262,6 +281,62 @@ class Session:
             elif peer_exited:
                 return "peer-exited"
 
+    def _loop_native(self, lib: ctypes.CDLL) -> str:
+        """The loop with the C fast path (``native.fc_serve``): it serves single missing-data faults of
+        region 0 and polls the peer's pidfd and the stop fd itself; everything else comes back here."""
+        r0 = self.regions[0]
+        state, mem, shift, ps = self.state, self.mem, self.shift, self.ps
+        hole = None
+        if not mem.dense:
+            hole = np.ones(len(state), dtype=np.uint8)
+            for ds, de in zip(mem.data_start, mem.data_end, strict=True):
+                hole[ds >> shift:(de + ps - 1) >> shift] = 0
+        ws_entry = self._ws_entry
+        state_view = (ctypes.c_char * len(state)).from_buffer(state)
+        recbuf = np.zeros(4096, dtype=native.REC_DTYPE)
+        left = np.zeros(native.MAX_MSGS * abi.MSG_SIZE, dtype=np.uint8)
+        nleft = ctypes.c_long()
+        args = (self.fd, self.pidfd, self.stop_fd, r0.base_host_virt_addr, r0.size, r0.offset, mem.addr,
+                ctypes.addressof(state_view), None if hole is None else hole.ctypes.data,
+                None if ws_entry is None else ws_entry.ctypes.data, shift, self.t0)
+        serve = lib.fc_serve
+        self.native = True
+        fast_faults = 0
+        try:
+            while True:
+                if self.pending:
+                    self._handle([], time.monotonic_ns())
+                n = serve(*args, self.nfaults, recbuf.ctypes.data, len(recbuf), left.ctypes.data,
+                          ctypes.byref(nleft))
+                if n == native.STOPPED:
+                    if self.peer_alive():
+                        self.kill_peer()
+                    return "stopped"
+                if n == native.PEER_EXITED:
+                    return "peer-exited"
+                if n < 0:
+                    if -n in (errno.EINTR, errno.EAGAIN):
+                        continue
+                    if -n in (errno.EBADF, errno.EINVAL):
+                        raise PeerGone
+                    raise OSError(-n, f"serving the userfaultfd: {os.strerror(-n)}")
+                if n:
+                    chunk = recbuf[:n].copy()
+                    self.rec.chunks.append(chunk)
+                    self.nfaults += n
+                    fast_faults += n
+                    self.latency_ns.extend(chunk["svc"].tolist())
+                    self.last_fault_ns = int(chunk["t_ns"][-1])
+                    if ws_entry is not None:
+                        self.misses += n
+                if nleft.value:
+                    msgs = list(abi.MSG.iter_unpack(left[:nleft.value * abi.MSG_SIZE].tobytes()))
+                    self._handle(msgs, time.monotonic_ns())
+        finally:
+            self.events["pagefault"] += fast_faults
+            self.ioctls += fast_faults
+            del state_view
+
     def _loop_blocking(self) -> str:
         """The main-thread loop: one blocking ``read`` per wakeup (no ``poll``), single faults inline.
 
@@ -286,7 +361,13 @@ class Session:
             if quit_fd in ready:
                 return
             reason.append("stopped" if self.stop_fd in ready else "peer-exited")
-            signal.pthread_kill(main_ident, signal.SIGUSR1)
+            # a signal landing just before the loop enters read() is not seen by it: repeat until the
+            # loop acknowledges by writing quit_fd
+            while True:
+                signal.pthread_kill(main_ident, signal.SIGUSR1)
+                r, _, _ = select.select([quit_fd], [], [], 0.05)
+                if r:
+                    return
 
         woke = [False]
         in_read = [False]
@@ -684,9 +765,20 @@ class Session:
 
     # -- results -------------------------------------------------------------------------------------
 
+    def peer_version(self) -> str | None:
+        """The peer's Firecracker version (``--version`` of its executable), None if it is not one."""
+        if not self.peer_exe or "firecracker" not in Path(self.peer_exe).name:
+            return None
+        from firecracer.vmm.binary import firecracker_version
+
+        try:
+            return str(firecracker_version(self.peer_exe.removesuffix(" (deleted)")))
+        except FirecracerError:
+            return None
+
     def trace(self, *, vmm: str = "firecracker", firecracker_version: str | None = None) -> Trace:
-        """The session's trace (rows sorted by time)."""
-        cols = _expand(self.rec.runs + self._bg_rec.runs, self.ps)
+        """The session's trace (rows sorted by time); Firecracker's version is asked of the peer's binary."""
+        cols = _expand(np.concatenate([self.rec.as_array(), self._bg_rec.as_array()]), self.ps)
         cols["gpa"] = gpa_of(cols["file_off"], self.mem.size)
         meta: dict[str, Any] = {
             "page_size": self.ps, "strategy": str(self.strategy),
@@ -694,19 +786,20 @@ class Session:
             "faults": self.nfaults, "events": dict(self.events), "removes": self.removes,
             "handshake": self.hs.generation, "peer_pid": self.hs.peer_pid,
         }
-        if firecracker_version:
-            meta["firecracker_version"] = firecracker_version
+        version = firecracker_version or self.peer_version()
+        if version:
+            meta["firecracker_version"] = version
+        if self.peer_exe:
+            meta["peer_exe"] = self.peer_exe
         return make_trace(cols, meta)
 
     def metrics(self) -> dict[str, Any]:
         """Counts, bytes and latency percentiles of this session."""
-        runs = self.rec.runs + self._bg_rec.runs
-        pages = Counter[str]()
-        zero_pages = 0
-        for _t, _h, _o, n, flags, action, _f, _s in runs:
-            pages[Action(action).name.lower()] += n
-            if flags & FLAG_ZERO:
-                zero_pages += n
+        runs = np.concatenate([self.rec.as_array(), self._bg_rec.as_array()])
+        counts = np.bincount(runs[:, 5], weights=runs[:, 3], minlength=len(Action)) if len(runs) else \
+            np.zeros(len(Action))
+        pages = Counter({a.name.lower(): int(counts[a.value]) for a in Action})
+        zero_pages = int(runs[(runs[:, 4] & FLAG_ZERO) != 0, 3].sum())
         total = sum(pages.values())
         lat = np.array(self.latency_ns, dtype=np.float64) / 1e3
         pct = ({f"p{q}": round(float(np.percentile(lat, q)), 1) for q in (50, 90, 99)} |
@@ -721,7 +814,7 @@ class Session:
             "bytes_copied": (total - zero_pages) * self.ps, "bytes_zeroed": zero_pages * self.ps,
             "ioctls": self.ioctls, "eexist": self.eexist, "eagain": self.eagain,
             "latency_us": pct, "handshake_to_last_fault_ms": round(self.last_fault_ns / 1e6, 3),
-            "ended": self.ended, "error": self.error,
+            "ended": self.ended, "error": self.error, "native_fast_path": self.native,
         }
         if self.strategy.kind in ("prefetch", "eager"):
             pf = dict(self.prefetch)
@@ -735,6 +828,13 @@ class Session:
 
 # ---------------------------------------------------------------------------------------------------
 # Server
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a temporary name and rename it, so readers never see half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
 
 @dataclass
 class ServeResult:
@@ -768,7 +868,7 @@ class Server:
                  strategy: str | Strategy = "ondemand", *, trace_out: str | Path | None = None,
                  max_sessions: int = 1, accept_timeout: float | None = None,
                  handshake_timeout: float = 10.0, populate: bool = False, write_ws: bool = True,
-                 firecracker_version: str | None = None) -> None:
+                 firecracker_version: str | None = None, metrics_out: str | Path | None = None) -> None:
         self.socket_path = Path(socket_path)
         self.strategy = strategy if isinstance(strategy, Strategy) else parse_strategy(strategy)
         self.trace_out = Path(trace_out) if trace_out else None
@@ -777,6 +877,7 @@ class Server:
         self.handshake_timeout = handshake_timeout
         self.write_ws = write_ws
         self.firecracker_version = firecracker_version
+        self.metrics_out = Path(metrics_out) if metrics_out else None
         self.mem = MemoryFile(mem_file, populate=populate)
         self.ws_path: Path | None = None
         if self.strategy.kind == "prefetch":
@@ -886,6 +987,8 @@ class Server:
                     th.join(timeout=10)
             for c in conns:
                 c.close()
+        # outputs, smallest first and each atomic: a supervisor may SIGKILL us soon after the peer died
+        traces: list[tuple[Session, Path]] = []
         for s in sessions:
             if s.ws is not None:
                 s.ws.close()
@@ -893,11 +996,16 @@ class Server:
             if self.trace_out is not None:
                 out = self.trace_out if s.index == 0 else self.trace_out.with_name(
                     f"{self.trace_out.stem}-{s.index}{self.trace_out.suffix or '.npz'}")
-                tr = s.trace(firecracker_version=self.firecracker_version)
-                save_trace(tr, out)
+                traces.append((s, out))
                 result.traces.append(out)
-                if self.write_ws and self.strategy.kind in ("ondemand", "fault-around") and len(tr):
-                    write_working_set(tr, self.mem, ws_path_for(out))
+        if self.metrics_out is not None:
+            write_json_atomic(self.metrics_out, result.metrics())
+        for s, out in traces:
+            tr = s.trace(firecracker_version=self.firecracker_version)
+            save_trace(tr, out)
+        for s, out in traces:
+            if self.write_ws and self.strategy.kind in ("ondemand", "fault-around") and s.nfaults:
+                write_working_set(out, self.mem, ws_path_for(out))
         return result
 
     def close(self) -> None:

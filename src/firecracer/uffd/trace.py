@@ -26,7 +26,9 @@ from __future__ import annotations
 import io
 import json
 import re
+import struct
 import zipfile
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -210,7 +212,8 @@ def load_trace(path: str | Path) -> Trace:
                 cols[name] = arr.astype(dt, copy=False)
     except FormatError:
         raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError, zlib.error, struct.error,
+            NotImplementedError, MemoryError, RuntimeError) as exc:  # zipfile: RuntimeError for 'encrypted'
         raise FormatError(path, 0, f"cannot read trace: {exc}") from None
     lengths = {name: arr.shape[0] for name, arr in cols.items()}
     if len(set(lengths.values())) > 1:

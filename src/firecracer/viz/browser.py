@@ -257,6 +257,13 @@ class Browser:
                 os.waitpid(pid, 0)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)      # helpers (renderer, zygote) left in the group
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:     # until the group is gone (orphans reaped by init)
+                try:
+                    os.killpg(pid, 0)
+                except (ProcessLookupError, PermissionError):
+                    break
+                time.sleep(0.02)
         if getattr(self, "_reader", None) is not None:
             self._reader.join(timeout=5)
         for fd in ("_to_chrome", "_from_chrome"):

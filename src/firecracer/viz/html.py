@@ -68,8 +68,9 @@ def build_html(packs: list[Packed], options: ViewOptions | None = None,
         o["compare"] = compare
     title = opts.title or "firecracer: " + " vs ".join(str(p.meta["label"]) for p in packs)
     blobs = "\n".join(
-        f'<script type="application/octet-stream" id="fc-blob-{i}">'
-        f'{base64.b64encode(p.blob).decode("ascii")}</script>' for i, p in enumerate(packs))
+        f'<script type="application/octet-stream" id="fc-blob-{i}-{k}">'
+        f'{base64.b64encode(b).decode("ascii")}</script>'
+        for i, p in enumerate(packs) for k, b in enumerate(p.blobs))
     html = _asset("viewer.html")
     # fixed placeholders, replaced once each, data last so no user text is ever re-scanned
     html = html.replace("/*CSS*/", _asset("viewer.css"), 1).replace("/*JS*/", _asset("viewer.js"), 1)

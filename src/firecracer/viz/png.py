@@ -96,6 +96,9 @@ def physical_image(att: Attribution, width: int = 512, scale: int = 2, phys_byte
     grid = img.reshape(rows, width, 3)
     if scale > 1:
         grid = np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
+    if scale >= 4:     # a one-pixel gap between pages, as the page (and the seed's drawRect) draws them
+        grid[scale - 1::scale, :] = _rgb("outside")
+        grid[:, scale - 1::scale] = _rgb("outside")
     return Image.fromarray(np.ascontiguousarray(grid), "RGB")
 
 

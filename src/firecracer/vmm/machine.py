@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import time
 import uuid
 from collections.abc import Sequence
@@ -39,7 +40,7 @@ from firecracer.vmm.binary import Version, find_firecracker
 from firecracer.vmm.config import MemBackend, SnapshotType
 from firecracer.vmm.network import GUEST_MAC, NetNamespace, kernel_ip_arg
 from firecracer.vmm.pageserver import PageServer, default_command
-from firecracer.vmm.process import FirecrackerProcess, socket_in_use
+from firecracer.vmm.process import FirecrackerProcess, last_error_line, socket_in_use
 from firecracer.vmm.snapshot import (
     Snapshot,
     check_loadable,
@@ -321,6 +322,24 @@ class MicroVM:
                     return obj
         return {}
 
+    def check_page_server(self) -> None:
+        """Raise (and kill the VM) if the Uffd page server died while Firecracker still runs.
+
+        Without its server Firecracker hangs forever on the next missing page, so this is an error
+        whatever the server's exit status; the message carries the server's last log line.
+        """
+        ps = self.page_server
+        if ps is None or ps.alive() or not self.alive():
+            return
+        rc = ps.proc.returncode if ps.proc is not None else None
+        how = "" if rc is None else (f" (killed by {signal.Signals(-rc).name})" if rc < 0
+                                     else f" (exit status {rc})")
+        line = last_error_line(ps.log)
+        self.kill()
+        raise FirecrackerError(f"{self.name}: the page server died{how} while the VM ran; Firecracker "
+                               "would hang on its next fault, so it was killed"
+                               + (f": {line}" if line else f" (log: {ps.log})"))
+
     # -- serial console -----------------------------------------------------------------------------
     def send_serial(self, data: bytes) -> None:
         self.fc.send_serial(data)
@@ -358,10 +377,13 @@ class MicroVM:
             m = rx.search(text)
             if m:
                 return m, since + len(text[:m.end()].encode("utf-8", "surrogateescape"))
+            self.check_page_server()
             if not self.alive():
                 death = self.fc.describe_death() if self._fc else None
+                ps_line = last_error_line(self.page_server.log) if self.page_server else None
                 raise FirecrackerError(f"{self.name}: serial output never matched {pattern!r}: "
-                                       f"{death or 'Firecracker is not running'}")
+                                       f"{death or 'Firecracker is not running'}"
+                                       + (f"; page server: {ps_line}" if ps_line else ""))
             if time.monotonic() > deadline:
                 tail = text[-200:].strip().replace("\n", " | ")
                 raise FirecrackerError(f"{self.name}: serial output did not match {pattern!r} within "

@@ -74,6 +74,7 @@ class ProbeBackend(Backend[ProbeState]):
         super().__init__(spec)
         self._fc: Path | None = None
         self._fc_version = ""
+        self.dropped = 0
 
     # -- host checks -------------------------------------------------------------------------------
     def check(self) -> None:
@@ -103,9 +104,21 @@ class ProbeBackend(Backend[ProbeState]):
 
     # -- variant -----------------------------------------------------------------------------------
     def _working_set(self, variant: Variant) -> npt.NDArray[np.uint64]:
+        """The pages the probe fills and touches, in order (see module doc).
+
+        A recorded trace (e.g. of a JVM restore) also holds pages the probe cannot own: its own image and
+        low memory (below 16 MiB) and the x86 MMIO holes. Those are dropped (``self.dropped`` says how
+        many); the rest keeps its recorded order.
+        """
         mem_pages = self.spec.guest.mem_size_mib * 256
+        self.dropped = 0
         if variant.trace is not None:
             pages = workingset.from_trace(variant.trace)
+            gib = 1 << 18  # pages per GiB
+            keep = (pages >= _WS_LO_PAGE) & ~((pages >= 3 * gib) & (pages < 4 * gib)) \
+                & ~((pages >= 256 * gib) & (pages < 512 * gib))
+            self.dropped = int(len(pages) - np.count_nonzero(keep))
+            pages = pages[keep]
         else:
             assert variant.working_set_pages is not None
             pages = workingset.scattered(variant.working_set_pages, _WS_LO_PAGE, min(mem_pages, 3 << 18),
@@ -136,7 +149,8 @@ class ProbeBackend(Backend[ProbeState]):
             marker.unlink(missing_ok=True)
             shutil.rmtree(snap, ignore_errors=True)
             facts = self._boot_and_snapshot(elf, snap, workdir)
-            marker.write_text(json.dumps({"key": key, "created": now_iso(), **facts}, indent=1))
+            marker.write_text(json.dumps({"key": key, "created": now_iso(), "working_set_pages": len(pages),
+                                          "trace_pages_dropped": self.dropped, **facts}, indent=1))
         state = ProbeState(variant, workdir, elf, snap, pages)
         rec = workdir / "prefetch-trace.npz"
         if rec.exists():

@@ -65,12 +65,8 @@ const TYPES = { uint8: Uint8Array, int16: Int16Array, uint16: Uint16Array, int32
 // ---------------------------------------------------------------- one recording
 class Rec {
   constructor(meta, buf) {
-    this.m = meta; this.ps = meta.page_size; this.a = {};
-    for (const [name, [dt, off, len, delta]] of Object.entries(meta.arrays)) {
-      const a = new TYPES[dt](buf, off, len);
-      if (delta) { let acc = 0; for (let i = 0; i < len; i++) { acc = (acc + a[i]) >>> 0; a[i] = acc; } }
-      this.a[name] = a;
-    }
+    this.m = meta; this.ps = meta.page_size; this.a = {}; this.detail = false;
+    this.views(buf, 0);
     const A = this.a;
     this.nRows = A.row_phys.length; this.nPhys = A.phys_pfn.length; this.nTr = A.tr_pfn.length; this.nMaps = A.map_rs.length;
     const physBytes = OPTS.phys_bytes || meta.phys_bytes;
@@ -93,6 +89,15 @@ class Rec {
     this.nmt = meta.nmt;
     this.regCat = this.nmt ? Int32Array.from(this.nmt.regions.map((r) => r.cat)) : new Int32Array(0);
     this.sel = new Uint8Array(this.nPhys);
+  }
+  views(buf, part) { // typed-array views of one blob, prefix sums undone in place
+    for (const [name, [dt, off, len, delta, k]] of Object.entries(this.m.arrays)) {
+      if ((k || 0) !== part) continue;
+      const a = new TYPES[dt](buf, off, len);
+      if (delta) { let acc = 0; for (let i = 0; i < len; i++) { acc = (acc + a[i]) >>> 0; a[i] = acc; } }
+      this.a[name] = a;
+    }
+    if (part === 1) this.detail = true;
   }
   rowsOfPhys(p) { // [start, end) into physRows; a counting sort over all rows, once
     if (!this.physStart) {
@@ -134,7 +139,7 @@ class Rec {
       if (s.t === "nmt") { for (let r = o.rs; r < o.re; r++) if (nm[r] >= 0) f(r); }
       else if (s.t === "reg") { for (let r = o.rs; r < o.re; r++) if (nm[r] === s.r) f(r); }
       else if (s.t === "cat") { for (let r = o.rs; r < o.re; r++) if (nm[r] >= 0 && this.regCat[nm[r]] === s.c) f(r); }
-      else if (s.t === "com") {
+      else if (s.t === "com" && this.detail) {
         const [cs, ce] = this.nmt.regions[s.r].com[s.i];
         for (const m of o.maps) {
           const ms = A.map_start[m];
@@ -160,10 +165,12 @@ class Rec {
     const A = this.a, ps = this.ps, p = this.slotPhys[slot], out = [];
     const addr = slot * ps;
     out.push(`<b>${hex16(addr)}</b>  pfn ${fmtInt(slot)}`);
-    if (p >= 0) {
+    if (p >= 0 && !this.detail) out.push(`class: ${this.m.classes[A.phys_class[p]]}, ${A.phys_nrows[p]} owner(s); loading page details…`);
+    else if (p >= 0) {
       const [a, b] = this.rowsOfPhys(p);
       out.push(`class: ${this.m.classes[A.phys_class[p]]}, ${b - a} owner${b - a === 1 ? "" : "s"}`);
-      for (let k = a; k < b; k++) {
+      const shown = Math.min(b, a + 40); // a page mapped by hundreds of processes: the first 40
+      for (let k = a; k < shown; k++) {
         const r = this.physRows[k], oi = this.ownerOfRow(r), o = this.owners[oi], m = this.mapOfRow(r);
         let line = `${o.pid}: ${esc(o.exe)} (${hex16(this.vaddrOfRow(r, m))} virt)`;
         if (m >= 0) {
@@ -182,6 +189,7 @@ class Rec {
         }
         out.push(line);
       }
+      if (b > shown) out.push(`… and ${fmtInt(b - shown)} more owners`);
       const lo = A.kfl_lo[A.phys_kfl[p]], hi = A.kfl_hi[A.phys_kfl[p]], names = [];
       for (let b = 0; b < 27; b++) if (lo & (1 << b)) names.push(KPF[b]);
       for (let b = 32; b < 42; b++) if (hi & (1 << (b - 32))) names.push(KPF_HI[b]);
@@ -421,8 +429,13 @@ function drawAxis() {
   }
   const max = posMax() || 1, bins = Math.max(1, Math.floor(w / 2)), colors = ["#4d7a97", "#c0762a"];
   FC.panels.forEach((p, k) => {
-    const hist = new Float64Array(bins), t = p.rec.a.tr_t;
-    for (let i = 0; i < p.rec.nTr; i++) { const v = UI.clock === "events" ? i : t[i]; hist[Math.min(bins - 1, Math.floor(v / max * bins))]++; }
+    const key = `${UI.clock}|${bins}|${max}`;
+    if (!p.hist || p.hist.key !== key) { // event density, computed once per clock and width
+      const hist = new Float64Array(bins), t = p.rec.a.tr_t;
+      for (let i = 0; i < p.rec.nTr; i++) { const v = UI.clock === "events" ? i : t[i]; hist[Math.min(bins - 1, Math.floor(v / max * bins))]++; }
+      p.hist = { key, hist };
+    }
+    const hist = p.hist.hist;
     let hm = 1; for (const v of hist) hm = Math.max(hm, v);
     ctx.fillStyle = colors[k % 2] + "aa";
     const bh = (h - 12) / FC.panels.length;
@@ -444,7 +457,7 @@ function axisSeek(ev) { const r = $("axis").getBoundingClientRect(); setPlaying(
 function statCols(n) { return [n.virt, n.rss, n.rest].map((v) => v === undefined || v === null ? "" : kb(v)); }
 function tipOf(n) {
   const pad = (s) => String(s).padStart(9);
-  return `${n.head}\n────────────\nvirtual: ${pad(kb(n.virt || 0))}kb\n    rss: ${pad(kb(n.rss || 0))}kb\n   uffd: ${pad(kb(n.rest || 0))}kb`;
+  return `${n.head}\n────────────\nvirtual: ${pad(kb(n.virt || 0))}kb\n    rss: ${pad(kb(n.rss || 0))}kb\n   uffd: ${pad(kb(n.rest || 0))}kb\n\n--select ${n.key}`;
 }
 function keyed(list, labelOf) { const seen = {}; return list.map((x) => { const l = labelOf(x); const k = seen[l] || 0; seen[l] = k + 1; return l + "#" + k; }); }
 function mapNode(rec, o, m, key) {
@@ -599,6 +612,14 @@ function tableHTML(t, limit) {
   return h + "</tbody></table>";
 }
 const SERIES_COLORS = ["#4d7a97", "#c0762a", "#6a9a3a", "#8e5ea2", "#b8485a", "#3a8f8f", "#9a8a2a", "#5a5a9a", "#777777", "#c25fa0"];
+let seriesColor = null; // one colour per series name across all recordings, so A and B read alike
+function colorOf(name) {
+  if (!seriesColor) {
+    const names = [...new Set(METAS.flatMap((m) => m.chart.series.map((s) => s.name)))].sort();
+    seriesColor = new Map(names.map((n, i) => [n, SERIES_COLORS[i % SERIES_COLORS.length]]));
+  }
+  return seriesColor.get(name) || "#999";
+}
 function chartSVG(ch, w, h) {
   if (!ch.series.length) return "<p>No restore trace.</p>";
   const L = 54, R = 170, T = 10, B = 30, pw = w - L - R, ph = h - T - B;
@@ -615,7 +636,7 @@ function chartSVG(ch, w, h) {
   g += `<text x="${L + pw / 2}" y="${h - 2}" text-anchor="middle">${ch.x === "ms" ? "ms since the first fault" : "trace events"}</text>`;
   g += `<text x="12" y="${T + ph / 2}" transform="rotate(-90 12 ${T + ph / 2})" text-anchor="middle">restored MB</text>`;
   ch.series.forEach((s, i) => {
-    const col = SERIES_COLORS[i % SERIES_COLORS.length];
+    const col = colorOf(s.name);
     const pts = s.values.map((v, j) => `${(L + ch.t[j] / tmax * pw).toFixed(1)},${(T + ph - v / vmax * ph).toFixed(1)}`);
     g += `<polyline fill="none" stroke="${col}" stroke-width="1.6" points="${L},${T + ph} ${pts.join(" ")}"/>`;
     g += `<rect x="${L + pw + 10}" y="${T + 4 + i * 15}" width="10" height="10" fill="${col}"/><text x="${L + pw + 24}" y="${T + 13 + i * 15}">${esc(s.name)} ${s.total.toFixed(1)}</text>`;
@@ -638,6 +659,7 @@ function renderSummary() {
       `${t.nmt_regions} NMT regions; restored ${kb(t.restored_kb * 1024)} kB, ${t.attributed_pct ?? "–"} % attributed.</p>`;
     h += `<h4>Restored MB over time per category</h4>` + chartSVG(m.chart, 640, Math.max(220, 40 + 15 * m.chart.series.length));
     for (const [name, t2] of Object.entries(m.tables)) {
+      if (!t2.rows.length) continue;
       const long = t2.rows.length > 30;
       h += `<h4>${esc(t2.title)}</h4>` + (long ? `<div class="scrolltab">${tableHTML(t2)}</div>` : tableHTML(t2));
     }
@@ -758,7 +780,7 @@ async function main() {
   $("title").textContent = METAS.map((m) => m.label).join("  vs  ");
   const recs = [];
   for (let i = 0; i < METAS.length; i++) {
-    const bytes = await b64bytes("fc-blob-" + i); mark("base64");
+    const bytes = await b64bytes(`fc-blob-${i}-0`); mark("base64");
     const buf = await inflate(bytes); mark("inflate");
     recs.push(new Rec(METAS[i], buf)); mark("index");
   }
@@ -782,7 +804,15 @@ async function main() {
   FC.readyAt = performance.now();     // ms since navigation start: what a user waits for
   $("status").textContent = `loaded in ${Math.round(FC.loadMs)} ms`;
   FC.ready = true;
-  setTimeout(() => recs.forEach((r) => r.rowsOfPhys(0)), 0); // owners per page, before the first hover
+  // then what only hover text needs: the second blob, and the owners of each page
+  for (let i = 0; i < recs.length; i++) {
+    const el1 = $(`fc-blob-${i}-1`);
+    if (el1) recs[i].views(await inflate(await b64bytes(`fc-blob-${i}-1`)), 1); else recs[i].detail = true;
+    recs[i].rowsOfPhys(0);
+  }
+  FC.detailAt = performance.now();
+  FC.detailReady = true;
+  if (UI.selNode && UI.selNode.sel.t === "com") selectNode(UI.selNode);
 }
 
 // ---------------------------------------------------------------- API for tests and scripting

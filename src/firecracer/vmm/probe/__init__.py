@@ -208,8 +208,14 @@ def sample_offsets(samples: int) -> list[int]:
     return [(i * last // (samples - 1)) * 8 for i in range(samples)]
 
 
+class _Reserved(ValueError):
+    def __init__(self, msg: str, reserved_end: int) -> None:
+        super().__init__(msg)
+        self.reserved_end = reserved_end
+
+
 def build_probe(trace: Sequence[int], fill: Sequence[int] | range, *, seed: int = DEFAULT_SEED,
-                writes: Sequence[bool] | None = None, samples: int = 2) -> Path:
+                writes: Sequence[bool] | None = None, samples: int = 2, skip_reserved: bool = False) -> Path:
     """Build (or reuse from the cache) a probe ELF for this trace and fill set; return its path.
 
     :param trace: guest page numbers touched per trigger byte, in order (duplicates allowed).
@@ -217,6 +223,8 @@ def build_probe(trace: Sequence[int], fill: Sequence[int] | range, *, seed: int 
     :param seed: 64-bit value XORed into the pattern, so different builds leave different contents.
     :param writes: per trace entry, True if the first access should be a store (a write fault).
     :param samples: 8-byte words per page that carry the pattern and are checked (1..512).
+    :param skip_reserved: drop pages that overlap the probe image or low memory (and pages in MMIO
+        holes) instead of raising; for replaying traces recorded from other guests.
     :raises ValueError: a page is reserved (ELF image, low memory) or in an MMIO hole.
     :raises BinaryNotFound: binutils is missing.
     :raises FirecracerError: assembling or linking failed (names the tool and its message).
@@ -226,6 +234,8 @@ def build_probe(trace: Sequence[int], fill: Sequence[int] | range, *, seed: int 
     trace = [int(p) for p in trace]
     if writes is not None and len(writes) != len(trace):
         raise ValueError(f"writes has {len(writes)} entries, trace has {len(trace)}")
+    if skip_reserved:
+        return _build_skipping_reserved(trace, fill, seed, writes, samples)
     runs = _runs(int(p) for p in fill)
     for p in trace:
         _check_page(p, "trace")
@@ -289,8 +299,8 @@ def build_probe(trace: Sequence[int], fill: Sequence[int] | range, *, seed: int 
         reserved_end = -(-hi // PAGE_SIZE)
         low = [p for p in [*trace, *(f for f, _ in runs)] if p < reserved_end]
         if low:
-            raise ValueError(f"page {min(low):#x} overlaps the probe image or low memory "
-                             f"(pages below {reserved_end:#x} are reserved)")
+            raise _Reserved(f"page {min(low):#x} overlaps the probe image or low memory "
+                            f"(pages below {reserved_end:#x} are reserved)", reserved_end)
         meta = {"seed": seed, "samples": offsets, "fill_pages": fill_pages, "trace_pages": len(trace),
                 "image_start": lo, "image_end": hi, "max_page": max_page, "key": key}
         (t / "probe.json").write_text(json.dumps(meta, indent=1) + "\n")
@@ -302,6 +312,32 @@ def build_probe(trace: Sequence[int], fill: Sequence[int] | range, *, seed: int 
         with contextlib.suppress(OSError):
             os.rename(staged, out_dir)
     return elf_path
+
+
+def _usable(page: int) -> bool:
+    try:
+        _check_page(page, "")
+    except ValueError:
+        return False
+    return True
+
+
+def _build_skipping_reserved(trace: list[int], fill: Sequence[int] | range, seed: int,
+                             writes: Sequence[bool] | None, samples: int) -> Path:
+    """Drop unusable pages; if the link shows more reserved pages, drop those and link again
+    (dropping only shrinks the image, so the second link cannot reserve more)."""
+    keep = [i for i, p in enumerate(trace) if _usable(p)]
+    fill_pages = [p for p in fill if _usable(p)]
+    reserved_end = 0
+    for _ in range(2):
+        t = [trace[i] for i in keep if trace[i] >= reserved_end]
+        w = [bool(writes[i]) for i in keep if trace[i] >= reserved_end] if writes is not None else None
+        f = [p for p in fill_pages if p >= reserved_end]
+        try:
+            return build_probe(t, f, seed=seed, writes=w, samples=samples)
+        except _Reserved as exc:
+            reserved_end = exc.reserved_end
+    raise FirecracerError("probe build: reserved area kept growing while dropping pages")
 
 
 def probe_info(elf: str | os.PathLike[str]) -> ProbeInfo:
