@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from firecracer.errors import FirecracerError
-from firecracer.vmm.process import last_error_line
+from firecracer.vmm.process import deferred_signals, last_error_line
 
 _SO_ACCEPTCON = 0x00010000
 
@@ -79,25 +79,33 @@ class PageServer:
         """Spawn it and wait until it listens; on failure it is killed and the error names its log."""
         self.socket_path.unlink(missing_ok=True)
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "ab") as out:
+        with deferred_signals() as deferred:
+            with open(self.log, "ab") as out:
+                try:
+                    self.proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=out,
+                                                 stderr=out, start_new_session=True, close_fds=True)
+                except OSError as exc:
+                    raise FirecracerError(f"cannot start the page server {self.command[0]}: {exc}") from exc
             try:
-                self.proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                             start_new_session=True, close_fds=True)
-            except OSError as exc:
-                raise FirecracerError(f"cannot start the page server {self.command[0]}: {exc}") from exc
+                deferred.deliver()  # a Ctrl-C that came while Popen ran lands here, where stop() follows
+                self._wait_listening(timeout)
+            except BaseException:
+                self.stop()
+                raise
+
+    def _wait_listening(self, timeout: float) -> None:
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 rc = self.proc.returncode
                 line = last_error_line(self.log)
-                self.stop()
                 detail = f": {line}" if line else f" (log: {self.log})"
                 raise FirecracerError(f"page server exited with status {rc} before listening on "
                                       f"{self.socket_path}{detail}")
             if is_listening(self.socket_path):
                 return
             time.sleep(0.01)
-        self.stop()
         raise FirecracerError(f"page server did not listen on {self.socket_path} within {timeout:g} s "
                               f"(log: {self.log})")
 

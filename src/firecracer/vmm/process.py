@@ -21,8 +21,11 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from firecracer.errors import FirecrackerError
 from firecracer.vmm.api import ApiClient, connect_unix
@@ -144,18 +147,20 @@ class FirecrackerProcess:
                "--metrics-path", str(self.metrics_path)]
         if self.netns:
             cmd = ["ip", "netns", "exec", self.netns, *cmd]
-        with open(self.serial_log, "ab") as out, open(self.stderr_path, "ab") as err:
+        with deferred_signals() as deferred:
+            with open(self.serial_log, "ab") as out, open(self.stderr_path, "ab") as err:
+                try:
+                    self.proc = subprocess.Popen(cmd, stdin=self._stdin_fd, stdout=out, stderr=err,
+                                                 cwd=self.run_dir, start_new_session=True, close_fds=True)
+                except OSError as exc:
+                    self._cleanup_files()
+                    raise FirecrackerError(f"{self.binary}: cannot start Firecracker: {exc}") from exc
             try:
-                self.proc = subprocess.Popen(cmd, stdin=self._stdin_fd, stdout=out, stderr=err,
-                                             cwd=self.run_dir, start_new_session=True, close_fds=True)
-            except OSError as exc:
-                self._cleanup_files()
-                raise FirecrackerError(f"{self.binary}: cannot start Firecracker: {exc}") from exc
-        try:
-            self.api.wait_ready(timeout, alive=self.alive)
-        except BaseException:
-            self.kill()
-            raise
+                deferred.deliver()  # a Ctrl-C that came while Popen ran lands here, where kill() follows
+                self.api.wait_ready(timeout, alive=self.alive)
+            except BaseException:
+                self.kill()
+                raise
 
     def alive(self) -> bool:
         if self._attached_pid is not None:
@@ -273,3 +278,45 @@ def _is_zombie(pid: int) -> bool:
             return f.read().rsplit(b")", 1)[-1].split()[0:1] == [b"Z"]
     except OSError:
         return True
+
+
+class _Deferred:
+    """Signals caught while a child is being spawned, re-raised once its ``Popen`` object exists."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[int, Any]] = []
+        self.saved: dict[int, Any] = {}
+
+    def catch(self, signum: int, frame: Any) -> None:
+        self.pending.append((signum, frame))
+
+    def deliver(self) -> None:
+        for signum, old in self.saved.items():
+            signal.signal(signum, old)
+        self.saved.clear()
+        pending, self.pending = self.pending, []
+        for signum, frame in pending:
+            handler = signal.getsignal(signum)
+            if callable(handler):  # default_int_handler raises KeyboardInterrupt
+                handler(signum, frame)
+
+
+@contextlib.contextmanager
+def deferred_signals() -> Iterator[_Deferred]:
+    """Hold SIGINT/SIGTERM handlers back while Popen runs.
+
+    Python raises KeyboardInterrupt between bytecodes; one landing inside ``Popen`` (after the fork, while
+    it waits for the exec) loses the child's pid and leaves Firecracker running. Python-level handlers are
+    reset to the default in the child at exec, so this changes nothing for Firecracker itself.
+    """
+    d = _Deferred()
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            old = signal.getsignal(signum)
+            if callable(old):
+                d.saved[signum] = old
+                signal.signal(signum, d.catch)
+    try:
+        yield d
+    finally:
+        d.deliver()
