@@ -13,16 +13,15 @@ from firecracer.vmm.process import deferred_signals
 
 def test_sigint_during_spawn_is_raised_after_the_child_is_known() -> None:
     proc: subprocess.Popen[bytes] | None = None
-    with pytest.raises(KeyboardInterrupt):
-        with deferred_signals() as deferred:
-            os.kill(os.getpid(), signal.SIGINT)  # arrives "inside" the spawn window
-            proc = subprocess.Popen(["sleep", "30"])
-            try:
-                deferred.deliver()
-            except BaseException:
-                proc.kill()
-                proc.wait()
-                raise
+    with pytest.raises(KeyboardInterrupt), deferred_signals() as deferred:
+        os.kill(os.getpid(), signal.SIGINT)  # arrives "inside" the spawn window
+        proc = subprocess.Popen(["sleep", "30"])
+        try:
+            deferred.deliver()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
     assert proc is not None and proc.returncode is not None  # known, and cleaned up
 
 
