@@ -45,6 +45,7 @@ import numpy as np
 import numpy.typing as npt
 
 from firecracer.errors import FirecracerError
+from firecracer.uffd.memfile import scan_data
 
 
 class FuseError(FirecracerError):
@@ -103,24 +104,12 @@ def _libc() -> ctypes.CDLL:
 
 def data_extents(path: Path) -> npt.NDArray[np.uint64]:
     """``(n, 2)`` array of ``[start, end)`` byte ranges holding data in a sparse file (SEEK_DATA/HOLE)."""
-    out: list[tuple[int, int]] = []
     fd = os.open(path, os.O_RDONLY)
     try:
-        size = os.fstat(fd).st_size
-        pos = 0
-        while pos < size:
-            try:
-                start = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError as exc:
-                if exc.errno == errno.ENXIO:
-                    break
-                raise
-            end = os.lseek(fd, start, os.SEEK_HOLE)
-            out.append((start, end))
-            pos = end
+        starts, ends = scan_data(fd, os.fstat(fd).st_size, align=1)
     finally:
         os.close(fd)
-    return np.array(out, dtype=np.uint64).reshape(-1, 2)
+    return np.array([starts, ends], dtype=np.uint64).T.reshape(-1, 2)
 
 
 def in_holes(offsets: npt.NDArray[np.uint64], extents: npt.NDArray[np.uint64]) -> npt.NDArray[np.bool_]:

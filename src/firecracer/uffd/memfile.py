@@ -7,6 +7,7 @@ Firecracker's memory files can be sparse (holes never written); pages in holes a
 from __future__ import annotations
 
 import bisect
+import errno
 import os
 from pathlib import Path
 
@@ -106,7 +107,9 @@ class MemoryFile:
 def scan_data(fd: int, size: int, align: int = 4096) -> tuple[list[int], list[int]]:
     """Data extents ``[start, end)`` of a file via ``SEEK_DATA``/``SEEK_HOLE``, page-aligned outward.
 
-    A file system without hole support reports one extent covering the file.
+    A file system without hole support reports one extent covering the file (its ``SEEK_DATA`` either
+    answers "data here" or fails with something other than ENXIO). This is the one scanner of sparse
+    files in the project; snapshot hole accounting and the FUSE recorder use it too.
     """
     starts: list[int] = []
     ends: list[int] = []
@@ -114,8 +117,10 @@ def scan_data(fd: int, size: int, align: int = 4096) -> tuple[list[int], list[in
     while pos < size:
         try:
             data = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError:  # ENXIO: no data after pos
-            break
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # no data after pos
+                break
+            return [0], [size]  # SEEK_DATA unsupported: treat everything as data, never as zeros
         if data >= size:
             break
         hole = os.lseek(fd, data, os.SEEK_HOLE)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import errno
 import hashlib
 import json
 import os
@@ -32,6 +31,7 @@ import numpy as np
 
 from firecracer.errors import FirecracerError, FormatError
 from firecracer.paths import cache_dir
+from firecracer.uffd.memfile import scan_data
 from firecracer.vmm.binary import Version, firecracker_version
 from firecracer.vmm.config import SnapshotType
 
@@ -151,22 +151,8 @@ def describe_file(path: str | os.PathLike[str] | None) -> dict[str, Any] | None:
 # -- sparseness ------------------------------------------------------------------------------------
 def data_segments(fd: int, size: int) -> list[tuple[int, int]]:
     """[(start, end)] byte ranges holding data (SEEK_DATA/SEEK_HOLE); whole file if unsupported."""
-    out: list[tuple[int, int]] = []
-    pos = 0
-    try:
-        while pos < size:
-            try:
-                start = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError as exc:
-                if exc.errno == errno.ENXIO:
-                    break
-                raise
-            end = os.lseek(fd, start, os.SEEK_HOLE)
-            out.append((start, min(end, size)))
-            pos = end
-    except OSError:
-        return [(0, size)]
-    return out
+    starts, ends = scan_data(fd, size, align=1)
+    return list(zip(starts, ends, strict=True))
 
 
 def mem_stats(path: Path) -> dict[str, Any]:
