@@ -6,10 +6,13 @@ import contextlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from firecracer.uffd.strategies import ws_path_for
 
 
 def drop_cache(path: Path) -> None:
@@ -72,3 +75,19 @@ def server_metrics(metrics_out: Path, trace_out: Path) -> dict[str, Any]:
         out.setdefault("faults", int(np.count_nonzero(faulting)))
         out.setdefault("pages", len(t))
     return {k: v for k, v in out.items() if v is not None}
+
+
+def ensure_prefetch_trace(workdir: Path, have: Path | None, record: Callable[[Path], object]) -> Path:
+    """REAP's record phase, once per variant: an ondemand restore (``record(dir)``) whose trace, with the
+    working-set file the page server wrote beside it, is what every prefetch run installs."""
+    if have is not None:
+        return have
+    rec = workdir / "prefetch-recording"
+    shutil.rmtree(rec, ignore_errors=True)
+    rec.mkdir()
+    record(rec)
+    final = workdir / "prefetch-trace.npz"
+    os.replace(rec / "trace.npz", final)
+    if ws_path_for(rec / "trace.npz").exists():
+        os.replace(ws_path_for(rec / "trace.npz"), ws_path_for(final))
+    return final

@@ -33,7 +33,13 @@ from typing import Any
 
 from firecracer.errors import FirecracerError
 from firecracer.experiment.backend import Backend, RunFailed, RunOutcome
-from firecracer.experiment.backends._common import drop_cache, keep_logs, log_note, server_metrics
+from firecracer.experiment.backends._common import (
+    drop_cache,
+    ensure_prefetch_trace,
+    keep_logs,
+    log_note,
+    server_metrics,
+)
 from firecracer.experiment.plan import Run
 from firecracer.experiment.spec import Spec, Variant
 from firecracer.experiment.store import now_iso
@@ -250,13 +256,8 @@ class JvmBackend(Backend[JvmState]):
     def run(self, state: JvmState, run: Run, rundir: Path) -> RunOutcome:
         strategy = run.strategy.name
         if strategy == "prefetch":
-            if state.prefetch_trace is None:
-                rec = state.workdir / "prefetch-recording"
-                shutil.rmtree(rec, ignore_errors=True)
-                rec.mkdir()
-                self._restore(state, "ondemand", rec, "record ")
-                os.replace(rec / "trace.npz", state.workdir / "prefetch-trace.npz")
-                state.prefetch_trace = state.workdir / "prefetch-trace.npz"
+            state.prefetch_trace = ensure_prefetch_trace(
+                state.workdir, state.prefetch_trace, lambda d: self._restore(state, "ondemand", d, "record "))
             strategy = f"prefetch:{state.prefetch_trace}"
         return self._restore(state, strategy, rundir)
 

@@ -32,7 +32,13 @@ import numpy.typing as npt
 from firecracer.errors import FirecracerError
 from firecracer.experiment import workingset
 from firecracer.experiment.backend import Backend, RunFailed, RunOutcome
-from firecracer.experiment.backends._common import drop_cache, keep_logs, log_note, server_metrics
+from firecracer.experiment.backends._common import (
+    drop_cache,
+    ensure_prefetch_trace,
+    keep_logs,
+    log_note,
+    server_metrics,
+)
 from firecracer.experiment.plan import Run
 from firecracer.experiment.spec import Variant
 from firecracer.experiment.store import now_iso
@@ -187,15 +193,9 @@ class ProbeBackend(Backend[ProbeState]):
     def run(self, state: ProbeState, run: Run, rundir: Path) -> RunOutcome:
         strategy = run.strategy.name
         if strategy == "prefetch":
-            if state.prefetch_trace is None:
-                # REAP's record phase: one ondemand restore whose trace is the working set to prefetch.
-                rec_dir = state.workdir / "prefetch-recording"
-                shutil.rmtree(rec_dir, ignore_errors=True)
-                rec_dir.mkdir()
-                self._restore(state, "ondemand", rec_dir, phase_prefix="record ")
-                final = state.workdir / "prefetch-trace.npz"
-                os.replace(rec_dir / "trace.npz", final)
-                state.prefetch_trace = final
+            state.prefetch_trace = ensure_prefetch_trace(
+                state.workdir, state.prefetch_trace,
+                lambda d: self._restore(state, "ondemand", d, phase_prefix="record "))
             strategy = f"prefetch:{state.prefetch_trace}"
         return self._restore(state, strategy, rundir)
 
