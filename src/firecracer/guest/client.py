@@ -52,6 +52,12 @@ class ExecResult:
     seconds: float
 
 
+def open_stream(address: str, timeout: float) -> socket.socket:
+    """A connected stream to ``vsock:UDS:PORT`` (Firecracker's CONNECT handshake done), ``tcp:HOST:PORT`` or
+    ``unix:PATH``; :class:`AgentError` naming the address otherwise. The project's one vsock handshake."""
+    return _connect_raw(address, timeout)
+
+
 def _connect_raw(address: str, timeout: float) -> socket.socket:
     kind, _, rest = address.partition(":")
     if kind == "vsock":

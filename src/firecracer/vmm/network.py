@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from firecracer.errors import FirecracerError
-from firecracer.vmm.api import connect_unix
 
 TAP_NAME = "tap0"
 HOST_IP = "172.16.0.1"
@@ -97,28 +96,9 @@ def vsock_connect(uds_path: Path, port: int, timeout: float = 5.0) -> socket.soc
 
     :raises FirecracerError: the socket is missing or the guest does not listen on ``port``.
     """
-    try:
-        sock = connect_unix(uds_path, timeout)
-    except OSError as exc:
-        raise FirecracerError(f"{uds_path}: cannot connect to the VM's vsock socket ({exc})") from exc
-    try:
-        sock.sendall(f"CONNECT {port}\n".encode())
-        line = b""
-        while not line.endswith(b"\n") and len(line) < 64:
-            b = sock.recv(1)
-            if not b:
-                break
-            line += b
-        if not line.startswith(b"OK "):
-            raise FirecracerError(f"{uds_path}: guest refused vsock port {port} "
-                                  f"({line.decode(errors='replace').strip() or 'connection closed'})")
-    except OSError as exc:
-        sock.close()
-        raise FirecracerError(f"{uds_path}: vsock CONNECT {port} failed ({exc})") from exc
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+    from firecracer.guest.client import open_stream
+
+    return open_stream(f"vsock:{uds_path}:{port}", timeout)
 
 
 @dataclass(frozen=True)
