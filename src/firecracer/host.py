@@ -6,6 +6,7 @@ its exit status from the capability asked for (``--need``).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -20,7 +21,14 @@ from firecracer.errors import FirecracerError
 from firecracer.paths import cache_dir
 from firecracer.vmm.binary import find_firecracker, firecracker_version
 
+KVM_GET_API_VERSION = 0xAE00
 KVM_CREATE_VM = 0xAE01
+KVM_CHECK_EXTENSION = 0xAE03
+#: the KVM capabilities Firecracker refuses to start without (x86-64: ``Kvm::DEFAULT_CAPABILITIES`` in
+#: its src/vmm/src/arch/x86_64/kvm.rs), with their numbers from linux/kvm.h
+FIRECRACKER_KVM_CAPS = {"IRQCHIP": 0, "USER_MEMORY": 3, "SET_TSS_ADDR": 4, "EXT_CPUID": 7, "MP_STATE": 14,
+                        "IRQFD": 32, "PIT2": 33, "PIT_STATE2": 35, "IOEVENTFD": 36, "ADJUST_CLOCK": 39,
+                        "VCPU_EVENTS": 41, "DEBUGREGS": 50, "XSAVE": 55, "XCRS": 56}
 SYS_USERFAULTFD = 323  # x86_64
 USERFAULTFD_IOC_NEW = 0xAA00
 _CAP_NET_ADMIN = 12
@@ -59,6 +67,39 @@ def check_kvm() -> Check:
     return Check(True, "/dev/kvm opens and KVM_CREATE_VM works")
 
 
+def check_kvm_caps() -> Check:
+    """The KVM API version and every capability Firecracker requires (``Missing KVM capabilities``)."""
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        return Check(False, f"/dev/kvm: {exc.strerror}")
+    try:
+        api = fcntl.ioctl(fd, KVM_GET_API_VERSION, 0)
+        caps = {name: fcntl.ioctl(fd, KVM_CHECK_EXTENSION, num) > 0
+                for name, num in FIRECRACKER_KVM_CAPS.items()}
+    except OSError as exc:
+        return Check(False, f"/dev/kvm: KVM_CHECK_EXTENSION failed: {exc.strerror}")
+    finally:
+        os.close(fd)
+    flags: set[str] = set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    nested = {}
+    for mod in ("kvm_amd", "kvm_intel"):
+        with contextlib.suppress(OSError):
+            nested[mod] = Path(f"/sys/module/{mod}/parameters/nested").read_text().strip()
+    missing = [n for n, ok in caps.items() if not ok]
+    info: dict[str, object] = {"api_version": api, "caps": caps, "missing": missing,
+                               "cpu_virt": sorted(flags & {"svm", "npt", "vmx", "ept"}), "nested": nested}
+    if missing:
+        return Check(False, f"KVM API {api}; Firecracker needs {', '.join('KVM_CAP_' + m for m in missing)}",
+                     info)
+    return Check(True, f"KVM API {api}; all {len(caps)} capabilities Firecracker needs", info)
+
+
 def check_pvm_nested() -> Check:
     """PVM (pagetable-based virtualization) runs only PVM-aware guests: no Linux guest boots."""
     modules = Path("/proc/modules").read_text() if Path("/proc/modules").exists() else ""
@@ -69,7 +110,8 @@ def check_pvm_nested() -> Check:
         why = ", ".join(w for w, c in (("kvm_pvm module loaded", has_mod),
                                        ("nested_pvm on the kernel command line", has_arg)) if c)
         return Check(True, f"yes ({why}): only the probe guest runs; Linux guests cannot boot here "
-                           "(use QEMU TCG for image checks)", {"kvm_pvm": has_mod, "nested_pvm": has_arg})
+                           "(the lab runs them: 'firecracer lab run -- …')",
+                     {"kvm_pvm": has_mod, "nested_pvm": has_arg})
     return Check(False, "no: KVM is hardware-assisted (or absent); Linux guests can boot",
                  {"kvm_pvm": False, "nested_pvm": False})
 
@@ -172,11 +214,55 @@ def check_disk() -> Check:
                  {"path": str(d), "free_bytes": usage.free})
 
 
+def in_lab() -> bool:
+    """True inside the lab's L1 (``firecracer lab run`` sets ``FIRECRACER_LAB``)."""
+    return bool(os.environ.get("FIRECRACER_LAB"))
+
+
+def host_label() -> str:
+    """What a recording says about where it was made: the lab, or this kernel's KVM."""
+    lab = os.environ.get("FIRECRACER_LAB")
+    if lab:
+        return lab
+    return "PVM-nested KVM" if check_pvm_nested().ok else "KVM"
+
+
+def timings_comparable_to_kvm() -> bool:
+    """Lab timings are TCG timings: never compare them with KVM's."""
+    return not in_lab()
+
+
+def check_lab() -> Check:
+    """Whether ``firecracer lab`` can start here (without booting it: ``lab check`` does that)."""
+    from firecracer.lab.assets import LabError, cached_assets, current_kernel_package
+    from firecracer.lab.machine import DEFAULT_MEM_MIB, mem_available_mib
+
+    if not shutil.which("qemu-system-x86_64"):
+        return Check(False, "needs qemu-system-x86_64 (apt-get install qemu-system-x86)")
+    avail = mem_available_mib()
+    if avail < 3072 + 256:
+        return Check(False, f"only {avail} MiB of RAM available; the lab's L1 needs at least 3 GiB")
+    assets = cached_assets()
+    if assets is not None:
+        kernel = f"L1 kernel {assets.kernel.package} {assets.kernel.version} cached"
+    else:
+        try:
+            pkg, ver = current_kernel_package()
+        except LabError as exc:
+            return Check(False, f"no L1 kernel cached and none can be fetched: {exc}")
+        kernel = f"L1 kernel {pkg} {ver} fetched on first use"
+    mem = min(DEFAULT_MEM_MIB, avail - 256)
+    return Check(True, f"QEMU TCG with emulated AMD SVM; {kernel}; {avail} MiB RAM available "
+                       f"(L1 gets {mem} MiB); 'firecracer lab check' boots it",
+                 {"mem_available_mib": avail, "assets_cached": assets is not None})
+
+
 NEEDS: dict[str, tuple[str, ...]] = {
     "vm": ("arch", "kvm", "firecracker"),
     "uffd": ("arch", "kvm", "firecracker", "userfaultfd"),
     "image": ("arch", "qemu", "disk"),
     "analysis": ("java",),
+    "lab": ("arch", "qemu", "lab"),
 }
 
 
@@ -185,11 +271,13 @@ def run_all(firecracker: str | None = None) -> dict[str, Check]:
     return {
         "arch": check_arch(),
         "kvm": check_kvm(),
+        "kvm_caps": check_kvm_caps(),
         "pvm_nested": check_pvm_nested(),
         "userfaultfd": check_userfaultfd(),
         "firecracker": check_firecracker(firecracker),
         "net_admin": check_net_admin(),
         "qemu": check_qemu(),
+        "lab": check_lab(),
         "java": check_java(),
         "disk": check_disk(),
     }

@@ -20,6 +20,7 @@ from firecracer.cli import (
     experiment,
     image,
     install,
+    lab,
     selftest,
     uffd,
     view,
@@ -40,7 +41,7 @@ def cli() -> None:
 
 
 for _module in (demo, doctor, install, image, vm, selftest, uffd, collect, analyze, view, experiment,
-                emulate):
+                lab, emulate):
     for _cmd in _module.COMMANDS:
         cli.add_command(_cmd)
 
