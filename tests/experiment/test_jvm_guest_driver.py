@@ -134,7 +134,7 @@ def guest(tmp_path: Path) -> Iterator[tuple[GuestDriver, type[_Handler]]]:
 def test_request_over_vsock_times_first_byte_and_response(guest: tuple[GuestDriver, type[_Handler]]) -> None:
     drv, _ = guest
     r = drv.request(timeout=10)
-    assert r.status == 200 and r.nbytes > 2300
+    assert r.status == 200 and r.nbytes == len(b"hello from the service\n" * 100)  # the body
     assert 0 < r.first_byte_s <= r.total_s
 
 
@@ -149,9 +149,9 @@ def test_ready_warmup_and_failures(guest: tuple[GuestDriver, type[_Handler]], tm
     with pytest.raises(RunFailed, match="warm-up request 1 answered HTTP 503"):
         drv.warm_up(2, timeout=10)
     nowhere = GuestDriver(drv.uds, app_port=9999)
-    with pytest.raises(FirecracerError, match="no 'OK' for CONNECT 9999"):
+    with pytest.raises(FirecracerError, match="nothing listens on guest port 9999"):
         nowhere.request(timeout=5)
-    with pytest.raises(FirecracerError, match=r"absent\.sock: GET / on port 8080: .*No such file"):
+    with pytest.raises(FirecracerError, match=r"absent\.sock:8080: No such file"):
         GuestDriver(tmp_path / "absent.sock").request(timeout=5)
 
 

@@ -674,9 +674,11 @@ class Agent:
                 log.warning("forward to %s:%s failed: %s", *addr, exc)
                 return
             up.settimeout(None)
-            t = threading.Thread(target=_pump, args=(up, conn), daemon=True)
+            t = threading.Thread(target=_pump, args=(conn, up), daemon=True)
             t.start()
-            _pump(conn, up)
+            # the app's reply ends the exchange: close the client's connection fully, because
+            # Firecracker's vsock does not pass a half-close on and the host would wait for EOF forever
+            _pump(up, conn, close=True)
             t.join(timeout=IDLE_TIMEOUT)
             up.close()
 
@@ -697,8 +699,8 @@ def _lingering_close(conn: socket.socket, limit: int = 4 << 20, seconds: float =
             limit -= len(got)
 
 
-def _pump(src: socket.socket, dst: socket.socket) -> None:
-    """Copy ``src`` → ``dst`` until EOF, then half-close ``dst``."""
+def _pump(src: socket.socket, dst: socket.socket, *, close: bool = False) -> None:
+    """Copy ``src`` → ``dst`` until EOF, then half-close ``dst`` (or shut it down both ways)."""
     try:
         while True:
             data = src.recv(65536)
@@ -709,7 +711,7 @@ def _pump(src: socket.socket, dst: socket.socket) -> None:
         pass
     finally:
         with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_WR)
+            dst.shutdown(socket.SHUT_RDWR if close else socket.SHUT_WR)
 
 
 def _parse_forward(spec: str) -> tuple[str, str]:

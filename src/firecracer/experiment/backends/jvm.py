@@ -22,7 +22,6 @@ import json
 import os
 import shlex
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -45,8 +44,10 @@ from firecracer.experiment.spec import Spec, Variant
 from firecracer.experiment.store import now_iso
 from firecracer.experiment.workingset import from_trace
 from firecracer.guest.client import AgentClient, AgentError
+from firecracer.image.manifest import with_image_init
 from firecracer.vmm.config import MemBackend
 from firecracer.vmm.machine import DEFAULT_BOOT_ARGS, MicroVM, VMConfig
+from firecracer.vmm.network import vsock_http
 
 AGENT_PORT = 52
 
@@ -75,40 +76,13 @@ class GuestDriver:
         return AgentClient.connect(self.agent_address, timeout=timeout)
 
     def request(self, timeout: float = 30.0) -> HttpTiming:
-        """``GET path`` over vsock (``CONNECT app_port``); times from before connecting."""
-        t0 = time.perf_counter()
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(timeout)
-        try:
-            s.connect(str(self.uds))
-            s.sendall(f"CONNECT {self.app_port}\n".encode())
-            line = b""
-            while not line.endswith(b"\n"):
-                got = s.recv(1)
-                if not got or len(line) > 128:
-                    raise FirecracerError(f"vsock {self.uds}: no 'OK' for CONNECT {self.app_port} "
-                                          f"(got {line!r}; is the app port forwarded?)")
-                line += got
-            if not line.startswith(b"OK "):
-                raise FirecracerError(f"vsock {self.uds}: CONNECT {self.app_port} answered {line.strip()!r}")
-            s.sendall(f"GET {self.path} HTTP/1.0\r\nHost: guest\r\nConnection: close\r\n\r\n".encode())
-            first = s.recv(65536)
-            t_first = time.perf_counter()
-            data = bytearray(first)
-            while first:
-                first = s.recv(65536)
-                data += first
-            t_end = time.perf_counter()
-        except OSError as exc:
-            raise FirecracerError(f"vsock {self.uds}: GET {self.path} on port {self.app_port}: "
-                                  f"{exc}") from None
-        finally:
-            s.close()
-        head = bytes(data[:64]).split(b"\r\n", 1)[0].split()
-        if len(head) < 2 or not head[0].startswith(b"HTTP/") or not head[1].isdigit():
-            raise FirecracerError(f"vsock {self.uds}: GET {self.path}: not an HTTP response: "
-                                  f"{bytes(data[:60])!r}")
-        return HttpTiming(int(head[1]), t_first - t0, t_end - t0, len(data))
+        """``GET path`` over vsock (``CONNECT app_port``); times from before connecting.
+
+        The reply ends at its Content-Length (or last chunk), not at EOF: Firecracker's vsock does not
+        pass the guest's half-close on, so waiting for EOF could wait forever.
+        """
+        r = vsock_http(self.uds, self.app_port, self.path, timeout=timeout, retries=1)
+        return HttpTiming(r.status, r.first_byte_ms / 1e3, r.latency_ms / 1e3, len(r.body))
 
     def wait_ready(self, timeout: float) -> dict[str, Any]:
         """Until the agent answers ``ping`` and the service answers 200; the ping reply. Bounded."""
@@ -203,7 +177,8 @@ class JvmBackend(Backend[JvmState]):
     def boot_args(self, variant: Variant) -> str:
         """Kernel command line: Firecracker's defaults, the spec's, NMT detail and the JVM options."""
         opts = " ".join(shlex.quote(o) for o in variant.jvm_options)
-        args = f"{DEFAULT_BOOT_ARGS} {self.spec.guest.boot_args} FC_NMT=detail".strip()
+        args = with_image_init(f"{DEFAULT_BOOT_ARGS} {self.spec.guest.boot_args} FC_NMT=detail".strip(),
+                               self.spec.guest.rootfs)
         if '"' in opts:
             raise RunFailed("boot", f"variant {variant.name}: JVM options may not contain '\"' (kernel "
                                     "command lines cannot quote it)")
