@@ -112,6 +112,10 @@ def boot(name: str | None, firecracker: str | None, kernel: str | None, probe: b
         if not sep:
             raise click.UsageError(f"--label {item!r}: expected KEY=VALUE")
         lab[key] = value
+    if not probe:
+        from firecracer.image.manifest import with_image_init
+
+        boot_args = with_image_init(boot_args, rootfs)
     config = VMConfig(kernel=kernel, boot_args=boot_args, rootfs=rootfs, rootfs_read_only=not rw,
                       vcpu_count=vcpus, mem_size_mib=mem_mib, track_dirty_pages=track_dirty_pages,
                       huge_pages=huge_pages, vsock_cid=None if no_vsock else 3, network=net, labels=lab)

@@ -308,6 +308,21 @@ class MicroVM:
         """``SendCtrlAltDel``: a Linux guest with an i8042 driver reboots (Firecracker then exits)."""
         self.api.put("/actions", {"action_type": "SendCtrlAltDel"})
 
+    def set_balloon(self, amount_mib: int) -> None:
+        """``PATCH /balloon``: inflate (or deflate) the balloon configured at boot to ``amount_mib``.
+
+        Firecracker releases inflated pages with ``madvise(MADV_DONTNEED)``; under a Uffd restore the
+        page server sees them as ``UFFD_EVENT_REMOVE`` and serves them as zero afterwards.
+        """
+        if amount_mib < 0:
+            raise FirecrackerError(f"{self.name}: balloon size {amount_mib} MiB is negative")
+        self.api.patch("/balloon", {"amount_mib": amount_mib})
+
+    def balloon(self) -> dict[str, Any]:
+        """``GET /balloon``: the configured target (``amount_mib``) and settings."""
+        got = self.api.get("/balloon")
+        return got if isinstance(got, dict) else {}
+
     def flush_metrics(self) -> dict[str, Any]:
         """``FlushMetrics`` and return the newest metrics object (empty dict if none was written)."""
         self.api.put("/actions", {"action_type": "FlushMetrics"})
