@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -48,7 +49,7 @@ def test_probe_mode_runs_the_study_and_writes_its_report(firecracker_bin: Path, 
 
 
 def test_sample_mode_analyses_and_views_the_bundled_recordings(tmp_path: Path) -> None:
-    from firecracer.emulate import samples
+    from firecracer import samples
 
     if not samples.names():
         pytest.skip("no bundled sample recordings in this checkout")
@@ -56,6 +57,30 @@ def test_sample_mode_analyses_and_views_the_bundled_recordings(tmp_path: Path) -
                           "-o", str(tmp_path)], capture_output=True, text=True, timeout=600, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "sample mode" in out.stdout
-    assert "Java Heap" in out.stdout
+    # a short summary leads: pages, MiB, attribution per recording, the page's path; no tables
+    assert "first request after restore touched" in out.stdout and "% attributed" in out.stdout
+    assert "viewer: " in out.stdout and "Java Heap" not in out.stdout
+    assert len(out.stdout.splitlines()) < 15
     html = (tmp_path / "sample-view.html").read_text()
     assert "<canvas" in html
+
+
+def test_demo_json_and_verbose(tmp_path: Path) -> None:
+    import json
+
+    from firecracer import samples
+
+    if not samples.names():
+        pytest.skip("no bundled sample recordings in this checkout")
+    out = subprocess.run([sys.executable, "-m", "firecracer", "demo", "--no-browser", "--mode", "sample",
+                          "--json", "-o", str(tmp_path)], capture_output=True, text=True, timeout=600,
+                         check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    data = json.loads(out.stdout)
+    assert {"mode", "host", "recordings", "view"} <= set(data)
+    assert data["mode"] == "sample" and Path(data["view"]).is_file()
+    assert all(Path(p, "trace.npz").is_file() for p in data["recordings"])
+    verbose = subprocess.run([sys.executable, "-m", "firecracer", "demo", "--no-browser", "--mode", "sample",
+                              "--verbose", "-o", str(tmp_path)], capture_output=True, text=True, timeout=600,
+                             check=False, env={**os.environ, "COLUMNS": "200"})
+    assert verbose.returncode == 0 and "Java Heap" in verbose.stdout

@@ -214,6 +214,20 @@ def check_disk() -> Check:
                  {"path": str(d), "free_bytes": usage.free})
 
 
+def check_linux_guests() -> Check:
+    """Whether Firecracker can boot Linux guests on this host's KVM (bare metal, or inside the lab)."""
+    kvm = check_kvm()
+    if not kvm.ok:
+        return Check(False, f"KVM is not usable ({kvm.detail})")
+    if check_pvm_nested().ok:
+        return Check(False, "this host's KVM is PVM-nested, where no Linux guest boots")
+    caps = check_kvm_caps()
+    if not caps.ok:
+        return Check(False, caps.detail)
+    where = " (in the lab's L1)" if in_lab() else ""
+    return Check(True, f"KVM with the capabilities Firecracker needs{where}")
+
+
 def in_lab() -> bool:
     """True inside the lab's L1 (``firecracer lab run`` sets ``FIRECRACER_LAB``)."""
     return bool(os.environ.get("FIRECRACER_LAB"))
@@ -272,6 +286,7 @@ def run_all(firecracker: str | None = None) -> dict[str, Check]:
         "arch": check_arch(),
         "kvm": check_kvm(),
         "kvm_caps": check_kvm_caps(),
+        "linux_guests": check_linux_guests(),
         "pvm_nested": check_pvm_nested(),
         "userfaultfd": check_userfaultfd(),
         "firecracker": check_firecracker(firecracker),

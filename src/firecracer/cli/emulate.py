@@ -55,7 +55,7 @@ def emulate(out: Path | None, kernel: Path | None, rootfs: Path | None, variant:
     page the restored guest touches first is read once, in order: the same trace a userfaultfd
     `ondemand` restore gives. TCG times are not comparable to KVM times (the recording says so).
     """
-    from firecracer.emulate import samples
+    from firecracer import samples
 
     if list_samples:
         rows = []

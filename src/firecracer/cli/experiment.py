@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import sys
+import typing
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,12 +43,20 @@ def _load(spec_file: str | None, example: bool) -> Spec:
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the plan as JSON.")
 @click.option("--firecracker", "firecracker", metavar="PATH",
               help="Firecracker binary (overrides study.firecracker; else $FIRECRACKER, cache, PATH).")
+@click.option("--lab/--no-lab", "use_lab", default=None,
+              help="Run the whole study in one L1 of the lab (default: only a jvm study, and only when this "
+                   "host's KVM cannot boot Linux guests).")
+@click.option("--lab-mem", type=click.IntRange(2048), default=8192, show_default=True, metavar="MIB",
+              help="L1's RAM with --lab.")
 def run(spec_file: str | None, example: bool, out: str | None, dry_run: bool, shard: str | None,
-        retry_failed: bool, as_json: bool, firecracker: str | None) -> None:
+        retry_failed: bool, as_json: bool, firecracker: str | None, use_lab: bool | None,
+        lab_mem: int) -> None:
     """Run a study spec: every variant × strategy × repetition, recorded in RESULTS/results.sqlite.
 
     Interrupt it any time (Ctrl-C); running the same command again skips every recorded run. A run
-    that fails is recorded with its reason and the study goes on.
+    that fails is recorded with its reason and the study goes on. A jvm study on a host whose KVM
+    cannot boot Linux guests (PVM-nested, none) runs in the lab (QEMU TCG): its timings are then TCG
+    timings, its counts real.
     """
     from firecracer.experiment.plan import Shard, plan_runs
     from firecracer.experiment.runner import Event, make_backend, run_study
@@ -87,6 +96,9 @@ def run(spec_file: str | None, example: bool, out: str | None, dry_run: bool, sh
                       + (f", shard {sh}" if sh else "") + f"); {todo} to run; results in {results}")
         return
 
+    if _route_to_lab(spec, use_lab):
+        _run_in_lab(spec_file, example, results, shard, retry_failed, firecracker, lab_mem)
+        return
     backend = make_backend(spec)
     backend.check()  # before any output: a host that cannot run the study is one line, nothing else
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -122,6 +134,58 @@ def run(spec_file: str | None, example: bool, out: str | None, dry_run: bool, sh
             raise
     console.print(f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} already recorded; "
                   f"results in {results}  (report: firecracer experiment report {results})")
+
+
+def _route_to_lab(spec: Spec, use_lab: bool | None) -> bool:
+    from firecracer import host
+    from firecracer.lab.route import lab_or_error, why_lab
+
+    if host.in_lab() or use_lab is False:
+        return False
+    why = why_lab()
+    if use_lab is None:
+        if spec.backend != "jvm" or why is None:
+            return False
+        lab_or_error(f"the jvm backend needs a KVM that boots Linux guests ({why})")
+        err_console.print(f"[yellow]{why}: running the study in the lab (QEMU TCG, emulated SVM); timings "
+                          "will be TCG timings, counts are real[/]", highlight=False)
+        return True
+    lab_or_error("--lab asked for")
+    return True
+
+
+def _run_in_lab(spec_file: str | None, example: bool, results: Path, shard: str | None, retry_failed: bool,
+                firecracker: str | None, lab_mem: int) -> None:
+    """The same ``experiment run`` inside one L1 for the whole study; results land in RESULTS here."""
+    from firecracer.experiment.spec import example_spec_path
+    from firecracer.lab.machine import LabSpec
+    from firecracer.lab.route import run_cli
+
+    spec_path = Path(example_spec_path() if example or spec_file is None else spec_file).resolve()
+    results = results.resolve()
+    args = ["experiment", "run", str(spec_path), "-o", str(results), "--no-lab"]
+    if shard:
+        args += ["--shard", shard]
+    if retry_failed:
+        args.append("--retry-failed")
+    if firecracker:
+        args += ["--firecracker", str(Path(firecracker).resolve())]
+
+    def put(stream: typing.BinaryIO) -> typing.Callable[[bytes], None]:
+        def write(data: bytes) -> None:
+            stream.write(data)
+            stream.flush()
+        return write
+
+    res = run_cli(args, shares=[results], spec=LabSpec(mem_mib=lab_mem),
+                  progress=lambda m: err_console.print(f"[dim]lab: {m}[/]", highlight=False),
+                  stdout=put(sys.stdout.buffer), stderr=put(sys.stderr.buffer))
+    if res.interrupted:
+        err_console.print(f"interrupted ({res.interrupted}): L1 powered off; finished runs are kept in "
+                          f"{results}; run the same command again to resume")
+        raise KeyboardInterrupt
+    if res.rc != 0:
+        sys.exit(res.rc if 0 < res.rc < 256 else 1)
 
 
 @experiment.command()

@@ -108,6 +108,11 @@ def _render(info: StudyInfo, runs: list[RunRecord], results_dir: Path, out_dir: 
         f'{escape(now_iso())} · backend {escape(", ".join(backends) or "–")} · host(s) '
         f'{escape(", ".join(hosts) or "–")}</p>',
     ]
+    envs = sorted({str(r.versions.get("host", {}).get("environment", "")) for r in runs} - {""})
+    if any(e.startswith("lab") for e in envs):
+        parts.append('<p class="warn"><b>Ran in the lab</b> (QEMU TCG emulating AMD SVM, real Firecracker '
+                     "inside): timings are TCG timings, <b>not comparable to KVM</b>; counts (faults, pages, "
+                     "bytes, working sets) are real.</p>")
     if "host-replay" in backends:
         parts.append('<p class="warn"><b>host-replay backend:</b> no virtual machine ran. Each working set '
                      "was replayed against a memory file on the host to exercise the study machinery. "

@@ -62,8 +62,13 @@ def make_backend(spec: Spec) -> Backend[Any]:
 
 
 def host_facts() -> dict[str, str]:
+    """Where the runs ran; ``environment`` says "lab (QEMU TCG, emulated SVM)" for lab runs, whose
+    timings are TCG timings (``timings_comparable_to_kvm``: "no") while their counts are real."""
+    from firecracer import host
+
     return {"hostname": socket.gethostname(), "kernel": platform.release(), "machine": platform.machine(),
-            "cpus": str(os.cpu_count() or 0)}
+            "cpus": str(os.cpu_count() or 0), "environment": host.host_label(),
+            "timings_comparable_to_kvm": "yes" if host.timings_comparable_to_kvm() else "no"}
 
 
 def pending_runs(spec: Spec, store: ResultStore, shard: Shard | None,

@@ -219,6 +219,15 @@ def collect_agent(client: Any, out: str | Path, *, pids: list[int] | None = None
                     "agent": client.address, "pages": summary.pages, "problems": summary.problems,
                     "timings": timings},
     }
+    if address_is_vsock(client.address):  # a microVM on this host (or in the lab's L1)
+        from firecracer import host
+
+        updates["host"] = host.host_label()
+        updates["timings_comparable_to_kvm"] = host.timings_comparable_to_kvm()
     merge_recording_json(outp, updates, {"source": source} if source else None)
     summary.files.append("recording.json")
     return summary
+
+
+def address_is_vsock(address: str) -> bool:
+    return address.startswith("vsock:")

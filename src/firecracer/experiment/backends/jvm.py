@@ -18,6 +18,7 @@ socket; the whole backend needs a KVM host where Linux guests boot, which PVM-ne
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shlex
@@ -45,6 +46,7 @@ from firecracer.experiment.store import now_iso
 from firecracer.experiment.workingset import from_trace
 from firecracer.guest.client import AgentClient, AgentError
 from firecracer.image.manifest import with_image_init
+from firecracer.uffd.strategies import ws_path_for
 from firecracer.vmm.config import MemBackend
 from firecracer.vmm.machine import DEFAULT_BOOT_ARGS, MicroVM, VMConfig
 from firecracer.vmm.network import vsock_http
@@ -184,19 +186,44 @@ class JvmBackend(Backend[JvmState]):
                                     "command lines cannot quote it)")
         return f'{args} FC_JAVA_OPTIONS="{opts}"' if opts else args
 
+    @staticmethod
+    def snapshot_dir(workdir: Path) -> Path:
+        """Where a variant's snapshot lives: in the results, or in L1's tmpfs when in the lab.
+
+        In the lab the results directory is a 9p share, and a 1 GiB memory file written, then paged in
+        through 9p under TCG costs minutes per restore; L1's RAM holds it instead (one variant at a
+        time: it is deleted when the variant is done, and re-made if a resumed study needs it).
+        """
+        from firecracer import host
+
+        if host.in_lab():
+            key = hashlib.sha256(str(workdir.resolve()).encode()).hexdigest()[:12]
+            return Path(tempfile.gettempdir()) / "firecracer-lab-snapshots" / key
+        return workdir / "snapshot"
+
     @contextmanager
     def variant(self, variant: Variant, workdir: Path) -> Iterator[JvmState]:
+        from firecracer import host
+
         assert self._fc is not None, "check() first"
-        snap = workdir / "snapshot"
+        snap = self.snapshot_dir(workdir)
         marker = workdir / "variant.json"
         if not (marker.exists() and (snap / "snapshot.json").exists()):
             shutil.rmtree(snap, ignore_errors=True)
+            # a trace recorded on an earlier snapshot of this variant is not this snapshot's working set
+            for old in (workdir / "prefetch-trace.npz", ws_path_for(workdir / "prefetch-trace.npz")):
+                old.unlink(missing_ok=True)
             facts = self._prepare_variant(variant, workdir, snap)
-            marker.write_text(json.dumps({"created": now_iso(), **facts}, indent=1, default=str))
+            marker.write_text(json.dumps({"created": now_iso(), "snapshot": str(snap), **facts}, indent=1,
+                                         default=str))
         state = JvmState(variant, workdir, snap)
         if (workdir / "prefetch-trace.npz").exists():
             state.prefetch_trace = workdir / "prefetch-trace.npz"
-        yield state
+        try:
+            yield state
+        finally:
+            if host.in_lab():
+                shutil.rmtree(snap, ignore_errors=True)
 
     def _prepare_variant(self, variant: Variant, workdir: Path, snap: Path) -> dict[str, Any]:
         wl = self.spec.workload
@@ -280,8 +307,11 @@ class JvmBackend(Backend[JvmState]):
             metrics.update(server_metrics(metrics_out, trace_out))
             if "install" in metrics:
                 timings["install"] = metrics.pop("install")
+        from firecracer import host
+
         (rundir / "recording.json").write_text(json.dumps({
             "format": "firecracer-recording", "version": 1, "created": now_iso(), "source": "firecracker",
+            "host": host.host_label(), "timings_comparable_to_kvm": host.timings_comparable_to_kvm(),
             "vmm": {"firecracker": self._fc_version},
             "guest": {"kernel": str(self.spec.guest.kernel), "mem_size_mib": self.spec.guest.mem_size_mib},
             "jvm": {"options": list(state.variant.jvm_options)}, "strategy": strategy,

@@ -1,4 +1,4 @@
-"""Real recordings shipped with the package (made by ``firecracer emulate`` on a KVM-less host).
+"""Real recordings shipped with the package, so ``firecracer demo`` shows a JVM's restore anywhere.
 
 Each sample is ``firecracer/samples/<name>.tar.xz``: one recording directory (``recording.json``,
 ``trace.npz``, ``memmap.npz``, ``nmt.txt``, ``smaps/``, console logs) packed with xz. ``extract`` unpacks
