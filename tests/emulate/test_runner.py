@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from firecracer.emulate import samples
+from firecracer import samples
 from firecracer.emulate.qmp import Qmp, QmpError
 from firecracer.emulate.runner import (
     SOURCE,
