@@ -72,7 +72,10 @@ def _restore(snap: Path, run_dir: Path, fc: Path, **kw: Any) -> MicroVM:
 
 
 def _first_request(vm: MicroVM, timeout: float = 300) -> int:
-    return GuestDriver(vm.vsock_path, path=PATH).request(timeout).status
+    r = GuestDriver(vm.vsock_path, path=PATH).request(timeout, retries=3)
+    if r.retried:
+        print(f"first request after restore retried: {'; '.join(r.retried)}")
+    return r.status
 
 
 # -- the running JVM ---------------------------------------------------------------------------------

@@ -75,9 +75,10 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
     for p in (USER_CACHE / "lab").glob("*"):
         if p.name.startswith(("kernel-", "initramfs-", "busybox")):
             (cache / "lab" / p.name).symlink_to(p)
-    if (USER_CACHE / "bin").is_dir():
-        shutil.rmtree(cache / "bin", ignore_errors=True)
-        (cache / "bin").symlink_to(USER_CACHE / "bin")
+    for sub, src in (("bin", USER_CACHE / "bin"), ("images", USER_IMAGES)):
+        if src.is_dir():
+            shutil.rmtree(cache / sub, ignore_errors=True)
+            (cache / sub).symlink_to(src)
     work = tmp_path / "work"
     work.mkdir()
     yield Lab(dict(os.environ), work)

@@ -13,6 +13,7 @@ connection sends ``CONNECT <port>\\n`` and gets ``OK <host_port>\\n`` back.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import socket
@@ -109,6 +110,9 @@ class HttpReply:
     headers: dict[str, str]
     body: bytes
     first_byte_ms: float = 0.0  # from connect to the first byte of the response
+    #: why earlier attempts were retried (a connection reset or closed before any byte: the guest's vsock
+    #: transport is reset on every restore, and a connection racing that reset is dropped)
+    retried: tuple[str, ...] = ()
 
 
 class HttpClosed(FirecracerError):
@@ -219,6 +223,7 @@ def vsock_http(uds_path: Path, port: int, path: str = "/", *, method: str = "GET
     """
     last: Exception | None = None
     what = f"vsock {uds_path} port {port}: {method} {path}"
+    retried: list[str] = []
     for attempt in range(retries):
         t0 = time.perf_counter()
         deadline = time.monotonic() + timeout
@@ -226,13 +231,16 @@ def vsock_http(uds_path: Path, port: int, path: str = "/", *, method: str = "GET
             sock = vsock_connect(uds_path, port, timeout)
         except FirecracerError as exc:
             last = exc
+            retried.append(str(exc))
             time.sleep(0.05 * (attempt + 1))
             continue
         try:
             sock.sendall(f"{method} {path} HTTP/1.0\r\nHost: guest\r\nConnection: close\r\n\r\n".encode())
-            return read_http_response(sock, what, deadline, t0)
+            reply = read_http_response(sock, what, deadline, t0)
+            return dataclasses.replace(reply, retried=tuple(retried))
         except (ConnectionResetError, BrokenPipeError, HttpClosed) as exc:
             last = exc
+            retried.append(str(exc) or type(exc).__name__)
             time.sleep(0.05 * (attempt + 1))
             continue
         except OSError as exc:

@@ -75,8 +75,13 @@ class PageServer:
         ps._attached_pid = pid
         return ps
 
-    def start(self, timeout: float = 20.0) -> None:
-        """Spawn it and wait until it listens; on failure it is killed and the error names its log."""
+    def start(self, timeout: float = 120.0) -> None:
+        """Spawn it and wait until it listens; on failure it is killed and the error names its log.
+
+        The bound is generous because a cold Python start (numpy included) takes tens of seconds in
+        the lab, where the interpreter's files come over 9p under TCG; a server that dies is reported
+        at once anyway.
+        """
         self.socket_path.unlink(missing_ok=True)
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with deferred_signals() as deferred:

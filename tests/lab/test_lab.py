@@ -1,0 +1,228 @@
+"""The lab for real: L1 boots under QEMU TCG with emulated SVM, kvm_amd gives it /dev/kvm, and real
+Firecracker runs inside it — the probe guest (selftest) and our JVM image (tests/guestvm, run in L1).
+
+The default suite runs a bounded smoke subset (check, selftest, one JVM boot → snapshot → Uffd restore →
+first request); ``python3 -m pytest -m lab`` runs everything, the slow ones included.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO, USER_IMAGES, Lab, built_image, firecracker, qemu_pids_for
+
+pytestmark = pytest.mark.lab
+
+
+def _wait_gone(marker: str, seconds: float) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        left = qemu_pids_for(marker)
+        if not left:
+            return []
+        time.sleep(0.5)
+    return qemu_pids_for(marker)
+
+
+@pytest.mark.timeout(600)
+def test_lab_check_reports_kvm_in_l1(lab: Lab) -> None:
+    fc = firecracker()
+    res = lab.run("check", "--json", "--firecracker", str(fc), timeout=500)
+    assert res.returncode == 0, res.stdout + res.stderr
+    rep = json.loads(res.stdout)
+    assert rep["ok"], rep["problems"]
+    caps = rep["l1"]["kvm_caps"]
+    assert caps["missing"] == [] and {"svm", "npt"} <= set(caps["cpu_virt"])
+    assert rep["stages_s"]["kvm_amd_load"] > 0 and rep["host_s"]["off"] >= rep["host_s"]["running"]
+    assert "v1." in rep["l1"]["firecracker"]
+
+
+@pytest.mark.timeout(600)
+def test_lab_run_streams_output_exit_status_environment_and_files(lab: Lab) -> None:
+    script = ("echo out; echo err >&2; test -c /dev/kvm && echo kvm; "
+              "echo \"$FIRECRACER_LAB|$MY_VAR\" > made.txt; exit 7")
+    res = lab.run("run", "--mem", "2048", "--", "/bin/sh", "-c", script, extra_env={"MY_VAR": "from host"})
+    assert res.returncode == 7, res.stderr
+    assert res.stdout == "out\nkvm\n"
+    assert "err\n" in res.stderr
+    assert (lab.cwd / "made.txt").read_text() == "lab (QEMU TCG, emulated SVM)|from host\n"
+    assert not qemu_pids_for(os.environ["FIRECRACER_CACHE"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_lab_run_timeout_powers_l1_off(lab: Lab) -> None:
+    t0 = time.monotonic()
+    res = lab.run("run", "--mem", "2048", "--timeout", "60", "--", "/bin/sh", "-c",
+                  "echo started; sleep 1000")
+    assert res.returncode == 124, res.stderr
+    assert "did not finish within 60 s; L1 was powered off" in res.stderr
+    assert time.monotonic() - t0 < 200
+    assert not qemu_pids_for(os.environ["FIRECRACER_CACHE"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
+def test_signals_to_lab_run_leave_no_qemu(lab: Lab, sig: signal.Signals) -> None:
+    proc = lab.popen("run", "--mem", "2048", "--", "/bin/sh", "-c", "echo started; sleep 1000")
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.extend(iter(proc.stdout.readline, "")),  # type: ignore[union-attr]
+                              daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 400
+    while "started\n" not in got and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert "started\n" in got, proc.stderr.read() if proc.poll() is not None else "not started"  # type: ignore[union-attr]
+    marker = os.environ["FIRECRACER_CACHE"]
+    assert qemu_pids_for(marker)
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    # SIGTERM/SIGINT: the command is signalled, L1 powered off; SIGKILL: PR_SET_PDEATHSIG kills QEMU
+    assert _wait_gone(marker, 10) == [], f"QEMU survived {sig.name} of 'lab run'"
+    if sig is not signal.SIGKILL:
+        assert proc.returncode == 128 + sig, proc.stderr.read()  # type: ignore[union-attr]
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("version", [(1, 14), pytest.param((1, 7), marks=pytest.mark.slow)],
+                         ids=["fc1.14", "fc1.7"])
+def test_selftest_in_the_lab(lab: Lab, version: tuple[int, int]) -> None:
+    """The probe guest's boot, snapshot, File and Uffd restores; v1.7 serves Uffd in L1 (kernel 6.1)."""
+    fc = firecracker(exact=version)
+    res = lab.run("run", "--", sys.executable, "-m", "firecracer", "selftest", "--firecracker", str(fc),
+                  timeout=800)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+
+
+def _guest_suite(lab: Lab, tmp_path: Path, select: str | None, timeout: float) -> ET.Element:
+    fc = firecracker()
+    built_image()
+    junit = lab.cwd / "junit.xml"
+    argv = ["run", "--timeout", str(timeout), "--", sys.executable, "-m", "pytest",
+            str(REPO / "tests" / "guestvm"), "-m", "guest_vm", "-p", "no:cacheprovider", "-q", "-rA",
+            f"--junitxml={junit}"]
+    if select:
+        argv += ["-k", select]
+    res = lab.run(*argv, timeout=timeout + 300,
+                  extra_env={"FIRECRACKER": str(fc), "FIRECRACER_IMAGE_DIR": str(USER_IMAGES),
+                             "FIRECRACER_TEST_KEEP": str(tmp_path)})
+    assert junit.exists(), res.stdout[-4000:] + res.stderr[-4000:]
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite is not None
+    assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-3000:]
+    return suite
+
+
+@pytest.mark.timeout(2400)
+def test_jvm_smoke_in_the_lab(lab: Lab, tmp_path: Path) -> None:
+    """CI's bounded JVM cycle: boot → collect → Full snapshot → Uffd restore → first request 200."""
+    suite = _guest_suite(lab, tmp_path, "boots or hooks_prepare or ondemand", timeout=1800)
+    assert int(suite.get("tests", 0)) == 3
+    assert int(suite.get("skipped", 0)) == 0 and int(suite.get("failures", 0)) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(4000)
+def test_jvm_cycle_in_the_lab(lab: Lab, tmp_path: Path) -> None:
+    """Every guest-VM test in L1: File, Diff, ondemand, fault-around, prefetch, balloon, analysis."""
+    suite = _guest_suite(lab, tmp_path, None, timeout=3300)
+    assert int(suite.get("skipped", 0)) == 0 and int(suite.get("failures", 0)) == 0
+    assert int(suite.get("tests", 0)) >= 9
+    assert (tmp_path / "recording" / "trace.npz").exists()
+
+
+_TINY_SPEC = """\
+[study]
+name = "lab-tiny"
+backend = "jvm"
+repetitions = 1
+strategies = ["ondemand", "prefetch"]
+timeout_s = 600
+
+[guest]
+mem_size_mib = 1024
+vcpus = 2
+kernel = "{kernel}"
+rootfs = "{rootfs}"
+
+[workload]
+port = 8080
+path = "/owners/1"
+warmup_requests = 10
+ready_timeout_s = 900
+
+[[variant]]
+name = "default"
+
+[[variant]]
+name = "serial-gc"
+jvm_options = ["-XX:+UseSerialGC"]
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(5400)
+def test_experiment_jvm_study_goes_to_the_lab(lab: Lab, tmp_path: Path) -> None:
+    """2 variants × 2 strategies × 1 repetition, routed to one L1 because this host cannot boot Linux."""
+    from firecracer import host
+    from firecracer.experiment.store import ResultStore
+
+    if host.check_linux_guests().ok:
+        pytest.skip("this host's KVM boots Linux guests: the study runs natively, not in the lab")
+    fc = firecracker()
+    kernel, rootfs = built_image()
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(_TINY_SPEC.format(kernel=kernel, rootfs=rootfs))
+    results = lab.cwd / "results"
+    res = subprocess.run([sys.executable, "-m", "firecracer", "experiment", "run", str(spec), "-o",
+                          str(results), "--firecracker", str(fc)], cwd=lab.cwd, env=lab.env,
+                         capture_output=True, text=True, timeout=5000, check=False)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    assert "running the study in the lab" in res.stderr
+    with ResultStore.open(results) as store:
+        runs = store.runs()
+    assert len(runs) == 4 and all(r.ok for r in runs), [(r.run_id, r.reason) for r in runs]
+    assert {r.versions["host"]["environment"] for r in runs} == {"lab (QEMU TCG, emulated SVM)"}
+    for r in runs:
+        rec = json.loads((results / "runs" / r.run_id / "recording.json").read_text())
+        assert rec["host"].startswith("lab") and rec["timings_comparable_to_kvm"] is False
+    rep = subprocess.run([sys.executable, "-m", "firecracer", "experiment", "report", str(results)],
+                         env=lab.env, capture_output=True, text=True, timeout=300, check=False)
+    assert rep.returncode == 0, rep.stderr
+    assert "not comparable to KVM" in (results / "report.html").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(5400)
+def test_demo_picks_jvm_in_the_lab(lab: Lab) -> None:
+    from firecracer import host
+
+    if host.check_linux_guests().ok:
+        pytest.skip("this host's KVM boots Linux guests: the demo runs the jvm mode natively")
+    fc = firecracker()
+    built_image()
+    out = lab.cwd / "demo"
+    res = subprocess.run([sys.executable, "-m", "firecracer", "demo", "--no-browser", "--json", "-o",
+                          str(out), "--firecracker", str(fc)], cwd=lab.cwd, env=lab.env, capture_output=True,
+                         text=True, timeout=5000, check=False)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-4000:]
+    data = json.loads(res.stdout)
+    assert data["mode"] == "jvm-lab" and data["host"].startswith("lab")
+    assert Path(data["view"]).is_file()
+    assert len(data["recordings"]) == 4
+    for r in data["recordings"]:
+        assert (Path(r) / "trace.npz").is_file()
+        assert json.loads((Path(r) / "recording.json").read_text())["source"] == "firecracker"
+    od = data["summary"]["variants"]["default"]
+    assert od["ondemand"]["faults"] > 500 and od["attributed_pct"] >= 99.0
