@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import webbrowser
 from pathlib import Path
 
@@ -41,14 +40,13 @@ def demo(ctx: click.Context, out: Path, mode: str | None, no_browser: bool, fire
 def _study(ctx: click.Context, out: Path, mode: str, firecracker: str | None) -> Path:
     from firecracer.cli.experiment import report, run
     from firecracer.demo import write_jvm_spec
-    from firecracer.experiment.spec import example_spec_path
+    from firecracer.experiment.spec import example_spec_text
 
     spec = out / f"{mode}-study.toml"
     if mode == "jvm":
         write_jvm_spec(spec)
     else:  # the bundled probe study, one repetition so the demo takes about a minute
-        text = example_spec_path().read_text()
-        spec.write_text(re.sub(r"(?m)^repetitions = \d+", "repetitions = 1", text, count=1))
+        spec.write_text(example_spec_text(repetitions=1))
     console.print(f"study spec: {spec} (results resume if you run the demo again)")
     results = out / f"results-{mode}"
     ctx.invoke(run, spec_file=str(spec), out=str(results), firecracker=firecracker)
