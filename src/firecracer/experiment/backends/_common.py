@@ -6,13 +6,25 @@ import contextlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from firecracer.errors import FirecracerError
+from firecracer.experiment.spec import Strategy
 from firecracer.uffd.strategies import ws_path_for
+from firecracer.vmm.binary import Version, uffd_restore_problem
+
+
+def check_uffd_strategies(binary: Path, version: Version, strategies: Sequence[Strategy]) -> None:
+    """Fail up front (one line) when the study has uffd strategies this Firecracker cannot run here."""
+    problem = uffd_restore_problem(version)
+    uffd = [s.name for s in strategies if s.uses_uffd]
+    if uffd and problem:
+        raise FirecracerError(f"{binary}: {problem}; this study's strategies {', '.join(uffd)} need the Uffd "
+                              "backend (or keep only 'file')")
 
 
 def drop_cache(path: Path) -> None:

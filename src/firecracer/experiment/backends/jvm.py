@@ -34,6 +34,7 @@ from typing import Any
 from firecracer.errors import FirecracerError
 from firecracer.experiment.backend import Backend, RunFailed, RunOutcome
 from firecracer.experiment.backends._common import (
+    check_uffd_strategies,
     drop_cache,
     ensure_prefetch_trace,
     keep_logs,
@@ -194,7 +195,9 @@ class JvmBackend(Backend[JvmState]):
                 raise FirecracerError(f"{self.spec.path}: {label} {p} is not a file (build it with "
                                       "'firecracer image kernel' / 'firecracer image rootfs')")
         self._fc = find_firecracker(self.spec.firecracker)
-        self._fc_version = str(firecracker_version(self._fc))
+        version = firecracker_version(self._fc)
+        self._fc_version = str(version)
+        check_uffd_strategies(self._fc, version, self.spec.strategies)
 
     def versions(self) -> dict[str, Any]:
         return {"firecracker": self._fc_version, "backend": "JVM image under Firecracker",

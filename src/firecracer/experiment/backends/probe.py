@@ -33,6 +33,7 @@ from firecracer.errors import FirecracerError
 from firecracer.experiment import workingset
 from firecracer.experiment.backend import Backend, RunFailed, RunOutcome
 from firecracer.experiment.backends._common import (
+    check_uffd_strategies,
     drop_cache,
     ensure_prefetch_trace,
     keep_logs,
@@ -89,10 +90,7 @@ class ProbeBackend(Backend[ProbeState]):
         self._fc = find_firecracker(self.spec.firecracker)
         version = firecracker_version(self._fc)
         self._fc_version = str(version)
-        if any(s.uses_uffd for s in self.spec.strategies) and not version.at_least(1, 8):
-            raise FirecracerError(
-                f"{self._fc}: Firecracker {version} cannot register userfaultfd on host kernels >= 6.6 "
-                "(fixed in v1.8); use Firecracker >= 1.8 for uffd strategies, or only 'file'")
+        check_uffd_strategies(self._fc, version, self.spec.strategies)
         if shutil.which("as") is None or shutil.which("ld") is None:
             raise FirecracerError("the probe guest is assembled with GNU binutils ('as', 'ld'): "
                                   "apt-get install binutils")
