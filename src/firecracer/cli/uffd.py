@@ -29,6 +29,8 @@ def uffd() -> None:
               help="ondemand | fault-around:N | prefetch:TRACE | prefetch-background:TRACE | eager")
 @click.option("--trace", "trace_out", type=click.Path(dir_okay=False), help="Write trace.npz here "
               "(and, for ondemand/fault-around, the working-set file TRACE.ws that prefetch replays).")
+@click.option("--no-working-set", is_flag=True, help="Do not write TRACE.ws (no prefetch run will use it; "
+              "'uffd working-set' or prefetch:TRACE builds it later from the trace and the memory file).")
 @click.option("--metrics", "metrics_out", type=click.Path(dir_okay=False), help="Write metrics JSON here.")
 @click.option("--sessions", default=1, show_default=True, type=click.IntRange(min=0),
               help="Hand-offs to serve before exiting (0: until SIGTERM/SIGINT).")
@@ -40,8 +42,8 @@ def uffd() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics JSON on stdout at exit.")
 @click.option("--quiet", "-q", is_flag=True, help="No table at exit (the ready line is still printed).")
 def serve(socket_path: str, mem_file: str, strategy: str, trace_out: str | None, metrics_out: str | None,
-          sessions: int, accept_timeout: float | None, handshake_timeout: float, populate: bool,
-          as_json: bool, quiet: bool) -> None:
+          no_working_set: bool, sessions: int, accept_timeout: float | None, handshake_timeout: float,
+          populate: bool, as_json: bool, quiet: bool) -> None:
     """Serve page faults from MEMFILE to the Firecracker that connects to SOCKET.
 
     Prints "firecracer uffd: listening on SOCKET" to stderr once listening. Exits 0 after the
@@ -53,7 +55,7 @@ def serve(socket_path: str, mem_file: str, strategy: str, trace_out: str | None,
     logging.basicConfig(level=logging.WARNING, format="firecracer uffd: %(message)s", stream=sys.stderr)
     server = Server(socket_path, mem_file, strategy, trace_out=trace_out, max_sessions=sessions,
                     accept_timeout=accept_timeout, handshake_timeout=handshake_timeout, populate=populate,
-                    metrics_out=metrics_out)
+                    metrics_out=metrics_out, write_ws=not no_working_set)
     try:
         server.listen()
 
