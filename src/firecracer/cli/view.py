@@ -35,7 +35,8 @@ def _geometry(text: str) -> tuple[int, int]:
 @click.option("--compare", "compare_with", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="A second recording, shown side by side with synchronised selection and zoom.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
-              help="HTML file to write [default: RECORDING/report.html, or ./report.html for --seed].")
+              help="HTML file to write [default: ./NAME.html after the recording (NAME-vs-B.html with "
+                   "--compare), ./report.html for --seed; the recording itself is never written to].")
 @click.option("--scale", default=2.0, show_default=True, type=click.FloatRange(0.125, 64),
               help="Pixels per page at first (seed: uffdVisualizer.scale); below 1, each pixel shows "
                    "the most telling of its pages.")
@@ -88,10 +89,12 @@ def view(files: tuple[Path, ...], seed: bool, compare_with: Path | None, output:
         if len(files) != 1 or not files[0].is_dir():
             raise click.UsageError("give one RECORDING directory (or --seed MEMMAP UFFDLOG [NMT])")
         rec = load_recording(files[0])
-        default_out = files[0] / "report.html"
+        default_out = Path(f"{files[0].resolve().name}.html")
     recs = [rec]
     if compare_with is not None:
         recs.append(load_recording(compare_with))
+        if not seed:
+            default_out = Path(f"{files[0].resolve().name}-vs-{compare_with.resolve().name}.html")
     if len(labels) > len(recs):
         raise click.UsageError(f"{len(labels)} --label values for {len(recs)} recording(s)")
     phys = parse_size(phys_mem) if phys_mem else None
