@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from firecracer.cli._render import console
+from firecracer.cli._render import console, human_bytes
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgGtT]?)(i?[bB])?\s*$")
 
@@ -116,11 +116,12 @@ def view(files: tuple[Path, ...], seed: bool, compare_with: Path | None, output:
         t, kib = pk.meta["totals"], pk.meta["page_size"] // 1024
         console.print(f"{pk.meta['label']}: {t['physical_pages']:,} physical pages, {t['processes']} owners; "
                       f"{t['uffd_events']:,} uffd events ({t['pages_loaded']:,} pages / "
-                      f"{t['pages_loaded'] * kib:,}kb loaded, {t['pages_zeroed']:,} pages / "
-                      f"{t['pages_zeroed'] * kib:,}kb zeroed); {t['nmt_regions']} NMT regions"
+                      f"{t['pages_loaded'] * kib:,} kB loaded, {t['pages_zeroed']:,} pages / "
+                      f"{t['pages_zeroed'] * kib:,} kB zeroed); {t['nmt_regions']} NMT regions"
                       + (f" of JVM {t['nmt_pid']}" if t.get("nmt_pid") is not None else ""),
                       markup=False, highlight=False)
-    console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) in {time.monotonic() - t0:.1f} s")
+    console.print(f"wrote {path} ({human_bytes(path.stat().st_size)}) in {time.monotonic() - t0:.1f} s",
+                  highlight=False)
     if png_out is not None:
         from firecracer.viz.png import write_pngs
 
