@@ -64,6 +64,12 @@ def test_report_is_self_contained_and_has_every_section(study: Path, tmp_path: P
     assert "host-replay backend:" in html  # never passed off as VM results
     assert "restore: &lt;Firecracker said no&gt; &amp; more" in html
     assert "No run in this study has NMT attribution" in html
+    # "vs ondemand": ondemand is the baseline, not "1.00× faster" than itself
+    for variant in ("small", "big"):
+        row = re.search(rf'<tr><td class="l">{variant}</td><td class="l">ondemand</td>(.*?)</tr>', html)
+        assert row and "<td>baseline</td>" in row.group(1) and "faster" not in row.group(1), row
+        other = re.search(rf'<tr><td class="l">{variant}</td><td class="l">prefetch</td>(.*?)</tr>', html)
+        assert other and re.search(r"<td>\d+\.\d\d× (faster|slower)</td>", other.group(1)), other
     assert 'href="../res/runs/small.ondemand.r1/"' in html
     assert 'href="../res/runs/small.ondemand.r1/report.html">viewer</a>' in html  # per-run viewer pages
     assert (study / "runs" / "big.prefetch.r1" / "report.html").exists()

@@ -48,7 +48,9 @@ def _geometry(text: str) -> tuple[int, int]:
 @click.option("--label", "labels", multiple=True, help="Name for the recording(s), in order.")
 @click.option("--select", "select", metavar="KEY",
               help="Tree node selected at load, e.g. 'nmtcat|Java Heap' (default: the kernel, as the seed).")
-@click.option("--at-end", is_flag=True, help="Open with every restored page drawn (fast-forwarded).")
+@click.option("--at-end/--at-start", "at_end", default=True, show_default=True,
+              help="Open with the whole restore drawn (Play animates it from the first fault), or with no "
+                   "restored page drawn yet.")
 @click.option("--png", "png_out", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the physical view as PNG (Pillow) and OUT-categories.png, the restore chart.")
 @click.option("--png-category", metavar="NMT_CATEGORY",
@@ -106,7 +108,7 @@ def view(files: tuple[Path, ...], seed: bool, compare_with: Path | None, output:
                                      param_hint="--color")
         cmap[name] = val.lower()
     opts = ViewOptions(scale=scale, width=width, phys_bytes=phys, select=select,
-                       position="end" if at_end else None, colors=cmap)
+                       position="end" if at_end else "start", colors=cmap)
     out = output or default_out
     t0 = time.monotonic()
     lab_list: list[str | None] = [*labels, *([None] * (len(recs) - len(labels)))]

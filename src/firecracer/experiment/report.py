@@ -229,7 +229,7 @@ def _summary_table(variants: list[str], strategies: list[str],
                         f'<td class="{"fail" if nfail else ""}">{nfail}</td><td>{_num(_median(fr))}</td>'
                         f"<td>{_num(_pct(fr, 90))}</td><td>{_num(_median(ls), 2)}</td>"
                         f"<td>{_num(_median(fcm), 2)}</td>"
-                        f"<td>{_speedup(base, _median(fr))}</td>"
+                        f"<td>{'baseline' if s == 'ondemand' else _speedup(base, _median(fr))}</td>"
                         f"<td>{_num(_median(fa), 0)}</td><td>{_num(_median(mb), 2)}</td>"
                         f"<td>{_num(_median(off), 3) if jv else '–'}</td></tr>")
     return head + "".join(rows) + "</table>"
