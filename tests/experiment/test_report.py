@@ -57,7 +57,7 @@ def test_report_is_self_contained_and_has_every_section(study: Path, tmp_path: P
     plots = _plots(html)
     assert plots["First response after restore (ms)"] == 2 * 4 * 3 - 1
     assert plots["Page faults (median per run)"] == 8
-    assert plots["MB served by the page server (median)"] == 6  # the File backend serves nothing
+    assert plots["MiB served by the page server (median)"] == 6  # the File backend serves nothing
     assert plots["First response, split into phases (ms, medians)"] > 8
     # Jaccard heatmaps for the cells with traces from >= 2 repetitions (prefetch misses are empty here)
     assert plots["small · ondemand"] == 9 and plots["big · fault-around:16"] == 9

@@ -40,7 +40,7 @@ tr_bits        uint8     n_tr     trace ``flags`` (bits 0–2) | ``action`` << 3
 Rows are ordered by (owner, mapping, gva), so an owner's and a mapping's rows are contiguous ranges.
 
 Public API: ``Packed`` (``meta``, ``blob``), ``pack(att, label=None) -> Packed``, ``chart_series(att)``
-(cumulative restored MB per category, shared with the PNG export), ``CHART_BINS``.
+(cumulative restored MiB per category, shared with the PNG export), ``CHART_BINS``.
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def _keys(labels: list[str]) -> list[str]:
 
 
 def chart_series(att: Attribution) -> dict[str, Any]:
-    """Cumulative restored MB per group (owner class, or NMT category for the JVM's pages) over time."""
+    """Cumulative restored MiB per group (owner class, or NMT category for the JVM's pages) over time."""
     tr = att.trace
     if tr is None or not len(tr):
         return {"x": "ms", "t": [], "series": []}

@@ -629,7 +629,7 @@ function chartSVG(ch, w, h) {
   const tmax = ch.t[ch.t.length - 1] || 1;
   let vmax = 0; for (const s of ch.series) vmax = Math.max(vmax, s.values[s.values.length - 1]);
   vmax = vmax || 1;
-  let g = `<svg class="chart" width="${w}" height="${h}" role="img" aria-label="restored MB over time per category" data-series="${ch.series.length}">`;
+  let g = `<svg class="chart" width="${w}" height="${h}" role="img" aria-label="restored MiB over time per category" data-series="${ch.series.length}">`;
   g += `<rect x="${L}" y="${T}" width="${pw}" height="${ph}" fill="#fff" stroke="#ccc"/>`;
   for (let k = 0; k <= 4; k++) {
     const y = T + ph - k / 4 * ph, x = L + k / 4 * pw;
@@ -637,7 +637,7 @@ function chartSVG(ch, w, h) {
     g += `<text x="${x}" y="${T + ph + 14}" text-anchor="middle">${ch.x === "ms" ? (k / 4 * tmax).toFixed(1) : fmtInt(k / 4 * tmax)}</text>`;
   }
   g += `<text x="${L + pw / 2}" y="${h - 2}" text-anchor="middle">${ch.x === "ms" ? "ms since the first fault" : "trace events"}</text>`;
-  g += `<text x="12" y="${T + ph / 2}" transform="rotate(-90 12 ${T + ph / 2})" text-anchor="middle">restored MB</text>`;
+  g += `<text x="12" y="${T + ph / 2}" transform="rotate(-90 12 ${T + ph / 2})" text-anchor="middle">restored MiB</text>`;
   ch.series.forEach((s, i) => {
     const col = colorOf(s.name);
     const pts = s.values.map((v, j) => `${(L + ch.t[j] / tmax * pw).toFixed(1)},${(T + ph - v / vmax * ph).toFixed(1)}`);
@@ -660,7 +660,7 @@ function renderSummary() {
     h += `<p>${fmtInt(t.physical_pages)} physical pages, ${t.processes} owners, ${fmtInt(t.uffd_events)} uffd events ` +
       `(${fmtInt(t.pages_loaded)} pages / ${kb(t.pages_loaded * m.page_size)} kB loaded, ${fmtInt(t.pages_zeroed)} pages / ${kb(t.pages_zeroed * m.page_size)} kB zeroed), ` +
       `${t.nmt_regions} NMT regions; restored ${kb(t.restored_kb * 1024)} kB, ${t.attributed_pct ?? "–"} % attributed.</p>`;
-    h += `<h4>Restored MB over time per category</h4>` + chartSVG(m.chart, 640, Math.max(220, 40 + 15 * m.chart.series.length));
+    h += `<h4>Restored MiB over time per category</h4>` + chartSVG(m.chart, 640, Math.max(220, 40 + 15 * m.chart.series.length));
     for (const [name, t2] of Object.entries(m.tables)) {
       if (!t2.rows.length) continue;
       const long = t2.rows.length > 30;
