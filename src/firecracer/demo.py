@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,17 +94,11 @@ class DemoResult:
 
 def _uffd_capable(version_text: str | None, kernel_release: str) -> str | None:
     """Why this Firecracker cannot serve Uffd restores on that kernel (None: it can)."""
-    from firecracer.vmm.binary import Version
+    from firecracer.vmm.binary import Version, uffd_restore_problem
 
     if version_text is None:
         return "no Firecracker binary ('firecracer install-firecracker FILE')"
-    v = Version.parse(version_text)
-    kernel = tuple(int(x) for x in re.findall(r"\d+", kernel_release)[:2])
-    if not v.at_least(1, 5):
-        return f"Firecracker v{v} registers a user-mode-only userfaultfd (fixed in v1.5)"
-    if not v.at_least(1, 8) and kernel >= (6, 6):
-        return f"Firecracker v{v} is older than 1.8 (Uffd restores fail on host kernels >= 6.6)"
-    return None
+    return uffd_restore_problem(Version.parse(version_text), kernel_release)
 
 
 def choose_mode(firecracker: str | None = None, forced: str | None = None) -> Choice:
@@ -131,7 +124,7 @@ def choose_mode(firecracker: str | None = None, forced: str | None = None) -> Ch
         lab = host.check_lab()
         lab_missing = [w for w in (
             None if lab.ok else f"the lab cannot run: {lab.detail}",
-            _uffd_capable(version_text, "6.1"),  # L1 runs Debian's 6.1 kernel
+            _uffd_capable(version_text, "6.1.0"),  # L1 runs Debian's 6.1 kernel
             image_why if image_missing else None,
         ) if w]
     else:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from firecracer.errors import FirecracerError
 from firecracer.paths import cache_dir
-from firecracer.vmm.binary import find_firecracker, firecracker_version
+from firecracer.vmm.binary import Version, find_firecracker, firecracker_version, uffd_restore_problem
 
 KVM_GET_API_VERSION = 0xAE00
 KVM_CREATE_VM = 0xAE01
@@ -157,11 +157,22 @@ def check_firecracker(explicit: str | None = None) -> Check:
         version = firecracker_version(path)
     except FirecracerError as exc:
         return Check(False, str(exc))
-    note = ""
-    if not version.at_least(1, 8):
-        note = "; Uffd restores need Firecracker >= 1.8 on host kernels >= 6.6"
-    return Check(True, f"{path}: v{version} (API generation {version.api_generation}){note}",
+    return Check(True, f"{path}: v{version} (API generation {version.api_generation})",
                  {"path": str(path), "version": str(version), "api_generation": version.api_generation})
+
+
+def check_uffd_restore(firecracker: Check) -> Check:
+    """Can the Firecracker that ``firecracker`` (a :func:`check_firecracker` result) found restore through a
+    userfaultfd page server on this host kernel? Judged by :func:`uffd_restore_problem`."""
+    if not firecracker.ok:
+        return Check(False, "no usable Firecracker binary (see the firecracker check)")
+    version = Version.parse(str(firecracker.info["version"]))
+    problem = uffd_restore_problem(version)
+    info: dict[str, object] = {"version": str(version), "kernel": platform.release()}
+    if problem:
+        return Check(False, problem, info)
+    return Check(True, f"Firecracker v{version} registers userfaultfd on host kernel {platform.release()}",
+                 info)
 
 
 def check_net_admin() -> Check:
@@ -273,7 +284,7 @@ def check_lab() -> Check:
 
 NEEDS: dict[str, tuple[str, ...]] = {
     "vm": ("arch", "kvm", "firecracker"),
-    "uffd": ("arch", "kvm", "firecracker", "userfaultfd"),
+    "uffd": ("arch", "kvm", "firecracker", "userfaultfd", "uffd_restore"),
     "image": ("arch", "qemu", "disk"),
     "analysis": ("java",),
     "lab": ("arch", "qemu", "lab"),
@@ -281,8 +292,8 @@ NEEDS: dict[str, tuple[str, ...]] = {
 
 
 def run_all(firecracker: str | None = None) -> dict[str, Check]:
-    """Every probe, keyed as in ``doctor --json``."""
-    return {
+    """Every probe, keyed as in ``doctor --json`` (a check may build on an earlier one's result)."""
+    checks = {
         "arch": check_arch(),
         "kvm": check_kvm(),
         "kvm_caps": check_kvm_caps(),
@@ -290,6 +301,10 @@ def run_all(firecracker: str | None = None) -> dict[str, Check]:
         "pvm_nested": check_pvm_nested(),
         "userfaultfd": check_userfaultfd(),
         "firecracker": check_firecracker(firecracker),
+    }
+    return {
+        **checks,
+        "uffd_restore": check_uffd_restore(checks["firecracker"]),
         "net_admin": check_net_admin(),
         "qemu": check_qemu(),
         "lab": check_lab(),

@@ -46,7 +46,7 @@ def test_bundled_example_end_to_end(firecracker_bin: Path, tmp_path: Path) -> No
              re.finditer(r'<svg class="plot" data-marks="(\d+)" role="img" aria-label="([^"]*)"', dom.stdout)}
     assert marks["First response after restore (ms)"] == 24
     assert marks["Page faults (median per run)"] == 8
-    assert marks["MB served by the page server (median)"] == 6
+    assert marks["MiB served by the page server (median)"] == 6
     assert marks["First response, split into phases (ms, medians)"] >= 8
     assert sum(1 for k in marks if " · " in k) == 4  # Jaccard heatmaps: ondemand + fault-around per variant
     assert all(n > 0 for n in marks.values()), marks

@@ -150,6 +150,9 @@ def test_probe_study_all_strategies(firecracker_bin: Path, tmp_path: Path) -> No
             assert r.metrics["errors"] == 0 and r.metrics["probe_pages"] == 256
             assert (tmp_path / "res" / "runs" / r.run_id / "trace.npz").exists()
     assert (tmp_path / "res" / "variants" / "a" / "prefetch-trace.npz").exists()
+    # working-set files only where prefetch installs one: the variant's recording, never a run
+    assert (tmp_path / "res" / "variants" / "a" / "prefetch-trace.ws").stat().st_size >= 256 * 4096
+    assert sorted(p.name for p in (tmp_path / "res").rglob("*.ws")) == ["prefetch-trace.ws"]
 
 
 

@@ -57,13 +57,19 @@ def test_report_is_self_contained_and_has_every_section(study: Path, tmp_path: P
     plots = _plots(html)
     assert plots["First response after restore (ms)"] == 2 * 4 * 3 - 1
     assert plots["Page faults (median per run)"] == 8
-    assert plots["MB served by the page server (median)"] == 6  # the File backend serves nothing
+    assert plots["MiB served by the page server (median)"] == 6  # the File backend serves nothing
     assert plots["First response, split into phases (ms, medians)"] > 8
     # Jaccard heatmaps for the cells with traces from >= 2 repetitions (prefetch misses are empty here)
     assert plots["small · ondemand"] == 9 and plots["big · fault-around:16"] == 9
     assert "host-replay backend:" in html  # never passed off as VM results
     assert "restore: &lt;Firecracker said no&gt; &amp; more" in html
     assert "No run in this study has NMT attribution" in html
+    # "vs ondemand": ondemand is the baseline, not "1.00× faster" than itself
+    for variant in ("small", "big"):
+        row = re.search(rf'<tr><td class="l">{variant}</td><td class="l">ondemand</td>(.*?)</tr>', html)
+        assert row and "<td>baseline</td>" in row.group(1) and "faster" not in row.group(1), row
+        other = re.search(rf'<tr><td class="l">{variant}</td><td class="l">prefetch</td>(.*?)</tr>', html)
+        assert other and re.search(r"<td>\d+\.\d\d× (faster|slower)</td>", other.group(1)), other
     assert 'href="../res/runs/small.ondemand.r1/"' in html
     assert 'href="../res/runs/small.ondemand.r1/report.html">viewer</a>' in html  # per-run viewer pages
     assert (study / "runs" / "big.prefetch.r1" / "report.html").exists()

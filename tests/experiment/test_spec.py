@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 
 from firecracer.errors import FormatError
-from firecracer.experiment.spec import example_spec_path, load_spec, parse_spec, parse_strategy
+from firecracer.experiment.plan import plan_runs
+from firecracer.experiment.spec import (
+    example_spec_path,
+    example_spec_text,
+    load_spec,
+    parse_spec,
+    parse_strategy,
+)
 
 GOOD = """
 [study]
@@ -28,6 +35,22 @@ def test_bundled_example_is_probe_two_variants_four_strategies_three_reps() -> N
     assert [s.name for s in spec.strategies] == ["file", "ondemand", "fault-around:16", "prefetch"]
     assert spec.repetitions == 3
     assert all(v.working_set_pages for v in spec.variants)
+
+
+@pytest.mark.parametrize("repetitions", [None, 1, 2, 12])
+def test_example_text_says_what_it_sets(repetitions: int | None) -> None:
+    """The header's "x N repetitions = M runs" agrees with the value and the plan (the demo runs a 1-rep
+    copy whose comment still said "three repetitions = 24 runs")."""
+    import re
+
+    text = example_spec_text(repetitions)
+    spec = parse_spec(text)
+    m = re.search(r"x (\w+) repetitions? = (\d+) runs", text)
+    assert m, text[:300]
+    words = {"one": 1, "two": 2, "three": 3}
+    assert words.get(m.group(1), int(m.group(1)) if m.group(1).isdigit() else -1) == spec.repetitions
+    assert int(m.group(2)) == len(plan_runs(spec))
+    assert spec.repetitions == (repetitions or 3)
 
 
 def test_defaults_and_paths_relative_to_the_spec(tmp_path: Path) -> None:

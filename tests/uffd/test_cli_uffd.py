@@ -54,7 +54,7 @@ def test_serve_options_after_positionals(tmp_path: Path) -> None:
     try:
         peer = Peer(PeerSpec(sock, [16 * PS], ops=[("read", [5, 13])]))
         _status, rep = peer.finish(30)
-        _out, err = proc.communicate(timeout=30)
+        out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -65,7 +65,44 @@ def test_serve_options_after_positionals(tmp_path: Path) -> None:
     assert m["ok"] and m["sessions"][0]["faults"] == 2 and m["sessions"][0]["pages"]["around"] == 6
     assert len(load_trace(tmp_path / "t.npz")) == 8
     assert (tmp_path / "t.ws").exists()
-    assert "uffd page server" in err  # the table
+    assert "uffd page server" in out and "uffd page server" not in err  # the table is the result
+    assert "32.0 kB" in out  # 8 pages served, in the CLI's one byte spelling
+
+
+def test_serve_no_working_set(tmp_path: Path) -> None:
+    mem, sock = _mem(tmp_path), str(tmp_path / "s.sock")
+    proc = _start(["serve", sock, str(mem), "--trace", str(tmp_path / "t.npz"), "--no-working-set", "-q"])
+    try:
+        Peer(PeerSpec(sock, [16 * PS], ops=[("read", [5, 13])])).finish(30)
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0
+    assert len(load_trace(tmp_path / "t.npz")) == 2 and not (tmp_path / "t.ws").exists()
+
+
+def test_accept_timeout_prints_no_empty_table(tmp_path: Path) -> None:
+    res = subprocess.run([sys.executable, "-m", "firecracer", "uffd", "serve", str(tmp_path / "s.sock"),
+                          str(_mem(tmp_path)), "--accept-timeout", "0.5"], capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert res.returncode == 1
+    assert res.stdout == ""
+    assert "uffd page server" not in res.stderr and "session" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith("firecracer: error: uffd serve:")
+
+
+def test_sigint_before_any_session_is_one_line_not_a_table(tmp_path: Path) -> None:
+    import signal
+
+    proc = _start(["serve", str(tmp_path / "s.sock"), str(_mem(tmp_path))])
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0
+    assert out == ""
+    assert "uffd page server" not in err
+    assert "nothing was served" in err and len(err.strip().splitlines()) == 1  # (the ready line was read)
 
 
 def test_serve_fatal_handshake_exits_nonzero_with_one_line(tmp_path: Path) -> None:
@@ -113,6 +150,10 @@ def test_seed_export_import_commands(tmp_path: Path) -> None:
     res = subprocess.run([*run, "info", "--json", str(tmp_path / "t.npz")], check=True, env=env,
                          capture_output=True, text=True, timeout=60)
     assert json.loads(res.stdout)["actions"]["zero"] == 1
+    res = subprocess.run([*run, "info", str(tmp_path / "t.npz")], check=True, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert res.stderr == ""  # the table is the result: stdout
+    assert "zero=1" in res.stdout and "{" not in res.stdout  # no Python/JSON dict repr for people
 
 
 def test_unknown_strategy_is_one_line(tmp_path: Path) -> None:

@@ -73,6 +73,22 @@ def test_cli_view_writes_html_and_pngs(syn_rec: Path, tmp_path: Path) -> None:
     assert (tmp_path / "p.png").exists() and (tmp_path / "p-categories.png").exists()
 
 
+def test_cli_view_writes_into_the_current_directory_not_the_recording(syn_rec: Path, syn_rec_b: Path,
+                                                                      tmp_path: Path) -> None:
+    """Without -o the page lands in ./NAME.html (it used to go into RECORDING/, e.g. tests/fixtures)."""
+    before = sorted(p.name for p in syn_rec.iterdir())
+    runner = CliRunner()
+    with runner.isolated_filesystem(temp_dir=tmp_path) as cwd:
+        res = runner.invoke(cli, ["view", str(syn_rec), "--width", "256", "--scale", "1"])
+        assert res.exit_code == 0, res.output
+        assert (Path(cwd) / f"{syn_rec.name}.html").read_text().startswith("<!DOCTYPE html>")
+        res = runner.invoke(cli, ["view", str(syn_rec), "--compare", str(syn_rec_b), "--width", "256"])
+        assert res.exit_code == 0, res.output
+        assert (Path(cwd) / f"{syn_rec.name}-vs-{syn_rec_b.name}.html").exists()
+    assert sorted(p.name for p in syn_rec.iterdir()) == before
+    assert not (syn_rec / "report.html").exists()
+
+
 def test_cli_view_seed_files(tmp_path: Path) -> None:
     log = tmp_path / "uffd.log"
     log.write_text(

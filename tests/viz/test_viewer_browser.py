@@ -90,6 +90,7 @@ def test_selecting_java_heap_highlights_exactly_its_pages(browser: Browser, repo
     expected = set((mm.page_paddr[inside] // 4096).tolist())
     assert len(expected) > 1000
     _open(browser, report)
+    browser.evaluate("FC.setPos(0)")  # before the restore: every selected page in a selection colour
     _click_key(browser, JAVA_KEY, twisty=True)
     _click_key(browser, JAVA_KEY + "|nmt", twisty=True)
     _click_key(browser, "nmt|r:Java Heap#0")
@@ -103,17 +104,29 @@ def test_selecting_java_heap_highlights_exactly_its_pages(browser: Browser, repo
     assert "Java Heap" in row and f"{len(expected) * 4:,}" in row
 
 
+def _restored_drawn(b: Browser, syn_rec: Path) -> bool:
+    tr = load_recording(syn_rec).trace
+    assert tr is not None
+    px = _pixels(b)
+    colors = b.evaluate("FC.colors")
+    restored = {colors["loadsel"], colors["load"], colors["nomap"]}
+    slots = np.unique(tr.gpa // np.uint64(4096)).astype(np.int64)
+    return all(int(v) in restored for v in px[slots])
+
+
 def test_play_pause_step_rewind_fastforward(browser: Browser, report: Path, syn_rec: Path) -> None:
     n = len(load_recording(syn_rec).trace or [])
     _open(browser, report)
-    assert browser.evaluate("document.getElementById('counter0').textContent") == "0"
+    # the page opens with the whole restore drawn (it used to show nothing until Play or End)
+    assert browser.evaluate("document.getElementById('counter0').textContent") == f"{n:,}"
+    assert _restored_drawn(browser, syn_rec)
     browser.evaluate("document.getElementById('speed').value = 0; "
                      "document.getElementById('speed').dispatchEvent(new Event('change'))")
-    _click_key_button(browser, "b-play")
-    browser.wait_for("FC.counter(0) > 0")
+    _click_key_button(browser, "b-play")                      # Play animates from the first fault
+    browser.wait_for("FC.ui.playing")
     _click_key_button(browser, "b-play")                      # pause
     c = browser.evaluate("FC.counter(0)")
-    assert 0 < c <= n
+    assert 0 <= c < n
     assert browser.evaluate("FC.ui.playing") is False
     shown = browser.evaluate("document.getElementById('counter0').textContent")
     assert int(shown.replace(",", "")) == c
@@ -122,16 +135,74 @@ def test_play_pause_step_rewind_fastforward(browser: Browser, report: Path, syn_
         assert browser.evaluate("FC.counter(0)") == c + 1
     _click_key_button(browser, "b-rewind")
     assert browser.evaluate("FC.counter(0)") == 0
+    assert not _restored_drawn(browser, syn_rec)
     _click_key_button(browser, "b-ff")
     assert browser.evaluate("FC.counter(0)") == n
-    # every restored page is now drawn in a restored colour
-    tr = load_recording(syn_rec).trace
+    assert _restored_drawn(browser, syn_rec)  # every restored page is drawn in a restored colour again
+
+
+def test_at_start_option_opens_before_the_restore(browser: Browser, syn_rec: Path, tmp_path: Path) -> None:
+    html = write_report([load_recording(syn_rec)], tmp_path / "start.html", ViewOptions(position="start"))
+    _open(browser, html)
+    assert browser.evaluate("FC.counter(0)") == 0 and not _restored_drawn(browser, syn_rec)
+
+
+def test_recording_without_memmap_says_why(browser: Browser, syn_rec: Path, tmp_path: Path) -> None:
+    """A probe restore recorded by an experiment has only a trace: the tree says there is no memory map
+    and why (it was blank), and the restored pages are drawn as 'restored, no owner'."""
+    import json
+    import shutil
+
+    rec = tmp_path / "probe-run"
+    rec.mkdir()
+    shutil.copy(syn_rec / "trace.npz", rec / "trace.npz")
+    (rec / "recording.json").write_text(json.dumps({"format": "firecracer-recording", "version": 1,
+                                                    "source": "firecracker", "strategy": "ondemand",
+                                                    "guest": {"kernel": "probe", "mem_size_mib": 256}}))
+    html = write_report([load_recording(rec)], tmp_path / "r.html")
+    _open(browser, html)
+    note = browser.evaluate("document.getElementById('tree').textContent")
+    assert note.startswith("No memory map") and "probe guest" in note and "no operating system" in note
+    assert "no memory map" in browser.evaluate("document.querySelector('.panel h2').textContent")
+    tr = load_recording(rec).trace
     assert tr is not None
     px = _pixels(browser)
-    colors = browser.evaluate("FC.colors")
-    restored = {colors["loadsel"], colors["load"], colors["nomap"]}
     slots = np.unique(tr.gpa // np.uint64(4096)).astype(np.int64)
-    assert all(int(v) in restored for v in px[slots])
+    assert all(int(v) == browser.evaluate("FC.colors.nomap") for v in px[slots])
+    (rec / "recording.json").write_text(json.dumps({"format": "firecracer-recording", "version": 1}))
+    _open(browser, write_report([load_recording(rec)], tmp_path / "r2.html"))
+    assert "no memmap.npz" in browser.evaluate("document.getElementById('tree').textContent")
+
+
+@pytest.mark.parametrize("width", [1280, 1500])
+def test_layout_fits_the_window_without_clipping(browser: Browser, syn_rec: Path, syn_rec_b: Path,
+                                                 tmp_path: Path, width: int) -> None:
+    """Long labels and a long selection once widened the page past a 1280-1500 px window: a page-level
+    horizontal scrollbar, with the tree's columns, the legend and the speed selector cut off."""
+    html = write_report([load_recording(syn_rec), load_recording(syn_rec_b)], tmp_path / "wide.html",
+                        ViewOptions(title="a-long-study-name: variant-with-a-long-name.prefetch.r12"),
+                        labels=["ws-32mib.ondemand.r3 (probe guest, 32 MiB working set, mean run 2.5)",
+                                "ws-32mib.fault-around16.r3 (probe guest, 32 MiB working set, mean run 2.5)"])
+    browser.set_viewport(width, 760)
+    _open(browser, html)
+    browser.evaluate(f"FC.select({JAVA_KEY + '|pmap'!r})")
+
+    def box(sel: str) -> list[float]:
+        return browser.evaluate(f"(() => {{ const r = document.querySelector({sel!r})"
+                                ".getBoundingClientRect(); return [r.left, r.right, r.top, r.bottom]; })()")
+
+    assert browser.evaluate("document.documentElement.scrollWidth") <= width
+    assert browser.evaluate("innerWidth") == width
+    for sel in ("#legend", "#speed", "#status", "#tabs", "#treecols span:last-child", "#b-ff", "#search"):
+        left, right, top, bottom = box(sel)
+        assert left >= 0 and right <= width, (sel, left, right)
+        assert bottom <= 760, (sel, top, bottom)
+    # the tree's number columns line up with their headers, inside the tree
+    tree = box("#tree")
+    for k in (2, 3, 4):
+        head = box(f"#treecols span:nth-child({k})")
+        cell = box(f"#tree .row .num:nth-child({k})")
+        assert abs(head[1] - cell[1]) <= 12 and cell[1] <= tree[1], (k, head, cell, tree)
 
 
 def _click_key_button(b: Browser, bid: str) -> None:
@@ -168,6 +239,7 @@ def test_compare_mode_synchronises_selection(browser: Browser, syn_rec: Path, sy
 def test_overview_zoom_keeps_every_selected_page_visible(browser: Browser, report: Path,
                                                          syn_rec: Path) -> None:
     _open(browser, report)
+    browser.evaluate("FC.setPos(0)")  # restored pages outrank the selection: start before the restore
     sel = browser.evaluate("FC.select('nmtcat|Metaspace')")
     assert sel["pages"][0] > 0
     browser.evaluate("FC.setZoom(0.25)")

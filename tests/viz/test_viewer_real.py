@@ -75,7 +75,7 @@ def test_real_probe_restores_side_by_side(browser: Browser, tmp_path: Path) -> N
     assert a.trace is not None and b.trace is not None
     html = write_report([a, b], tmp_path / "probe.html", ViewOptions(scale=4, width=256))
     _open(browser, html)
-    assert browser.evaluate("[FC.counter(0), FC.counter(1)]") == [0, 0]
+    assert browser.evaluate("[FC.counter(0), FC.counter(1)]") == [len(a.trace), len(b.trace)]  # all drawn
     browser.evaluate("FC.setPos(100)")
     assert browser.evaluate("[FC.counter(0), FC.counter(1)]") == [100, 100]
     browser.evaluate("FC.setPos(1e9)")

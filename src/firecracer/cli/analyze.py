@@ -12,7 +12,7 @@ import click
 from rich import box
 from rich.table import Table as RichTable
 
-from firecracer.cli._render import console, print_json
+from firecracer.cli._render import console, human_ms, print_json, print_table
 
 LONG_TABLES = ("mappings", "nmt_regions", "processes")
 
@@ -112,19 +112,23 @@ def _render_table(name: str, t: Any, top: int) -> None:
         rows = sorted(rows, key=lambda x: (-(x[k] or 0), -(x[r] or 0)))[:top]
         note = f" (top {top} of {len(t.rows)} by restored kB; --json for all)"
     rt = RichTable(title=f"{t.title}{note}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    cells = [[_cell(c, v) for c, v in zip(t.columns, row, strict=True)] for row in rows]
+    kb_series = name.startswith("restore_timeline")  # its group columns hold cumulative kB
+    cells = [[_cell(c if k == 0 or not kb_series else f"{c}_kb", v) for k, (c, v) in
+              enumerate(zip(t.columns, row, strict=True))] for row in rows]
     for k, c in enumerate(t.columns):
         numeric = any(isinstance(x[k], int | float) for x in rows)
-        # headers wrap at the spaces _header puts in; long names fold; numbers stay on one line
-        rt.add_column(_header(c), justify="right" if numeric else "left",
-                      overflow="ellipsis" if numeric else "fold")
+        # headers wrap at the spaces _header puts in; long names fold at 48 columns; numbers are never cut
+        rt.add_column(_header(c), justify="right" if numeric else "left", overflow="fold",
+                      max_width=None if numeric else 48)
     for r in cells:
         rt.add_row(*r)
-    console.print(rt)
+    print_table(rt)
 
 
 def _header(col: str) -> str:
     """Column name for the terminal: words that can wrap (``restored_pct_of_rss`` → ``restored % of rss``)."""
+    if col == "kb":
+        return "kB"
     return (col.replace("_pct_of_", " % of ").replace("_pct", " %").replace("_kb", " kB")
             .replace("_", " "))
 
@@ -132,9 +136,11 @@ def _header(col: str) -> str:
 def _cell(col: str, v: Any) -> str:
     if v is None:
         return ""
-    grouped = col.endswith(("_kb", "pages", "_a", "_b", "_delta"))
+    grouped = col.endswith(("kb", "pages", "_a", "_b", "_delta"))
     if isinstance(v, int) and not isinstance(v, bool) and grouped:
         return f"{v:,}"
+    if isinstance(v, float) and col.endswith("_ms"):
+        return human_ms(v)  # --json and --csv keep the full value
     return str(v)
 
 

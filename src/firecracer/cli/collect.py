@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from firecracer.cli._render import console, print_json
+from firecracer.cli._render import console, err_console, print_json
 from firecracer.errors import FirecracerError
 from firecracer.guest import memmap, recording
 from firecracer.guest.agent import DEFAULT_PORT as AGENT_PORT
@@ -65,8 +65,8 @@ def collect(vm_name: str | None, port: int, local: bool, agent: str | None, pids
         return
     console.print(f"collected {summary.pages:,} pages of {summary.owners} owners in {summary.seconds:.1f} s "
                   f"→ {summary.out}/ ({', '.join(summary.files)})", highlight=False)
-    for p in summary.problems:
-        console.print(f"[yellow]note:[/] {p}", highlight=False)
+    for p in summary.problems:  # diagnostics: stderr
+        err_console.print(f"[yellow]note:[/] {p}", highlight=False)
 
 
 COMMANDS = [collect]

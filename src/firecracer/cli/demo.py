@@ -6,7 +6,6 @@ are behind ``--verbose`` or in the page, and ``--json`` prints ``{"mode", "host"
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 import webbrowser
@@ -106,14 +105,10 @@ def _jvm_lab(out: Path, firecracker: str | None, as_json: bool) -> DemoResult:
 def _probe(ctx: click.Context, out: Path, firecracker: str | None, as_json: bool) -> DemoResult:
     from firecracer import host
     from firecracer.cli.experiment import report, run
-    from firecracer.experiment.spec import example_spec_path
+    from firecracer.experiment.spec import example_spec_text
 
     spec = out / "probe-study.toml"
-    text = example_spec_path().read_text()
-    # one repetition, so the demo takes about a minute; the comment above the value says so too
-    text = re.sub(r"(?m)^repetitions = \d+.*$", "repetitions = 1  # the demo runs one repetition", text,
-                  count=1)
-    spec.write_text(text)
+    spec.write_text(example_spec_text(repetitions=1))  # one repetition: the demo takes about a minute
     results = out / "results-probe"
     page = out / "probe-report.html"
     if as_json:  # the experiment commands print to stdout; keep it for the JSON

@@ -8,7 +8,7 @@ import click
 from rich.table import Table
 
 from firecracer import host
-from firecracer.cli._render import console, print_json
+from firecracer.cli._render import console, print_json, print_table
 
 
 @click.command()
@@ -34,7 +34,7 @@ def doctor(as_json: bool, need: str | None, firecracker: str | None) -> None:
             if name == "pvm_nested":
                 mark = "[yellow]yes[/]" if c.ok else "no"
             table.add_row(name, mark, c.detail)
-        console.print(table)
+        print_table(table)
         if need:
             if missing:
                 console.print(f"[red]missing for '{need}':[/] " + ", ".join(

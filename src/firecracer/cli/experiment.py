@@ -13,7 +13,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from firecracer.cli._render import console, err_console, print_json
+from firecracer.cli._render import console, err_console, print_json, print_table
 
 if TYPE_CHECKING:
     from firecracer.experiment.spec import Spec
@@ -88,7 +88,7 @@ def run(spec_file: str | None, example: bool, out: str | None, dry_run: bool, sh
             st = have.get(r.run_id, "pending")
             mark = {"ok": "[green]done[/]", "failed": "[red]failed[/]"}.get(st, "pending")
             table.add_row(str(r.index), r.run_id, r.variant.name, r.strategy.name, str(r.repetition), mark)
-        console.print(table)
+        print_table(table)
         todo = sum(1 for r in runs if have.get(r.run_id) is None
                    or (retry_failed and have.get(r.run_id) == "failed"))
         console.print(f"{len(runs)} runs in this plan ({len(spec.variants)} variants × "

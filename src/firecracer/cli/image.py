@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
-from firecracer.cli._render import console, err_console, print_json
+from firecracer.cli._render import console, err_console, human_ms, print_json
 
 
 class _CliReporter:
@@ -116,8 +116,9 @@ def check(kernel_path: Path | None, rootfs_path: Path | None, timeout: float, co
         for c in res.checks:
             mark = "[green]ok[/]" if c.ok else "[red]FAILED[/]"
             console.print(f"{mark} {c.name}: {escape(c.detail)}")
-        for name, value in res.times.items():
-            console.print(f"  {name}: {value}")
+        for name, value in res.times.items():  # rounded for people; --json has every digit
+            shown = "-" if value is None else f"{human_ms(value)} ms" if name.endswith("_ms") else value
+            console.print(f"  {name.removesuffix('_ms')}: {shown}", highlight=False)
         console.print(f"console log: {res.console_log}", soft_wrap=True)
     if not res.ok:
         sys.exit(1)

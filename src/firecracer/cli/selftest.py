@@ -7,7 +7,7 @@ import sys
 import click
 from rich.table import Table
 
-from firecracer.cli._render import console, print_json
+from firecracer.cli._render import console, human_ms, print_json, print_table
 from firecracer.vmm.selftest import run_selftest
 
 
@@ -36,8 +36,8 @@ def selftest(firecracker: str | None, page_server: str | None, as_json: bool) ->
         for c in report.checks:
             result = "[green]ok[/green]" if c.ok else ("[yellow]unsupported[/yellow]" if c.unsupported
                                                       else "[red]FAILED[/red]")
-            t.add_row(c.name, result, "" if c.ms is None else f"{c.ms:.1f}", c.unsupported or c.detail or "")
-        console.print(t)
+            t.add_row(c.name, result, "" if c.ms is None else human_ms(c.ms), c.unsupported or c.detail or "")
+        print_table(t)
         console.print("[green]selftest passed[/green]" if report.ok else "[red]selftest failed[/red]")
     sys.exit(0 if report.ok else 1)
 

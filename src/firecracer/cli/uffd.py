@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -13,7 +12,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from firecracer.cli._render import err_console, print_json
+from firecracer.cli._render import console, err_console, human_bytes, human_ms, print_json, print_table
 from firecracer.errors import FirecracerError
 
 
@@ -29,6 +28,8 @@ def uffd() -> None:
               help="ondemand | fault-around:N | prefetch:TRACE | prefetch-background:TRACE | eager")
 @click.option("--trace", "trace_out", type=click.Path(dir_okay=False), help="Write trace.npz here "
               "(and, for ondemand/fault-around, the working-set file TRACE.ws that prefetch replays).")
+@click.option("--no-working-set", is_flag=True, help="Do not write TRACE.ws (no prefetch run will use it; "
+              "'uffd working-set' or prefetch:TRACE builds it later from the trace and the memory file).")
 @click.option("--metrics", "metrics_out", type=click.Path(dir_okay=False), help="Write metrics JSON here.")
 @click.option("--sessions", default=1, show_default=True, type=click.IntRange(min=0),
               help="Hand-offs to serve before exiting (0: until SIGTERM/SIGINT).")
@@ -40,8 +41,8 @@ def uffd() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics JSON on stdout at exit.")
 @click.option("--quiet", "-q", is_flag=True, help="No table at exit (the ready line is still printed).")
 def serve(socket_path: str, mem_file: str, strategy: str, trace_out: str | None, metrics_out: str | None,
-          sessions: int, accept_timeout: float | None, handshake_timeout: float, populate: bool,
-          as_json: bool, quiet: bool) -> None:
+          no_working_set: bool, sessions: int, accept_timeout: float | None, handshake_timeout: float,
+          populate: bool, as_json: bool, quiet: bool) -> None:
     """Serve page faults from MEMFILE to the Firecracker that connects to SOCKET.
 
     Prints "firecracer uffd: listening on SOCKET" to stderr once listening. Exits 0 after the
@@ -53,7 +54,7 @@ def serve(socket_path: str, mem_file: str, strategy: str, trace_out: str | None,
     logging.basicConfig(level=logging.WARNING, format="firecracer uffd: %(message)s", stream=sys.stderr)
     server = Server(socket_path, mem_file, strategy, trace_out=trace_out, max_sessions=sessions,
                     accept_timeout=accept_timeout, handshake_timeout=handshake_timeout, populate=populate,
-                    metrics_out=metrics_out)
+                    metrics_out=metrics_out, write_ws=not no_working_set)
     try:
         server.listen()
 
@@ -71,8 +72,11 @@ def serve(socket_path: str, mem_file: str, strategy: str, trace_out: str | None,
     metrics = result.metrics()  # --metrics was written by the server, before the traces
     if as_json:
         print_json(metrics)
-    elif not quiet:
-        err_console.print(metrics_table(metrics))
+    elif not quiet and metrics["sessions"]:
+        print_table(metrics_table(metrics))
+    elif not quiet and result.ok:  # stopped before any hand-off: no table of nothing
+        err_console.print("firecracer uffd: stopped; no Firecracker connected, nothing was served",
+                          highlight=False)
     if not result.ok:
         raise FirecracerError(f"uffd serve: {metrics['error']}")
 
@@ -80,17 +84,17 @@ def serve(socket_path: str, mem_file: str, strategy: str, trace_out: str | None,
 def metrics_table(metrics: dict[str, Any]) -> Table:
     """One row per session: faults, pages by action, bytes, latency percentiles."""
     t = Table(title="uffd page server", show_lines=False)
-    for col in ("session", "strategy", "faults", "load", "zero", "around", "prefetch", "eager", "MiB",
+    for col in ("session", "strategy", "faults", "load", "zero", "around", "prefetch", "eager", "served",
                 "p50 µs", "p90 µs", "p99 µs", "last fault ms", "ended"):
         t.add_column(col, justify="right" if col not in ("strategy", "ended") else "left")
     for s in metrics["sessions"]:
         lat = s.get("latency_us", {})
         pages = s["pages"]
-        mib = (s["bytes_copied"] + s["bytes_zeroed"]) / (1 << 20)
+        served = s["bytes_copied"] + s["bytes_zeroed"]
         t.add_row(str(s["session"]), s["strategy"], str(s["faults"]), str(pages["load"]), str(pages["zero"]),
-                  str(pages["around"]), str(pages["prefetch"]), str(pages["eager"]), f"{mib:.1f}",
+                  str(pages["around"]), str(pages["prefetch"]), str(pages["eager"]), human_bytes(served),
                   str(lat.get("p50", "-")), str(lat.get("p90", "-")), str(lat.get("p99", "-")),
-                  f"{s['handshake_to_last_fault_ms']:.1f}", s["error"] or s["ended"])
+                  human_ms(s["handshake_to_last_fault_ms"]), s["error"] or s["ended"])
     return t
 
 
@@ -107,7 +111,7 @@ def export_seed(trace: str, output: str, with_tid: bool, address: str) -> None:
 
     tr = load_trace(trace)
     export_seed_log(tr, output, with_tid=with_tid, address=address)
-    err_console.print(f"wrote {len(tr)} page lines to {output}")
+    console.print(f"wrote {len(tr)} page lines to {output}", highlight=False)
 
 
 @uffd.command("import-seed")
@@ -124,7 +128,8 @@ def import_seed(log: str, output: str, page_size: int, mem_bytes: int | None, ad
 
     tr = import_seed_log(log, page_size=page_size, mem_bytes=mem_bytes, address=address)
     save_trace(tr, output)
-    err_console.print(f"imported {len(tr)} faults ({tr.meta['seed_format']} format) into {output}")
+    console.print(f"imported {len(tr)} faults ({tr.meta['seed_format']} format) into {output}",
+                  highlight=False)
 
 
 @uffd.command("working-set")
@@ -142,7 +147,8 @@ def working_set(trace: str, mem_file: str, output: str | None) -> None:
     ws = WorkingSet(out, populate=False)
     info = ws.describe()
     ws.close()
-    err_console.print(f"wrote {out}: {info['pages']} pages in {info['runs']} runs, {info['bytes']} bytes")
+    console.print(f"wrote {out}: {info['pages']:,} pages in {info['runs']:,} runs, "
+                  f"{human_bytes(info['bytes'])}", highlight=False)
 
 
 @uffd.command()
@@ -160,11 +166,17 @@ def info(trace: str, as_json: bool) -> None:
             "events": tr.meta.get("events", {}), "regions": len(tr.regions)}
     if as_json:
         print_json(data)
-    else:
+    else:  # the result on stdout, rounded for people (--json has every digit)
         t = Table(title=str(trace), show_header=False)
         for k, v in data.items():
-            t.add_row(k, json.dumps(v) if isinstance(v, dict) else str(v))
-        err_console.print(t)
+            if k == "span_ms":
+                t.add_row("span", f"{human_ms(float(v))} ms")
+            elif isinstance(v, dict):
+                t.add_row(k, "  ".join(f"{a}={b:,}" if isinstance(b, int) else f"{a}={b}"
+                                       for a, b in v.items()) or "-")
+            else:
+                t.add_row(k, f"{v:,}" if isinstance(v, int) and k != "page_size" else str(v))
+        print_table(t)
 
 
 COMMANDS = [uffd]

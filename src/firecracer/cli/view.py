@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from firecracer.cli._render import console
+from firecracer.cli._render import console, human_bytes
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgGtT]?)(i?[bB])?\s*$")
 
@@ -35,7 +35,8 @@ def _geometry(text: str) -> tuple[int, int]:
 @click.option("--compare", "compare_with", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="A second recording, shown side by side with synchronised selection and zoom.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
-              help="HTML file to write [default: RECORDING/report.html, or ./report.html for --seed].")
+              help="HTML file to write [default: ./NAME.html after the recording (NAME-vs-B.html with "
+                   "--compare), ./report.html for --seed; the recording itself is never written to].")
 @click.option("--scale", default=2.0, show_default=True, type=click.FloatRange(0.125, 64),
               help="Pixels per page at first (seed: uffdVisualizer.scale); below 1, each pixel shows "
                    "the most telling of its pages.")
@@ -47,7 +48,9 @@ def _geometry(text: str) -> tuple[int, int]:
 @click.option("--label", "labels", multiple=True, help="Name for the recording(s), in order.")
 @click.option("--select", "select", metavar="KEY",
               help="Tree node selected at load, e.g. 'nmtcat|Java Heap' (default: the kernel, as the seed).")
-@click.option("--at-end", is_flag=True, help="Open with every restored page drawn (fast-forwarded).")
+@click.option("--at-end/--at-start", "at_end", default=True, show_default=True,
+              help="Open with the whole restore drawn (Play animates it from the first fault), or with no "
+                   "restored page drawn yet.")
 @click.option("--png", "png_out", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the physical view as PNG (Pillow) and OUT-categories.png, the restore chart.")
 @click.option("--png-category", metavar="NMT_CATEGORY",
@@ -88,10 +91,12 @@ def view(files: tuple[Path, ...], seed: bool, compare_with: Path | None, output:
         if len(files) != 1 or not files[0].is_dir():
             raise click.UsageError("give one RECORDING directory (or --seed MEMMAP UFFDLOG [NMT])")
         rec = load_recording(files[0])
-        default_out = files[0] / "report.html"
+        default_out = Path(f"{files[0].resolve().name}.html")
     recs = [rec]
     if compare_with is not None:
         recs.append(load_recording(compare_with))
+        if not seed:
+            default_out = Path(f"{files[0].resolve().name}-vs-{compare_with.resolve().name}.html")
     if len(labels) > len(recs):
         raise click.UsageError(f"{len(labels)} --label values for {len(recs)} recording(s)")
     phys = parse_size(phys_mem) if phys_mem else None
@@ -103,7 +108,7 @@ def view(files: tuple[Path, ...], seed: bool, compare_with: Path | None, output:
                                      param_hint="--color")
         cmap[name] = val.lower()
     opts = ViewOptions(scale=scale, width=width, phys_bytes=phys, select=select,
-                       position="end" if at_end else None, colors=cmap)
+                       position="end" if at_end else "start", colors=cmap)
     out = output or default_out
     t0 = time.monotonic()
     lab_list: list[str | None] = [*labels, *([None] * (len(recs) - len(labels)))]
@@ -113,11 +118,12 @@ def view(files: tuple[Path, ...], seed: bool, compare_with: Path | None, output:
         t, kib = pk.meta["totals"], pk.meta["page_size"] // 1024
         console.print(f"{pk.meta['label']}: {t['physical_pages']:,} physical pages, {t['processes']} owners; "
                       f"{t['uffd_events']:,} uffd events ({t['pages_loaded']:,} pages / "
-                      f"{t['pages_loaded'] * kib:,}kb loaded, {t['pages_zeroed']:,} pages / "
-                      f"{t['pages_zeroed'] * kib:,}kb zeroed); {t['nmt_regions']} NMT regions"
+                      f"{t['pages_loaded'] * kib:,} kB loaded, {t['pages_zeroed']:,} pages / "
+                      f"{t['pages_zeroed'] * kib:,} kB zeroed); {t['nmt_regions']} NMT regions"
                       + (f" of JVM {t['nmt_pid']}" if t.get("nmt_pid") is not None else ""),
                       markup=False, highlight=False)
-    console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) in {time.monotonic() - t0:.1f} s")
+    console.print(f"wrote {path} ({human_bytes(path.stat().st_size)}) in {time.monotonic() - t0:.1f} s",
+                  highlight=False)
     if png_out is not None:
         from firecracer.viz.png import write_pngs
 

@@ -15,7 +15,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from firecracer.cli._render import console, print_json
+from firecracer.cli._render import console, human_ms, print_json, print_table, timings_text
 from firecracer.errors import FirecracerError
 from firecracer.paths import state_dir
 from firecracer.vmm.config import MemBackend, SnapshotType
@@ -60,7 +60,9 @@ def _show(m: MicroVM, as_json: bool) -> None:
         print_json(s)
         return
     for k, v in s.items():
-        if v is not None:
+        if k == "timings_ms" and isinstance(v, dict):  # rounded for people; --json has every digit
+            console.print(f"[bold]timings[/bold]: {timings_text(v)}", highlight=False)
+        elif v is not None:
             console.print(f"[bold]{k}[/bold]: {v}", highlight=False)
 
 
@@ -154,11 +156,13 @@ def ls_cmd(show_all: bool, as_json: bool) -> None:
     if not recs:
         console.print(f"no VMs in {state_dir() / 'vms'}")
         return
-    t = Table("name", "state", "pid", "firecracker", "api socket", "vsock", "restored from")
+    t = Table("name", "state", "pid", "firecracker")
+    for col in ("api socket", "vsock", "restored from"):  # paths fold inside their column
+        t.add_column(col, overflow="fold", max_width=48)
     for r in recs:
         t.add_row(r["name"], r["state"], str(r.get("pid") or "-"), str(r.get("firecracker_version") or "-"),
                   r.get("api_sock") or "-", r.get("vsock") or "-", r.get("restored_from") or "-")
-    console.print(t)
+    print_table(t)
 
 
 @vm.command()
@@ -196,7 +200,7 @@ def snapshot(name: str, dest: str, diff: bool, punch_holes: bool, resume_after: 
     mib = 2**20
     console.print(f"{snap.type.value} snapshot of {name} in {snap.dir} (Firecracker "
                   f"{snap.firecracker_version}, format {snap.snapshot_format}, create "
-                  f"{snap.timings_ms['create']:.1f} ms, mem {snap.mem['allocated_bytes'] / mib:.1f} of "
+                  f"{human_ms(snap.timings_ms['create'])} ms, mem {snap.mem['allocated_bytes'] / mib:.1f} of "
                   f"{snap.mem['size'] / mib:.0f} MiB allocated)", highlight=False)
 
 
@@ -256,7 +260,8 @@ def request(name: str, path: str, port: int, timeout: float, show_body: bool) ->
     if not rec.get("vsock"):
         raise FirecracerError(f"{name}: has no vsock device")
     reply = vsock_http(Path(rec["vsock"]), port, path, timeout=timeout)
-    console.print(f"{reply.status} {reply.latency_ms:.2f} ms {len(reply.body)} bytes", highlight=False)
+    console.print(f"{reply.status} {human_ms(reply.latency_ms)} ms {len(reply.body):,} bytes",
+                  highlight=False)
     if show_body:
         sys.stdout.write(reply.body.decode(errors="replace"))
 

@@ -1,8 +1,8 @@
 """The study report: one self-contained HTML file (inline CSS and SVG, no script, no network).
 
 Sections: what ran (spec, versions, hosts), a summary table per variant × strategy, time to first
-response per run (strip plot), the phase breakdown (medians, SnapStart-style), faults and MB served,
-restored MB per NMT category (when recordings carry NMT attribution), working-set similarity
+response per run (strip plot), the phase breakdown (medians, SnapStart-style), faults and MiB served,
+restored MiB per NMT category (when recordings carry NMT attribution), working-set similarity
 (pairwise Jaccard of the pages faulted in, across repetitions), failed runs with their reasons, and
 every run with links to its recording and viewer page.
 """
@@ -151,7 +151,7 @@ def _render(info: StudyInfo, runs: list[RunRecord], results_dir: Path, out_dir: 
     mb = {(v, s): _median([r.metrics["bytes"] / 2**20 for r in by_cell[(v, s)] if "bytes" in r.metrics])
           for v in variants for s in strategies if by_cell[(v, s)]}
     mb = {k: x for k, x in mb.items() if x == x}
-    parts.append(svgplot.bar_chart("MB served by the page server (median)", variants, strategies, mb, "MiB",
+    parts.append(svgplot.bar_chart("MiB served by the page server (median)", variants, strategies, mb, "MiB",
                                    width=540) if mb else "<p>No byte counts recorded.</p>")
     parts.append("</div>")
     if "file" in strategies:
@@ -159,7 +159,7 @@ def _render(info: StudyInfo, runs: list[RunRecord], results_dir: Path, out_dir: 
                      "backend could observe (see each run's <code>fault_source</code>), and it serves no "
                      "bytes through a page server.</p>")
 
-    parts.append("<h2>Restored MB per NMT category</h2>")
+    parts.append("<h2>Restored MiB per NMT category</h2>")
     parts.append(_nmt_plot(variants, strategies, by_cell))
 
     parts.append("<h2>Working-set similarity across repetitions</h2>")
@@ -212,7 +212,7 @@ def _summary_table(variants: list[str], strategies: list[str],
     head = ('<table><tr><th class="l">variant</th><th class="l">strategy</th><th>ok</th><th>failed</th>'
             "<th>first response p50 ms</th><th>p90 ms</th><th>load_snapshot p50 ms</th>"
             "<th>FC metric p50 ms</th>"
-            "<th>vs ondemand</th><th>faults p50</th><th>MB served p50</th><th>Jaccard p50</th></tr>")
+            "<th>vs ondemand</th><th>faults p50</th><th>MiB served p50</th><th>Jaccard p50</th></tr>")
     rows = []
     for v in variants:
         base = _median([r.timings["first_response"] for r in by_cell[(v, "ondemand")]
@@ -234,7 +234,7 @@ def _summary_table(variants: list[str], strategies: list[str],
                         f'<td class="{"fail" if nfail else ""}">{nfail}</td><td>{_num(_median(fr))}</td>'
                         f"<td>{_num(_pct(fr, 90))}</td><td>{_num(_median(ls), 2)}</td>"
                         f"<td>{_num(_median(fcm), 2)}</td>"
-                        f"<td>{_speedup(base, _median(fr))}</td>"
+                        f"<td>{'baseline' if s == 'ondemand' else _speedup(base, _median(fr))}</td>"
                         f"<td>{_num(_median(fa), 0)}</td><td>{_num(_median(mb), 2)}</td>"
                         f"<td>{_num(_median(off), 3) if jv else '–'}</td></tr>")
     return head + "".join(rows) + "</table>"
@@ -355,5 +355,5 @@ def _runs_table(runs: list[RunRecord], results_dir: Path, out_dir: Path) -> str:
                     f'<td class="l">{escape(r.host)}</td><td class="l">{escape(r.started)}</td>'
                     f'<td class="l">{" · ".join(links)}</td></tr>')
     return ('<table><tr><th class="l">run</th><th class="l">status</th><th>first response ms</th>'
-            "<th>load_snapshot ms</th><th>faults</th><th>MB served</th><th class=\"l\">host</th>"
+            "<th>load_snapshot ms</th><th>faults</th><th>MiB served</th><th class=\"l\">host</th>"
             f'<th class="l">started</th><th class="l">links</th></tr>{"".join(rows)}</table>')

@@ -409,3 +409,27 @@ def load_spec(path: Path | str) -> Spec:
 def example_spec_path() -> Path:
     """The bundled example: probe guest, 2 working-set variants × 4 strategies × 3 repetitions."""
     return Path(__file__).with_name("examples") / "probe-working-sets.toml"
+
+
+_COUNT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+_RUNS_COMMENT = re.compile(r"x (\w+) repetitions? = \d+ runs")
+
+
+def example_spec_text(repetitions: int | None = None) -> str:
+    """The bundled example's text, optionally with another repetition count.
+
+    The header comment spells out the run arithmetic ("… x three repetitions = 24 runs"); it is rewritten
+    together with the ``repetitions`` value, so a shortened copy (the demo runs one repetition) does not
+    contradict itself.
+    """
+    text = example_spec_path().read_text(encoding="utf-8")
+    if repetitions is None:
+        return text
+    if repetitions < 1:
+        raise ValueError(f"repetitions must be >= 1, got {repetitions}")
+    text = re.sub(r"(?m)^repetitions = \d+", f"repetitions = {repetitions}", text, count=1)
+    spec = parse_spec(text, example_spec_path())
+    word = _COUNT_WORDS[repetitions] if repetitions < len(_COUNT_WORDS) else str(repetitions)
+    runs = len(spec.variants) * len(spec.strategies) * repetitions
+    return _RUNS_COMMENT.sub(f"x {word} repetition{'s' if repetitions != 1 else ''} = {runs} runs", text,
+                             count=1)

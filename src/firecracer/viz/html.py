@@ -34,8 +34,8 @@ class ViewOptions:
     ``scale``: pixels per page at first (seed ``uffdVisualizer.scale``, 2); ``width``: pages per row
     (``uffdVisualizer.width``, 512); ``phys_bytes``: physical memory shown (``uffdVisualizer.physicalMemory``;
     default: the recording's guest RAM); ``colors``: name → ``#rrggbb`` overrides (names in viewer.js
-    ``COL``); ``select``: tree key selected at load; ``position``: ``"end"`` to open with every restored
-    page drawn.
+    ``COL``); ``select``: tree key selected at load; ``position``: ``"end"`` (default) opens with the whole
+    restore drawn (Play animates it from the start), ``"start"`` with no restored page drawn yet.
     """
 
     scale: float = 2
@@ -43,7 +43,7 @@ class ViewOptions:
     phys_bytes: int | None = None
     title: str | None = None
     select: str | None = None
-    position: str | None = None
+    position: str = "end"
     colors: dict[str, str] = field(default_factory=dict)
 
 

@@ -40,7 +40,7 @@ tr_bits        uint8     n_tr     trace ``flags`` (bits 0–2) | ``action`` << 3
 Rows are ordered by (owner, mapping, gva), so an owner's and a mapping's rows are contiguous ranges.
 
 Public API: ``Packed`` (``meta``, ``blob``), ``pack(att, label=None) -> Packed``, ``chart_series(att)``
-(cumulative restored MB per category, shared with the PNG export), ``CHART_BINS``.
+(cumulative restored MiB per category, shared with the PNG export), ``CHART_BINS``.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ import numpy as np
 import numpy.typing as npt
 
 from firecracer.analysis.join import CLASS_NAMES, Attribution, OwnerClass
+from firecracer.analysis.recording import Recording
 from firecracer.analysis.tables import tables, totals
 
 CHART_BINS = 240
@@ -128,7 +129,7 @@ def _keys(labels: list[str]) -> list[str]:
 
 
 def chart_series(att: Attribution) -> dict[str, Any]:
-    """Cumulative restored MB per group (owner class, or NMT category for the JVM's pages) over time."""
+    """Cumulative restored MiB per group (owner class, or NMT category for the JVM's pages) over time."""
     tr = att.trace
     if tr is None or not len(tr):
         return {"x": "ms", "t": [], "series": []}
@@ -157,6 +158,21 @@ def chart_series(att: Attribution) -> dict[str, Any]:
                        "total": round(float(tt.size * mb), 4)})
     series.sort(key=lambda s: -float(str(s["total"])))
     return {"x": xkind, "t": [round(float(e), 4) for e in edges], "series": series}
+
+
+def no_memmap_reason(rec: Recording) -> str | None:
+    """Why a recording has no memory map (None when it has one): the viewer says so instead of showing
+    an empty owner tree."""
+    if rec.memmap.n_pages:
+        return None
+    guest = rec.meta.get("guest")
+    if isinstance(guest, dict) and guest.get("kernel") == "probe":
+        return ("No memory map: this is a restore of the probe guest, a few hundred bytes of code with no "
+                "operating system. There are no processes, kernel or page cache that could own its pages, "
+                "so only the restore trace was recorded; restored pages are drawn as 'restored, no owner'.")
+    return ("No memory map: this recording has no memmap.npz (no 'firecracer collect' ran for it), so no "
+            "page has a known owner; restored pages are drawn as 'restored, no owner'. Collect the guest's "
+            "memory into the recording directory to see owners here.")
 
 
 def pack(att: Attribution, label: str | None = None) -> Packed:
@@ -317,6 +333,6 @@ def pack(att: Attribution, label: str | None = None) -> Packed:
         "n_rows": n_rows, "n_maps": n_maps, "n_phys": len(att.phys), "sorted_maps": sorted_maps,
         "owners": owners, "map_names": list(names), "nmt": nmt, "trace": trace_meta,
         "totals": totals(att), "tables": summary, "chart": chart_series(att),
-        "arrays": blob.directory, "classes": list(CLASS_NAMES),
+        "arrays": blob.directory, "classes": list(CLASS_NAMES), "no_memmap": no_memmap_reason(rec),
     }
     return Packed(meta=meta, blobs=blob.compressed(), raw_bytes=blob.size, arrays=blob.arrays)

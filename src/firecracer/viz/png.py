@@ -104,7 +104,7 @@ def physical_image(att: Attribution, width: int = 512, scale: int = 2, phys_byte
 
 def chart_image(att: Attribution, size: tuple[int, int] = (900, 420),
                 title: str | None = None) -> Image.Image:
-    """Cumulative restored MB over time per category (owner class, or NMT category for the JVM)."""
+    """Cumulative restored MiB over time per category (owner class, or NMT category for the JVM)."""
     ch = chart_series(att)
     w, h = size
     im = Image.new("RGB", size, "white")
@@ -132,7 +132,7 @@ def chart_image(att: Attribution, size: tuple[int, int] = (900, 420),
         d.text((x, top + ph + 6), lab, fill="#333", font=small, anchor="mt")
     d.text((left + pw / 2, h - 6), "ms since the first fault" if ch["x"] == "ms" else "trace events",
            fill="#333", font=small, anchor="mb")
-    d.text((left, top - 4), "restored MB", fill="#333", font=small, anchor="lb")
+    d.text((left, top - 4), "restored MiB", fill="#333", font=small, anchor="lb")
     for i, s in enumerate(series):
         col = SERIES_COLORS[i % len(SERIES_COLORS)]
         pts = [(left, top + ph)] + [(left + float(t) / tmax * pw, top + ph - float(v) / vmax * ph)
@@ -140,7 +140,7 @@ def chart_image(att: Attribution, size: tuple[int, int] = (900, 420),
         d.line(pts, fill=col, width=2)
         y = top + 6 + i * 17
         d.rectangle((left + pw + 12, y, left + pw + 22, y + 10), fill=col)
-        d.text((left + pw + 28, y + 5), f"{s['name']}  {float(s['total']):.1f} MB", fill="#222", font=small,
+        d.text((left + pw + 28, y + 5), f"{s['name']}  {float(s['total']):.1f} MiB", fill="#222", font=small,
                anchor="lm")
     return im
 
@@ -154,5 +154,5 @@ def write_pngs(att: Attribution, out: str | Path, width: int = 512, scale: int =
     hl = highlight_rows(att, highlight_pid, nmt_category)
     physical_image(att, width, scale, phys_bytes, hl).save(p, optimize=True)
     chart = p.with_name(p.stem + "-categories.png")
-    chart_image(att, title=f"Restored MB per category: {att.recording.label}").save(chart, optimize=True)
+    chart_image(att, title=f"Restored MiB per category: {att.recording.label}").save(chart, optimize=True)
     return [p, chart]

@@ -65,6 +65,37 @@ class Version:
         return "1.4"
 
 
+def kernel_version(release: str | None = None) -> tuple[int, int]:
+    """``(major, minor)`` of a kernel release string (default: this host's, ``uname -r``)."""
+    text = release if release is not None else os.uname().release
+    m = re.match(r"(\d+)\.(\d+)", text)
+    if not m:
+        raise FirecracerError(f"cannot read a kernel version from {text[:80]!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def uffd_restore_problem(version: Version, kernel_release: str | None = None) -> str | None:
+    """Why Firecracker ``version`` cannot restore through a userfaultfd page server (the Uffd backend) on a
+    host running ``kernel_release`` (default: this host), or None when it can.
+
+    Measured (docs/vmm.md, ENVIRONMENT.md): before v1.8 Firecracker rejects the ioctl flags host kernels
+    >= 6.6 report when it registers guest memory (``PUT /snapshot/load`` answers 400 "Unrecognized ioctl
+    flags", fixed in v1.8); before v1.5 it registers a user-mode-only userfaultfd, so on host kernels
+    >= 5.11 the guest kernel's faults fail (EFAULT, "Bad address") and the server sees no fault.
+    Callers (``doctor``, the experiment backends, ``demo``) decide with this one function.
+    """
+    kernel = kernel_version(kernel_release)
+    shown = f"{kernel[0]}.{kernel[1]}"
+    if not version.at_least(1, 8) and kernel >= (6, 6):
+        return (f"Firecracker v{version} cannot register guest memory with userfaultfd on host kernel "
+                f"{shown} (kernels >= 6.6 report ioctl flags Firecracker < 1.8 rejects; "
+                "use Firecracker >= 1.8)")
+    if not version.at_least(1, 5) and kernel >= (5, 11):
+        return (f"Firecracker v{version} registers a user-mode-only userfaultfd: on host kernel {shown} "
+                "(>= 5.11) the guest kernel's page faults fail (use Firecracker >= 1.5)")
+    return None
+
+
 def firecracker_version(binary: str | Path, timeout: float = 10.0) -> Version:
     """Run ``firecracker --version``; raise ``FirecracerError`` naming the binary if that fails."""
     try:

@@ -6,13 +6,38 @@ import contextlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from firecracer.errors import FirecracerError
+from firecracer.experiment.spec import Strategy
 from firecracer.uffd.strategies import ws_path_for
+from firecracer.vmm.binary import Version, uffd_restore_problem
+from firecracer.vmm.pageserver import default_command
+
+
+def check_uffd_strategies(binary: Path, version: Version, strategies: Sequence[Strategy]) -> None:
+    """Fail up front (one line) when the study has uffd strategies this Firecracker cannot run here."""
+    problem = uffd_restore_problem(version)
+    uffd = [s.name for s in strategies if s.uses_uffd]
+    if uffd and problem:
+        raise FirecracerError(f"{binary}: {problem}; this study's strategies {', '.join(uffd)} need the Uffd "
+                              "backend (or keep only 'file')")
+
+
+def page_server_argv(strategy: str, trace: Path, metrics: Path, *, working_set: bool) -> list[str]:
+    """``MicroVM.restore(page_server=…)`` argv: ``firecracer uffd serve`` writing trace and metrics.
+
+    The working-set file beside the trace (page contents in first-fault order, as large as the working
+    set: 33 MB for the example's 32 MiB variant) is written only with ``working_set``: for the prefetch
+    recording, the one ondemand restore whose working set later prefetch runs install. Ordinary ondemand
+    and fault-around runs skip it; ``firecracer uffd working-set TRACE MEMFILE`` can still build it.
+    """
+    argv = default_command(Path("{socket}"), Path("{mem}"), strategy=strategy, trace=trace, metrics=metrics)
+    return argv if working_set else [*argv, "--no-working-set"]
 
 
 def drop_cache(path: Path) -> None:
@@ -79,7 +104,8 @@ def server_metrics(metrics_out: Path, trace_out: Path) -> dict[str, Any]:
 
 def ensure_prefetch_trace(workdir: Path, have: Path | None, record: Callable[[Path], object]) -> Path:
     """REAP's record phase, once per variant: an ondemand restore (``record(dir)``) whose trace, with the
-    working-set file the page server wrote beside it, is what every prefetch run installs."""
+    working-set file the page server wrote beside it (:func:`page_server_argv` with ``working_set``), is
+    what every prefetch run installs."""
     if have is not None:
         return have
     rec = workdir / "prefetch-recording"

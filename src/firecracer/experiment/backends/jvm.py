@@ -34,10 +34,12 @@ from typing import Any
 from firecracer.errors import FirecracerError
 from firecracer.experiment.backend import Backend, RunFailed, RunOutcome
 from firecracer.experiment.backends._common import (
+    check_uffd_strategies,
     drop_cache,
     ensure_prefetch_trace,
     keep_logs,
     log_note,
+    page_server_argv,
     server_metrics,
 )
 from firecracer.experiment.plan import Run
@@ -173,7 +175,9 @@ class JvmBackend(Backend[JvmState]):
                 raise FirecracerError(f"{self.spec.path}: {label} {p} is not a file (build it with "
                                       "'firecracer image kernel' / 'firecracer image rootfs')")
         self._fc = find_firecracker(self.spec.firecracker)
-        self._fc_version = str(firecracker_version(self._fc))
+        version = firecracker_version(self._fc)
+        self._fc_version = str(version)
+        check_uffd_strategies(self._fc, version, self.spec.strategies)
 
     def versions(self) -> dict[str, Any]:
         return {"firecracker": self._fc_version, "backend": "JVM image under Firecracker",
@@ -262,11 +266,14 @@ class JvmBackend(Backend[JvmState]):
         strategy = run.strategy.name
         if strategy == "prefetch":
             state.prefetch_trace = ensure_prefetch_trace(
-                state.workdir, state.prefetch_trace, lambda d: self._restore(state, "ondemand", d, "record "))
+                state.workdir, state.prefetch_trace,
+                lambda d: self._restore(state, "ondemand", d, record=True))
             strategy = f"prefetch:{state.prefetch_trace}"
         return self._restore(state, strategy, rundir)
 
-    def _restore(self, state: JvmState, strategy: str, rundir: Path, prefix: str = "") -> RunOutcome:
+    def _restore(self, state: JvmState, strategy: str, rundir: Path, record: bool = False) -> RunOutcome:
+        """One restore; ``record``: the prefetch recording (phases say so; it keeps the working-set file)."""
+        prefix = "record " if record else ""
         wl = self.spec.workload
         uffd = strategy != "file"
         short = Path(tempfile.mkdtemp(prefix="fcx-"))
@@ -277,8 +284,8 @@ class JvmBackend(Backend[JvmState]):
             try:
                 vm = MicroVM.restore(state.snapdir, firecracker=self._fc, run_dir=short / "vm",
                                      backend=MemBackend.UFFD if uffd else MemBackend.FILE, resume=False,
-                                     strategy=strategy if uffd else None, trace=trace_out if uffd else None,
-                                     metrics=metrics_out if uffd else None)
+                                     page_server=page_server_argv(strategy, trace_out, metrics_out,
+                                                                  working_set=record) if uffd else None)
             except FirecracerError as exc:
                 raise RunFailed(prefix + "restore", f"{exc}{log_note(short / 'vm' / 'uffd.log')}") from None
             t_loaded = time.perf_counter()

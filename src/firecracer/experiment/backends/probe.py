@@ -33,10 +33,12 @@ from firecracer.errors import FirecracerError
 from firecracer.experiment import workingset
 from firecracer.experiment.backend import Backend, RunFailed, RunOutcome
 from firecracer.experiment.backends._common import (
+    check_uffd_strategies,
     drop_cache,
     ensure_prefetch_trace,
     keep_logs,
     log_note,
+    page_server_argv,
     server_metrics,
 )
 from firecracer.experiment.plan import Run
@@ -89,10 +91,7 @@ class ProbeBackend(Backend[ProbeState]):
         self._fc = find_firecracker(self.spec.firecracker)
         version = firecracker_version(self._fc)
         self._fc_version = str(version)
-        if any(s.uses_uffd for s in self.spec.strategies) and not version.at_least(1, 8):
-            raise FirecracerError(
-                f"{self._fc}: Firecracker {version} cannot register userfaultfd on host kernels >= 6.6 "
-                "(fixed in v1.8); use Firecracker >= 1.8 for uffd strategies, or only 'file'")
+        check_uffd_strategies(self._fc, version, self.spec.strategies)
         if shutil.which("as") is None or shutil.which("ld") is None:
             raise FirecracerError("the probe guest is assembled with GNU binutils ('as', 'ld'): "
                                   "apt-get install binutils")
@@ -195,12 +194,13 @@ class ProbeBackend(Backend[ProbeState]):
         if strategy == "prefetch":
             state.prefetch_trace = ensure_prefetch_trace(
                 state.workdir, state.prefetch_trace,
-                lambda d: self._restore(state, "ondemand", d, phase_prefix="record "))
+                lambda d: self._restore(state, "ondemand", d, record=True))
             strategy = f"prefetch:{state.prefetch_trace}"
         return self._restore(state, strategy, rundir)
 
-    def _restore(self, state: ProbeState, strategy: str, rundir: Path,
-                 phase_prefix: str = "") -> RunOutcome:
+    def _restore(self, state: ProbeState, strategy: str, rundir: Path, record: bool = False) -> RunOutcome:
+        """One restore; ``record``: the prefetch recording (phases say so; it keeps the working-set file)."""
+        phase_prefix = "record " if record else ""
         timeout = self.spec.timeout_s
         uffd = strategy != "file"
         short = Path(tempfile.mkdtemp(prefix="fcx-"))  # Unix socket paths must stay short
@@ -213,8 +213,9 @@ class ProbeBackend(Backend[ProbeState]):
             try:
                 vm = MicroVM.restore(state.snapdir, firecracker=self.fc, run_dir=short / "vm",
                                      backend=MemBackend.UFFD if uffd else MemBackend.FILE, resume=False,
-                                     strategy=strategy if uffd else None, trace=trace_out if uffd else None,
-                                     metrics=metrics_out if uffd else None, check=False)
+                                     page_server=page_server_argv(strategy, trace_out, metrics_out,
+                                                                  working_set=record) if uffd else None,
+                                     check=False)
             except FirecracerError as exc:
                 note = log_note(short / "vm" / "uffd.log")
                 raise RunFailed(phase_prefix + "restore", f"{exc}{note}") from None

@@ -212,8 +212,10 @@ class Panel {
     this.rec = rec; this.idx = idx; this.cursor = 0;
     this.root = el("div", "panel"); this.root.dataset.panel = idx;
     const h = el("h2", null, rec.m.label);
+    h.title = rec.m.label; // a long label is cut with an ellipsis to fit the window
     const t = rec.m.totals;
-    h.appendChild(el("span", "sub", `${fmtInt(t.physical_pages)} pages, ${fmtInt(t.uffd_events)} events`));
+    h.appendChild(el("span", "sub", (rec.m.no_memmap ? "no memory map" : `${fmtInt(t.physical_pages)} pages`) +
+      `, ${fmtInt(t.uffd_events)} events`));
     this.root.appendChild(h);
     this.view = el("div", "view");
     this.scroller = el("div", "scroller"); this.sizer = el("div", "sizer");
@@ -457,7 +459,7 @@ function axisSeek(ev) { const r = $("axis").getBoundingClientRect(); setPlaying(
 function statCols(n) { return [n.virt, n.rss, n.rest].map((v) => v === undefined || v === null ? "" : kb(v)); }
 function tipOf(n) {
   const pad = (s) => String(s).padStart(9);
-  return `${n.head}\n────────────\nvirtual: ${pad(kb(n.virt || 0))}kb\n    rss: ${pad(kb(n.rss || 0))}kb\n   uffd: ${pad(kb(n.rest || 0))}kb\n\n--select ${n.key}`;
+  return `${n.head}\n────────────\nvirtual: ${pad(kb(n.virt || 0))} kB\n    rss: ${pad(kb(n.rss || 0))} kB\n   uffd: ${pad(kb(n.rest || 0))} kB\n\n--select ${n.key}`;
 }
 function keyed(list, labelOf) { const seen = {}; return list.map((x) => { const l = labelOf(x); const k = seen[l] || 0; seen[l] = k + 1; return l + "#" + k; }); }
 function mapNode(rec, o, m, key) {
@@ -486,10 +488,10 @@ function buildTree(rec) {
       n.kids.push({ label: "NMT", head: "NMT", virt: sum("virt"), rss: sum("rss"), rest: sum("rest"), sel: { t: "nmt" }, key: o.key + "|nmt",
         lazy: () => regs.map((r, ri) => ({ label: nm.categories[r.cat], head: `${hex16(r.s)}-${hex16(r.e)}`, virt: r.virt, rss: r.rss, rest: r.rest,
           sel: { t: "reg", r: ri }, key: "nmt|" + r.key, committed: r.committed,
-          kids: r.com.map((c, ci) => ({ label: `${hex16(c[0])}-${hex16(c[1])}`, head: `committed ${kb(c[1] - c[0])}KB`, virt: c[1] - c[0], rss: c[2], rest: c[3],
+          kids: r.com.map((c, ci) => ({ label: `${hex16(c[0])}-${hex16(c[1])}`, head: `committed ${kb(c[1] - c[0])} kB`, virt: c[1] - c[0], rss: c[2], rest: c[3],
             sel: { t: "com", r: ri, i: ci }, key: "nmt|" + r.key + "|c" + ci })) })) });
       n.kids.push({ label: "NMT categories", head: "NMT categories (all regions of a category)", virt: sum("virt"), rss: sum("rss"), rest: sum("rest"), sel: { t: "nmt" }, key: o.key + "|nmtcats",
-        kids: nm.cats.map((c) => ({ label: c.name, head: `${c.name}: ${c.regions.length} region(s), committed ${kb(c.committed)}KB`, virt: c.virt, rss: c.rss, rest: c.rest, sel: { t: "cat", c: c.i }, key: "nmtcat|" + c.name })) });
+        kids: nm.cats.map((c) => ({ label: c.name, head: `${c.name}: ${c.regions.length} region(s), committed ${kb(c.committed)} kB`, virt: c.virt, rss: c.rss, rest: c.rest, sel: { t: "cat", c: c.i }, key: "nmtcat|" + c.name })) });
     }
     roots.push(n);
   }
@@ -524,6 +526,7 @@ function nodeEl(n, depth) {
 function renderTree() {
   const t = $("tree"); t.textContent = "";
   const p = FC.panels[UI.treeOf];
+  if (p.rec.m.no_memmap) { t.appendChild(el("p", "note", p.rec.m.no_memmap)); return; }
   if (!p.tree) p.tree = buildTree(p.rec);
   for (const n of p.tree) t.appendChild(nodeEl(n, 0));
   if (UI.selKey) { const n = findKey(p.tree, UI.selKey); if (n) markSelected(n); }
@@ -626,7 +629,7 @@ function chartSVG(ch, w, h) {
   const tmax = ch.t[ch.t.length - 1] || 1;
   let vmax = 0; for (const s of ch.series) vmax = Math.max(vmax, s.values[s.values.length - 1]);
   vmax = vmax || 1;
-  let g = `<svg class="chart" width="${w}" height="${h}" role="img" aria-label="restored MB over time per category" data-series="${ch.series.length}">`;
+  let g = `<svg class="chart" width="${w}" height="${h}" role="img" aria-label="restored MiB over time per category" data-series="${ch.series.length}">`;
   g += `<rect x="${L}" y="${T}" width="${pw}" height="${ph}" fill="#fff" stroke="#ccc"/>`;
   for (let k = 0; k <= 4; k++) {
     const y = T + ph - k / 4 * ph, x = L + k / 4 * pw;
@@ -634,7 +637,7 @@ function chartSVG(ch, w, h) {
     g += `<text x="${x}" y="${T + ph + 14}" text-anchor="middle">${ch.x === "ms" ? (k / 4 * tmax).toFixed(1) : fmtInt(k / 4 * tmax)}</text>`;
   }
   g += `<text x="${L + pw / 2}" y="${h - 2}" text-anchor="middle">${ch.x === "ms" ? "ms since the first fault" : "trace events"}</text>`;
-  g += `<text x="12" y="${T + ph / 2}" transform="rotate(-90 12 ${T + ph / 2})" text-anchor="middle">restored MB</text>`;
+  g += `<text x="12" y="${T + ph / 2}" transform="rotate(-90 12 ${T + ph / 2})" text-anchor="middle">restored MiB</text>`;
   ch.series.forEach((s, i) => {
     const col = colorOf(s.name);
     const pts = s.values.map((v, j) => `${(L + ch.t[j] / tmax * pw).toFixed(1)},${(T + ph - v / vmax * ph).toFixed(1)}`);
@@ -655,9 +658,9 @@ function renderSummary() {
     const facts = Object.entries(m.facts).map(([k, v]) => `${k}: ${typeof v === "object" ? JSON.stringify(v) : v}`).join(" · ");
     h += `<div class="col"><h3>${esc(m.label)}</h3><div class="facts">${esc(facts)}</div>`;
     h += `<p>${fmtInt(t.physical_pages)} physical pages, ${t.processes} owners, ${fmtInt(t.uffd_events)} uffd events ` +
-      `(${fmtInt(t.pages_loaded)} pages / ${kb(t.pages_loaded * m.page_size)}kb loaded, ${fmtInt(t.pages_zeroed)} pages / ${kb(t.pages_zeroed * m.page_size)}kb zeroed), ` +
+      `(${fmtInt(t.pages_loaded)} pages / ${kb(t.pages_loaded * m.page_size)} kB loaded, ${fmtInt(t.pages_zeroed)} pages / ${kb(t.pages_zeroed * m.page_size)} kB zeroed), ` +
       `${t.nmt_regions} NMT regions; restored ${kb(t.restored_kb * 1024)} kB, ${t.attributed_pct ?? "–"} % attributed.</p>`;
-    h += `<h4>Restored MB over time per category</h4>` + chartSVG(m.chart, 640, Math.max(220, 40 + 15 * m.chart.series.length));
+    h += `<h4>Restored MiB over time per category</h4>` + chartSVG(m.chart, 640, Math.max(220, 40 + 15 * m.chart.series.length));
     for (const [name, t2] of Object.entries(m.tables)) {
       if (!t2.rows.length) continue;
       const long = t2.rows.length > 30;
@@ -672,7 +675,7 @@ function renderSummary() {
 function uffdLine() {
   return FC.panels.map((p) => {
     const t = p.rec.m.totals, ps = p.rec.ps;
-    return `<b>Userfaultfd:</b> ${fmtInt(t.uffd_events)} events (${fmtInt(t.pages_loaded)} pages / ${kb(t.pages_loaded * ps)}kb loaded,  ${fmtInt(t.pages_zeroed)} pages / ${kb(t.pages_zeroed * ps)}kb zeroed)`;
+    return `<b>Userfaultfd:</b> ${fmtInt(t.uffd_events)} events (${fmtInt(t.pages_loaded)} pages / ${kb(t.pages_loaded * ps)} kB loaded,  ${fmtInt(t.pages_zeroed)} pages / ${kb(t.pages_zeroed * ps)} kB zeroed)`;
   }).join(" &nbsp;|&nbsp; ");
 }
 function setZoom(z, cx, cy) {
@@ -692,6 +695,9 @@ function setZoom(z, cx, cy) {
 let syncing = false;
 function wirePanel(p) {
   const sc = p.scroller;
+  // the controls below can wrap onto more lines after load (counters, clock): keep the canvas the size of
+  // its scroller, or it covers the scroll bars and spills under the controls
+  if (window.ResizeObserver) new ResizeObserver(() => p.resize()).observe(sc);
   sc.addEventListener("scroll", () => {
     p.render();
     if (syncing) return; syncing = true;
@@ -797,7 +803,8 @@ async function main() {
   const tree = FC.panels[0].tree, start = OPTS.select ? findKey(tree, OPTS.select) : (tree.find((n) => n.label.startsWith("0:")) || tree[0]);
   if (start) { if (OPTS.select) reveal(start.key); else selectNode(start); }
   FC.panels.forEach((p) => { if (!p.painted) p.repaint(); });
-  if (OPTS.position === "end") setPos(posMax()); else updateCounters();
+  // the whole restore is drawn at load; Play animates it from the first fault (setPlaying rewinds at the end)
+  if (OPTS.position === "start") updateCounters(); else setPos(posMax());
   mark("tree+select");
   renderSummary(); mark("summary");
   FC.loadMs = performance.now() - t0;
