@@ -31,6 +31,16 @@ def test_fragment_asks_for_everything_the_issue_names() -> None:
     assert opts["CONFIG_MODULES"] == "n"
 
 
+def test_acpi_comes_with_pci_as_firecracker_requires() -> None:
+    """Firecracker >= 1.8 passes ACPI tables that Linux cannot load without PCI support; the lab saw the
+    image's root disk go missing under v1.14.2 ("ACPI: Unable to load the System Description Tables")."""
+    opts = fragment_options(fragment_text())
+    assert opts["CONFIG_ACPI"] == "y"
+    for name in ("PCI", "PCI_MMCONFIG", "PCI_MSI", "VIRTIO_PCI", "X86_MPPARSE", "SERIO_I8042",
+                 "KEYBOARD_ATKBD"):
+        assert opts.get(f"CONFIG_{name}") == "y", name
+
+
 def test_fragment_options_parses_set_unset_and_values() -> None:
     text = "# comment\nCONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C=32\nCONFIG_D=\"x y\"\n  \n"
     assert fragment_options(text) == {"CONFIG_A": "y", "CONFIG_B": "n", "CONFIG_C": "32", "CONFIG_D": '"x y"'}
