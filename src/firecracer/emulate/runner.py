@@ -454,15 +454,9 @@ def _attributed_pct(out: Path) -> float | None:
 
 def _complete_memmap(agent: Any, path: Path, mem_mib: int) -> dict[str, int]:
     """Add kernel allocations (slab, page tables, …) no collector section names; see ``kernelpages``."""
-    from firecracer.analysis.memmap import load_memmap, save_memmap
-    from firecracer.emulate.kernelpages import add_kernel_allocations, read_guest_kpages
+    from firecracer.guest.kernelpages import complete_memmap
 
-    mm = load_memmap(path)
-    max_pfn = int(mm.meta.get("max_pfn") or (mem_mib << 20) // 4096)
-    flags, counts = read_guest_kpages(agent, max_pfn)
-    full, per_class = add_kernel_allocations(mm, flags, counts)
-    save_memmap(full, path)
-    return per_class
+    return complete_memmap(agent, path)
 
 
 def _pinned(cfg: EmulateConfig, work: Path) -> EmulateConfig:

@@ -182,6 +182,19 @@ def collect_agent(client: Any, out: str | Path, *, pids: list[int] | None = None
     (outp / "memmap.npz").write_bytes(data)
     summary.files.append("memmap.npz")
     summary.pages, summary.owners = mm.n_pages, len(mm.owner_pid)
+    if sections is None or "kernel" in sections:
+        # slab, page tables, stacks, vmalloc … belong to no section the agent walks: name them from
+        # the guest's kpageflags, so a restore's pages are attributed, not "unknown"
+        from firecracer.errors import FirecracerError
+        from firecracer.guest.kernelpages import complete_memmap
+
+        t_k = time.monotonic()
+        try:
+            per_class = complete_memmap(client, outp / "memmap.npz")
+            timings["kernel_alloc_s"] = round(time.monotonic() - t_k, 3)
+            timings["kernel_alloc_pages"] = sum(per_class.values())
+        except (AgentError, FirecracerError) as exc:
+            summary.problems.append(f"kernel allocations: {exc}")
     if seed:
         write_seed_text(mm, outp / "memmap.txt")
         summary.files.append("memmap.txt")

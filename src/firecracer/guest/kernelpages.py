@@ -1,5 +1,8 @@
 """Give every guest page an owner: kernel allocations that no process, page cache or free list names.
 
+Host side (numpy): :func:`complete_memmap` runs after ``collect`` has the guest's memmap, reading the
+guest's kpageflags through the agent's ``exec``; the agent itself stays standard-library only.
+
 The guest collector names process pages, the kernel image's iomem segments, page-cache pages and the
 *head* pages of free buddy blocks. A restored kernel also touches slab objects, page tables, kernel
 stacks, vmalloc areas and reserved pages — allocated, but owned by none of those sections — and the
@@ -130,3 +133,20 @@ def add_kernel_allocations(mm: Memmap, flags: npt.NDArray[np.uint64],
         meta=meta,
     )
     return out, per_class
+
+
+def complete_memmap(agent: Any, path: Any) -> dict[str, int]:
+    """Add the kernel allocations to the memmap at ``path`` (in place); pages per class."""
+    from pathlib import Path
+
+    from firecracer.analysis.memmap import load_memmap, save_memmap
+
+    p = Path(path)
+    mm = load_memmap(p)
+    max_pfn = int(mm.meta.get("max_pfn") or int(mm.meta.get("phys_mem_bytes", 0)) // mm.page_size)
+    if max_pfn <= 0:
+        raise FirecracerError(f"{p}: the memmap does not say how much memory the guest has (max_pfn)")
+    flags, counts = read_guest_kpages(agent, max_pfn)
+    full, per_class = add_kernel_allocations(mm, flags, counts)
+    save_memmap(full, p)
+    return per_class

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from firecracer.analysis.memmap import PID_KERNEL, Memmap, load_memmap, save_memmap
-from firecracer.emulate.kernelpages import (
+from firecracer.guest.kernelpages import (
     CLASSES,
     KPF_BUDDY,
     KPF_NOPAGE,
