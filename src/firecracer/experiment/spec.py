@@ -409,3 +409,18 @@ def load_spec(path: Path | str) -> Spec:
 def example_spec_path() -> Path:
     """The bundled example: probe guest, 2 working-set variants × 4 strategies × 3 repetitions."""
     return Path(__file__).with_name("examples") / "probe-working-sets.toml"
+
+
+def jvm_example_spec_path() -> Path:
+    """The bundled JVM-settings study on Spring PetClinic: 5 JVM option sets × ondemand, prefetch × 3."""
+    return Path(__file__).with_name("examples") / "petclinic-jvm-settings.toml"
+
+
+def jvm_example_text(kernel: Path, rootfs: Path) -> str:
+    """The JVM-settings study with ``guest.kernel``/``guest.rootfs`` set to these (e.g. the built image)."""
+    text = jvm_example_spec_path().read_text(encoding="utf-8")
+    for key, value in (("kernel", kernel), ("rootfs", rootfs)):
+        text, n = re.subn(rf'(?m)^{key} = "[^"\n]*"', f"{key} = {json.dumps(str(value))}", text, count=1)
+        if n != 1:
+            raise FormatError(jvm_example_spec_path(), 0, f"guest.{key}: no line to fill in")
+    return text
