@@ -44,6 +44,9 @@ class _CliReporter:
 @click.group()
 def image() -> None:
     """Build and check guest images (kernel, rootfs with JDK, agent and the workload: Spring PetClinic)."""
+    from firecracer.cli.vm import term_runs_cleanup
+
+    term_runs_cleanup()  # SIGTERM unwinds: QEMU, build steps and trees are cleaned up as on Ctrl-C
 
 
 @image.command()

@@ -41,6 +41,7 @@ GUEST_IP = "10.0.2.15"
 #: option with a quoted space, to prove FC_JAVA_OPTIONS survives the kernel command line intact
 QUOTING_PROBE = "-Dfirecracer.check='boot check'"
 OVERLAY_SIZE = "200m"
+PR_SET_PDEATHSIG = 1
 #: an HTML page and a JSON endpoint of the bundled apps that show the same owner
 HTML_PATH = "/owners/1"
 JSON_PATH = "/api/owners/1"
@@ -247,6 +248,14 @@ def app_of(rootfs: Path) -> tuple[str, int]:
     return str(app.get("name") or ""), port if isinstance(port, int) else 8080
 
 
+def _die_with_parent() -> None:
+    """In the QEMU child before exec: SIGKILL it when the process that started it dies, however it dies
+    (SIGKILL included, when no ``finally`` runs): QEMU runs in its own session, so nothing else would."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
 @contextlib.contextmanager
 def qemu_guest(kernel: Path, rootfs: Path, console_log: Path, qemu: str | None = None,
                app_port: int = 8080, extra_args: str = "") -> Iterator[QemuGuest]:
@@ -260,7 +269,8 @@ def qemu_guest(kernel: Path, rootfs: Path, console_log: Path, qemu: str | None =
     t0 = time.monotonic()
     with console_log.open("wb") as log:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=_die_with_parent)
         try:
             assert proc.stdout is not None
             yield QemuGuest(proc, _Console(proc.stdout, log, t0), agent_port, http_port, argv, t0)
