@@ -8,6 +8,7 @@ owners up to ``--owners``; the writes go to pet 7 (Samantha, owner 6 Jean Colema
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from firecracer.image.check import http_fetch
@@ -57,6 +58,21 @@ def check_reads(c: Client, owners: int) -> None:
     assert types == {"bird", "cat", "dog", "hamster", "lizard", "snake"}
     assert len(c.json("/api/vets")) == 6
     assert c.json(f"/api/owners/{owners}")["pets"], "generated owners have pets"
+    # the JSON list is paged like the HTML one: page 2 of the Davis owners starts where page 1 ended
+    davis = c.json("/api/owners?lastName=Davis&size=1000")
+    assert len(davis) == stats_count(c, "Davis") and {o["lastName"] for o in davis} == {"Davis"}
+    assert {2, 4} <= {o["id"] for o in davis}
+    page2 = c.json("/api/owners?lastName=Davis&page=2&size=1")
+    assert [o["id"] for o in page2] == [davis[1]["id"]]
+    assert len(c.json("/api/owners")) == min(50, owners)
+
+
+def stats_count(c: Client, last_name: str) -> int:
+    """Owners with this last-name prefix, as the HTML list counts them."""
+    status, _, body = c.get(f"/owners?lastName={last_name}")
+    m = re.search(rb"(\d+) owners found", body)
+    assert status == 200 and m is not None
+    return int(m.group(1))
 
 
 def check_writes(c: Client) -> None:
@@ -103,3 +119,4 @@ def check_errors(c: Client, owners: int) -> None:
     assert c.post("/api/owners/1/pets", '{"name":"Rex","birthDate":"2020-01-01","type":"dragon"}')[0] == 400
     assert c.post("/api/owners", '{"firstName":1}')[0] == 400
     assert c.post("/api/pets/1/visits", "{not json")[0] == 400
+    assert c.get("/api/owners?size=0")[0] == c.get("/api/owners?page=0")[0] == 400

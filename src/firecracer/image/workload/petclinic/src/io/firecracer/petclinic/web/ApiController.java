@@ -6,6 +6,7 @@ import io.firecracer.petclinic.model.PetType;
 import io.firecracer.petclinic.model.Stats;
 import io.firecracer.petclinic.model.Vet;
 import io.firecracer.petclinic.model.Visit;
+import io.firecracer.petclinic.service.BadRequestException;
 import io.firecracer.petclinic.service.ClinicService;
 import java.time.LocalDate;
 import java.util.List;
@@ -46,10 +47,19 @@ public class ApiController {
 
     public ApiController(ClinicService clinic) { this.clinic = clinic; }
 
-    /** Every owner whose last name starts with {@code lastName}, with pets and visits (no paging). */
+    /**
+     * Owners whose last name starts with {@code lastName}, with pets and visits, paged like the HTML list
+     * ({@code page} from 1, {@code size} up to 1000, default 50): every answer stays bounded however many
+     * owners were seeded.
+     */
     @GetMapping("/owners")
-    public List<Owner> owners(@RequestParam(defaultValue = "") String lastName) {
-        return clinic.findOwners(lastName, 0, Integer.MAX_VALUE);
+    public List<Owner> owners(@RequestParam(defaultValue = "") String lastName,
+                              @RequestParam(defaultValue = "1") int page,
+                              @RequestParam(defaultValue = "50") int size) {
+        if (page < 1 || size < 1 || size > 1000) {
+            throw new BadRequestException("page must be >= 1 and size between 1 and 1000");
+        }
+        return clinic.findOwners(lastName, (int) Math.min(Integer.MAX_VALUE, (long) (page - 1) * size), size);
     }
 
     @GetMapping("/owners/{ownerId}")
