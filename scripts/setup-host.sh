@@ -3,6 +3,10 @@
 # Firecracker itself is not in any registry: see README ("Where Firecracker comes from").
 set -euo pipefail
 want=(binutils qemu-system-x86 chromium e2fsprogs debootstrap iproute2 openjdk-17-jdk-headless gcc)
+# Spring PetClinic's jars (firecracer.image.apps.PETCLINIC.packages): the image's default workload,
+# compiled and started on the host by tests/image/test_petclinic_host.py
+want+=(libspring-web-servlet-java libspring-jdbc-java libspring-transaction-java libspring-context-java
+       libjetty9-java libservlet-api-java libh2-java libjackson2-databind-java)
 missing=()
 for pkg in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

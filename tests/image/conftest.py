@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -15,6 +16,19 @@ import pytest
 from firecracer.paths import images_dir
 
 USER_IMAGES = Path(os.environ.get("FIRECRACER_IMAGE_DIR") or images_dir())
+
+
+def newest_rootfs(app: str) -> Path | None:
+    """The newest rootfs in USER_IMAGES built with this workload (``petclinic``, ``tiny``), or None."""
+    builds = sorted(USER_IMAGES.glob("rootfs-*/image.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for manifest in builds:
+        try:
+            name = json.loads(manifest.read_text()).get("app", {}).get("name")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if name == app and (manifest.parent / "rootfs.ext4").is_file():
+            return manifest.parent / "rootfs.ext4"
+    return None
 
 
 def _built(name: str) -> Path | None:

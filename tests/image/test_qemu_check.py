@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from firecracer.image.check import kernel_cmdline, qemu_argv, run_check
+from firecracer.image.apps import BUNDLED
+from firecracer.image.check import app_of, kernel_cmdline, qemu_argv, run_check
 
 
 def test_qemu_command_line_is_microvm_tcg_restricted(tmp_path: Path) -> None:
@@ -30,7 +34,8 @@ def test_image_check_passes(built_kernel: Path, built_rootfs: Path, qemu_bin: st
     res = run_check(built_kernel, built_rootfs, timeout=600, console_log=tmp_path / "console.log")
     detail = "; ".join(f"{c.name}: {c.detail}" for c in res.checks if not c.ok)
     assert res.ok, detail
-    assert [c.name for c in res.checks] == ["init", "agent", "overlay", "http", "nmt", "java-options"]
+    pages = ["json", "html"] if app_of(built_rootfs)[0] in BUNDLED else []  # images of older builds: none
+    assert [c.name for c in res.checks] == ["init", "agent", "overlay", "http", *pages, "nmt", "java-options"]
     assert res.times["guest_boot_to_first_200_ms"] is not None
     log = (tmp_path / "console.log").read_text(errors="replace")
     assert "firecracer-init: jvm started" in log and "Linux version 6.1" in log
@@ -53,3 +58,32 @@ def test_check_without_image_is_one_line(tmp_path: Path) -> None:
     assert res.returncode == 1
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "no kernel built yet" in lines[0], res.stderr
+
+
+def test_qemu_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
+    """SIGKILL of the parent (no finally runs): the emulator, in its own session, must not stay behind.
+    A shell script stands in for QEMU here; what is tested is the process relationship."""
+    pidfile = tmp_path / "qemu.pid"
+    fake = tmp_path / "qemu"
+    fake.write_text(f"#!/bin/sh\necho $$ > {pidfile}\nexec sleep 600\n")
+    fake.chmod(0o755)
+    code = ("import time; from pathlib import Path; from firecracer.image.check import qemu_guest\n"
+            f"with qemu_guest(Path('vmlinux'), Path('rootfs.ext4'), Path({str(tmp_path / 'c.log')!r}), "
+            f"qemu={str(fake)!r}):\n    time.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 60
+        while not (pidfile.exists() and pidfile.read_text().strip()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        pid = int(pidfile.read_text())
+        assert Path(f"/proc/{pid}").exists()
+    finally:
+        parent.kill()
+        parent.wait(timeout=30)
+    deadline = time.monotonic() + 20
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    gone = not Path(f"/proc/{pid}").exists()
+    if not gone:
+        os.kill(pid, signal.SIGKILL)
+    assert gone, "the emulator outlived the process that started it"

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from firecracer.image._build import DiskFull, ImageError, NullReporter, error_line, need_free, run_logged
+from firecracer.image.apps import PETCLINIC, TINY
 from firecracer.image.rootfs import (
-    DEMO_MAIN,
     build_rootfs,
     host_mirror,
     jar_main_class,
@@ -93,11 +93,30 @@ def test_jar_main_class_resolution(tmp_path: Path) -> None:
         resolve_app(str(tmp_path / "missing.jar"), None, None)
 
 
-def test_demo_app() -> None:
-    spec = resolve_app("demo", None, None)
-    assert spec.main == DEMO_MAIN and spec.args == ("--port", "8080")
+def test_bundled_apps() -> None:
+    """petclinic (default) and tiny: their main class, args, the --owners knob, the Debian packages."""
+    spec = resolve_app("petclinic", None, None)
+    assert spec.main == PETCLINIC.main and spec.args == ("--port", "8080")
+    assert "libspring-web-servlet-java" in spec.packages and "libh2-java" in spec.packages
+    big = resolve_app("petclinic", None, None, owners=50_000)
+    assert big.args == ("--port", "8080", "--owners", "50000") and big.identity == spec.identity
+    tiny = resolve_app("tiny", None, None, owners=10)
+    assert tiny.main == TINY.main and tiny.packages == () and tiny.args[-2:] == ("--owners", "10")
+    assert tiny.identity != spec.identity
     with pytest.raises(ImageError, match="--main is for a JAR"):
-        resolve_app("demo", "x.Y", None)
+        resolve_app("petclinic", "x.Y", None)
+    with pytest.raises(ImageError, match="now called 'tiny'"):
+        resolve_app("demo", None, None)
+    with pytest.raises(ImageError, match="--owners 0: must be between"):
+        resolve_app("petclinic", None, None, owners=0)
+
+
+def test_owners_is_for_bundled_apps_only(tmp_path: Path) -> None:
+    jar = _jar(tmp_path / "app.jar", "Manifest-Version: 1.0\r\nMain-Class: a.Main\r\n", ["a/Main.class"])
+    res = _cli("rootfs", "--app", str(jar), "--owners", "5")
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--owners is for the bundled apps" in lines[0], res.stderr
 
 
 def test_sizes() -> None:

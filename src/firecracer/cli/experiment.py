@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import sys
 import typing
 from pathlib import Path
@@ -216,16 +215,29 @@ def merge(dest: str, shards: tuple[str, ...], no_recordings: bool) -> None:
 
 @experiment.command()
 @click.option("-o", "--output", "out", type=click.Path(dir_okay=False), help="Copy the spec to this file.")
-def example(out: str | None) -> None:
-    """Print (or copy out) the bundled example spec: probe guest, 2 working sets × 4 strategies × 3."""
-    from firecracer.experiment.spec import example_spec_path
+@click.option("--jvm", is_flag=True,
+              help="The JVM-settings study on Spring PetClinic instead (jvm backend: 5 JVM option sets × "
+                   "ondemand, prefetch × 3), with guest.kernel/rootfs set to the built image.")
+def example(out: str | None, jvm: bool) -> None:
+    """Print (or copy out) a bundled spec: the probe-guest study (2 working sets × 4 strategies × 3), or
+    with --jvm the JVM-settings study on PetClinic."""
+    from firecracer.experiment.spec import example_spec_path, jvm_example_text
 
-    src = example_spec_path()
+    if jvm:
+        from firecracer.image.kernel import latest_kernel
+        from firecracer.image.rootfs import latest_rootfs
+        from firecracer.paths import images_dir
+
+        images = images_dir()  # not built yet: where 'image kernel' / 'image rootfs' will put them
+        text = jvm_example_text(latest_kernel() or images / "vmlinux",
+                                latest_rootfs("petclinic") or images / "rootfs.ext4")
+    else:
+        text = example_spec_path().read_text()
     if out:
-        shutil.copyfile(src, out)
+        Path(out).write_text(text)
         console.print(f"wrote {out}")
     else:
-        sys.stdout.write(src.read_text())
+        sys.stdout.write(text)
 
 
 COMMANDS = [experiment]

@@ -43,7 +43,10 @@ class _CliReporter:
 
 @click.group()
 def image() -> None:
-    """Build and check guest images (kernel, rootfs with JDK, agent and the demo service)."""
+    """Build and check guest images (kernel, rootfs with JDK, agent and the workload: Spring PetClinic)."""
+    from firecracer.cli.vm import term_runs_cleanup
+
+    term_runs_cleanup()  # SIGTERM unwinds: QEMU, build steps and trees are cleaned up as on Ctrl-C
 
 
 @image.command()
@@ -68,8 +71,11 @@ def kernel(source: str, output: Path | None, jobs: int | None, force: bool, quie
 @image.command()
 @click.option("--jdk", default="debian", show_default=True, metavar="debian|DIR|TARBALL",
               help="JDK: Debian's OpenJDK 17 headless JDK, or a JDK directory/tarball (e.g. a CRaC build).")
-@click.option("--app", default="demo", show_default=True, metavar="demo|JAR",
-              help="Workload: the bundled petclinic-like demo (compiled in the image) or your JAR.")
+@click.option("--app", default="petclinic", show_default=True, metavar="petclinic|tiny|JAR",
+              help="Workload: Spring PetClinic (Debian's Spring, Jetty, H2), the tiny JDK-only service "
+                   "(quick tests), or your JAR. Bundled apps are compiled in the image.")
+@click.option("--owners", type=click.IntRange(1, 10_000_000), metavar="N",
+              help="Bundled apps: seed the clinic with N owners (default 2000; ~2 pets and ~3 visits each).")
 @click.option("--main", "main_class", metavar="CLASS",
               help="Main class of --app JAR (default: its manifest).")
 @click.option("--args", "app_args", metavar="ARGS", help="Arguments of the app (one string, shell quoting).")
@@ -81,13 +87,15 @@ def kernel(source: str, output: Path | None, jobs: int | None, force: bool, quie
 @click.option("--mirror", metavar="URL", help="Debian mirror (default: the host's apt source).")
 @click.option("--force", is_flag=True, help="Rebuild even if the cache has this image.")
 @click.option("--quiet", is_flag=True, help="No progress output; print only the result.")
-def rootfs(jdk: str, app: str, main_class: str | None, app_args: str | None, train_seconds: float,
-           output: Path | None, size: str | None, mirror: str | None, force: bool, quiet: bool) -> None:
+def rootfs(jdk: str, app: str, owners: int | None, main_class: str | None, app_args: str | None,
+           train_seconds: float, output: Path | None, size: str | None, mirror: str | None, force: bool,
+           quiet: bool) -> None:
     """Build an ext4 root file system: Debian bookworm, JDK, python3, init, agent, workload, CDS."""
     from firecracer.image.rootfs import build_rootfs
 
     with _CliReporter(quiet) as rep:
-        res = build_rootfs(jdk, app, main_class, app_args, output, size, mirror, train_seconds, rep, force)
+        res = build_rootfs(jdk, app, main_class, app_args, output, size, mirror, train_seconds, rep, force,
+                           owners)
     how = "cached" if res.cached else f"built in {res.seconds:.0f} s"
     console.print(f"rootfs ({how}): {res.image}" + (f" → {output}" if output else ""), soft_wrap=True)
     console.print(f"manifest: {res.manifest}", soft_wrap=True)

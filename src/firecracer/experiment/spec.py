@@ -433,3 +433,18 @@ def example_spec_text(repetitions: int | None = None) -> str:
     runs = len(spec.variants) * len(spec.strategies) * repetitions
     return _RUNS_COMMENT.sub(f"x {word} repetition{'s' if repetitions != 1 else ''} = {runs} runs", text,
                              count=1)
+
+
+def jvm_example_spec_path() -> Path:
+    """The bundled JVM-settings study on Spring PetClinic: 5 JVM option sets × ondemand, prefetch × 3."""
+    return Path(__file__).with_name("examples") / "petclinic-jvm-settings.toml"
+
+
+def jvm_example_text(kernel: Path, rootfs: Path) -> str:
+    """The JVM-settings study with ``guest.kernel``/``guest.rootfs`` set to these (e.g. the built image)."""
+    text = jvm_example_spec_path().read_text(encoding="utf-8")
+    for key, value in (("kernel", kernel), ("rootfs", rootfs)):
+        text, n = re.subn(rf'(?m)^{key} = "[^"\n]*"', f"{key} = {json.dumps(str(value))}", text, count=1)
+        if n != 1:
+            raise FormatError(jvm_example_spec_path(), 0, f"guest.{key}: no line to fill in")
+    return text

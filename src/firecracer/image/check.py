@@ -1,5 +1,9 @@
 """Boot the image under QEMU TCG (no KVM) and check it: init ran, agent answers, HTTP 200, NMT.
 
+For the bundled apps (Spring PetClinic, the tiny service) it also reads an HTML page and a JSON endpoint
+showing the same owner, so a broken template step, a missing message converter or an empty database
+fails the check, not only a dead port.
+
 This is how images are tested where Firecracker cannot run a Linux guest (PVM-nested KVM, no KVM).
 QEMU's ``microvm`` machine has the same shape as Firecracker's (virtio-mmio devices on the kernel
 command line, 8250 console, no PCI). The guest is reached through user-mode networking restricted to
@@ -20,7 +24,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, ClassVar
@@ -28,6 +32,7 @@ from typing import IO, ClassVar
 from firecracer.errors import BinaryNotFound, FirecracerError
 from firecracer.guest.client import AgentClient, AgentError
 from firecracer.image._build import ImageError, NullReporter, Reporter
+from firecracer.image.apps import BUNDLED
 from firecracer.image.kernel import latest_kernel
 from firecracer.image.rootfs import INIT_PATH, latest_rootfs
 
@@ -36,6 +41,10 @@ GUEST_IP = "10.0.2.15"
 #: option with a quoted space, to prove FC_JAVA_OPTIONS survives the kernel command line intact
 QUOTING_PROBE = "-Dfirecracer.check='boot check'"
 OVERLAY_SIZE = "200m"
+PR_SET_PDEATHSIG = 1
+#: an HTML page and a JSON endpoint of the bundled apps that show the same owner
+HTML_PATH = "/owners/1"
+JSON_PATH = "/api/owners/1"
 
 
 @dataclass
@@ -157,14 +166,118 @@ class _Console:
 
 
 def _http_get(port: int, path: str = "/", timeout: float = 10.0) -> int:
+    return http_fetch(port, path, timeout=timeout)[0]
+
+
+def http_fetch(port: int, path: str, timeout: float = 30.0, method: str = "GET", body: bytes | None = None,
+               content_type: str | None = None) -> tuple[int, str, bytes]:
+    """One HTTP exchange with 127.0.0.1:port: status, Content-Type, body. Raises OSError/HTTPException."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        conn.request("GET", path)
+        headers = {"Content-Type": content_type} if content_type else {}
+        conn.request(method, path, body=body, headers=headers)
         resp = conn.getresponse()
-        resp.read()
-        return int(resp.status)
+        data = resp.read()
+        return int(resp.status), resp.getheader("Content-Type") or "", data
     finally:
         conn.close()
+
+
+def page_checks(port: int) -> list[Check]:
+    """``GET /api/owners/1`` is JSON for owner 1; ``GET /owners/1`` is an HTML page naming that owner."""
+    out: list[Check] = []
+    try:
+        status, ctype, body = http_fetch(port, JSON_PATH)
+        owner = json.loads(body) if status == 200 and ctype.startswith("application/json") else None
+        ok = isinstance(owner, dict) and owner.get("id") == 1 and isinstance(owner.get("lastName"), str)
+        name = f"{owner.get('firstName')} {owner.get('lastName')}" if isinstance(owner, dict) else ""
+        pets = len(owner.get("pets") or []) if isinstance(owner, dict) else 0
+        out.append(Check("json", ok, f"GET {JSON_PATH} → {status} {ctype}: owner 1 {name}, {pets} pet(s)"
+                         if ok else f"GET {JSON_PATH} → {status} {ctype}: {body[:120]!r}"))
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        out.append(Check("json", False, f"GET {JSON_PATH}: {exc or type(exc).__name__}"))
+        name = ""
+    try:
+        status, ctype, body = http_fetch(port, HTML_PATH)
+        text = body.decode("utf-8", errors="replace")
+        ok = (status == 200 and ctype.startswith("text/html") and "<html" in text
+              and bool(name) and name in text)
+        out.append(Check("html", ok, f"GET {HTML_PATH} → {status} {ctype}, {len(body)} bytes"
+                         + (f", shows {name}" if ok else f" without the owner's name {name!r}")))
+    except (OSError, http.client.HTTPException) as exc:
+        out.append(Check("html", False, f"GET {HTML_PATH}: {exc or type(exc).__name__}"))
+    return out
+
+
+@dataclass
+class QemuGuest:
+    """A guest booted under QEMU TCG: its console (log + markers), host ports of its agent and app."""
+
+    proc: subprocess.Popen[bytes]
+    console: _Console
+    agent_port: int
+    http_port: int
+    argv: list[str]
+    t0: float
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None and self.console.get("fatal") is None
+
+    def wait_for(self, marker: str, timeout: float) -> re.Match[str] | None:
+        """Until the console shows ``marker`` (a ``_Console.MARKERS`` key) or QEMU/init dies; bounded."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.alive():
+            got = self.console.get(marker)
+            if got is not None:
+                return got[1]
+            time.sleep(0.2)
+        got = self.console.get(marker)
+        return got[1] if got else None
+
+    def last_lines(self, n: int = 3) -> str:
+        return self.console.last_lines(n)
+
+
+def app_of(rootfs: Path) -> tuple[str, int]:
+    """The workload a rootfs was built with (its ``image.json``): name (``""`` if unknown) and HTTP port."""
+    manifest = rootfs.parent / "image.json"
+    if not manifest.is_file():
+        return "", 8080
+    app = json.loads(manifest.read_text()).get("app", {})
+    port = app.get("port")
+    return str(app.get("name") or ""), port if isinstance(port, int) else 8080
+
+
+def _die_with_parent() -> None:
+    """In the QEMU child before exec: SIGKILL it when the process that started it dies, however it dies
+    (SIGKILL included, when no ``finally`` runs): QEMU runs in its own session, so nothing else would."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+@contextlib.contextmanager
+def qemu_guest(kernel: Path, rootfs: Path, console_log: Path, qemu: str | None = None,
+               app_port: int = 8080, extra_args: str = "") -> Iterator[QemuGuest]:
+    """Boot kernel + rootfs under QEMU TCG (the check's command line); QEMU is stopped on every exit."""
+    qemu_bin = qemu or shutil.which("qemu-system-x86_64")
+    if qemu_bin is None:
+        raise BinaryNotFound("qemu-system-x86_64 not found (Debian: apt-get install qemu-system-x86)")
+    agent_port, http_port = free_port(), free_port()
+    argv = qemu_argv(qemu_bin, kernel, rootfs, agent_port, http_port, app_port, extra_args=extra_args)
+    console_log.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    with console_log.open("wb") as log:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=_die_with_parent)
+        try:
+            assert proc.stdout is not None
+            yield QemuGuest(proc, _Console(proc.stdout, log, t0), agent_port, http_port, argv, t0)
+        finally:
+            _stop(proc)
+            if proc.stdout is not None:
+                proc.stdout.close()
 
 
 def run_check(kernel: Path | None = None, rootfs: Path | None = None, *, timeout: float = 300.0,
@@ -178,45 +291,28 @@ def run_check(kernel: Path | None = None, rootfs: Path | None = None, *, timeout
         raise ImageError("no kernel built yet: run 'firecracer image kernel' (or give --kernel)")
     if rootfs is None:
         raise ImageError("no root file system built yet: run 'firecracer image rootfs' (or give --rootfs)")
-    qemu_bin = qemu or shutil.which("qemu-system-x86_64")
-    if qemu_bin is None:
-        raise BinaryNotFound("qemu-system-x86_64 not found (Debian: apt-get install qemu-system-x86)")
-    manifest = rootfs.parent / "image.json"
-    app_port = 8080
-    if manifest.is_file():
-        port = json.loads(manifest.read_text()).get("app", {}).get("port")
-        app_port = port if isinstance(port, int) else app_port
-    agent_port, http_port = free_port(), free_port()
-    argv = qemu_argv(qemu_bin, kernel, rootfs, agent_port, http_port, app_port)
+    app_name, app_port = app_of(rootfs)
     if console_log is None:
         console_log = rootfs.parent / "check-console.log"
         if not os.access(rootfs.parent, os.W_OK):
             console_log = Path(f"/tmp/firecracer-check-{os.getpid()}.log")
-    console_log.parent.mkdir(parents=True, exist_ok=True)
     checks: list[Check] = []
     times: dict[str, float | None] = {}
     rep.step(f"booting {kernel.name} + {rootfs.name} under QEMU TCG (console: {console_log})")
-    t0 = time.monotonic()
-    with console_log.open("wb") as log:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            assert proc.stdout is not None
-            con = _Console(proc.stdout, log, t0)
-            _run_checks(con, proc, agent_port, http_port, t0 + timeout, checks, times, rep)
-        finally:
-            _stop(proc)
-            if proc.stdout is not None:
-                proc.stdout.close()
-    times["wall_total_ms"] = round((time.monotonic() - t0) * 1000, 1)
+    with qemu_guest(kernel, rootfs, console_log, qemu, app_port) as guest:
+        _run_checks(guest.console, guest.proc, guest.agent_port, guest.http_port, guest.t0 + timeout, checks,
+                    times, rep, pages=app_name in BUNDLED)
+    con = guest.console
+    times["wall_total_ms"] = round((time.monotonic() - guest.t0) * 1000, 1)
     for name in ("kernel", "init", "agent", "jvm", "ready", "first_response"):
         times[f"wall_to_{name}_ms"] = con.ms(name)
     ok = bool(checks) and all(c.ok for c in checks)
-    return CheckResult(ok, checks, times, console_log, kernel, rootfs, argv)
+    return CheckResult(ok, checks, times, console_log, kernel, rootfs, guest.argv)
 
 
 def _run_checks(con: _Console, proc: subprocess.Popen[bytes], agent_port: int, http_port: int,
-                deadline: float, checks: list[Check], times: dict[str, float | None], rep: Reporter) -> None:
+                deadline: float, checks: list[Check], times: dict[str, float | None], rep: Reporter,
+                pages: bool = False) -> None:
     """The check sequence; appends to ``checks`` as it goes so a timeout still reports what passed."""
 
     def alive() -> bool:
@@ -258,14 +354,14 @@ def _run_checks(con: _Console, proc: subprocess.Popen[bytes], agent_port: int, h
                         f"jvm pids {ping.get('jvm_pids')}", round((t_agent - con.t0) * 1000, 1)))
     rep.step("agent answered ping")
     try:
-        _more_checks(con, agent, http_port, deadline, alive, checks, times, rep)
+        _more_checks(con, agent, http_port, deadline, alive, checks, times, rep, pages)
     finally:
         agent.close()
 
 
 def _more_checks(con: _Console, agent: AgentClient, http_port: int, deadline: float,
                  is_alive: Callable[[], bool], checks: list[Check], times: dict[str, float | None],
-                 rep: Reporter) -> None:
+                 rep: Reporter, pages: bool) -> None:
 
     def fail(name: str, why: str) -> None:
         checks.append(Check(name, False, f"{why}; console: {con.last_lines()}"))
@@ -308,6 +404,11 @@ def _more_checks(con: _Console, agent: AgentClient, http_port: int, deadline: fl
     checks.append(Check("http", True, f"GET / → 200 (guest boot→first 200: {guest_200} ms)",
                         times["wall_to_first_200_ms"]))
     rep.step("the JVM served HTTP 200")
+    if pages:
+        t_pages = time.monotonic()
+        checks.extend(page_checks(http_port))
+        times["pages_ms"] = round((time.monotonic() - t_pages) * 1000, 1)
+        rep.step("read an HTML page and a JSON endpoint")
 
     # 5. NMT detail readable, and FC_JAVA_OPTIONS arrived intact
     try:
@@ -318,8 +419,9 @@ def _more_checks(con: _Console, agent: AgentClient, http_port: int, deadline: fl
                             f"{regions} address ranges" if ok else f"unexpected NMT output: {text[:120]!r}"))
         opts = agent.call("nmt", {"mode": "summary"}, timeout=120).get("options") or []
         want = "-Dfirecracer.check=boot check"
+        shown = [("…" if i and opts[i - 1] in ("-cp", "-classpath") else o) for i, o in enumerate(opts)]
         checks.append(Check("java-options", want in opts,
-                            f"{want!r} {'in' if want in opts else 'missing from'} the JVM's options {opts}"))
+                            f"{want!r} {'in' if want in opts else 'missing from'} the JVM's options {shown}"))
     except AgentError as exc:
         fail("nmt", f"agent nmt failed: {exc}")
     rep.step("NMT detail read")
@@ -337,4 +439,5 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=10)
 
 
-__all__ = ["Check", "CheckResult", "FirecracerError", "kernel_cmdline", "qemu_argv", "run_check"]
+__all__ = ["Check", "CheckResult", "FirecracerError", "QemuGuest", "app_of", "http_fetch", "kernel_cmdline",
+           "page_checks", "qemu_argv", "qemu_guest", "run_check"]

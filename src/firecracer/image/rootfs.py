@@ -1,5 +1,8 @@
 """Build the guest root file system: Debian bookworm + JDK + python3 + init + agent + the workload.
 
+The workload is a bundled app (:mod:`firecracer.image.apps`: Spring PetClinic by default, or the tiny
+JDK-only service), compiled in the image against the Debian jars it needs, or a user JAR.
+
 debootstrap (minbase) fills a directory, the project's files are copied in, the workload is compiled
 and trained *inside* that tree (``unshare --mount --pid --net --fork --mount-proc chroot``: the proc
 mount and the network namespace vanish with the process, whatever happens), then ``mkfs.ext4 -d`` turns
@@ -42,6 +45,7 @@ from firecracer.image._build import (
     run_logged,
     short_hash,
 )
+from firecracer.image.apps import BUNDLED, DEFAULT_APP, BundledApp, build_script, source_files
 from firecracer.paths import images_dir
 
 SUITE = "bookworm"
@@ -50,8 +54,6 @@ BASE_PACKAGES = ("python3", "procps", "iproute2")
 DEBIAN_JDK_PACKAGE = "openjdk-17-jdk-headless"
 DEBIAN_JDK_HOME = "/usr/lib/jvm/java-17-openjdk-amd64"
 HOST_PACKAGES = ("debootstrap", "e2fsprogs", "util-linux", "tar")
-DEMO_MAIN = "io.firecracer.petclinic.PetClinic"
-DEMO_ARGS = ("--port", "8080")
 APP_PORT = 8080
 INIT_PATH = "/sbin/firecracer-init"
 #: kernel arguments every boot of this image needs (plus console/ip/FC_* per use)
@@ -69,7 +71,10 @@ class JdkSpec:
 
 @dataclass(frozen=True)
 class AppSpec:
-    """The workload: the bundled demo (compiled from source in the image) or a user JAR + main class."""
+    """The workload: a bundled app (compiled from source in the image) or a user JAR + main class.
+
+    ``kind`` is the bundled app's name (``petclinic``, ``tiny``) or ``jar``.
+    """
 
     kind: str
     jar: Path | None
@@ -77,6 +82,12 @@ class AppSpec:
     args: tuple[str, ...]
     identity: str
     train_seconds: float = 20.0
+    bundled: BundledApp | None = None
+
+    @property
+    def packages(self) -> tuple[str, ...]:
+        """Debian packages the workload needs in the image (a bundled app's libraries)."""
+        return self.bundled.packages if self.bundled else ()
 
 
 @dataclass(frozen=True)
@@ -150,16 +161,33 @@ def jar_main_class(jar: Path) -> str | None:
     return None
 
 
-def resolve_app(app: str, main: str | None, args: str | None, train_seconds: float = 20.0) -> AppSpec:
-    """``demo`` or a JAR (with ``--main`` or a manifest Main-Class that exists in the JAR)."""
+def resolve_app(app: str, main: str | None, args: str | None, train_seconds: float = 20.0,
+                owners: int | None = None) -> AppSpec:
+    """A bundled app (``petclinic``, ``tiny``) or a JAR (with ``--main`` or a manifest Main-Class in it).
+
+    ``owners`` (bundled apps only) is the number of owners the app seeds its data with (``--owners N``).
+    """
     argv = tuple(shlex.split(args)) if args else ()
-    if app == "demo":
+    names = " or ".join(f"'{n}'" for n in BUNDLED)
+    if owners is not None and not 1 <= owners <= 10_000_000:
+        raise ImageError(f"--owners {owners}: must be between 1 and 10000000")
+    if app in BUNDLED:
+        bundled = BUNDLED[app]
         if main:
-            raise ImageError("--main is for a JAR given with --app; the demo has its own main class")
-        return AppSpec("demo", None, DEMO_MAIN, argv or DEMO_ARGS, f"demo:{_tree_hash(_workload())}")
+            raise ImageError(f"--main is for a JAR given with --app; {app} has its own main class")
+        argv = argv or bundled.args
+        if owners is not None:
+            argv = (*argv, "--owners", str(owners))
+        tree = short_hash(part for rel, data in source_files(bundled) for part in (rel, data))
+        return AppSpec(app, None, bundled.main, argv, f"{app}:{tree}", bundled=bundled)
+    if app == "demo":
+        raise ImageError("--app demo is now called 'tiny' (the small JDK-only service); the default is "
+                         "'petclinic' (Spring PetClinic)")
+    if owners is not None:
+        raise ImageError(f"--owners is for the bundled apps ({names}), not for a JAR")
     jar = Path(app).expanduser()
     if not jar.is_file():
-        raise ImageError(f"--app {app}: no such JAR (or use 'demo')")
+        raise ImageError(f"--app {app}: no such JAR (or use {names})")
     if not zipfile.is_zipfile(jar):
         raise ImageError(f"--app {jar}: not a JAR (zip) file")
     cls = main or jar_main_class(jar)
@@ -170,10 +198,6 @@ def resolve_app(app: str, main: str | None, args: str | None, train_seconds: flo
         if entry not in zf.namelist():
             raise ImageError(f"JAR {jar} has no class {cls} ({entry})")
     return AppSpec("jar", jar.resolve(), cls, argv, f"jar:{file_sha256(jar)}", train_seconds)
-
-
-def _workload() -> Traversable:
-    return resources.files("firecracer.image").joinpath("workload", "petclinic")
 
 
 def _guest_package() -> Traversable:
@@ -209,10 +233,23 @@ def _copy_tree(root: Traversable, dest: Path) -> None:
         target.write_bytes(data)
 
 
-def latest_rootfs() -> Path | None:
-    """The newest cached ``rootfs.ext4`` (``images_dir()/rootfs.ext4``), or None."""
-    link = images_dir() / "rootfs.ext4"
-    return link.resolve() if link.exists() else None
+def latest_rootfs(app: str | None = None) -> Path | None:
+    """The newest cached ``rootfs.ext4`` (``images_dir()/rootfs.ext4``), or None.
+
+    With ``app`` (``petclinic``, ``tiny``, ``jar``): the newest build of that workload, by its manifest.
+    """
+    if app is None:
+        link = images_dir() / "rootfs.ext4"
+        return link.resolve() if link.exists() else None
+    builds = sorted(images_dir().glob("rootfs-*/image.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for manifest in builds:
+        try:
+            name = json.loads(manifest.read_text()).get("app", {}).get("name")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if name == app and (manifest.parent / "rootfs.ext4").is_file():
+            return manifest.parent / "rootfs.ext4"
+    return None
 
 
 def _mounts_below(path: Path) -> list[str]:
@@ -263,14 +300,14 @@ def _du(path: Path) -> int:
     return total
 
 
-def build_rootfs(jdk: str = "debian", app: str = "demo", main: str | None = None, args: str | None = None,
-                 output: Path | None = None, size: str | None = None, mirror: str | None = None,
-                 train_seconds: float = 20.0, reporter: Reporter | None = None,
-                 force: bool = False) -> RootfsBuild:
+def build_rootfs(jdk: str = "debian", app: str = DEFAULT_APP, main: str | None = None,
+                 args: str | None = None, output: Path | None = None, size: str | None = None,
+                 mirror: str | None = None, train_seconds: float = 20.0, reporter: Reporter | None = None,
+                 force: bool = False, owners: int | None = None) -> RootfsBuild:
     """Build (or reuse from the cache) a root file system image; copy it to ``output`` when given."""
     rep: Reporter = reporter or NullReporter()
     jdk_spec = resolve_jdk(jdk)
-    app_spec = resolve_app(app, main, args, train_seconds)
+    app_spec = resolve_app(app, main, args, train_seconds, owners)
     size_bytes = parse_size(size) if size else None
     if os.geteuid() != 0:
         raise ImageError("image rootfs needs root (debootstrap and chroot); run it as root")
@@ -278,7 +315,8 @@ def build_rootfs(jdk: str = "debian", app: str = "demo", main: str | None = None
     images.mkdir(parents=True, exist_ok=True)
     ensure_packages(HOST_PACKAGES, "the rootfs build", rep, images / "apt.log")
     mirror_url = mirror or host_mirror()
-    packages = [*BASE_PACKAGES] + ([DEBIAN_JDK_PACKAGE] if jdk_spec.kind == "debian" else [])
+    packages = ([*BASE_PACKAGES] + ([DEBIAN_JDK_PACKAGE] if jdk_spec.kind == "debian" else [])
+                + list(app_spec.packages))
     base_key = short_hash(["base", BUILDER_VERSION, SUITE, mirror_url, *packages])
     key = short_hash(["rootfs", base_key, jdk_spec.identity, app_spec.identity, app_spec.main,
                       *app_spec.args, str(app_spec.train_seconds), _init_script().read_bytes(),
@@ -408,43 +446,53 @@ def _install_project_files(root: Path) -> None:
 
 
 def _install_app(root: Path, app: AppSpec, jdk: JdkSpec, log: Path, rep: Reporter) -> dict[str, object]:
-    """Install (and for the demo, compile) the workload; make the default and AppCDS archives."""
+    """Install (and for a bundled app, compile) the workload; make the default and AppCDS archives."""
     app_dir = root / "opt" / "app"
     app_dir.mkdir(parents=True)
     java = "/opt/jdk/bin/java"
-    if app.kind == "demo":
+    classpath: list[str]
+    if app.bundled is not None:
+        b = app.bundled
         if not (root / "opt" / "jdk" / "bin" / "javac").exists() and jdk.kind != "debian":
-            raise ImageError(f"JDK {jdk.path} has no bin/javac (a JRE?); the demo app is compiled with it")
-        _copy_tree(_workload(), app_dir / "source")
-        rep.step("compiling the demo petclinic with javac inside the image")
-        sources = sorted(str(p.relative_to(root).as_posix()) for p in (app_dir / "source").rglob("*.java"))
-        script = ("set -e; cd /opt/app && /opt/jdk/bin/javac -d classes " + " ".join(f"/{s}" for s in sources)
-                  + " && /opt/jdk/bin/jar --create --file petclinic.jar --main-class " + app.main
-                  + " -C classes . -C source/resources . && rm -rf classes")
-        in_chroot(root, ["/bin/sh", "-c", script], log, "compiling the demo (javac)", rep)
-        jar = "/opt/app/petclinic.jar"
-        train_args = ["--train", "20"]
-        train_seconds = 600.0
+            raise ImageError(f"JDK {jdk.path} has no bin/javac (a JRE?); {b.name} is compiled with it")
+        missing = [j for j in b.library_jars() if not (root / j.lstrip("/")).exists()]
+        if missing:
+            raise ImageError(f"the {b.name} app needs {', '.join(missing)}, which the Debian packages "
+                             f"{' '.join(b.packages)} did not install")
+        for rel, data in source_files(b):
+            target = app_dir / "source" / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        rep.step(f"compiling {b.name} ({b.summary}) with javac inside the image")
+        in_chroot(root, ["/bin/sh", "-c", build_script(b, "/opt/app/source", "/opt/app")], log,
+                  f"compiling {b.name} (javac)", rep)
+        jar = f"/opt/app/{b.jar_name()}"
+        classpath = b.classpath(jar)
+        train_args = [*app.args, *b.train_args]
+        train_seconds = 900.0
     else:
         assert app.jar is not None
         shutil.copy2(app.jar, app_dir / app.jar.name)
         jar = f"/opt/app/{app.jar.name}"
+        classpath = [jar]
         train_args = list(app.args)
         train_seconds = app.train_seconds
     if not (root / "opt" / "jdk" / "lib" / "server" / "classes.jsa").exists():
         rep.step("creating the default CDS archive (java -Xshare:dump)")
         in_chroot(root, [java, "-Xshare:dump"], log, "java -Xshare:dump", rep)
-    how = "--train 20" if app.kind == "demo" else f"{train_seconds:.0f} s, then SIGTERM"
+    how = " ".join(app.bundled.train_args) if app.bundled else f"{train_seconds:.0f} s, then SIGTERM"
     rep.step(f"AppCDS training run of {app.main} ({how})")
     in_chroot(root, ["/usr/bin/python3", "-I", INIT_PATH, "--train", str(train_seconds), "--", java,
-                     "-XX:ArchiveClassesAtExit=/opt/app/app-cds.jsa", "-cp", jar, app.main, *train_args],
+                     "-XX:ArchiveClassesAtExit=/opt/app/app-cds.jsa", "-cp", ":".join(classpath), app.main,
+                     *train_args],
               log, "AppCDS training run", rep, timeout=train_seconds + 300)
     if not (app_dir / "app-cds.jsa").is_file():
         raise ImageError(f"the AppCDS training run of {app.main} wrote no archive (see {log})")
     info: dict[str, object] = {
-        "name": app.kind, "classpath": [jar], "main": app.main, "jar": jar, "args": list(app.args),
+        "name": app.kind, "classpath": classpath, "main": app.main, "jar": jar, "args": list(app.args),
         "appcds": "/opt/app/app-cds.jsa", "workdir": "/opt/app",
-        "port": APP_PORT if app.kind == "demo" else None,
+        "port": APP_PORT if app.bundled else None,
+        "debian_packages": list(app.packages),
     }
     (root / "opt" / "firecracer" / "app.json").write_text(json.dumps(info, indent=2) + "\n")
     return info
@@ -475,7 +523,7 @@ def _manifest(root: Path, jdk: JdkSpec, jdk_home: str, app: AppSpec, app_info: d
                 "home": jdk_home,
                 "version": release.get("JAVA_RUNTIME_VERSION") or release.get("JAVA_VERSION"),
                 "has_jcmd": (home / "bin" / "jcmd").exists()},
-        "app": app_info | {"source": str(app.jar) if app.jar else "demo"},
+        "app": app_info | {"source": str(app.jar) if app.jar else f"bundled:{app.kind}"},
         "archives": archives,
         "init": INIT_PATH, "kernel_args": KERNEL_ARGS,
         "agent": {"module": "firecracer.guest.agent", "pythonpath": "/opt/firecracer",

@@ -1,4 +1,4 @@
-package io.firecracer.petclinic;
+package io.firecracer.tiny;
 
 import com.sun.net.httpserver.HttpExchange;
 import com.sun.net.httpserver.HttpHandler;

@@ -1,4 +1,4 @@
-package io.firecracer.petclinic;
+package io.firecracer.tiny;
 
 import com.sun.net.httpserver.HttpServer;
 import java.io.IOException;

@@ -1,4 +1,4 @@
-package io.firecracer.petclinic;
+package io.firecracer.tiny;
 
 import java.lang.reflect.RecordComponent;
 import java.time.temporal.TemporalAccessor;

@@ -1,10 +1,10 @@
-package io.firecracer.petclinic;
+package io.firecracer.tiny;
 
-import io.firecracer.petclinic.Model.Owner;
-import io.firecracer.petclinic.Model.Pet;
-import io.firecracer.petclinic.Model.Visit;
-import io.firecracer.petclinic.Router.Request;
-import io.firecracer.petclinic.Router.Response;
+import io.firecracer.tiny.Model.Owner;
+import io.firecracer.tiny.Model.Pet;
+import io.firecracer.tiny.Model.Visit;
+import io.firecracer.tiny.Router.Request;
+import io.firecracer.tiny.Router.Response;
 import java.time.LocalDate;
 import java.time.format.DateTimeParseException;
 import java.util.LinkedHashMap;

@@ -1,4 +1,4 @@
-package io.firecracer.petclinic;
+package io.firecracer.tiny;
 
 import java.io.IOException;
 import java.io.InputStream;

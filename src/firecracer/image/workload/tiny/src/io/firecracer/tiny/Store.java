@@ -1,11 +1,11 @@
-package io.firecracer.petclinic;
+package io.firecracer.tiny;
 
-import io.firecracer.petclinic.Model.Owner;
-import io.firecracer.petclinic.Model.Pet;
-import io.firecracer.petclinic.Model.PetType;
-import io.firecracer.petclinic.Model.Specialty;
-import io.firecracer.petclinic.Model.Vet;
-import io.firecracer.petclinic.Model.Visit;
+import io.firecracer.tiny.Model.Owner;
+import io.firecracer.tiny.Model.Pet;
+import io.firecracer.tiny.Model.PetType;
+import io.firecracer.tiny.Model.Specialty;
+import io.firecracer.tiny.Model.Vet;
+import io.firecracer.tiny.Model.Visit;
 import java.time.LocalDate;
 import java.util.ArrayList;
 import java.util.Collection;

@@ -1,4 +1,4 @@
-package io.firecracer.petclinic;
+package io.firecracer.tiny;
 
 import java.time.LocalDate;
 import java.util.List;

@@ -1,0 +1,5 @@
+package io.firecracer.petclinic.model;
+
+/** cat, dog, lizard, snake, bird, hamster. */
+public class PetType extends NamedEntity {
+}

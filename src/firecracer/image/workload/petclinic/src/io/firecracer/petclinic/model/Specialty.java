@@ -1,0 +1,5 @@
+package io.firecracer.petclinic.model;
+
+/** A vet's specialty: radiology, surgery, dentistry. */
+public class Specialty extends NamedEntity {
+}
