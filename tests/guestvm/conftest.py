@@ -22,10 +22,11 @@ IMAGES = Path(os.environ.get("FIRECRACER_IMAGE_DIR") or images_dir())
 
 
 def _firecracker() -> tuple[Path | None, str]:
-    """The newest Firecracker that can do Uffd restores on this kernel, or why there is none."""
+    """``$FIRECRACKER`` if set, else the newest installed one; or why it cannot do Uffd restores here."""
     found: dict[Version, Path] = {Version.parse(v): p for v, p in installed_binaries().items()}
     env = os.environ.get("FIRECRACKER")
     if env:
+        found = {}
         with contextlib.suppress(FirecracerError):
             found[firecracker_version(env)] = Path(env)
     if not found:

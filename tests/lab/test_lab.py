@@ -105,8 +105,9 @@ def test_selftest_in_the_lab(lab: Lab, version: tuple[int, int]) -> None:
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
 
 
-def _guest_suite(lab: Lab, tmp_path: Path, select: str | None, timeout: float) -> ET.Element:
-    fc = firecracker()
+def _guest_suite(lab: Lab, tmp_path: Path, select: str | None, timeout: float,
+                 fc: Path | None = None) -> ET.Element:
+    fc = fc or firecracker()
     built_image()
     junit = lab.cwd / "junit.xml"
     argv = ["run", "--timeout", str(timeout), "--", sys.executable, "-m", "pytest",
@@ -130,6 +131,15 @@ def test_jvm_smoke_in_the_lab(lab: Lab, tmp_path: Path) -> None:
     suite = _guest_suite(lab, tmp_path, "boots or hooks_prepare or ondemand", timeout=1800)
     assert int(suite.get("tests", 0)) == 3
     assert int(suite.get("skipped", 0)) == 0 and int(suite.get("failures", 0)) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_image_boots_on_firecracker_1_7_in_the_lab(lab: Lab, tmp_path: Path) -> None:
+    """v1.7 passes no ACPI tables: the kernel must still find its devices (MP table, virtio-mmio)."""
+    suite = _guest_suite(lab, tmp_path, "boots", timeout=1800, fc=firecracker(exact=(1, 7)))
+    assert int(suite.get("tests", 0)) == 1 and int(suite.get("failures", 0)) == 0
+    assert int(suite.get("skipped", 0)) == 0
 
 
 @pytest.mark.slow
