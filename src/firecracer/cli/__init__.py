@@ -21,6 +21,7 @@ from firecracer.cli import (
     image,
     install,
     lab,
+    samples,
     selftest,
     uffd,
     view,
@@ -41,7 +42,7 @@ def cli() -> None:
 
 
 for _module in (demo, doctor, install, image, vm, selftest, uffd, collect, analyze, view, experiment,
-                lab, emulate):
+                lab, samples, emulate):
     for _cmd in _module.COMMANDS:
         cli.add_command(_cmd)
 
