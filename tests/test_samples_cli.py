@@ -13,8 +13,8 @@ from firecracer import samples
 
 
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "firecracer", "samples", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=120, check=False)
+    return subprocess.run([sys.executable, "-m", "firecracer", "samples", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120, check=False)
 
 
 def test_list_says_how_to_get_one_out_and_extract_does(tmp_path: Path) -> None:

@@ -234,10 +234,10 @@ def run_jvm(out: Path, firecracker: str | None,
     run_study(spec, results, on_event=on_event)
     report = write_report(results, out / "jvm-report.html")
     summary, recordings = jvm_summary(results)
-    ondemand = [p for p in recordings if "ondemand" in p.name]
+    ondemand = [p for p in recordings if p.name.split(".")[1:2] == ["ondemand"]]
     view = None
     if ondemand:
-        pick = sorted(ondemand, key=lambda p: (not p.name.startswith("default"), p.name))[:2]
+        pick = sorted(ondemand, key=lambda p: (not p.name.startswith("default."), p.name))[:2]
         view = write_view([load_recording(p) for p in pick], out / "view.html",
                           ViewOptions(title="firecracer demo: the JVM's first request after restore"),
                           labels=list[str | None](p.name for p in pick))

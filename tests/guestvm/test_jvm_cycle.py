@@ -210,7 +210,7 @@ def test_balloon_after_uffd_restore_removes_pages_served_as_zero(guest_env: tupl
     removes = tr.meta.get("removes", [])
     assert removes, "no UFFD_EVENT_REMOVE reached the page server"
     t_first = min(int(r["t_ns"]) for r in removes)
-    hva, t, flags = tr.columns["hva"], tr.columns["t_ns"], tr.flags
+    hva, t, flags = tr.hva, tr.t_ns, tr.flags
     in_removed = np.zeros(len(hva), dtype=bool)
     for r in removes:
         in_removed |= (hva >= r["start"]) & (hva < r["end"])

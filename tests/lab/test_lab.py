@@ -45,6 +45,20 @@ def test_lab_check_reports_kvm_in_l1(lab: Lab) -> None:
     assert caps["missing"] == [] and {"svm", "npt"} <= set(caps["cpu_virt"])
     assert rep["stages_s"]["kvm_amd_load"] > 0 and rep["host_s"]["off"] >= rep["host_s"]["running"]
     assert "v1." in rep["l1"]["firecracker"]
+    assert rep["l1"]["vector"]["ok"], rep["l1"]["vector"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_tcg_avx2_gives_wrong_results_which_is_why_l1_has_none(lab: Lab) -> None:
+    """QEMU 7.2's TCG with AVX2: numpy's argsort returned unsorted results in L1 (seen as 97.7 % instead
+    of 100 % attribution of a real restore). The default CPU model leaves AVX2 out; this keeps the
+    reason on record, and tells when a QEMU upgrade fixes it."""
+    res = lab.run("check", "--json", "--cpu-model", "EPYC,+svm,+npt", timeout=500)
+    rep = json.loads(res.stdout)
+    if rep["l1"]["vector"]["ok"]:
+        pytest.skip(f"{rep['qemu']} emulates AVX2 correctly: the -avx2 in lab.machine.CPU_MODEL may go")
+    assert res.returncode == 1 and any("vector" in p for p in rep["problems"])
 
 
 @pytest.mark.timeout(600)
@@ -117,7 +131,7 @@ def _guest_suite(lab: Lab, tmp_path: Path, select: str | None, timeout: float,
         argv += ["-k", select]
     res = lab.run(*argv, timeout=timeout + 300,
                   extra_env={"FIRECRACKER": str(fc), "FIRECRACER_IMAGE_DIR": str(USER_IMAGES),
-                             "FIRECRACER_TEST_KEEP": str(tmp_path)})
+                             "FIRECRACER_TEST_KEEP": str(lab.cwd)})
     assert junit.exists(), res.stdout[-4000:] + res.stderr[-4000:]
     suite = ET.parse(junit).getroot().find("testsuite")
     assert suite is not None
@@ -149,7 +163,7 @@ def test_jvm_cycle_in_the_lab(lab: Lab, tmp_path: Path) -> None:
     suite = _guest_suite(lab, tmp_path, None, timeout=3300)
     assert int(suite.get("skipped", 0)) == 0 and int(suite.get("failures", 0)) == 0
     assert int(suite.get("tests", 0)) >= 9
-    assert (tmp_path / "recording" / "trace.npz").exists()
+    assert (lab.cwd / "recording" / "trace.npz").exists()
 
 
 _TINY_SPEC = """\

@@ -16,7 +16,6 @@ from firecracer.cli import (
     collect,
     demo,
     doctor,
-    emulate,
     experiment,
     image,
     install,
@@ -42,7 +41,7 @@ def cli() -> None:
 
 
 for _module in (demo, doctor, install, image, vm, selftest, uffd, collect, analyze, view, experiment,
-                lab, samples, emulate):
+                lab, samples):
     for _cmd in _module.COMMANDS:
         cli.add_command(_cmd)
 

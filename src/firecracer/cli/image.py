@@ -132,32 +132,4 @@ def check(kernel_path: Path | None, rootfs_path: Path | None, timeout: float, co
         sys.exit(1)
 
 
-@image.command("boot-firecracker")
-@click.option("--firecracker", "fc", metavar="PATH", help="Firecracker binary (default: discovery).")
-@click.option("--kernel", "kernel_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="vmlinux to boot (default: the newest built one).")
-@click.option("--rootfs", "rootfs_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="rootfs.ext4 to attach (default: the newest built one, if any).")
-@click.option("--seconds", type=float, default=15.0, show_default=True, help="Stop Firecracker after this.")
-def boot_firecracker(fc: str | None, kernel_path: Path | None, rootfs_path: Path | None,
-                     seconds: float) -> None:
-    """Boot the kernel in Firecracker and show its console (on PVM hosts it stops after the first lines)."""
-    from firecracer.errors import FirecracerError
-    from firecracer.image.fcboot import boot_in_firecracker
-    from firecracer.image.kernel import latest_kernel
-    from firecracer.image.rootfs import latest_rootfs
-    from firecracer.vmm.binary import find_firecracker
-
-    kernel = kernel_path or latest_kernel()
-    if kernel is None:
-        raise FirecracerError("no kernel built yet: run 'firecracer image kernel' (or give --kernel)")
-    res = boot_in_firecracker(find_firecracker(fc), kernel, rootfs_path or latest_rootfs(), seconds=seconds)
-    for line in res.console:
-        console.print(escape(line), soft_wrap=True, highlight=False)
-    console.print(f"[bold]{escape(res.ending)}[/] after {res.seconds:.1f} s; kernel started: "
-                  f"{'yes' if res.kernel_started else 'no'}")
-    if not res.kernel_started:
-        sys.exit(1)
-
-
 COMMANDS = [image]

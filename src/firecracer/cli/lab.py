@@ -74,12 +74,20 @@ def prepare(l1_kernel_deb: Path | None, quiet: bool) -> None:
 @mem_option
 @cpus_option
 @click.option("--firecracker", metavar="PATH", help="Firecracker binary to judge inside L1.")
+@click.option("--cpu-model", default=None, metavar="MODEL",
+              help="QEMU -cpu for L1 (default: EPYC,+svm,+npt,-avx2; see docs/lab.md).")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
-def check(as_json: bool, mem: int, cpus: int, firecracker: str | None, quiet: bool) -> None:
+def check(as_json: bool, mem: int, cpus: int, firecracker: str | None, cpu_model: str | None,
+          quiet: bool) -> None:
     """Boot L1, load kvm_amd, report the KVM capabilities Firecracker needs and the stage times."""
+    import dataclasses
+
     from firecracer.lab.check import run_check
 
-    rep = run_check(_spec(mem, cpus), firecracker, progress=_progress(quiet or as_json))
+    spec = _spec(mem, cpus)
+    if cpu_model:
+        spec = dataclasses.replace(spec, cpu_model=cpu_model)
+    rep = run_check(spec, firecracker, progress=_progress(quiet or as_json))
     if as_json:
         print_json(rep.as_dict())
     else:
@@ -101,6 +109,8 @@ def check(as_json: bool, mem: int, cpus: int, firecracker: str | None, quiet: bo
                       f"{caps.get('nested', {})}; capabilities missing: {caps.get('missing') or 'none'}")
         console.print(f"L1 userfaultfd: {rep.l1.get('userfaultfd')}")
         console.print(f"L1 Firecracker: {rep.l1.get('firecracker')}")
+        vec = rep.l1.get("vector", {})
+        console.print(f"L1 vector emulation: {'correct' if vec.get('ok') else 'WRONG'} ({vec.get('detail')})")
         if rep.ok:
             console.print("[green]the lab works here: Firecracker can boot Linux guests in L1[/]")
         else:
@@ -125,7 +135,8 @@ def run(mem: int, cpus: int, timeout: float | None, shares: tuple[Path, ...], sh
     """Run COMMAND in a fresh L1 (with /dev/kvm) and power it off; exits with COMMAND's status.
 
     The working directory, the environment (FIRECRACKER, PATH, the venv …) and this host's files are
-    the same in L1; files written under the working directory (and --share directories) land here.
+    the same in L1; files written under the working directory (and --share directories) land here,
+    writes elsewhere vanish with L1. COMMAND's stdin is empty; --timeout counts from QEMU's start.
     Use '--' before COMMAND: firecracer lab run -- firecracer selftest
     """
     from firecracer.lab import LabMachine

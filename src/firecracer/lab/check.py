@@ -22,9 +22,15 @@ _L1_PROBE = """
 import json, sys
 from firecracer import host
 fc = sys.argv[1] or None
+import numpy as np
+rng = np.random.default_rng(7)
+a = rng.integers(0, 2**40, 200_000, dtype=np.uint64)
+s = a[np.argsort(a)]
+vector = {"ok": bool(np.all(s[1:] >= s[:-1])), "detail": "numpy argsort of 200,000 uint64 (SIMD paths) "
+          "under TCG", "info": {"numpy": np.__version__}}
 print(json.dumps({"kvm": host.check_kvm().as_dict(), "kvm_caps": host.check_kvm_caps().as_dict(),
                   "userfaultfd": host.check_userfaultfd().as_dict(),
-                  "firecracker": host.check_firecracker(fc).as_dict()}))
+                  "firecracker": host.check_firecracker(fc).as_dict(), "vector": vector}))
 """
 
 
@@ -95,7 +101,8 @@ def run_check(spec: LabSpec, firecracker: str | None = None, progress: Progress 
         raise LabError(f"lab check: doctor in L1 gave no JSON (exit {res.rc}): {last[0]}") from None
     problems = []
     for name, what in (("kvm", "/dev/kvm in L1"), ("kvm_caps", "KVM capabilities in L1"),
-                       ("userfaultfd", "userfaultfd in L1"), ("firecracker", "Firecracker")):
+                       ("userfaultfd", "userfaultfd in L1"), ("firecracker", "Firecracker"),
+                       ("vector", "vector instructions in L1 (TCG)")):
         c = doctor.get(name, {})
         if not c.get("ok"):
             problems.append(f"{what}: {c.get('detail', 'not reported')}")
@@ -108,6 +115,7 @@ def run_check(spec: LabSpec, firecracker: str | None = None, progress: Progress 
           "userfaultfd": doctor.get("userfaultfd", {}).get("detail"),
           "firecracker": doctor.get("firecracker", {}).get("detail"),
           "firecracker_info": doctor.get("firecracker", {}).get("info", {}),
+          "vector": doctor.get("vector", {}),
           "leftover": res.leftover}
     return LabReport(not problems, problems, version[0] if version else str(qemu), kernel,
                      summarize_stages(res), res.host_s, l1)
