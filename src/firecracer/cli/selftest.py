@@ -39,6 +39,9 @@ def selftest(firecracker: str | None, page_server: str | None, as_json: bool) ->
             t.add_row(c.name, result, "" if c.ms is None else f"{c.ms:.1f}", c.unsupported or c.detail or "")
         console.print(t)
         console.print("[green]selftest passed[/green]" if report.ok else "[red]selftest failed[/red]")
+        if report.kept:
+            console.print(f"kept for post-mortem (logs; 'firecracer vm prune' removes them): "
+                          f"{', '.join(report.kept)}", highlight=False)
     sys.exit(0 if report.ok else 1)
 
 
