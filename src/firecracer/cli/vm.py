@@ -252,7 +252,8 @@ def restore(snapshot_dir: str, name: str | None, firecracker: str | None, uffd: 
                         trace=Path(trace).resolve() if trace else None, lifeline=False)
     m.detach()
     if not firecracker:
-        err_console.print(f"using Firecracker {m.version} at {m.binary} ({m.binary_source})", highlight=False)
+        err_console.print(f"using Firecracker {m.version} at {m.binary} ({m.binary_source})", highlight=False,
+                          soft_wrap=True)
     _show(m, as_json)
 
 
