@@ -42,16 +42,19 @@ def _load(spec_file: str | None, example: bool) -> Spec:
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the plan as JSON.")
 @click.option("--firecracker", "firecracker", metavar="PATH",
               help="Firecracker binary (overrides study.firecracker; else $FIRECRACKER, cache, PATH).")
+@click.option("--keep-going", is_flag=True,
+              help="Exit 0 even when runs failed (they are recorded either way).")
 def run(spec_file: str | None, example: bool, out: str | None, dry_run: bool, shard: str | None,
-        retry_failed: bool, as_json: bool, firecracker: str | None) -> None:
+        retry_failed: bool, as_json: bool, firecracker: str | None, keep_going: bool) -> None:
     """Run a study spec: every variant × strategy × repetition, recorded in RESULTS/results.sqlite.
 
     Interrupt it any time (Ctrl-C); running the same command again skips every recorded run. A run
-    that fails is recorded with its reason and the study goes on.
+    that fails is recorded with its reason and the study goes on; the command then exits 1 (unless
+    --keep-going). One command writes a results directory at a time: a second one refuses at once.
     """
     from firecracer.experiment.plan import Shard, plan_runs
     from firecracer.experiment.runner import Event, make_backend, run_study
-    from firecracer.experiment.store import DB_NAME, ResultStore
+    from firecracer.experiment.store import DB_NAME, ResultsLock, ResultStore
 
     spec = _load(spec_file, example)
     if firecracker:
@@ -89,9 +92,10 @@ def run(spec_file: str | None, example: bool, out: str | None, dry_run: bool, sh
 
     backend = make_backend(spec)
     backend.check()  # before any output: a host that cannot run the study is one line, nothing else
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("[red]{task.fields[failed]} failed"), console=err_console,
-                  transient=False) as progress:
+    # the lock before any output too: a second run into the same directory refuses at once, in one line
+    with ResultsLock(results), Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                        TimeElapsedColumn(), TextColumn("[red]{task.fields[failed]} failed"),
+                                        console=err_console, transient=False) as progress:
         task = progress.add_task(spec.name, total=None, failed=0)
         nfail = 0
 
@@ -121,7 +125,15 @@ def run(spec_file: str | None, example: bool, out: str | None, dry_run: bool, sh
                               "to resume")
             raise
     console.print(f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} already recorded; "
-                  f"results in {results}  (report: firecracer experiment report {results})")
+                  f"results in {results}  (report: firecracer experiment report {results})", highlight=False)
+    if summary.failed or summary.failed_before:
+        ids = ", ".join(summary.failed_runs[:5]) + (" …" if len(summary.failed_runs) > 5 else "")
+        what = (f"{summary.failed} of {summary.planned - summary.skipped} runs failed: {ids}"
+                if summary.failed else f"{summary.failed_before} runs recorded as failed earlier")
+        err_console.print(f"{what}; their reasons are in {results / DB_NAME} (firecracer experiment report "
+                          f"{results}; --retry-failed runs them again)", highlight=False, soft_wrap=True)
+        if summary.failed and not keep_going:
+            sys.exit(1)
 
 
 @experiment.command()

@@ -35,11 +35,13 @@ import os
 import re
 import select
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -469,6 +471,42 @@ class MicroVM:
         if ps is None or ps.alive() or not self.alive():
             return
         raise FirecrackerError(self._page_server_died(when))
+
+    @contextlib.contextmanager
+    def page_server_guard(self, when: str = "while the guest ran") -> Iterator[None]:
+        """Within the block, a page-server death kills Firecracker at once (so a blocking wait on the guest,
+        e.g. an HTTP request over vsock, ends instead of running into its timeout), and the block raises
+        that death, named with the server's last log line, instead of whatever the wait saw."""
+        ps = self.page_server
+        fd = ps.pidfd() if ps is not None else -1
+        if ps is None or fd < 0 or self._fc is None:
+            yield
+            return
+        stop = os.eventfd(0, os.EFD_CLOEXEC)
+        fired = threading.Event()
+        fc_pid = self.pid
+
+        def watch() -> None:
+            ready, _, _ = select.select([fd, stop], [], [])
+            if fd in ready and stop not in ready and fc_pid:
+                fired.set()
+                with contextlib.suppress(OSError):
+                    os.kill(fc_pid, signal.SIGKILL)
+
+        th = threading.Thread(target=watch, name=f"{self.name}-page-server-guard", daemon=True)
+        th.start()
+        try:
+            yield
+        except Exception:
+            if fired.is_set():
+                raise FirecrackerError(self._page_server_died(when)) from None
+            raise
+        finally:
+            os.eventfd_write(stop, 1)
+            th.join()
+            os.close(stop)
+        if fired.is_set():
+            raise FirecrackerError(self._page_server_died(when))
 
     # -- serial console -----------------------------------------------------------------------------
     def send_serial(self, data: bytes) -> None:

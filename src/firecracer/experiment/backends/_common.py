@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import shutil
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,12 @@ from typing import Any
 import numpy as np
 
 from firecracer.uffd.strategies import ws_path_for
+
+
+def vm_name() -> str:
+    """A name for a run's VM: its run directory lives in the state directory while it runs (so ``vm ls``
+    shows it and a leftover of a killed study is found and pruned there), then only its logs are kept."""
+    return f"x-{uuid.uuid4().hex[:12]}"
 
 
 def drop_cache(path: Path) -> None:
