@@ -172,7 +172,8 @@ def _records() -> list[dict[str, Any]]:
 @click.option("--json", "as_json", is_flag=True)
 def ls_cmd(show_all: bool, as_json: bool) -> None:
     """List microVMs in the state directory ($FIRECRACER_STATE/vms) with their sockets."""
-    recs = [r for r in _records() if show_all or r["state"] != "dead"]
+    every = _records()
+    recs = [r for r in every if show_all or r["state"] != "dead"]
     if as_json:
         print_json(recs)
         return
@@ -187,7 +188,7 @@ def ls_cmd(show_all: bool, as_json: bool) -> None:
                   r.get("api_sock") or "-", r.get("vsock") or "-", r.get("restored_from") or "-",
                   str(why or r.get("purpose") or ""))
     console.print(t)
-    dead = 0 if show_all else sum(1 for r in _records() if r["state"] == "dead")
+    dead = len(every) - len(recs)
     if dead:
         err_console.print(f"{dead} dead VM run directories not shown (vm ls --all; vm prune)")
 

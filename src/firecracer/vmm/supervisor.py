@@ -38,11 +38,13 @@ _SOCKETS = ("api.sock", "serial.in", "uffd.sock")
 
 # -- vm.json, shared with MicroVM ---------------------------------------------------------------------
 def read_record(run_dir: Path) -> dict[str, Any] | None:
-    """The run directory's ``vm.json`` (None if missing or unreadable)."""
+    """The run directory's ``vm.json`` (None if missing, unreadable, or not a regular file of <= 1 MiB)."""
+    from firecracer.errors import FormatError
+    from firecracer.fsio import read_json
+
     try:
-        with open(run_dir / RECORD, "rb") as f:
-            data = json.loads(f.read(1 << 20))
-    except (OSError, ValueError):
+        data = read_json(run_dir / RECORD, limit=1 << 20, what="VM record")
+    except FormatError:
         return None
     return data if isinstance(data, dict) else None
 
