@@ -6,8 +6,10 @@ merges of mismatched shards, hostile results directories.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -151,3 +153,46 @@ def test_hostile_entries_in_the_results_directory_fail_runs_not_the_tool(tmp_pat
     with sqlite3.connect(r / DB_NAME) as c:
         rows = dict(c.execute("SELECT run_id, status FROM runs"))
     assert rows == {"small.ondemand.r1": "ok", "big.ondemand.r1": "failed"}
+
+
+@pytest.mark.firecracker
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_a_stopped_study_leaves_nothing_running(firecracker_bin: Path, tmp_path: Path, sig: int) -> None:
+    """Before: SIGTERM or SIGKILL of `experiment run` left Firecracker (spinning), the page server and
+    /tmp/fcx-* directories behind, unknown to `vm ls` and `vm kill`."""
+    from firecracer.vmm.lifeline import processes_by_run_dir
+
+    spec = tmp_path / "s.toml"
+    spec.write_text(spec_text(name="stop", strategies=("ondemand", "file"), repetitions=3,
+                              variants=(("v", 256),), mem_mib=128)
+                    .replace('backend = "host-replay"', 'backend = "probe"'))
+    state = Path(os.environ["FIRECRACER_STATE"]).resolve()
+    proc = subprocess.Popen([sys.executable, "-m", "firecracer", "experiment", "run", str(spec), "-o",
+                             str(tmp_path / "r"), "--firecracker", str(firecracker_bin)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        def ours() -> list[int]:
+            return [p for d, pids in processes_by_run_dir().items() if d.startswith(str(state)) for p in pids]
+
+        deadline = time.monotonic() + 60
+        while not any("uffd" in Path(f"/proc/{p}/cmdline").read_text(errors="replace") for p in ours()
+                      if Path(f"/proc/{p}").exists()):
+            assert proc.poll() is None and time.monotonic() < deadline, "no restore with a page server"
+            time.sleep(0.01)
+        running = ours()
+        proc.send_signal(sig)
+        rc = proc.wait(timeout=30)
+        assert rc == (128 + sig if sig == signal.SIGTERM else -sig)
+        deadline = time.monotonic() + 10
+        while ours() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ours() == [], f"still running 10 s after {signal.Signals(sig).name}: {running}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    listed = subprocess.run([sys.executable, "-m", "firecracer", "vm", "ls", "--all", "--json"],
+                            capture_output=True, text=True, check=True).stdout
+    assert all(r["processes"] == [] for r in json.loads(listed))
+    res = fx("run", str(spec), "-o", str(tmp_path / "r"), "--firecracker", str(firecracker_bin))
+    assert res.returncode == 0, res.stderr  # the lock went with the process: the study resumes and ends

@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 @click.group()
 def experiment() -> None:
     """Run a matrix of variants × restore strategies × repetitions, and report on it."""
+    from firecracer.cli.vm import term_runs_cleanup
+
+    term_runs_cleanup()  # SIGTERM (a job runner's stop) unwinds like Ctrl-C: the run in flight is cleaned up
 
 
 def _load(spec_file: str | None, example: bool) -> Spec:
