@@ -84,6 +84,14 @@ def server_metrics(metrics_out: Path, trace_out: Path) -> dict[str, Any]:
     return {k: v for k, v in out.items() if v is not None}
 
 
+def forget_prefetch_trace(workdir: Path) -> None:
+    """Drop the variant's recorded prefetch trace (and working set) when its snapshot is made anew: they
+    belong to the old snapshot, and prefetch would refuse them (another snapshot id) for every run."""
+    final = workdir / "prefetch-trace.npz"
+    final.unlink(missing_ok=True)
+    ws_path_for(final).unlink(missing_ok=True)
+
+
 def ensure_prefetch_trace(workdir: Path, have: Path | None, record: Callable[[Path], object]) -> Path:
     """REAP's record phase, once per variant: an ondemand restore (``record(dir)``) whose trace, with the
     working-set file the page server wrote beside it, is what every prefetch run installs."""

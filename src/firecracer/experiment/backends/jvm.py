@@ -35,6 +35,7 @@ from firecracer.experiment.backend import Backend, RunFailed, RunOutcome
 from firecracer.experiment.backends._common import (
     drop_cache,
     ensure_prefetch_trace,
+    forget_prefetch_trace,
     keep_logs,
     log_note,
     server_metrics,
@@ -217,6 +218,7 @@ class JvmBackend(Backend[JvmState]):
         marker = workdir / "variant.json"
         if not (marker.exists() and (snap / "snapshot.json").exists()):
             shutil.rmtree(snap, ignore_errors=True)
+            forget_prefetch_trace(workdir)
             facts = self._prepare_variant(variant, workdir, snap)
             marker.write_text(json.dumps({"created": now_iso(), **facts}, indent=1, default=str))
         state = JvmState(variant, workdir, snap)

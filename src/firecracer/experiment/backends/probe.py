@@ -34,6 +34,7 @@ from firecracer.experiment.backend import Backend, RunFailed, RunOutcome
 from firecracer.experiment.backends._common import (
     drop_cache,
     ensure_prefetch_trace,
+    forget_prefetch_trace,
     keep_logs,
     log_note,
     server_metrics,
@@ -155,6 +156,7 @@ class ProbeBackend(Backend[ProbeState]):
                 and (snap / "snapshot.json").exists()):
             marker.unlink(missing_ok=True)
             shutil.rmtree(snap, ignore_errors=True)
+            forget_prefetch_trace(workdir)
             facts = self._boot_and_snapshot(elf, snap, workdir)
             marker.write_text(json.dumps({"key": key, "created": now_iso(), "working_set_pages": len(pages),
                                           "trace_pages_dropped": self.dropped, **facts}, indent=1))
