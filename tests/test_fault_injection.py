@@ -113,10 +113,12 @@ class Tracker:
         self._thread.join()
 
     def running(self) -> dict[int, list[str]]:
-        return {pid: argv for pid, (st, argv) in self.seen.items() if alive(pid, st)}
+        return {pid: cmdline(pid) or argv for pid, (st, argv) in self.seen.items() if alive(pid, st)}
 
     def find(self, word: str) -> list[int]:
-        return [pid for pid, (st, argv) in self.seen.items() if word in " ".join(argv) and alive(pid, st)]
+        """Running processes whose argv holds ``word`` (read now: a child first seen between its fork and
+        its exec showed its parent's argv then)."""
+        return [pid for pid, argv in self.running().items() if word in " ".join(argv)]
 
 
 def wait_until(cond: Any, timeout: float, step: float = 0.02) -> bool:
@@ -126,6 +128,18 @@ def wait_until(cond: Any, timeout: float, step: float = 0.02) -> bool:
             return True
         time.sleep(step)
     return bool(cond())
+
+
+def _reap_orphans() -> None:
+    """Reap zombies re-parented to us (we are their subreaper); our own subprocesses are all waited for
+    at this point, so nothing else can be reaped by mistake."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
 
 
 @contextlib.contextmanager
@@ -301,6 +315,7 @@ def run_iteration(env: Env, i: int, scenario: str, victim: str, rng: random.Rand
         env.fcr("vm", "kill", "--all")
         out.started = out.started or len(tr.seen)
         still = tr.running()
+        _reap_orphans()
         assert not still, f"{out}: still running after 'vm kill --all': {still}"
     return out
 
