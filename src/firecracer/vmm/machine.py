@@ -293,8 +293,7 @@ class MicroVM:
         if self.run_dir.exists() and (self.run_dir / "vm.json").exists():
             # leftover of a dead VM with this name: keep nothing but make room
             for f in ("serial.log", "firecracker.log", "firecracker.err", "metrics.json", "vm.json",
-                      "uffd.log",
-                      "supervisor.log"):
+                      "uffd.log", "supervisor.log"):
                 (self.run_dir / f).unlink(missing_ok=True)
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)

@@ -77,6 +77,7 @@ class PageServer:
         self._attached_pid: int | None = None
         self._gone_pid: int | None = None  # attached to a server that had exited already
         self._pidfd = -1
+        self._stopped = False
 
     @property
     def pid(self) -> int | None:
@@ -97,8 +98,11 @@ class PageServer:
         return ps
 
     def pidfd(self) -> int:
-        """A pidfd of the server (readable once it exited), or -1 if it is gone already."""
-        if self._pidfd < 0 and self.pid is not None:
+        """A pidfd of the server (readable once it exited), or -1 if it is gone already or was stopped
+        (its pid may belong to another process by now)."""
+        if self._stopped:
+            return -1
+        if self._pidfd < 0 and self.pid is not None and (self.proc is None or self.proc.returncode is None):
             try:
                 self._pidfd = os.pidfd_open(self.pid)
             except OSError:
@@ -207,5 +211,6 @@ class PageServer:
                         self.proc.wait(timeout=10)
             rc = self.proc.returncode
         self.close_pidfd()
+        self._stopped = True
         self.socket_path.unlink(missing_ok=True)
         return rc
