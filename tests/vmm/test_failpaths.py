@@ -428,3 +428,20 @@ def test_hostile_snapshot_json_is_one_line_in_bounded_time(fc: Path, snaps: dict
 def test_format_error_for_missing_snapshot_dir() -> None:
     with pytest.raises(FormatError, match="it does not exist"):
         Snapshot.load("/nonexistent/snap")
+
+
+def test_helpers_run_the_same_code_with_a_relative_pythonpath(fc: Path) -> None:
+    """The supervisor and the page server run in the run directory: a relative PYTHONPATH (as in
+    'PYTHONPATH=src python -m firecracer …' from a checkout) must still find this code, not another
+    install's. Before: the supervisor could not import and the hand-over failed."""
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": "src"}
+    res = subprocess.run([sys.executable, "-m", "firecracer", "vm", "boot", "--probe", "--name", "rel",
+                          "--firecracker", str(fc), "--json"], capture_output=True, text=True, cwd=root,
+                         env=env, timeout=120, check=False)
+    try:
+        assert res.returncode == 0, res.stderr
+        rec = json.loads((state() / "vms" / "rel" / "vm.json").read_text())
+        assert rec["state"] == "running" and not gone(rec["supervisor_pid"])
+    finally:
+        fcr("vm", "kill", "rel")

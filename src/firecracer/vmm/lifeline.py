@@ -108,8 +108,16 @@ ENV_MARK = "FIRECRACER_RUN_DIR"
 
 
 def child_env(run_dir: Path) -> dict[str, str]:
-    """This process's environment plus the mark :func:`processes_in` looks for."""
-    return {**os.environ, ENV_MARK: os.path.realpath(run_dir)}
+    """This process's environment plus the mark :func:`processes_in` looks for, and the directory this
+    firecracer package was imported from first on ``PYTHONPATH`` (children run in the run directory, so a
+    relative ``PYTHONPATH`` would no longer find it, and ``python -m firecracer …`` children must run the
+    same code as their parent)."""
+    import firecracer
+
+    root = str(Path(firecracer.__file__).resolve().parents[1])
+    paths = [root] + [os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return {**os.environ, ENV_MARK: os.path.realpath(run_dir),
+            "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
 
 
 def processes_in(run_dir: Path) -> list[int]:

@@ -797,6 +797,12 @@ class MicroVM:
                 answer = sup.stdout.readline().decode(errors="replace").strip()
         except OSError as exc:
             answer = f"dead the supervisor is gone ({exc})"
+        if not answer and sup.poll() is not None:
+            from firecracer.vmm.process import last_error_line
+
+            said = last_error_line(self.run_dir / "supervisor.log")
+            answer = (f"dead the supervisor exited with status {sup.returncode}"
+                      + (f": {said}" if said else f" (log: {self.run_dir / 'supervisor.log'})"))
         self._supervisor = None
         with contextlib.suppress(OSError):
             sup.stdin.close()
