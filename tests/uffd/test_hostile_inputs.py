@@ -245,3 +245,12 @@ def test_view_onto_a_full_file_system_leaves_no_temporary_file(tmp_path: Path) -
         assert list(mnt.iterdir()) == []
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_serve_refuses_an_unwritable_trace_before_listening(tmp_path: Path) -> None:
+    mem = tmp_path / "mem"
+    mem.write_bytes(bytes(16 * PS))
+    line = one_line_error(fcr("uffd", "serve", str(tmp_path / "s.sock"), str(mem), "--trace",
+                              str(tmp_path / "missing" / "t.npz")))
+    assert f"{tmp_path / 'missing' / 't.npz'}: cannot write the trace there" in line
+    assert not (tmp_path / "s.sock").exists()

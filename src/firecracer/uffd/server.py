@@ -898,6 +898,11 @@ class Server:
         self.write_ws = write_ws
         self.firecracker_version = firecracker_version
         self.metrics_out = Path(metrics_out) if metrics_out else None
+        for what, out in (("trace", self.trace_out), ("metrics", self.metrics_out)):
+            # known now rather than after serving a whole restore whose trace would then be lost
+            if out is not None and not (out.parent.is_dir() and os.access(out.parent, os.W_OK | os.X_OK)):
+                raise FirecracerError(f"{out}: cannot write the {what} there ({out.parent} is not a writable "
+                                      "directory)")
         self.mem = MemoryFile(mem_file, populate=populate, mem_id=mem_id)
         self.ws_path: Path | None = None
         if self.strategy.kind == "prefetch":
