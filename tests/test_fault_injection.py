@@ -12,7 +12,8 @@ Only processes this test starts are ever killed: the command it runs, and page s
 command's descendants (the test makes itself a child subreaper, so even orphans stay its descendants).
 
 Default: up to 12 iterations, started within 40 s (CI: the test ends within about a minute). More:
-FIRECRACER_FAULT_ITERATIONS=N and FIRECRACER_FAULT_SECONDS=S (or ``pytest -m slow -k fault_injection_long``: 120 iterations, 15 min).
+FIRECRACER_FAULT_ITERATIONS=N and FIRECRACER_FAULT_SECONDS=S (or ``pytest -m slow -k
+fault_injection_long``: 120 iterations, 15 min).
 FIRECRACER_FAULT_SEED replays a sequence; the seed and every iteration are printed and written to
 ``fault-injection.json`` in the test's tmp dir.
 """
