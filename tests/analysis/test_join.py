@@ -174,7 +174,7 @@ def test_load_recording_errors(tmp_path: Path) -> None:
         load_recording(tmp_path / "empty")
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "recording.json").write_text("{nope")
-    with pytest.raises(FormatError, match=r"recording\.json: not JSON"):
+    with pytest.raises(FormatError, match=r"recording\.json: recording\.json is not valid JSON"):
         load_recording(tmp_path / "bad")
     (tmp_path / "bad" / "recording.json").write_text("[1]")
     with pytest.raises(FormatError, match="JSON object"):

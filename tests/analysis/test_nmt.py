@@ -144,7 +144,7 @@ def test_malformed(text: str, why: str) -> None:
 
 
 def test_unreadable_file(tmp_path: Path) -> None:
-    with pytest.raises(FormatError, match="cannot read"):
+    with pytest.raises(FormatError, match="NMT file does not exist"):
         parse_nmt(tmp_path / "missing.txt")
     (tmp_path / "bin").write_bytes(b"\xff\xfe\x00")
     with pytest.raises(FormatError, match="not UTF-8"):

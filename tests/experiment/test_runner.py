@@ -90,8 +90,15 @@ def test_interrupt_keeps_finished_runs_and_resume_does_the_rest(make_spec: Calla
 
 
 def test_failures_are_recorded_and_the_study_goes_on(make_spec: Callable[..., Spec], tmp_path: Path) -> None:
-    (tmp_path / "garbage.npz").write_bytes(b"not a trace")
+    from firecracer.uffd.trace import FLAG_FAULTING, make_trace, save_trace
+
+    n = 4  # a valid trace when the spec is validated, garbage by the time the variant is prepared
+    save_trace(make_trace({"t_ns": range(n), "hva": [0] * n, "file_off": [(300 + i) * 4096 for i in range(n)],
+                           "gpa": [(300 + i) * 4096 for i in range(n)], "flags": [FLAG_FAULTING] * n,
+                           "action": [0] * n, "fault": range(n), "service_ns": [0] * n}, {}),
+               tmp_path / "garbage.npz")
     spec = make_spec(extra_variant='\n[[variant]]\nname = "broken"\ntrace = "garbage.npz"\n')
+    (tmp_path / "garbage.npz").write_bytes(b"not a trace")
     be = Counting(spec, fail={"small.ondemand.r1": "page server died"})
     summary = run_study(spec, tmp_path / "r", backend=be)
     assert summary.failed == 1 + 8 and summary.ok == 24 - 9

@@ -54,8 +54,13 @@ def test_example_text_says_what_it_sets(repetitions: int | None) -> None:
 
 
 def test_defaults_and_paths_relative_to_the_spec(tmp_path: Path) -> None:
+    from firecracer.uffd.trace import FLAG_FAULTING, make_trace, save_trace
+
     p = tmp_path / "sub" / "s.toml"
-    p.parent.mkdir()
+    (p.parent / "t").mkdir(parents=True)
+    save_trace(make_trace({"t_ns": [0], "hva": [0], "file_off": [1 << 24], "gpa": [1 << 24],
+                           "flags": [FLAG_FAULTING], "action": [0], "fault": [0], "service_ns": [0]}, {}),
+               p.parent / "t" / "trace.npz")
     p.write_text(GOOD.replace('working_set_pages = 100', 'trace = "t/trace.npz"'))
     spec = load_spec(p)
     assert spec.repetitions == 3 and spec.guest.mem_size_mib == 128

@@ -82,8 +82,10 @@ def test_merge_shards(tmp_path: Path) -> None:
 def test_merge_refuses_other_studies(tmp_path: Path) -> None:
     a = _shard(tmp_path / "a", "d1", rec("v.x.r1"))
     b = _shard(tmp_path / "b", "d2", rec("v.x.r2"))
-    with pytest.raises(FirecracerError, match="different spec"):
+    with pytest.raises(FirecracerError, match=rf"^{b}: holds study 's' from another spec \(digest d2\) than "
+                                              rf"{a} .*nothing was merged"):
         merge(tmp_path / "m", [a, b])
+    assert not (tmp_path / "m").exists() and not list(tmp_path.glob(".m.merging-*"))  # no partial merge
     with pytest.raises(FirecracerError, match="destination itself"):
         merge(a, [a])
 

@@ -79,7 +79,7 @@ def test_snapshot_json_roundtrip_and_diff_chain(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("mutate", "why"), [
     (lambda d: (d / "snapshot.json").unlink(), "missing"),
-    (lambda d: (d / "snapshot.json").write_text("{nope"), "unreadable JSON"),
+    (lambda d: (d / "snapshot.json").write_text("{nope"), "not valid JSON"),
     (lambda d: (d / "snapshot.json").write_text('{"format": "other"}'), "not a firecracer-snapshot"),
     (lambda d: (d / "snapshot.json").write_text('{"format": "firecracer-snapshot", "type": "Half"}'),
      "bad or missing"),

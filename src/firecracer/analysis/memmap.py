@@ -14,6 +14,7 @@ Public API: ``Memmap`` (with ``owner_exe``, ``map_name``, ``page_size`` and help
 from __future__ import annotations
 
 import json
+import os
 import struct
 import zipfile
 import zlib
@@ -131,9 +132,12 @@ def empty_memmap(meta: dict[str, Any] | None = None) -> Memmap:
 
 def load_memmap(path: str | Path) -> Memmap:
     """Load and validate ``memmap.npz``; every defect is a ``FormatError`` naming the file."""
+    from firecracer.fsio import open_regular
+
     p = Path(path)
+    fh = os.fdopen(open_regular(p, "memmap"), "rb")
     try:
-        with np.load(p, allow_pickle=False) as npz:
+        with fh, np.load(fh, allow_pickle=False) as npz:
             names = set(npz.files)
             missing = {"meta", *OWNER_ARRAYS, *MAP_ARRAYS, *PAGE_ARRAYS} - names
             if missing:

@@ -160,11 +160,10 @@ class NmtReport:
 
 def parse_nmt(path: str | Path) -> NmtReport:
     """Parse an NMT report file; ``FormatError`` naming the file and line when it is not one."""
+    from firecracer.fsio import read_bytes
+
     p = Path(path)
-    try:
-        data = p.read_bytes()
-    except OSError as exc:
-        raise FormatError(p, 0, f"cannot read NMT file: {exc.strerror or exc}") from exc
+    data = read_bytes(p, limit=1 << 30, what="NMT file")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -91,11 +91,10 @@ def load_recording(path: str | Path) -> Recording:
         raise FormatError(d, 0, "not a recording directory")
     meta: dict[str, Any] = {}
     rj = d / "recording.json"
-    if rj.exists():
-        try:
-            meta = json.loads(rj.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise FormatError(rj, 0, f"not JSON: {exc}") from exc
+    if rj.exists() or rj.is_symlink():
+        from firecracer.fsio import read_json
+
+        meta = read_json(rj, limit=16 << 20, what="recording.json")
         if not isinstance(meta, dict):
             raise FormatError(rj, 0, "recording.json must hold a JSON object")
     if (d / "memmap.npz").exists():

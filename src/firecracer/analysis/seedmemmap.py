@@ -19,6 +19,7 @@ UffdVisualizer).
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -74,10 +75,12 @@ class _Acc:
 
 def parse_seed_memmap(path: str | Path) -> Memmap:
     """Parse a seed ``= / v / p`` memory map into a ``Memmap`` (``meta.source = "seed-import"``)."""
+    from firecracer.fsio import open_regular
+
     p = Path(path)
     acc = _Acc()
     try:
-        with p.open("rb") as fh:
+        with os.fdopen(open_regular(p, "memory map"), "rb") as fh:
             for buf in _chunks(fh, p):
                 _parse_chunk(p, buf, acc)
     except OSError as exc:
@@ -362,7 +365,9 @@ def write_seed_memmap(mm: Memmap, path: str | Path) -> None:
     owner_s, map_s = mm.page_owner[order], mm.page_map[order]
     va, pa, pm, kf = mm.page_vaddr[order], mm.page_paddr[order], mm.page_pm[order], mm.page_kflags[order]
     bounds = np.searchsorted(owner_s, np.arange(len(mm.owner_pid) + 1))
-    with Path(path).open("w", encoding="utf-8", newline="\n") as out:
+    from firecracer.fsio import atomic_output
+
+    with atomic_output(path, "seed memory map") as tmp, tmp.open("w", encoding="utf-8", newline="\n") as out:
         for o, pid in enumerate(mm.owner_pid.tolist()):
             out.write(f"= {pid} {exe[o]}\n")
             lo, hi = int(bounds[o]), int(bounds[o + 1])

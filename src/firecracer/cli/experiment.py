@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 @click.group()
 def experiment() -> None:
     """Run a matrix of variants × restore strategies × repetitions, and report on it."""
+    from firecracer.cli.vm import term_runs_cleanup
+
+    term_runs_cleanup()  # SIGTERM (a job runner's stop) unwinds like Ctrl-C: the run in flight is cleaned up
 
 
 def _load(spec_file: str | None, example: bool) -> Spec:
@@ -42,24 +45,27 @@ def _load(spec_file: str | None, example: bool) -> Spec:
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the plan as JSON.")
 @click.option("--firecracker", "firecracker", metavar="PATH",
               help="Firecracker binary (overrides study.firecracker; else $FIRECRACKER, cache, PATH).")
+@click.option("--keep-going", is_flag=True,
+              help="Exit 0 even when runs failed (they are recorded either way).")
 @click.option("--lab/--no-lab", "use_lab", default=None,
               help="Run the whole study in one L1 of the lab (default: only a jvm study, and only when this "
                    "host's KVM cannot boot Linux guests).")
 @click.option("--lab-mem", type=click.IntRange(2048), default=8192, show_default=True, metavar="MIB",
               help="L1's RAM with --lab.")
 def run(spec_file: str | None, example: bool, out: str | None, dry_run: bool, shard: str | None,
-        retry_failed: bool, as_json: bool, firecracker: str | None, use_lab: bool | None,
+        retry_failed: bool, as_json: bool, firecracker: str | None, keep_going: bool, use_lab: bool | None,
         lab_mem: int) -> None:
     """Run a study spec: every variant × strategy × repetition, recorded in RESULTS/results.sqlite.
 
     Interrupt it any time (Ctrl-C); running the same command again skips every recorded run. A run
-    that fails is recorded with its reason and the study goes on. A jvm study on a host whose KVM
-    cannot boot Linux guests (PVM-nested, none) runs in the lab (QEMU TCG): its timings are then TCG
-    timings, its counts real.
+    that fails is recorded with its reason and the study goes on; the command then exits 1 (unless
+    --keep-going). One command writes a results directory at a time: a second one refuses at once.
+    A jvm study on a host whose KVM cannot boot Linux guests (PVM-nested, none) runs in the lab (QEMU
+    TCG): its timings are then TCG timings, its counts real.
     """
     from firecracer.experiment.plan import Shard, plan_runs
     from firecracer.experiment.runner import Event, make_backend, run_study
-    from firecracer.experiment.store import DB_NAME, ResultStore
+    from firecracer.experiment.store import DB_NAME, ResultsLock, ResultStore
 
     spec = _load(spec_file, example)
     if firecracker:
@@ -96,13 +102,15 @@ def run(spec_file: str | None, example: bool, out: str | None, dry_run: bool, sh
         return
 
     if _route_to_lab(spec, use_lab):
-        _run_in_lab(spec_file, example, results, shard, retry_failed, firecracker, lab_mem)
+        with ResultsLock(results):  # 9p locks in L1 are no-ops in QEMU: the host holds the lock
+            _run_in_lab(spec_file, example, results, shard, retry_failed, firecracker, lab_mem, keep_going)
         return
     backend = make_backend(spec)
     backend.check()  # before any output: a host that cannot run the study is one line, nothing else
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("[red]{task.fields[failed]} failed"), console=err_console,
-                  transient=False) as progress:
+    # the lock before any output too: a second run into the same directory refuses at once, in one line
+    with ResultsLock(results), Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                        TimeElapsedColumn(), TextColumn("[red]{task.fields[failed]} failed"),
+                                        console=err_console, transient=False) as progress:
         task = progress.add_task(spec.name, total=None, failed=0)
         nfail = 0
 
@@ -132,7 +140,15 @@ def run(spec_file: str | None, example: bool, out: str | None, dry_run: bool, sh
                               "to resume")
             raise
     console.print(f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} already recorded; "
-                  f"results in {results}  (report: firecracer experiment report {results})")
+                  f"results in {results}  (report: firecracer experiment report {results})", highlight=False)
+    if summary.failed or summary.failed_before:
+        ids = ", ".join(summary.failed_runs[:5]) + (" …" if len(summary.failed_runs) > 5 else "")
+        what = (f"{summary.failed} of {summary.planned - summary.skipped} runs failed: {ids}"
+                if summary.failed else f"{summary.failed_before} runs recorded as failed earlier")
+        err_console.print(f"{what}; their reasons are in {results / DB_NAME} (firecracer experiment report "
+                          f"{results}; --retry-failed runs them again)", highlight=False, soft_wrap=True)
+        if summary.failed and not keep_going:
+            sys.exit(1)
 
 
 def _route_to_lab(spec: Spec, use_lab: bool | None) -> bool:
@@ -154,7 +170,7 @@ def _route_to_lab(spec: Spec, use_lab: bool | None) -> bool:
 
 
 def _run_in_lab(spec_file: str | None, example: bool, results: Path, shard: str | None, retry_failed: bool,
-                firecracker: str | None, lab_mem: int) -> None:
+                firecracker: str | None, lab_mem: int, keep_going: bool) -> None:
     """The same ``experiment run`` inside one L1 for the whole study; results land in RESULTS here."""
     from firecracer.experiment.spec import example_spec_path
     from firecracer.lab.machine import LabSpec
@@ -167,6 +183,8 @@ def _run_in_lab(spec_file: str | None, example: bool, results: Path, shard: str 
         args += ["--shard", shard]
     if retry_failed:
         args.append("--retry-failed")
+    if keep_going:
+        args.append("--keep-going")
     if firecracker:
         args += ["--firecracker", str(Path(firecracker).resolve())]
 

@@ -14,8 +14,8 @@ from firecracer.vmm.selftest import run_selftest
 @click.command()
 @click.option("--firecracker", type=click.Path(dir_okay=False),
               help="Firecracker binary (default: $FIRECRACKER, the cache, PATH).")
-@click.option("--page-server", help="Page-server command for the Uffd restore, with {socket} and {mem} "
-              "placeholders (default: 'firecracer uffd serve {socket} {mem}').")
+@click.option("--page-server", help="Page-server command for the Uffd restore, with {socket}, {mem} (and "
+              "{mem_id}) placeholders (default: 'firecracer uffd serve {socket} {mem}').")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable result.")
 def selftest(firecracker: str | None, page_server: str | None, as_json: bool) -> None:
     """Boot the probe guest, snapshot Full and Diff, restore with File and Uffd, verify every page.
@@ -39,6 +39,9 @@ def selftest(firecracker: str | None, page_server: str | None, as_json: bool) ->
             t.add_row(c.name, result, "" if c.ms is None else human_ms(c.ms), c.unsupported or c.detail or "")
         print_table(t)
         console.print("[green]selftest passed[/green]" if report.ok else "[red]selftest failed[/red]")
+        if report.kept:
+            console.print(f"kept for post-mortem (logs; 'firecracer vm prune' removes them): "
+                          f"{', '.join(report.kept)}", highlight=False)
     sys.exit(0 if report.ok else 1)
 
 

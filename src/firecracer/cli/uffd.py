@@ -38,11 +38,13 @@ def uffd() -> None:
 @click.option("--handshake-timeout", type=float, default=10.0, show_default=True,
               help="Seconds to wait for the hand-off message after a connection.")
 @click.option("--populate", is_flag=True, help="Read the whole memory file up front (MAP_POPULATE).")
+@click.option("--mem-id", metavar="ID", help="Id of the snapshot MEMFILE belongs to (default: from the "
+              "snapshot.json beside it); recorded in traces, checked by prefetch.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics JSON on stdout at exit.")
 @click.option("--quiet", "-q", is_flag=True, help="No table at exit (the ready line is still printed).")
 def serve(socket_path: str, mem_file: str, strategy: str, trace_out: str | None, metrics_out: str | None,
           no_working_set: bool, sessions: int, accept_timeout: float | None, handshake_timeout: float,
-          populate: bool, as_json: bool, quiet: bool) -> None:
+          populate: bool, mem_id: str | None, as_json: bool, quiet: bool) -> None:
     """Serve page faults from MEMFILE to the Firecracker that connects to SOCKET.
 
     Prints "firecracer uffd: listening on SOCKET" to stderr once listening. Exits 0 after the
@@ -54,7 +56,7 @@ def serve(socket_path: str, mem_file: str, strategy: str, trace_out: str | None,
     logging.basicConfig(level=logging.WARNING, format="firecracer uffd: %(message)s", stream=sys.stderr)
     server = Server(socket_path, mem_file, strategy, trace_out=trace_out, max_sessions=sessions,
                     accept_timeout=accept_timeout, handshake_timeout=handshake_timeout, populate=populate,
-                    metrics_out=metrics_out, write_ws=not no_working_set)
+                    metrics_out=metrics_out, write_ws=not no_working_set, mem_id=mem_id)
     try:
         server.listen()
 
@@ -136,13 +138,22 @@ def import_seed(log: str, output: str, page_size: int, mem_bytes: int | None, ad
 @click.argument("trace", type=click.Path(exists=True, dir_okay=False))
 @click.argument("mem_file", metavar="MEMFILE", type=click.Path(exists=True, dir_okay=False))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Default: TRACE with suffix .ws.")
-def working_set(trace: str, mem_file: str, output: str | None) -> None:
-    """Build the working-set file prefetch:TRACE installs (page contents in first-fault order)."""
+@click.option("--mem-id", metavar="ID", help="Id of the snapshot MEMFILE belongs to (default: from the "
+              "snapshot.json beside it).")
+@click.option("--force", is_flag=True, help="Replace an existing working-set file.")
+def working_set(trace: str, mem_file: str, output: str | None, mem_id: str | None, force: bool) -> None:
+    """Build the working-set file prefetch:TRACE installs (page contents in first-fault order).
+
+    Refuses a MEMFILE other than the one TRACE was recorded on (its snapshot id or size differ), and an
+    existing output file unless --force.
+    """
     from firecracer.uffd.memfile import MemoryFile
     from firecracer.uffd.strategies import WorkingSet, write_working_set, ws_path_for
 
     out = Path(output) if output else ws_path_for(trace)
-    with MemoryFile(mem_file) as mem:
+    if (out.exists() or out.is_symlink()) and not force:
+        raise FirecracerError(f"{out} exists; pass --force to replace it")
+    with MemoryFile(mem_file, mem_id=mem_id) as mem:
         write_working_set(trace, mem, out)
     ws = WorkingSet(out, populate=False)
     info = ws.describe()

@@ -1,12 +1,14 @@
 """``firecracer vm``: Firecracker microVM lifecycle from the shell.
 
 VMs outlive the command that started them: each lives in ``state_dir()/vms/NAME`` (API socket,
-serial log and input FIFO, Firecracker log, metrics, ``vm.json``), which ``vm ls`` lists.
+serial log and input FIFO, Firecracker log, metrics, ``vm.json``), which ``vm ls`` lists, watched by
+a supervisor (``firecracer.vmm.supervisor``). VMs started by other commands (experiments, selftest)
+live there too while they run. ``vm ls --all`` also lists dead ones; ``vm prune`` removes them.
 """
 
 from __future__ import annotations
 
-import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -15,13 +17,15 @@ from typing import Any
 import click
 from rich.table import Table
 
-from firecracer.cli._render import console, human_ms, print_json, print_table, timings_text
+from firecracer.cli._render import console, err_console, human_ms, print_json, print_table, timings_text
 from firecracer.errors import FirecracerError
 from firecracer.paths import state_dir
 from firecracer.vmm.config import MemBackend, SnapshotType
+from firecracer.vmm.lifeline import alive, kill_all, processes_by_run_dir, processes_in
 from firecracer.vmm.machine import DEFAULT_BOOT_ARGS, MicroVM, VMConfig
 from firecracer.vmm.network import vsock_http
-from firecracer.vmm.process import pid_is_firecracker, socket_in_use
+from firecracer.vmm.process import socket_in_use
+from firecracer.vmm.supervisor import read_record
 
 
 @click.group()
@@ -121,7 +125,7 @@ def boot(name: str | None, firecracker: str | None, kernel: str | None, probe: b
     config = VMConfig(kernel=kernel, boot_args=boot_args, rootfs=rootfs, rootfs_read_only=not rw,
                       vcpu_count=vcpus, mem_size_mib=mem_mib, track_dirty_pages=track_dirty_pages,
                       huge_pages=huge_pages, vsock_cid=None if no_vsock else 3, network=net, labels=lab)
-    m = MicroVM(firecracker, name=name)
+    m = MicroVM(firecracker, name=name, lifeline=False)
     with m:
         m.boot(config)
         m.detach()
@@ -129,40 +133,73 @@ def boot(name: str | None, firecracker: str | None, kernel: str | None, probe: b
 
 
 def _records() -> list[dict[str, Any]]:
+    """Every run directory, with its state as the processes say (not only as ``vm.json`` last said).
+
+    ``state`` is ``vm.json``'s while Firecracker runs, except ``broken`` (its page server is gone: the
+    guest hangs on its next fault) and ``orphaned`` (the command starting it died before handing it
+    over); ``leftover`` when Firecracker is gone but something started for it still runs; else
+    ``dead``. ``processes`` lists every pid still running for the directory.
+    """
+    root = state_dir() / "vms"
+    procs = processes_by_run_dir()
     out = []
-    for rec_path in sorted((state_dir() / "vms").glob("*/vm.json")):
-        try:
-            rec = json.loads(rec_path.read_text())
-        except (OSError, ValueError):
+    for d in sorted(root.iterdir()) if root.is_dir() else []:
+        if not d.is_dir():
             continue
-        pid = rec.get("pid")
-        alive = bool(pid) and pid_is_firecracker(int(pid))
-        if not alive:
+        rec = read_record(d) or {"name": d.name, "state": "unknown", "run_dir": str(d)}
+        rec["name"] = str(rec.get("name") or d.name)
+        running = sorted(procs.get(os.path.realpath(d), []))
+        fc = alive(rec.get("pid"), rec.get("pid_start"))
+        ps = alive(rec.get("page_server_pid"), rec.get("page_server_start"))
+        owner = rec.get("owner")
+        owner_alive = isinstance(owner, list) and len(owner) == 2 and alive(int(owner[0]), owner[1])
+        if fc:
+            if rec.get("page_server_pid") and not ps:
+                rec["state"], rec["dead_reason"] = "broken", "its page server is gone"
+            elif not rec.get("detached") and not rec.get("lifeline", True) and not owner_alive:
+                rec["state"] = "orphaned"
+        elif running:
+            rec["state"] = "leftover"
+        else:
             rec["state"] = "dead"
-        rec["api_live"] = alive and socket_in_use(Path(rec.get("api_sock", "")))
+        rec["processes"] = running
+        rec["api_live"] = fc and socket_in_use(d / "api.sock")
+        try:
+            rec["age_s"] = round(time.time() - (d / "vm.json").stat().st_mtime, 1)
+        except OSError:
+            rec["age_s"] = round(time.time() - d.stat().st_mtime, 1)
         out.append(rec)
     return out
 
 
 @vm.command(name="ls")
-@click.option("--all", "show_all", is_flag=True, help="Include dead VMs whose run dir still exists.")
+@click.option("--all", "show_all", is_flag=True,
+              help="Include dead VMs whose run directory still exists (their logs; see 'vm prune').")
 @click.option("--json", "as_json", is_flag=True)
 def ls_cmd(show_all: bool, as_json: bool) -> None:
-    """List microVMs in the state directory with their sockets."""
-    recs = [r for r in _records() if show_all or r["state"] != "dead"]
+    """List microVMs in the state directory ($FIRECRACER_STATE/vms) with their sockets."""
+    every = _records()
+    recs = [r for r in every if show_all or r["state"] != "dead"]
     if as_json:
         print_json(recs)
         return
     if not recs:
-        console.print(f"no VMs in {state_dir() / 'vms'}")
+        console.print(f"no VMs in {state_dir() / 'vms'}"
+                      + ("" if show_all else " (--all lists dead ones too)"))
         return
     t = Table("name", "state", "pid", "firecracker")
     for col in ("api socket", "vsock", "restored from"):  # paths fold inside their column
         t.add_column(col, overflow="fold", max_width=48)
+    t.add_column("purpose / why", overflow="fold", max_width=60)
     for r in recs:
+        why = r.get("dead_reason") if r["state"] in ("dead", "broken", "leftover", "orphaned") else None
         t.add_row(r["name"], r["state"], str(r.get("pid") or "-"), str(r.get("firecracker_version") or "-"),
-                  r.get("api_sock") or "-", r.get("vsock") or "-", r.get("restored_from") or "-")
+                  r.get("api_sock") or "-", r.get("vsock") or "-", r.get("restored_from") or "-",
+                  str(why or r.get("purpose") or ""))
     print_table(t)
+    dead = len(every) - len(recs)
+    if dead:
+        err_console.print(f"{dead} dead VM run directories not shown (vm ls --all; vm prune)")
 
 
 @vm.command()
@@ -222,29 +259,89 @@ def restore(snapshot_dir: str, name: str | None, firecracker: str | None, uffd: 
     m = MicroVM.restore(snapshot_dir, firecracker=firecracker, name=name,
                         backend=MemBackend.UFFD if uffd else MemBackend.FILE, resume=not paused,
                         track_dirty_pages=track_dirty_pages, strategy=strategy,
-                        trace=Path(trace).resolve() if trace else None)
+                        trace=Path(trace).resolve() if trace else None, lifeline=False)
     m.detach()
+    if not firecracker:
+        err_console.print(f"using Firecracker {m.version} at {m.binary} ({m.binary_source})", highlight=False,
+                          soft_wrap=True)
     _show(m, as_json)
 
 
 @vm.command()
 @click.argument("names", nargs=-1)
-@click.option("--all", "kill_all", is_flag=True, help="Kill every VM in the state directory.")
+@click.option("--all", "kill_every", is_flag=True,
+              help="Kill every VM in the state directory that still has a process running.")
 @click.option("--purge", is_flag=True, help="Also delete the run directories (logs).")
-def kill(names: tuple[str, ...], kill_all: bool, purge: bool) -> None:
-    """Kill microVMs (Firecracker, page server, namespace); sockets are removed."""
+def kill(names: tuple[str, ...], kill_every: bool, purge: bool) -> None:
+    """Kill microVMs (Firecracker, page server, supervisor, namespace); sockets are removed.
+
+    Anything still running for a VM's run directory is killed, also when its vm.json is missing or
+    unreadable (a command killed while starting it).
+    """
     import shutil
 
-    if kill_all:
-        names = tuple(r["name"] for r in _records())
+    if kill_every:
+        names = tuple(r["name"] for r in _records() if r["processes"] or r["state"] != "dead")
+        if not names:
+            console.print("nothing runs")
+            return
     if not names:
         raise click.UsageError("name a VM or pass --all")
     for n in names:
-        m = MicroVM.attach(n)
-        m.kill()
+        run_dir = state_dir() / "vms" / n
+        if not run_dir.is_dir():
+            raise FirecracerError(f"no VM named {n!r} in {state_dir() / 'vms'} "
+                                  "(see 'firecracer vm ls --all')")
+        killed = False
+        if read_record(run_dir) is not None:
+            m = MicroVM.attach(n)
+            killed = m.alive() or bool(m.page_server and m.page_server.alive())
+            m.kill()
+        left = processes_in(run_dir)
+        if left:
+            kill_all(left)
+            killed = True
+            from firecracer.vmm.supervisor import cleanup_run_dir, mark_dead
+
+            cleanup_run_dir(run_dir)
+            mark_dead(run_dir, f"killed by 'firecracer vm kill' (pids {', '.join(map(str, left))})")
         if purge:
-            shutil.rmtree(m.run_dir, ignore_errors=True)
-        console.print(f"killed {n}", highlight=False)
+            shutil.rmtree(run_dir, ignore_errors=True)
+        console.print(f"killed {n}" if killed else f"{n} was not running", highlight=False)
+
+
+@vm.command()
+@click.option("--keep", default=10, show_default=True, type=click.IntRange(0),
+              help="Keep the run directories (logs) of this many most recently dead VMs.")
+@click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
+@click.option("--json", "as_json", is_flag=True)
+def prune(keep: int, dry_run: bool, as_json: bool) -> None:
+    """Remove the run directories of dead VMs, keeping the newest --keep for post-mortem.
+
+    Never touches a VM with anything still running (kill it first). Also deletes a dead VM's network
+    namespace if it was left behind.
+    """
+    import shutil
+
+    from firecracer.vmm.supervisor import cleanup_run_dir
+
+    dead = sorted((r for r in _records() if r["state"] == "dead" and not r["processes"]),
+                  key=lambda r: r["age_s"])
+    kept, gone = dead[:keep], dead[keep:]
+    removed = []
+    for r in gone:
+        d = state_dir() / "vms" / r["name"]
+        if not dry_run:
+            cleanup_run_dir(d)
+            shutil.rmtree(d, ignore_errors=True)
+        removed.append(r["name"])
+    if as_json:
+        print_json({"removed": removed, "kept": [r["name"] for r in kept], "dry_run": dry_run,
+                    "state_dir": str(state_dir())})
+        return
+    verb = "would remove" if dry_run else "removed"
+    console.print(f"{verb} {len(removed)} dead VM run directories from {state_dir() / 'vms'}; kept the "
+                  f"{len(kept)} newest (their logs; 'vm logs NAME')", highlight=False)
 
 
 @vm.command()

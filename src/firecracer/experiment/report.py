@@ -83,11 +83,10 @@ def build_report(results_dir: Path | str, out_path: Path | str | None = None) ->
 
 
 def write_report(results_dir: Path | str, out_path: Path | str) -> Path:
+    from firecracer.viz.html import save_html
+
     out = Path(out_path)
-    html = build_report(results_dir, out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(html, encoding="utf-8")
-    return out
+    return save_html(build_report(results_dir, out), out)
 
 
 def _render(info: StudyInfo, runs: list[RunRecord], results_dir: Path, out_dir: Path) -> str:

@@ -22,7 +22,7 @@ from firecracer import __version__
 from firecracer.experiment.backend import Backend, RunFailed, RunOutcome, describe_exception
 from firecracer.experiment.plan import Run, Shard, group_by_variant, plan_runs
 from firecracer.experiment.spec import Spec
-from firecracer.experiment.store import ResultStore, RunRecord, now_iso
+from firecracer.experiment.store import ResultsLock, ResultStore, RunRecord, now_iso
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,8 @@ class StudySummary:
     ok: int
     failed: int
     results_dir: Path
+    failed_runs: tuple[str, ...] = ()  # ids of the runs that failed in this invocation
+    failed_before: int = 0  # runs of this plan recorded as failed by an earlier invocation (skipped)
 
 
 def make_backend(spec: Spec) -> Backend[Any]:
@@ -89,7 +91,8 @@ def run_study(spec: Spec, results_dir: Path | str, *, backend: Backend[Any] | No
     be = backend if backend is not None else make_backend(spec)
     be.check()
     ok = failed = 0
-    with ResultStore.open(results_dir, create=True) as store:
+    failed_ids: list[str] = []
+    with ResultsLock(results_dir), ResultStore.open(results_dir, create=True) as store:
         store.bind_study(spec.name, spec.digest, spec.text, str(spec.path), spec.backend)
         todo, skipped = pending_runs(spec, store, shard, retry_failed)
         emit(Event("start", total=len(todo) + skipped, skipped=skipped))
@@ -99,9 +102,9 @@ def run_study(spec: Spec, results_dir: Path | str, *, backend: Backend[Any] | No
         for variant, runs in group_by_variant(todo):
             emit(Event("variant", variant=variant.name))
             vdir = results_dir / "variants" / variant.name
-            vdir.mkdir(parents=True, exist_ok=True)
             t_var = (time.monotonic(), now_iso())
             try:
+                vdir.mkdir(parents=True, exist_ok=True)
                 cm = be.variant(variant, vdir)
                 state = cm.__enter__()
             except KeyboardInterrupt:
@@ -113,17 +116,16 @@ def run_study(spec: Spec, results_dir: Path | str, *, backend: Backend[Any] | No
                                   phase=phase, reason=f"variant not prepared: {describe_exception(exc)}")
                     store.record(rec)
                     failed += 1
+                    failed_ids.append(run.run_id)
                     emit(Event("done", run=run, record=rec))
                 continue
             try:
                 for run in runs:
                     emit(Event("run", run=run))
                     rundir = results_dir / "runs" / run.run_id
-                    if rundir.exists():
-                        shutil.rmtree(rundir)  # leftovers of an interrupted or failed attempt
-                    rundir.mkdir(parents=True)
                     t0 = (time.monotonic(), now_iso())
                     try:
+                        _fresh_dir(rundir)  # leftovers of an interrupted or failed attempt go
                         outcome = be.run(state, run, rundir)
                     except KeyboardInterrupt:
                         raise
@@ -133,6 +135,7 @@ def run_study(spec: Spec, results_dir: Path | str, *, backend: Backend[Any] | No
                                       phase=phase, reason=describe_exception(exc), rundir=rundir,
                                       results_dir=results_dir)
                         failed += 1
+                        failed_ids.append(run.run_id)
                     else:
                         if outcome.categories is None:
                             outcome.categories, why = _categories(rundir, vdir)
@@ -152,8 +155,21 @@ def run_study(spec: Spec, results_dir: Path | str, *, backend: Backend[Any] | No
             if not spec.keep_snapshots and all(r.run_id in store.statuses() for r in runs):
                 shutil.rmtree(vdir, ignore_errors=True)
         emit(Event("end"))
+        done_now = {r.run_id for r in todo}
+        statuses = store.statuses()
+        failed_before = sum(1 for r in plan_runs(spec, shard)
+                            if r.run_id not in done_now and statuses.get(r.run_id) == "failed")
     return StudySummary(planned=len(todo) + skipped, skipped=skipped, ok=ok, failed=failed,
-                        results_dir=results_dir)
+                        results_dir=results_dir, failed_runs=tuple(failed_ids), failed_before=failed_before)
+
+
+def _fresh_dir(d: Path) -> None:
+    """An empty directory at ``d``, whatever was there (a directory, a file or a symlink)."""
+    if d.is_symlink() or (d.exists() and not d.is_dir()):
+        d.unlink()
+    elif d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
 
 
 def _categories(rundir: Path, vdir: Path) -> tuple[dict[str, int] | None, str | None]:

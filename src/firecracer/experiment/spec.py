@@ -354,7 +354,19 @@ def parse_spec(text: str, path: Path | str = "<spec>") -> Spec:
         ws: int | None = None
         if "working_set_pages" in vt:
             ws = c.integer(vt, "working_set_pages", where, None, 1, page_limit // 2)
+            if backend in ("probe", "host-replay"):
+                from firecracer.experiment.workingset import max_scattered, scatter_range
+
+                fits = max_scattered(backend, guest.mem_size_mib)
+                if ws > fits:
+                    lo, hi = scatter_range(backend, guest.mem_size_mib)
+                    raise c.fail(f"{where}.working_set_pages",
+                                 f"{ws} pages do not fit a {guest.mem_size_mib} MiB guest: the {backend} "
+                                 f"backend scatters them over pages {lo}..{hi}, which holds at most {fits} "
+                                 "(raise guest.mem_size_mib or lower working_set_pages)")
         trace = c.filepath(vt, "trace", where, base)
+        if trace is not None and backend in ("probe", "host-replay"):
+            _check_trace_fits(c, f"{where}.trace", trace, guest.mem_size_mib)
         if backend in ("probe", "host-replay") and ws is None and trace is None:
             raise c.fail(f"{where}.working_set_pages",
                          f"a {backend} variant needs working_set_pages (or trace = a recorded trace)")
@@ -394,16 +406,32 @@ def parse_spec(text: str, path: Path | str = "<spec>") -> Spec:
     )
 
 
+def _check_trace_fits(c: Any, where: str, trace: Path, mem_size_mib: int) -> None:
+    """A trace variant's pages must exist in the spec's guest (else the study fails only at run time)."""
+    from firecracer.errors import FirecracerError
+    from firecracer.experiment.workingset import from_trace
+    from firecracer.vmm.probe import min_mem_mib
+
+    try:
+        pages = from_trace(trace)
+    except FirecracerError as exc:
+        raise c.fail(where, str(exc)) from None
+    if len(pages) == 0:
+        raise c.fail(where, f"{trace}: the trace has no faulting page to replay")
+    need = min_mem_mib(int(pages.max()))
+    if need > mem_size_mib:
+        raise c.fail(where, f"{trace}: page {int(pages.max()):#x} needs a guest of at least {need} MiB "
+                            f"(guest.mem_size_mib is {mem_size_mib})")
+
+
 def load_spec(path: Path | str) -> Spec:
     """Read and validate a spec file (``FormatError`` naming the file and key on any problem)."""
+    from firecracer.fsio import read_text
+
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise FormatError(path, 0, "spec file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FormatError(path, 0, f"cannot read spec: {exc}") from None
-    return parse_spec(text, path)
+    if not path.exists() and not path.is_symlink():
+        raise FormatError(path, 0, "spec file not found")
+    return parse_spec(read_text(path, limit=4 << 20, what="spec"), path)
 
 
 def example_spec_path() -> Path:

@@ -17,6 +17,23 @@ from firecracer.errors import FirecracerError
 from firecracer.uffd.trace import FLAG_FAULTING, load_trace
 
 PAGE = 4096
+_GIB_PAGES = 1 << 18
+
+
+def scatter_range(backend: str, mem_size_mib: int) -> tuple[int, int]:
+    """The page range ``[lo, hi)`` a backend scatters seeded working sets over, for a guest of
+    ``mem_size_mib``: the probe keeps its image and tables (below 16 MiB) and the 3 GiB MMIO hole out,
+    host-replay only the first MiB. Spec validation and the backends use the same numbers."""
+    mem_pages = mem_size_mib * 256
+    if backend == "probe":
+        return 4096, min(mem_pages, 3 * _GIB_PAGES)
+    return 256, mem_pages
+
+
+def max_scattered(backend: str, mem_size_mib: int) -> int:
+    """The largest ``working_set_pages`` :func:`scattered` can place for that backend and guest."""
+    lo, hi = scatter_range(backend, mem_size_mib)
+    return max(0, (hi - lo) // 2)
 
 
 def scattered(n_pages: int, lo: int, hi: int, mean_run: float = 2.5, seed: int = 0) -> npt.NDArray[np.uint64]:

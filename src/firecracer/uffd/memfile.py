@@ -9,10 +9,50 @@ from __future__ import annotations
 import bisect
 import errno
 import os
+import stat
 from pathlib import Path
 
 from firecracer.errors import FirecracerError
 from firecracer.uffd import abi
+
+#: The snapshot description a memory file named ``mem`` or ``mem.merged`` sits beside (vmm layout).
+_SNAPSHOT_JSON = "snapshot.json"
+
+
+def mem_identity(path: str | Path, size: int, mem_id: str | None = None) -> dict[str, object]:
+    """What a memory file is, for traces and working sets recorded on it: its size and, when known, the
+    id of the snapshot it belongs to (given, or read from the ``snapshot.json`` beside a file named
+    ``mem``/``mem.merged``). Two files with different ids are different guests whatever their sizes."""
+    p = Path(path)
+    if mem_id is None and p.name in ("mem", "mem.merged"):
+        import json
+
+        try:
+            with open(p.parent / _SNAPSHOT_JSON, "rb") as f:
+                data = json.loads(f.read(4 << 20))
+            if isinstance(data, dict) and data.get("format") == "firecracer-snapshot" and data.get("id"):
+                mem_id = str(data["id"])
+        except (OSError, ValueError):
+            pass
+    return {"path": str(p.resolve()), "size": size, "id": mem_id}
+
+
+def identity_mismatch(recorded: object, current: dict[str, object]) -> str | None:
+    """Why a recorded memory identity (from a trace or working set) is not ``current``, or None.
+
+    Recordings made before identities existed carry none: they pass here (content checks still apply).
+    """
+    if not isinstance(recorded, dict):
+        return None
+    rs, cs = recorded.get("size"), current.get("size")
+    rid, cid = recorded.get("id"), current.get("id")
+    if rid and cid and rid != cid:
+        return (f"recorded on snapshot {rid} (memory file {recorded.get('path')}), but this memory file "
+                f"{current.get('path')} belongs to snapshot {cid}")
+    if isinstance(rs, int) and isinstance(cs, int) and rs != cs:
+        return (f"recorded on a {rs:,}-byte memory file ({recorded.get('path')}), but {current.get('path')} "
+                f"has {cs:,} bytes")
+    return None
 
 
 class MemoryFile:
@@ -22,14 +62,17 @@ class MemoryFile:
     handler); off by default so cold restores read only what they serve.
     """
 
-    def __init__(self, path: str | Path, *, populate: bool = False) -> None:
+    def __init__(self, path: str | Path, *, populate: bool = False, mem_id: str | None = None) -> None:
         self.path = Path(path)
         try:
-            self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as exc:
             raise FirecracerError(f"cannot open memory file {self.path}: {exc.strerror or exc}") from None
         try:
-            self.size = os.fstat(self.fd).st_size
+            st = os.fstat(self.fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise FirecracerError(f"memory file {self.path} is not a regular file")
+            self.size = st.st_size
             if self.size <= 0:
                 raise FirecracerError(f"memory file {self.path} is empty")
             flags = abi.MAP_PRIVATE | (abi.MAP_POPULATE if populate else 0)
@@ -39,6 +82,7 @@ class MemoryFile:
             os.close(self.fd)
             raise
         self.dense = len(self.data_start) == 1 and self.data_start[0] == 0 and self.data_end[0] == self.size
+        self.identity = mem_identity(self.path, self.size, mem_id)
 
     def close(self) -> None:
         """Unmap and close (idempotent)."""

@@ -784,7 +784,7 @@ class Session:
             "page_size": self.ps, "strategy": str(self.strategy),
             "regions": [r.as_dict() for r in self.regions], "vmm": vmm, "mem_file": str(self.mem.path),
             "faults": self.nfaults, "events": dict(self.events), "removes": self.removes,
-            "handshake": self.hs.generation, "peer_pid": self.hs.peer_pid,
+            "handshake": self.hs.generation, "peer_pid": self.hs.peer_pid, "mem": self.mem.identity,
         }
         version = firecracker_version or self.peer_version()
         if version:
@@ -831,9 +831,25 @@ class Session:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to a temporary name and rename it, so readers never see half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+    from firecracer.fsio import atomic_write
+
+    atomic_write(path, json.dumps(data, indent=2) + "\n", "metrics")
+
+
+def _sun_path(p: Path) -> tuple[str, int]:
+    """A bindable/connectable address for ``p`` and a directory fd to close afterwards (-1 if none):
+    ``p`` itself, or ``/proc/self/fd/<dirfd>/<name>`` when it is longer than ``sun_path`` allows."""
+    if len(os.fsencode(str(p))) <= 107:
+        return str(p), -1
+    try:
+        dfd = os.open(p.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise OSError(exc.errno, f"{exc.strerror} (its directory {p.parent})") from None
+    addr = f"/proc/self/fd/{dfd}/{p.name}"
+    if len(os.fsencode(addr)) > 107:
+        os.close(dfd)
+        raise OSError(36, f"the socket's name {p.name!r} is too long for AF_UNIX")
+    return addr, dfd
 
 
 @dataclass
@@ -862,13 +878,17 @@ class Server:
     ``max_sessions``: stop accepting after this many hand-offs (0 = until stopped). ``accept_timeout``:
     fail if no connection arrives in time (None = wait until stopped). ``trace_out``: write session i's
     trace there (``-i`` appended to the stem after the first), and the working-set file beside it.
+    ``mem_id``: the id of the snapshot the memory file belongs to (else read from the ``snapshot.json``
+    beside it); traces record it, and ``prefetch`` refuses a trace or working set recorded on another
+    memory file, before listening.
     """
 
     def __init__(self, socket_path: str | Path, mem_file: str | Path,
                  strategy: str | Strategy = "ondemand", *, trace_out: str | Path | None = None,
                  max_sessions: int = 1, accept_timeout: float | None = None,
                  handshake_timeout: float = 10.0, populate: bool = False, write_ws: bool = True,
-                 firecracker_version: str | None = None, metrics_out: str | Path | None = None) -> None:
+                 firecracker_version: str | None = None, metrics_out: str | Path | None = None,
+                 mem_id: str | None = None) -> None:
         self.socket_path = Path(socket_path)
         self.strategy = strategy if isinstance(strategy, Strategy) else parse_strategy(strategy)
         self.trace_out = Path(trace_out) if trace_out else None
@@ -878,33 +898,90 @@ class Server:
         self.write_ws = write_ws
         self.firecracker_version = firecracker_version
         self.metrics_out = Path(metrics_out) if metrics_out else None
-        self.mem = MemoryFile(mem_file, populate=populate)
+        for what, out in (("trace", self.trace_out), ("metrics", self.metrics_out)):
+            # known now rather than after serving a whole restore whose trace would then be lost
+            if out is not None and not (out.parent.is_dir() and os.access(out.parent, os.W_OK | os.X_OK)):
+                raise FirecracerError(f"{out}: cannot write the {what} there ({out.parent} is not a writable "
+                                      "directory)")
+        self.mem = MemoryFile(mem_file, populate=populate, mem_id=mem_id)
         self.ws_path: Path | None = None
         if self.strategy.kind == "prefetch":
             assert self.strategy.trace is not None
-            self.ws_path = ws_path_for(self.strategy.trace)
-            if not self.ws_path.exists():
-                write_working_set(self.strategy.trace, self.mem, self.ws_path)
+            try:
+                self.ws_path = self._prepare_prefetch(self.strategy.trace)
+            except BaseException:
+                self.mem.close()
+                raise
         self._stop = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self.sock: socket.socket | None = None
 
+    def _prepare_prefetch(self, trace_path: Path) -> Path:
+        """The working-set file prefetch installs, checked against this memory file (built if missing).
+
+        :raises FirecracerError: the trace, or the working set, was recorded on another memory file (one
+            line naming both), or the working set's pages differ from this memory file's.
+        """
+        from firecracer.uffd.memfile import identity_mismatch
+        from firecracer.uffd.strategies import check_trace_matches, trace_identity
+        from firecracer.uffd.trace import load_trace
+
+        check_trace_matches(load_trace(trace_path), self.mem, trace_path)
+        ws_path = ws_path_for(trace_path)
+        if not ws_path.exists():
+            write_working_set(trace_path, self.mem, ws_path)
+            return ws_path
+        ws = WorkingSet(ws_path, mem_size=self.mem.size, populate=False)
+        try:
+            why = identity_mismatch(ws.meta.get("mem"), self.mem.identity)
+            if why:
+                raise FirecracerError(f"working set {ws_path} does not belong to memory file "
+                                      f"{self.mem.path}: {why}; rebuild it with 'firecracer uffd "
+                                      f"working-set {trace_path} {self.mem.path} --force'")
+            made_from = ws.meta.get("trace")
+            if isinstance(made_from, dict) and \
+                    made_from.get("sha256") != trace_identity(trace_path)["sha256"]:
+                raise FirecracerError(f"working set {ws_path} was built from another trace than {trace_path} "
+                                      f"({made_from.get('path')}); rebuild it with 'firecracer uffd "
+                                      f"working-set {trace_path} {self.mem.path} --force'")
+            ws.verify_against(self.mem, samples=16)
+        finally:
+            ws.close()
+        return ws_path
+
     def listen(self) -> None:
-        """Bind and listen (a stale socket file from a dead server is replaced)."""
+        """Bind and listen (a stale socket file from a dead server is replaced).
+
+        A path longer than ``sun_path`` allows is bound through ``/proc/self/fd/<dir>/<name>``.
+
+        :raises FirecracerError: the path exists and is not a socket, another server listens there, or
+            the socket cannot be created (one line naming the path and why).
+        """
         p = self.socket_path
         if p.exists() or p.is_symlink():
             if not stat.S_ISSOCK(p.lstat().st_mode):
                 raise FirecracerError(f"{p} exists and is not a socket; refusing to replace it")
             probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                probe.connect(str(p))
+                probe.connect(_sun_path(p)[0])
                 raise FirecracerError(f"another server is already listening on {p}")
             except (ConnectionRefusedError, FileNotFoundError):
                 p.unlink(missing_ok=True)
+            except OSError as exc:
+                raise FirecracerError(f"{p}: cannot use this socket path ({exc.strerror or exc})") from None
             finally:
                 probe.close()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        sock.bind(str(p))
-        sock.listen(16)
+        dfd = -1
+        try:
+            addr, dfd = _sun_path(p)
+            sock.bind(addr)
+            sock.listen(16)
+        except OSError as exc:
+            sock.close()
+            raise FirecracerError(f"{p}: cannot listen on this socket path ({exc.strerror or exc})") from None
+        finally:
+            if dfd >= 0:
+                os.close(dfd)
         self.sock = sock
 
     def stop(self) -> None:

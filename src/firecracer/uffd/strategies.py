@@ -12,13 +12,18 @@ Strategies, chosen per restore (the string is what ``--strategy`` takes and trac
 Working-set file (``TRACE`` with suffix ``.ws``), little-endian::
 
     header   64 B  magic b"FCRWSET1", u64 page_size, u64 n, u64 mem_size, u64 n_data, u64 data_offset,
-                   u64 index_offset, u64 reserved
+                   u64 index_offset, u64 meta_len (0 in files written before identities existed)
+    meta     meta_len bytes of JSON at offset 64: ``mem`` (identity of the memory file the pages were read
+             from: path, size, snapshot id) and ``trace`` (path, size and SHA-256 of the trace it was
+             built from)
     index    n × u64 memory-file offsets (recorded first-fault order), then n × u8 kind (0 data, 1 hole)
     data     at data_offset (page aligned): the n_data data pages, in index order
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import struct
 from dataclasses import dataclass
@@ -29,8 +34,9 @@ import numpy as np
 import numpy.typing as npt
 
 from firecracer.errors import FirecracerError, FormatError
+from firecracer.fsio import atomic_output, open_regular
 from firecracer.uffd import abi
-from firecracer.uffd.memfile import MemoryFile
+from firecracer.uffd.memfile import MemoryFile, identity_mismatch
 from firecracer.uffd.trace import Trace, load_trace
 
 KINDS = ("ondemand", "fault-around", "prefetch", "eager")
@@ -99,12 +105,39 @@ def ws_path_for(trace_path: str | Path) -> Path:
     return p.with_suffix(".ws") if p.suffix == ".npz" else p.with_name(p.name + ".ws")
 
 
-def write_working_set(trace: Trace | str | Path, mem: MemoryFile, out: str | Path) -> Path:
+def trace_identity(path: str | Path) -> dict[str, object]:
+    """Path, size and SHA-256 of a trace file: which recording a working set was built from."""
+    p = Path(path)
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return {"path": str(p.resolve()), "size": p.stat().st_size, "sha256": h.hexdigest()}
+
+
+def check_trace_matches(trace: Trace, mem: MemoryFile, trace_path: str | Path) -> None:
+    """Refuse, in one line naming both, a trace recorded on another memory file than ``mem``."""
+    why = identity_mismatch(trace.meta.get("mem"), mem.identity)
+    if why:
+        raise FirecracerError(f"trace {trace_path} does not belong to memory file {mem.path}: {why}")
+
+
+def write_working_set(trace: Trace | str | Path, mem: MemoryFile, out: str | Path, *,
+                      trace_path: str | Path | None = None) -> Path:
     """Write the working-set file for ``trace`` with page contents from ``mem`` (off the critical path).
 
-    The pages are those the guest faulted on (``Trace.working_set()``), in first-fault order.
+    The pages are those the guest faulted on (``Trace.working_set()``), in first-fault order. The file
+    records ``mem``'s identity and the trace's (see the module doc).
+
+    :raises FirecracerError: the trace was recorded on another memory file (its identity differs).
     """
+    if isinstance(trace, str | Path):
+        trace_path = trace
     tr = load_trace(trace) if isinstance(trace, str | Path) else trace
+    check_trace_matches(tr, mem, trace_path or "(in memory)")
+    meta = json.dumps({"mem": mem.identity,
+                       "trace": trace_identity(trace_path) if trace_path is not None else None}).encode()
+    meta += b" " * (-len(meta) % 8)
     ps = tr.page_size
     offs = tr.working_set().astype(np.uint64)
     offs = offs[offs + np.uint64(ps) <= np.uint64(mem.size)]
@@ -112,13 +145,13 @@ def write_working_set(trace: Trace | str | Path, mem: MemoryFile, out: str | Pat
                      dtype=np.uint8)
     n = int(offs.size)
     data_offs = offs[kinds == KIND_DATA]
-    index_offset = _WS_HEADER.size
+    index_offset = _WS_HEADER.size + len(meta)
     data_offset = -(-(index_offset + 9 * n) // ps) * ps
     out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "wb") as fh:
+    with atomic_output(out, "working-set file") as tmp, open(tmp, "wb") as fh:
         fh.write(_WS_HEADER.pack(WS_MAGIC, ps, n, mem.size, int(data_offs.size), data_offset,
-                                 index_offset, 0))
+                                 index_offset, len(meta)))
+        fh.write(meta)
         fh.write(offs.astype("<u8").tobytes())
         fh.write(kinds.tobytes())
         fh.write(b"\0" * (data_offset - index_offset - 9 * n))
@@ -129,7 +162,6 @@ def write_working_set(trace: Trace | str | Path, mem: MemoryFile, out: str | Pat
             for o in part.tolist():
                 buf += os.pread(mem.fd, ps, o)
             fh.write(buf)
-    tmp.replace(out)
     return out
 
 
@@ -143,18 +175,24 @@ class WorkingSet:
 
     def __init__(self, path: str | Path, *, mem_size: int | None = None, populate: bool = True) -> None:
         self.path = Path(path)
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise FormatError(self.path, 0, f"cannot open working set: {exc.strerror or exc}") from None
+        fd = open_regular(self.path, "working set")
         try:
             self.file_size = os.fstat(fd).st_size
             head = os.pread(fd, _WS_HEADER.size, 0)
             if len(head) < _WS_HEADER.size:
                 raise FormatError(self.path, 0, "working set shorter than its header")
-            magic, ps, n, msize, n_data, data_offset, index_offset, _ = _WS_HEADER.unpack(head)
+            magic, ps, n, msize, n_data, data_offset, index_offset, meta_len = _WS_HEADER.unpack(head)
             if magic != WS_MAGIC:
                 raise FormatError(self.path, 0, f"not a firecracer working set (magic {magic!r})")
+            self.meta: dict[str, Any] = {}
+            if meta_len:
+                if _WS_HEADER.size + meta_len > index_offset or meta_len > 1 << 20:
+                    raise FormatError(self.path, 0, f"meta of {meta_len} bytes does not fit before the index")
+                try:
+                    meta = json.loads(os.pread(fd, meta_len, _WS_HEADER.size))
+                except ValueError as exc:
+                    raise FormatError(self.path, 0, f"meta is not JSON ({exc})") from None
+                self.meta = meta if isinstance(meta, dict) else {}
             if ps < 4096 or ps & (ps - 1) or data_offset % ps:
                 raise FormatError(self.path, 0, f"bad page size {ps} or data offset {data_offset}")
             if data_offset + n_data * ps != self.file_size or index_offset + 9 * n > data_offset:

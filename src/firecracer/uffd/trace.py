@@ -23,8 +23,8 @@ The seed's text log (``tools/uffd`` in fireCRaCer) is an import/export format:
 
 from __future__ import annotations
 
-import io
 import json
+import os
 import re
 import struct
 import zipfile
@@ -40,6 +40,7 @@ import numpy.typing as npt
 
 from firecracer.analysis.addr import AddressError, Layout
 from firecracer.errors import FormatError
+from firecracer.fsio import atomic_output, open_regular
 
 FORMAT = "firecracer-trace"
 VERSION = 1
@@ -169,24 +170,39 @@ def save_trace(trace: Trace, path: str | Path) -> Path:
     Written to a temporary name then renamed, so a reader never sees half a file.
     """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     meta = np.frombuffer(json.dumps(trace.meta, sort_keys=True).encode(), dtype=np.uint8).copy()
     arrays: dict[str, Any] = {**trace.columns(), "meta": meta}
-    with open(tmp, "wb") as fh:
+    with atomic_output(path, "trace") as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
-    tmp.replace(path)
     return path
+
+
+#: Uncompressed bytes a trace may expand to, at least (a 16 GiB guest restored eagerly is ~170 MB).
+_TRACE_EXPAND_MIN = 1 << 30
 
 
 def load_trace(path: str | Path) -> Trace:
     """Read and validate a ``trace.npz``.
 
-    Raises ``FormatError(path, 0, why)`` if it is not a zip/npz, lacks ``meta`` or a column, has the
-    wrong ``format``/``version``, a column of the wrong kind, or columns of different lengths.
+    Raises ``FormatError(path, 0, why)`` if it is not a regular file or not a zip/npz, would expand to
+    far more than its size (a zip bomb), lacks ``meta`` or a column, has the wrong ``format``/``version``,
+    a column of the wrong kind, columns of different lengths, or addresses that are not page-aligned or
+    lie outside the guest's memory (see :func:`validate_addresses`).
     """
     path = Path(path)
+    fd = open_regular(path, "trace")
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        fh = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
+        with fh, np.load(fh, allow_pickle=False) as npz:
+            limit = max(_TRACE_EXPAND_MIN, 8 * os.fstat(fh.fileno()).st_size)
+            expands = sum(i.file_size for i in npz.zip.infolist())
+            if expands > limit:
+                raise FormatError(path, 0, f"expands to {expands:,} bytes, beyond the {limit:,} a trace of "
+                                           "this size may hold")
             names = set(npz.files)
             if "meta" not in names:
                 raise FormatError(path, 0, "not a firecracer trace: no 'meta' member")
@@ -221,7 +237,49 @@ def load_trace(path: str | Path) -> Trace:
     page_size = meta.get("page_size", 4096)
     if not isinstance(page_size, int) or page_size <= 0 or page_size & (page_size - 1):
         raise FormatError(path, 0, f"meta.page_size must be a power of two, got {page_size!r}")
-    return Trace(meta=meta, **cols)
+    trace = Trace(meta=meta, **cols)
+    why = validate_addresses(trace)
+    if why:
+        raise FormatError(path, 0, why)
+    return trace
+
+
+def validate_addresses(trace: Trace) -> str | None:
+    """Why the trace's addresses cannot be right, or None.
+
+    Every ``hva``/``file_off``/``gpa`` is a multiple of the page size; with ``meta.regions`` (the
+    handshake) every ``file_off`` lies inside the memory file they tile, and for Firecracker traces every
+    ``gpa`` is the guest-physical address of its ``file_off`` (:func:`gpa_of`).
+    """
+    n = len(trace)
+    if n == 0:
+        return None
+    ps = np.uint64(trace.page_size)
+    for name in ("hva", "file_off", "gpa"):
+        col: npt.NDArray[np.uint64] = getattr(trace, name)
+        bad = np.flatnonzero(col % ps)
+        if bad.size:
+            return (f"{bad.size:,} rows have a {name} that is not aligned to the page size {int(ps)} "
+                    f"(first: row {int(bad[0])}, {name}={int(col[bad[0]]):#x})")
+    regions = trace.meta.get("regions")
+    sizes = [r.get("size") for r in regions] if isinstance(regions, list) and regions else []
+    if sizes and all(isinstance(s, int) and s > 0 for s in sizes):
+        mem_bytes = int(sum(sizes))
+        bad = np.flatnonzero(trace.file_off >= np.uint64(mem_bytes))
+        if bad.size:
+            return (f"{bad.size:,} rows have a file_off beyond the {mem_bytes:,}-byte guest memory of its "
+                    f"regions (first: row {int(bad[0])}, file_off={int(trace.file_off[bad[0]]):#x})")
+        if trace.meta.get("vmm") == "firecracker":
+            try:
+                want = gpa_of(trace.file_off, mem_bytes)
+            except AddressError as exc:
+                return f"cannot place file_off in guest memory: {exc}"
+            bad = np.flatnonzero(want != trace.gpa)
+            if bad.size:
+                return (f"{bad.size:,} rows have a gpa that is not the guest-physical address of their "
+                        f"file_off (first: row {int(bad[0])}, gpa={int(trace.gpa[bad[0]]):#x}, expected "
+                        f"{int(want[bad[0]]):#x})")
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -283,7 +341,7 @@ def export_seed_log(trace: Trace, path: str | Path, *, with_tid: bool = False,
                     address: str = "gpa") -> Path:
     """Write the trace in the seed's log format (old format by default, see :func:`seed_log_lines`)."""
     path = Path(path)
-    with open(path, "w", encoding="utf-8") as fh:
+    with atomic_output(path, "seed log") as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for line in seed_log_lines(trace, with_tid=with_tid, address=address):
             fh.write(line)
             fh.write("\n")
@@ -325,6 +383,9 @@ def parse_seed_log(lines: Iterable[str], path: str | Path = "<seed log>", *, pag
             start, end = int(m["start"], 16), int(m["end"], 16)
             if end <= start:
                 raise FormatError(path, lineno, f"empty guest range {m['start']} - {m['end']}")
+            if start % page_size or int(m["page"], 16) % page_size:
+                raise FormatError(path, lineno, f"address not aligned to the page size {page_size}: "
+                                  f"{line[:120]!r}")
             hva.append(int(m["page"], 16))
             guest.append(start)
             zero = m["act"] == "Zeroing"
@@ -343,6 +404,9 @@ def parse_seed_log(lines: Iterable[str], path: str | Path = "<seed log>", *, pag
                 regions.append({"base_host_virt_addr": int(g[1]), "size": int(g[2]),
                                 "offset": int(g[3]), "page_size": page_size})
     n = len(hva)
+    if not n and not removes and not regions and not (with_tid or without_tid):
+        raise FormatError(path, 0, "no UFFD_EVENT line and no GuestRegionUffdMapping line: not a seed "
+                                   "uffd_handler log")
     g_arr = np.array(guest, dtype=np.uint64)
     if mem_bytes is None:
         mem_bytes = sum(r["size"] for r in regions) if regions else (int(g_arr.max()) + page_size if n else 0)
@@ -369,14 +433,57 @@ def parse_seed_log(lines: Iterable[str], path: str | Path = "<seed log>", *, pag
 
 def import_seed_log(path: str | Path, *, page_size: int = 4096, mem_bytes: int | None = None,
                     address: str = "file_off") -> Trace:
-    """Read a seed ``uffd_handler`` log file (either format); see :func:`parse_seed_log`."""
+    """Read a seed ``uffd_handler`` log file (either format); see :func:`parse_seed_log`.
+
+    Streams the file (a regular file only) and refuses binary data and lines longer than any the seed
+    writes, so garbage of any size is one :class:`FormatError`, not a hang or an empty trace.
+    """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError as exc:
-        raise FormatError(path, 0, f"cannot read: {exc.strerror or exc}") from None
-    return parse_seed_log(io.StringIO(text), path, page_size=page_size, mem_bytes=mem_bytes,
+    return parse_seed_log(_bounded_lines(path), path, page_size=page_size, mem_bytes=mem_bytes,
                           address=address)
+
+
+_MAX_SEED_LINE = 4096
+
+
+def _bounded_lines(path: Path) -> Iterable[str]:
+    """Text lines of a regular file, read in 1 MiB chunks; binary data or an endless line is an error."""
+    fd = open_regular(path, "seed uffd log")
+    lineno = 0
+    pending = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(fd, 1 << 20)
+            except OSError as exc:
+                raise FormatError(path, 0, f"cannot read ({exc.strerror or exc})") from None
+            if not chunk:
+                break
+            if b"\0" in chunk:
+                raise FormatError(path, lineno + 1 + chunk[:chunk.index(b"\0")].count(b"\n"),
+                                  "binary data (NUL bytes): not a seed uffd_handler log")
+            parts = (pending + chunk).split(b"\n")
+            pending = parts.pop()
+            for raw in parts:
+                lineno += 1
+                yield _decode_line(raw, path, lineno)
+            if len(pending) > _MAX_SEED_LINE:
+                raise FormatError(path, lineno + 1, f"line longer than {_MAX_SEED_LINE} bytes: not a seed "
+                                                    "uffd_handler log")
+        if pending:
+            yield _decode_line(pending, path, lineno + 1)
+    finally:
+        os.close(fd)
+
+
+def _decode_line(raw: bytes, path: Path, lineno: int) -> str:
+    if len(raw) > _MAX_SEED_LINE:
+        raise FormatError(path, lineno, f"line longer than {_MAX_SEED_LINE} bytes: not a seed "
+                                        "uffd_handler log")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FormatError(path, lineno, "not UTF-8 text: not a seed uffd_handler log") from None
 
 
 def concat_columns(chunks: Sequence[dict[str, np.ndarray[Any, Any]]]) -> dict[str, np.ndarray[Any, Any]]:

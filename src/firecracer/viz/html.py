@@ -107,13 +107,19 @@ def build_report(recordings: list[Recording], options: ViewOptions | None = None
 
 
 def save_html(html: str, out: str | Path) -> Path:
-    """Write the page atomically (a reader never sees half a file)."""
+    """Write the page atomically (a reader never sees half a file; a full disk leaves no temporary file).
+
+    :raises FirecracerError: the directory cannot be made or the file cannot be written (one line).
+    """
+    from firecracer.errors import FirecracerError
+    from firecracer.fsio import atomic_write
+
     p = Path(out)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(p)
-    return p
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FirecracerError(f"{p}: cannot write the report there ({exc.strerror or exc})") from None
+    return atomic_write(p, html, "report")
 
 
 def write_report(recordings: list[Recording], out: str | Path, options: ViewOptions | None = None,

@@ -23,7 +23,13 @@ class ReportServer:
     def __init__(self, report: str | Path, host: str = "127.0.0.1", port: int = 0) -> None:
         self.report = Path(report).resolve()
         handler = functools.partial(_QuietHandler, directory=str(self.report.parent))
-        self.httpd = http.server.ThreadingHTTPServer((host, port), handler)
+        try:
+            self.httpd = http.server.ThreadingHTTPServer((host, port), handler)
+        except OSError as exc:
+            from firecracer.errors import FirecracerError
+
+            raise FirecracerError(f"cannot serve on {host}:{port} ({exc.strerror or exc}); pick another "
+                                  "--port, or 0 for any free one") from None
         self.httpd.daemon_threads = True
         h, p = self.httpd.server_address[:2]
         self.url = f"http://{h!s}:{p}/{self.report.name}"

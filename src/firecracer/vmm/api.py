@@ -12,9 +12,11 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import select
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +66,19 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = connect_unix(self._path, self.timeout)
 
 
+@dataclass(frozen=True)
+class Watch:
+    """Something whose end must abort a waiting request at once, instead of after its timeout.
+
+    ``fd()`` gives a file descriptor that turns readable when it happened (a pidfd of the page server),
+    or -1 if it cannot be watched. ``fire("METHOD /path")`` is called when it did: it cleans up (kills
+    Firecracker, which would hang) and returns the whole error message.
+    """
+
+    fd: Callable[[], int]
+    fire: Callable[[str], str]
+
+
 def _brief(body: object) -> str:
     text = json.dumps(body, separators=(",", ":"), default=str)
     return text if len(text) <= 300 else text[:297] + "..."
@@ -83,6 +98,7 @@ class ApiClient:
         self.socket_path = Path(socket_path)
         self.timeout = timeout
         self.describe_death = describe_death
+        self.watches: list[Watch] = []
         self._version: Version | None = None
 
     # -- transport ---------------------------------------------------------------------------
@@ -94,11 +110,14 @@ class ApiClient:
         payload = None if body is None else json.dumps(body).encode()
         conn = _UnixConnection(str(self.socket_path), self.timeout if timeout is None else timeout)
         what = f"{method} {path}" + (f" {_brief(body)}" if body is not None else "")
+        self._check_watches(what, None, 0)
         try:
             headers = {"Accept": "application/json"}
             if payload is not None:
                 headers["Content-Type"] = "application/json"
             conn.request(method, path, body=payload, headers=headers)
+            if self.watches and conn.sock is not None:
+                self._await_reply(conn.sock, what, self.timeout if timeout is None else timeout)
             resp = conn.getresponse()
             raw = resp.read()
             status = resp.status
@@ -121,6 +140,29 @@ class ApiClient:
         fault = fault if isinstance(fault, str) else str(data)
         raise FirecrackerError(f"{what}: Firecracker answered {status}: {fault}", method=method, path=path,
                                status=status, fault_message=fault, body=body)
+
+    def _check_watches(self, what: str, sock: socket.socket | None, wait: float) -> bool:
+        """Poll the watches (and ``sock``) for up to ``wait`` s; raise if a watch fired, True if the
+        socket has something to read."""
+        fds = {w.fd(): w for w in self.watches}
+        fds.pop(-1, None)
+        rlist: list[int] = list(fds) + ([sock.fileno()] if sock is not None else [])
+        if not rlist:
+            return sock is None
+        ready, _, _ = select.select(rlist, [], [], wait)
+        for fd in ready:
+            if fd in fds:
+                method, _, rest = what.partition(" ")
+                path = rest.split(" ", 1)[0]
+                raise FirecrackerError(fds[fd].fire(f"{method} {path}"), method=method, path=path)
+        return bool(ready)
+
+    def _await_reply(self, sock: socket.socket, what: str, timeout: float) -> None:
+        """Wait until the answer starts arriving, watching the watches meanwhile (see :class:`Watch`)."""
+        deadline = time.monotonic() + timeout
+        while not self._check_watches(what, sock, max(0.0, min(1.0, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"timed out after {timeout:g} s")
 
     def get(self, path: str) -> Any:
         return self.request("GET", path)

@@ -11,10 +11,20 @@ Firecracker quirks handled here rather than by callers:
 * v1.4 cannot start a vCPU on hosts whose CPUID brand string has no frequency (fixed in v1.5):
   raised as :class:`Unsupported` with that reason.
 * v1.4-v1.7 refuse the Uffd backend on host kernels >= 6.6 ("Unrecognized ioctl flags", fixed in
-  v1.8, #4578): raised as :class:`Unsupported`.
+  v1.8, #4578), and v1.4 registers a user-mode-only userfaultfd, so guest-kernel faults fail on host
+  kernels >= 5.11 (Firecracker PR 4086, fixed in v1.5): both raised as :class:`Unsupported` before
+  anything is started.
 * A failed ``/snapshot/load`` makes Firecracker exit; the error carries its last log line.
 * Paths baked into the snapshot (vsock socket) are relative to the run directory, which is
   Firecracker's cwd, so restored clones side by side do not collide.
+
+Nothing runs on unnoticed: Firecracker and the page server die with the process that started them
+(``lifeline``), or, for VMs meant to outlive their command (``lifeline=False``: ``vm boot``, ``vm
+restore``), a supervisor (:mod:`firecracer.vmm.supervisor`) kills them if that command ends before
+:meth:`MicroVM.detach`, and afterwards kills Firecracker when its page server dies. ``vm.json`` is
+written before anything starts, and every process started for a VM can be found from its run directory
+(:func:`~firecracer.vmm.lifeline.processes_in`). A page server's death is noticed through its pidfd in
+every API request and wait, and reported with its last log line; Firecracker is killed with it.
 """
 
 from __future__ import annotations
@@ -23,11 +33,15 @@ import contextlib
 import json
 import os
 import re
+import select
 import shutil
 import signal
+import subprocess
+import sys
+import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -35,30 +49,54 @@ from typing import Any
 from firecracer.errors import FirecracerError, FirecrackerError
 from firecracer.paths import state_dir
 from firecracer.vmm import config as cfg
-from firecracer.vmm.api import ApiClient, Unsupported
-from firecracer.vmm.binary import Version, find_firecracker
+from firecracer.vmm.api import ApiClient, Unsupported, Watch
+from firecracer.vmm.binary import Version, find_firecracker, firecracker_version, uffd_restore_problem
 from firecracer.vmm.config import MemBackend, SnapshotType
+from firecracer.vmm.lifeline import is_zombie, kill_all, processes_in, spawn, start_time
 from firecracer.vmm.network import GUEST_MAC, NetNamespace, kernel_ip_arg
 from firecracer.vmm.pageserver import PageServer, default_command
-from firecracer.vmm.process import FirecrackerProcess, last_error_line, socket_in_use
+from firecracer.vmm.process import FirecrackerProcess, socket_in_use
 from firecracer.vmm.snapshot import (
     Snapshot,
     check_loadable,
+    check_mem_size,
     describe_file,
     describe_vmstate,
     full_memory,
     mem_stats,
+    new_snapshot_id,
     now_iso,
     punch_zero_pages,
 )
+from firecracer.vmm.supervisor import read_record, record_lock, write_record
 
 VSOCK_NAME = "v.sock"
 UFFD_NAME = "uffd.sock"
 DEFAULT_BOOT_ARGS = "console=ttyS0 reboot=k panic=1 pci=off"
 
 UFFD_OLD_FC = "Firecracker < 1.8 on host kernel ≥ 6.6"
+UFFD_V14_FC = "Firecracker < 1.5 on host kernel ≥ 5.11"
 BRAND_OLD_FC = ("Firecracker < 1.5 cannot start a vCPU on this host: its CPUID brand string has no "
                 "frequency (fixed in v1.5)")
+
+
+def _kernel_tuple(release: str) -> tuple[int, int]:
+    m = re.match(r"(\d+)\.(\d+)", release)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+def uffd_limit(version: Version, kernel_release: str | None = None) -> str | None:
+    """Why this Firecracker cannot do a Uffd restore on this host kernel, or None if it can.
+
+    The judgement is :func:`~firecracer.vmm.binary.uffd_restore_problem` (< 1.5 on >= 5.11: a user-mode-only
+    userfaultfd, PR 4086; < 1.8 on >= 6.6: "Unrecognized ioctl flags", #4578); this adds the short label
+    ``Unsupported`` errors lead with.
+    """
+    problem = uffd_restore_problem(version, kernel_release)
+    if problem is None:
+        return None
+    label = UFFD_V14_FC if not version.at_least(1, 5) else UFFD_OLD_FC
+    return f"{label} ({problem})"
 
 
 @dataclass(frozen=True)
@@ -99,18 +137,27 @@ class MicroVM:
 
     :param firecracker: binary path (else the usual discovery, :func:`find_firecracker`).
     :param name: VM name (run dir ``state_dir()/vms/NAME``, Firecracker ``--id``, netns ``fcr-NAME``).
+    :param lifeline: Firecracker and the page server die with this process (the default). ``False``
+        for a VM meant to outlive it: a supervisor then watches it (see the module doc).
+    :param purpose: shown by ``vm ls`` (e.g. which experiment run started the VM).
     """
 
     def __init__(self, firecracker: str | os.PathLike[str] | None = None, *, name: str | None = None,
-                 run_dir: Path | None = None, log_level: str = "Warning") -> None:
+                 run_dir: Path | None = None, log_level: str = "Warning", lifeline: bool = True,
+                 purpose: str | None = None) -> None:
         self.binary = find_firecracker(os.fspath(firecracker) if firecracker is not None else None)
+        self.binary_source = "given" if firecracker is not None else "discovered"
         self.name = name or f"vm-{uuid.uuid4().hex[:8]}"
         if not re.fullmatch(r"[A-Za-z0-9-]{1,40}", self.name):
             raise FirecracerError(f"VM name {self.name!r}: use 1-40 letters, digits or dashes")
         self.run_dir = Path(run_dir) if run_dir else state_dir() / "vms" / self.name
         self.log_level = log_level
+        self.lifeline = lifeline
+        self.purpose = purpose
         self.config: VMConfig | None = None
         self.state = "new"
+        self.dead_reason: str | None = None
+        self.dirty_tracking = False
         self.netns: NetNamespace | None = None
         self.page_server: PageServer | None = None
         self.restored_from: Snapshot | None = None
@@ -118,6 +165,9 @@ class MicroVM:
         self.timings_ms: dict[str, float] = {}
         self.detached = False
         self._fc: FirecrackerProcess | None = None
+        self._supervisor: subprocess.Popen[bytes] | None = None
+        self._supervisor_pid: int | None = None  # of an attached VM
+        self._owner = (os.getpid(), start_time(os.getpid()))
 
     @classmethod
     def attach(cls, name: str) -> MicroVM:
@@ -128,27 +178,47 @@ class MicroVM:
         :raises FirecracerError: no such VM.
         """
         run_dir = state_dir() / "vms" / name
+        if not (run_dir / "vm.json").exists():
+            raise FirecracerError(f"no VM named {name!r} in {state_dir() / 'vms'} (see 'firecracer vm ls')")
+        rec = read_record(run_dir)
+        if rec is None:
+            raise FirecracerError(f"{run_dir / 'vm.json'}: unreadable VM record")
         try:
-            rec = json.loads((run_dir / "vm.json").read_text())
-        except FileNotFoundError as exc:
-            raise FirecracerError(f"no VM named {name!r} in {state_dir() / 'vms'} "
-                                  "(see 'firecracer vm ls')") from exc
-        except (OSError, ValueError) as exc:
-            raise FirecracerError(f"{run_dir / 'vm.json'}: unreadable VM record ({exc})") from exc
-        vm = cls(rec.get("firecracker"), name=name, run_dir=run_dir)
+            vm = cls(rec.get("firecracker"), name=name, run_dir=run_dir)
+        except FirecracerError as exc:  # its binary was removed since: still killable
+            if not rec.get("pid"):
+                raise
+            vm = cls(None, name=name, run_dir=run_dir)
+            vm.dead_reason = str(exc)
         vm.detached = True
+        vm.lifeline = bool(rec.get("lifeline", True))
+        vm.purpose = rec.get("purpose")
         vm.state = str(rec.get("state", "unknown"))
+        vm.dead_reason = rec.get("dead_reason") or vm.dead_reason
         vm.config = VMConfig.from_json(rec["config"]) if rec.get("config") else None
+        vm.dirty_tracking = bool(rec.get("dirty_tracking",
+                                         vm.config.track_dirty_pages if vm.config else False))
         vm.timings_ms = dict(rec.get("timings_ms") or {})
+        if isinstance(rec.get("owner"), list) and len(rec["owner"]) == 2:
+            vm._owner = (int(rec["owner"][0]), rec["owner"][1])
         if rec.get("pid"):
-            vm._fc = FirecrackerProcess.attach(vm.binary, run_dir, name, int(rec["pid"]))
+            pid = int(rec["pid"])
+            started = rec.get("pid_start")
+            vm._fc = FirecrackerProcess.attach(vm.binary, run_dir, name, pid)
+            if started is not None and start_time(pid) != started:
+                vm._fc._attached_pid = None  # that pid belongs to another process now
+                vm._fc._gone_pid = pid
             if vm.state != "dead" and not vm._fc.alive():
                 vm.state = "dead"
         if rec.get("netns"):
             vm.netns = NetNamespace(str(rec["netns"]), created=True)
         if rec.get("page_server_pid"):
             vm.page_server = PageServer.attach(int(rec["page_server_pid"]), run_dir / UFFD_NAME,
-                                               run_dir / "uffd.log")
+                                               run_dir / "uffd.log", started=rec.get("page_server_start"))
+            vm._watch_page_server()
+        sup = rec.get("supervisor_pid")
+        if sup and start_time(int(sup)) == rec.get("supervisor_start"):
+            vm._supervisor_pid = int(sup)
         for attr in ("restored_from", "last_snapshot"):
             if rec.get(attr):
                 with contextlib.suppress(FirecracerError):
@@ -177,6 +247,10 @@ class MicroVM:
 
     @property
     def api(self) -> ApiClient:
+        if self.detached and not self.alive():
+            raise FirecracerError(f"{self.name}: the VM is not running"
+                                  + (f" ({self.dead_reason})" if self.dead_reason else
+                                     f" ({self.fc.describe_death()})" if self._fc else ""))
         return self.fc.api
 
     @property
@@ -205,22 +279,79 @@ class MicroVM:
         if socket_in_use(self.run_dir / "api.sock"):
             raise FirecrackerError(f"{self.run_dir / 'api.sock'}: socket path in use by another process "
                                    f"(a VM named {self.name!r} is running; pick another name or kill it)")
+        live = processes_in(self.run_dir) if self.run_dir.is_dir() else []
+        if live:
+            raise FirecracerError(f"{self.run_dir}: processes {', '.join(map(str, live))} still run for a "
+                                  f"VM named {self.name!r}; pick another name or 'firecracer vm kill "
+                                  f"{self.name}'")
         if self.run_dir.exists() and (self.run_dir / "vm.json").exists():
             # leftover of a dead VM with this name: keep nothing but make room
-            for f in ("serial.log", "firecracker.log", "firecracker.err", "metrics.json", "vm.json"):
+            for f in ("serial.log", "firecracker.log", "firecracker.err", "metrics.json", "vm.json",
+                      "uffd.log", "supervisor.log"):
                 (self.run_dir / f).unlink(missing_ok=True)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FirecracerError(f"{self.run_dir}: cannot create the VM's run directory "
+                                  f"({exc.strerror or exc})") from None
+        self.state = "starting"
+        self._write_record()  # before anything runs: whatever happens next, 'vm ls --all' lists it
+        try:
+            if not self.lifeline:
+                self._start_supervisor()
             if netns_wanted:
                 self.netns = NetNamespace.create(f"fcr-{self.name}")
+                self._write_record()
             self._fc = FirecrackerProcess(self.binary, self.run_dir, self.name, log_level=self.log_level,
-                                          netns=self.netns.name if self.netns else None)
+                                          netns=self.netns.name if self.netns else None,
+                                          lifeline=self.lifeline)
             t0 = time.perf_counter()
             self._fc.start()
             self.timings_ms["spawn"] = (time.perf_counter() - t0) * 1000
+            self._write_record()
         except BaseException:
             self.kill()
             raise
+
+    def _start_supervisor(self) -> None:
+        """Start the keeper of a VM that will outlive this process (see :mod:`firecracer.vmm.supervisor`)."""
+        with open(self.run_dir / "supervisor.log", "ab") as log:
+            self._supervisor = spawn([sys.executable, "-m", "firecracer.vmm.supervisor", str(self.run_dir)],
+                                     lifeline=False, run_dir=self.run_dir, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=log)
+        self._write_record()
+
+    def _release_supervisor(self) -> None:
+        """End the supervisor of a VM that was not handed over (it cleans up whatever still runs)."""
+        sup, self._supervisor = self._supervisor, None
+        if sup is None:
+            return
+        for f in (sup.stdin, sup.stdout):
+            with contextlib.suppress(OSError):
+                if f is not None:
+                    f.close()
+        try:
+            sup.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            sup.kill()
+            sup.wait(timeout=5)
+
+    def _watch_page_server(self) -> None:
+        """Abort any API request at once when the page server dies (:class:`~firecracer.vmm.api.Watch`)."""
+        ps = self.page_server
+        if ps is None or self._fc is None:
+            return
+        self._fc.api.watches = [Watch(fd=ps.pidfd,
+                                      fire=lambda what: self._page_server_died(f"during {what}"))]
+
+    def _page_server_died(self, when: str) -> str:
+        """Kill the VM whose page server died; the sentence that says so (with the server's last log line)."""
+        ps = self.page_server
+        why = (ps.describe_death(when) if ps is not None else None) or f"the page server is gone {when}"
+        pid = self.pid
+        self.dead_reason = why
+        self.kill()
+        return f"{self.name}: {why}; Firecracker (pid {pid}) was killed, as it would hang on its next fault"
 
     def boot(self, config: VMConfig, *, start: bool = True) -> None:
         """Spawn Firecracker, configure it from ``config`` and (unless ``start=False``) start the guest.
@@ -231,8 +362,9 @@ class MicroVM:
         for label, p in (("kernel", config.kernel), ("rootfs", config.rootfs), ("initrd", config.initrd)):
             if p is not None and not Path(p).is_file():
                 raise FirecracerError(f"{p}: {label} file not found")
-        self._spawn(config.network)
         self.config = config
+        self.dirty_tracking = config.track_dirty_pages
+        self._spawn(config.network)
         try:
             t0 = time.perf_counter()
             self._configure(config)
@@ -337,7 +469,7 @@ class MicroVM:
                     return obj
         return {}
 
-    def check_page_server(self) -> None:
+    def check_page_server(self, when: str = "while the VM ran") -> None:
         """Raise (and kill the VM) if the Uffd page server died while Firecracker still runs.
 
         Without its server Firecracker hangs forever on the next missing page, so this is an error
@@ -346,14 +478,43 @@ class MicroVM:
         ps = self.page_server
         if ps is None or ps.alive() or not self.alive():
             return
-        rc = ps.proc.returncode if ps.proc is not None else None
-        how = "" if rc is None else (f" (killed by {signal.Signals(-rc).name})" if rc < 0
-                                     else f" (exit status {rc})")
-        line = last_error_line(ps.log)
-        self.kill()
-        raise FirecrackerError(f"{self.name}: the page server died{how} while the VM ran; Firecracker "
-                               "would hang on its next fault, so it was killed"
-                               + (f": {line}" if line else f" (log: {ps.log})"))
+        raise FirecrackerError(self._page_server_died(when))
+
+    @contextlib.contextmanager
+    def page_server_guard(self, when: str = "while the guest ran") -> Iterator[None]:
+        """Within the block, a page-server death kills Firecracker at once (so a blocking wait on the guest,
+        e.g. an HTTP request over vsock, ends instead of running into its timeout), and the block raises
+        that death, named with the server's last log line, instead of whatever the wait saw."""
+        ps = self.page_server
+        fd = ps.pidfd() if ps is not None else -1
+        if ps is None or fd < 0 or self._fc is None:
+            yield
+            return
+        stop = os.eventfd(0, os.EFD_CLOEXEC)
+        fired = threading.Event()
+        fc_pid = self.pid
+
+        def watch() -> None:
+            ready, _, _ = select.select([fd, stop], [], [])
+            if fd in ready and stop not in ready and fc_pid:
+                fired.set()
+                with contextlib.suppress(OSError):
+                    os.kill(fc_pid, signal.SIGKILL)
+
+        th = threading.Thread(target=watch, name=f"{self.name}-page-server-guard", daemon=True)
+        th.start()
+        try:
+            yield
+        except Exception:
+            if fired.is_set():
+                raise FirecrackerError(self._page_server_died(when)) from None
+            raise
+        finally:
+            os.eventfd_write(stop, 1)
+            th.join()
+            os.close(stop)
+        if fired.is_set():
+            raise FirecrackerError(self._page_server_died(when))
 
     # -- serial console -----------------------------------------------------------------------------
     def send_serial(self, data: bytes) -> None:
@@ -395,10 +556,10 @@ class MicroVM:
             self.check_page_server()
             if not self.alive():
                 death = self.fc.describe_death() if self._fc else None
-                ps_line = last_error_line(self.page_server.log) if self.page_server else None
+                ps_line = self.page_server.describe_death() if self.page_server else None
                 raise FirecrackerError(f"{self.name}: serial output never matched {pattern!r}: "
                                        f"{death or 'Firecracker is not running'}"
-                                       + (f"; page server: {ps_line}" if ps_line else ""))
+                                       + (f"; {ps_line}" if ps_line else ""))
             if time.monotonic() > deadline:
                 tail = text[-200:].strip().replace("\n", " | ")
                 raise FirecrackerError(f"{self.name}: serial output did not match {pattern!r} within "
@@ -412,51 +573,74 @@ class MicroVM:
                  labels: dict[str, Any] | None = None) -> Snapshot:
         """Pause (if running), write ``dest/{vmstate,mem,snapshot.json}``, optionally resume.
 
+        Everything is written into ``.DEST.partial-PID`` beside ``dest`` and renamed into place at the
+        end, so ``dest`` is either a complete snapshot or absent (a dead writer's partial directory is
+        removed by the next snapshot into the same place).
+
         :param parent: for Diff, the snapshot this one's pages apply to (default: this VM's last
-            snapshot, or the one it was restored from).
+            snapshot, or the one it was restored from); its id is recorded, so the Diff is never
+            merged onto another snapshot later.
         :param punch_holes: deallocate all-zero pages of the memory file afterwards.
-        :raises FirecracerError: ``dest`` is not empty, Diff without a parent, or Firecracker refused.
+        :raises FirecracerError: ``dest`` is not empty or not writable, Diff without a parent or without
+            dirty-page tracking, or Firecracker refused.
         """
         d = Path(dest)
-        if d.exists() and any(d.iterdir()):
+        if d.exists() and (not d.is_dir() or any(d.iterdir())):
             raise FirecracerError(f"{d}: snapshot directory exists and is not empty")
         if snapshot_type is SnapshotType.DIFF:
             parent = parent or self.last_snapshot or self.restored_from
             if parent is None:
                 raise FirecracerError(f"{self.name}: a Diff snapshot needs a parent snapshot "
                                       "(take a Full one first)")
-        if self.state == "running":
-            self.pause()
-        created_dir = not d.exists()
-        d.mkdir(parents=True, exist_ok=True)
+            if not self.dirty_tracking:
+                how = "restore" if self.restored_from is not None else "boot"
+                raise FirecracerError(
+                    f"{self.name}: a Diff snapshot needs dirty-page tracking, and this VM's {how} did not "
+                    f"enable it (Firecracker would write every page: a full-size 'Diff'); {how} it with "
+                    "--track-dirty-pages, or take a Full snapshot")
+        tmp = _partial_dir(d)
         try:
+            tmp.mkdir(parents=True)
+        except OSError as exc:
+            raise FirecracerError(f"{d}: cannot write the snapshot there ({exc.strerror or exc})") from None
+        try:
+            if self.state == "running":
+                self.pause()
             t0 = time.perf_counter()
-            req = cfg.SnapshotCreate(str((d / "vmstate").resolve()), str((d / "mem").resolve()),
+            req = cfg.SnapshotCreate(str((tmp / "vmstate").resolve()), str((tmp / "mem").resolve()),
                                      snapshot_type)
             self.api.put("/snapshot/create", req.body(self.version), timeout=600)
             create_ms = (time.perf_counter() - t0) * 1000
-            fmt = describe_vmstate(self.binary, d / "vmstate")
+            fmt = describe_vmstate(self.binary, tmp / "vmstate")
             timings = {"create": round(create_ms, 3)}
             punched = 0
             if punch_holes:
                 t1 = time.perf_counter()
-                punched = punch_zero_pages(d / "mem")
+                punched = punch_zero_pages(tmp / "mem")
                 timings["punch_holes"] = round((time.perf_counter() - t1) * 1000, 3)
             c = self.config
             vm_json = c.to_json() if c else {}
-            mem = {**mem_stats(d / "mem"), "holes_punched": punch_holes, "bytes_punched": punched}
-            snap = Snapshot(dir=d.resolve(), type=snapshot_type, firecracker_version=str(self.version),
+            mem = {**mem_stats(tmp / "mem"), "holes_punched": punch_holes, "bytes_punched": punched}
+            is_diff = snapshot_type is SnapshotType.DIFF and parent is not None
+            snap = Snapshot(dir=d.absolute(), type=snapshot_type, firecracker_version=str(self.version),
                             snapshot_format=fmt, created=now_iso(),
-                            parent=parent.dir if (snapshot_type is SnapshotType.DIFF and parent) else None,
+                            parent=parent.dir if is_diff and parent else None,
                             vm=vm_json,
                             files={"kernel": describe_file(c.kernel) if c else None,
                                    "rootfs": describe_file(c.rootfs) if c and c.rootfs else None,
                                    "firecracker": str(self.binary)},
-                            labels={**(c.labels if c else {}), **(labels or {})}, mem=mem, timings_ms=timings)
-            snap.write()
+                            labels={**(c.labels if c else {}), **(labels or {})}, mem=mem, timings_ms=timings,
+                            id=new_snapshot_id(),
+                            parent_id=(parent.id or None) if is_diff and parent else None)
+            snap.write(tmp / "snapshot.json")
+            try:
+                os.rename(tmp, d)  # onto nothing, or onto the empty directory that was there
+            except OSError as exc:
+                raise FirecracerError(f"{d}: cannot move the finished snapshot into place "
+                                      f"({exc.strerror or exc})") from None
+            snap = Snapshot.load(d)
         except BaseException:
-            if created_dir:
-                shutil.rmtree(d, ignore_errors=True)
+            shutil.rmtree(tmp, ignore_errors=True)
             raise
         self.last_snapshot = snap
         self._write_record()
@@ -470,39 +654,63 @@ class MicroVM:
                 run_dir: Path | None = None, backend: MemBackend = MemBackend.FILE, resume: bool = True,
                 track_dirty_pages: bool = False, page_server: Sequence[str] | None = None,
                 strategy: str | None = None, trace: Path | None = None, metrics: Path | None = None,
-                log_level: str = "Warning", check: bool = True) -> MicroVM:
+                log_level: str = "Warning", check: bool = True, lifeline: bool = True,
+                purpose: str | None = None, working_set: bool = True) -> MicroVM:
         """Start a fresh Firecracker and load ``snapshot`` into it.
 
+        :param firecracker: the binary; by default the one recorded in ``snapshot.json`` when it still
+            exists (``vm.binary_source`` says which was used), else the usual discovery.
         :param backend: ``File`` (Firecracker maps the memory file) or ``Uffd`` (a page server
-            started here serves faults; ``page_server`` overrides its argv, where ``{socket}`` and
-            ``{mem}`` are replaced by the socket and memory-file paths; by default
-            ``firecracer uffd serve`` with ``strategy``/``trace``/``metrics``).
+            started here serves faults; ``page_server`` overrides its argv, where ``{socket}``,
+            ``{mem}`` and ``{mem_id}`` are replaced by the socket and memory-file paths and the
+            snapshot's id; by default ``firecracer uffd serve`` with ``strategy``/``trace``/``metrics``,
+            and a working-set file beside the trace unless ``working_set`` is false).
         :param check: verify up front that this Firecracker can load the snapshot's data format.
-        :raises Unsupported: Uffd with Firecracker < 1.8 on host kernel >= 6.6.
-        :raises FirecracerError: incompatible/corrupt snapshot, page server or load failure; nothing
-            is left running.
+        :raises Unsupported: Uffd with a Firecracker that cannot do it on this host kernel
+            (:func:`uffd_limit`), before anything is started.
+        :raises FirecracerError: incompatible/corrupt snapshot, a memory file of the wrong size, a
+            replaced Diff parent, page server death or load failure; nothing is left running.
         """
         snap = snapshot if isinstance(snapshot, Snapshot) else Snapshot.load(snapshot)
-        vm = cls(firecracker, name=name, run_dir=run_dir, log_level=log_level)
+        source = "given"
+        if firecracker is None:
+            recorded = snap.files.get("firecracker")
+            if isinstance(recorded, str) and recorded and Path(recorded).is_file() \
+                    and os.access(recorded, os.X_OK):
+                firecracker, source = recorded, f"recorded in {snap.json_path}"
+            else:
+                source = "discovered" + (f" ({recorded}, recorded in {snap.json_path}, is gone)"
+                                         if recorded else "")
+        vm = cls(firecracker, name=name, run_dir=run_dir, log_level=log_level, lifeline=lifeline,
+                 purpose=purpose)
+        vm.binary_source = source
+        if backend is MemBackend.UFFD:
+            limit = uffd_limit(firecracker_version(vm.binary))
+            if limit:
+                raise Unsupported(limit)
         if check:
             check_loadable(snap, vm.binary)
         vm.config = VMConfig.from_json(snap.vm) if snap.vm.get("kernel") else None
         vm.restored_from = snap
+        vm.dirty_tracking = track_dirty_pages
+        mem = full_memory(snap)
+        check_mem_size(snap, mem)
         try:
-            mem = full_memory(snap)
             vm._spawn(bool(vm.config and vm.config.network))
             if backend is MemBackend.UFFD:
                 sock = vm.run_dir / UFFD_NAME
                 if page_server:
                     argv = [a.replace("{socket}", str(sock)).replace("{mem}", str(mem.resolve()))
-                            for a in page_server]
+                            .replace("{mem_id}", snap.id) for a in page_server]
                 else:
                     argv = default_command(sock, mem.resolve(), strategy=strategy, trace=trace,
-                                           metrics=metrics)
-                vm.page_server = PageServer(argv, sock, vm.run_dir / "uffd.log")
+                                           metrics=metrics, mem_id=snap.id or None, working_set=working_set)
+                vm.page_server = PageServer(argv, sock, vm.run_dir / "uffd.log", lifeline=vm.lifeline)
                 t0 = time.perf_counter()
                 vm.page_server.start()
                 vm.timings_ms["page_server_start"] = (time.perf_counter() - t0) * 1000
+                vm._watch_page_server()
+                vm._write_record()
                 backend_path = UFFD_NAME  # relative to Firecracker's cwd, the run dir
             else:
                 backend_path = str(mem.resolve())
@@ -518,8 +726,16 @@ class MicroVM:
                                       f"with userfaultfd on kernel {os.uname().release}; fixed in v1.8)",
                                       method=exc.method, path=exc.path, status=exc.status,
                                       fault_message=exc.fault_message, body=exc.body) from exc
+                ps = vm.page_server
+                if ps is not None and str(ps.pid) not in str(exc):  # the server's own words say why
+                    why = ps.describe_death() or _server_said(ps)
+                    if why:
+                        raise FirecrackerError(f"{exc}; {why}", method=exc.method, path=exc.path,
+                                               status=exc.status, fault_message=exc.fault_message,
+                                               body=exc.body) from exc
                 raise
             vm.timings_ms["load_snapshot"] = (time.perf_counter() - t0) * 1000
+            vm.check_page_server("right after PUT /snapshot/load")
             vm.state = "running" if resume else "paused"
             # Firecracker's own measurement of the load (µs, API level), as its perf tests read it
             fc_us = vm.flush_metrics().get("latencies_us", {}).get("load_snapshot")
@@ -540,12 +756,24 @@ class MicroVM:
         return rc
 
     def kill(self) -> None:
-        """Kill Firecracker and the page server, remove sockets and the namespace. Idempotent."""
+        """Kill Firecracker, the page server and anything else started for this VM; remove sockets and
+        the namespace. Idempotent."""
+        if self._supervisor_pid is not None:  # attached: its supervisor must not race our cleanup
+            kill_all([self._supervisor_pid])
+            self._supervisor_pid = None
         if self._fc is not None:
             self._fc.kill()
         if self.page_server is not None:
             # with Firecracker gone the server ends its session and writes trace/metrics itself
             self.page_server.stop(natural=2.0 if self._fc is not None else 0.0)
+        self._release_supervisor()
+        if self.state != "new" and self.run_dir.is_dir():
+            left = processes_in(self.run_dir)
+            if left:
+                kill_all(left)
+                deadline = time.monotonic() + 5
+                while any(not is_zombie(p) for p in left) and time.monotonic() < deadline:
+                    time.sleep(0.01)
         if self.netns is not None:
             self.netns.delete()
         if self._fc is not None or self.state != "new":
@@ -554,21 +782,65 @@ class MicroVM:
                 self._write_record()
 
     def detach(self) -> None:
-        """Leave the VM running after this object is gone (the state dir's vm.json describes it)."""
+        """Leave the VM running after this object is gone (the state dir's vm.json describes it).
+
+        A VM started with ``lifeline=False`` is handed to its supervisor, which answers only once it
+        watches Firecracker and the page server; if either is gone already this raises.
+        """
         self.detached = True
         if self._fc is not None and self._fc._stdin_fd is not None:
             os.close(self._fc._stdin_fd)  # Firecracker keeps the FIFO open read-write itself
             self._fc._stdin_fd = None
         self._write_record()
+        sup = self._supervisor
+        if sup is None or sup.stdin is None or sup.stdout is None:
+            return
+        fc_pid = self.pid or 0
+        ps_pid = (self.page_server.pid or 0) if self.page_server else 0
+        ps_start = (start_time(ps_pid) or 0) if ps_pid else 0
+        line = f"detach {fc_pid} {start_time(fc_pid) or 0} {ps_pid} {ps_start}\n"
+        answer = ""
+        try:
+            sup.stdin.write(line.encode())
+            sup.stdin.flush()
+            if select.select([sup.stdout], [], [], 30)[0]:
+                answer = sup.stdout.readline().decode(errors="replace").strip()
+        except OSError as exc:
+            answer = f"dead the supervisor is gone ({exc})"
+        if not answer and sup.poll() is not None:
+            from firecracer.vmm.process import last_error_line
+
+            said = last_error_line(self.run_dir / "supervisor.log")
+            answer = (f"dead the supervisor exited with status {sup.returncode}"
+                      + (f": {said}" if said else f" (log: {self.run_dir / 'supervisor.log'})"))
+        self._supervisor = None
+        with contextlib.suppress(OSError):
+            sup.stdin.close()
+            sup.stdout.close()
+        if answer != "ok":
+            why = answer.removeprefix("dead ").strip() or "the supervisor did not answer within 30 s"
+            self.detached = False
+            self.dead_reason = why
+            self.kill()
+            raise FirecrackerError(f"{self.name}: could not hand the VM over to its supervisor: {why}")
 
     def record(self) -> dict[str, Any]:
-        return {"name": self.name, "state": self.state, "pid": self.pid, "firecracker": str(self.binary),
+        ps = self.page_server
+        sup_pid = self._supervisor.pid if self._supervisor is not None else self._supervisor_pid
+        return {"name": self.name, "state": self.state, "pid": self.pid,
+                "pid_start": start_time(self.pid) if self.pid else None,
+                "firecracker": str(self.binary),
                 "firecracker_version": str(self._fc.version) if self._fc else None,
                 "run_dir": str(self.run_dir), "api_sock": str(self.run_dir / "api.sock"),
                 "vsock": None if self.config and self.config.vsock_cid is None else str(self.vsock_path),
                 "serial_log": str(self.serial_log), "serial_in": str(self.run_dir / "serial.in"),
                 "netns": self.netns.name if self.netns else None,
-                "page_server_pid": self.page_server.pid if self.page_server else None,
+                "page_server_pid": ps.pid if ps else None,
+                "page_server_start": start_time(ps.pid) if ps and ps.pid else None,
+                "supervisor_pid": sup_pid, "supervisor_start": start_time(sup_pid) if sup_pid else None,
+                "owner": list(self._owner), "lifeline": self.lifeline, "detached": self.detached,
+                "purpose": self.purpose, "dead_reason": self.dead_reason,
+                "dirty_tracking": self.dirty_tracking,
                 "restored_from": str(self.restored_from.dir) if self.restored_from else None,
                 "last_snapshot": str(self.last_snapshot.dir) if self.last_snapshot else None,
                 "config": self.config.to_json() if self.config else None,
@@ -577,6 +849,22 @@ class MicroVM:
     def _write_record(self) -> None:
         if not self.run_dir.is_dir():
             return
-        tmp = self.run_dir / "vm.json.tmp"
-        tmp.write_text(json.dumps(self.record(), indent=2) + "\n")
-        os.replace(tmp, self.run_dir / "vm.json")
+        with record_lock(self.run_dir):
+            write_record(self.run_dir, self.record())
+
+
+def _partial_dir(dest: Path) -> Path:
+    """Where a snapshot into ``dest`` is written before it is renamed into place; a dead writer's
+    leftovers there are removed first."""
+    for old in dest.parent.glob(f".{dest.name}.partial-*") if dest.parent.is_dir() else []:
+        pid = old.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and (int(pid) == os.getpid() or is_zombie(int(pid))):
+            shutil.rmtree(old, ignore_errors=True)
+    return dest.parent / f".{dest.name}.partial-{os.getpid()}"
+
+
+def _server_said(ps: PageServer) -> str | None:
+    from firecracer.vmm.process import last_error_line
+
+    line = last_error_line(ps.log)
+    return f"the page server's last log line: {line}" if line else None

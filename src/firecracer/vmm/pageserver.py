@@ -4,6 +4,10 @@ The server is ``python -m firecracer uffd serve SOCKET MEMFILE [--strategy S] [-
 [--metrics OUT]`` (issue #4) or any command given explicitly. It must bind and listen on SOCKET;
 Firecracker connects once during ``PUT /snapshot/load``. We wait until the socket is *listening*
 (``/proc/net/unix``), because connecting to test it would be taken for Firecracker's hand-off.
+
+Its death is noticed through a pidfd (:meth:`PageServer.pidfd`) wherever the owner waits (API
+requests, serial waits, experiment waits), and :meth:`PageServer.describe_death` names it with its
+last log line.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from firecracer.errors import FirecracerError
+from firecracer.vmm.lifeline import spawn, start_time
 from firecracer.vmm.process import deferred_signals, last_error_line
 
 _SO_ACCEPTCON = 0x00010000
@@ -39,8 +44,15 @@ def is_listening(path: Path) -> bool:
 
 
 def default_command(socket_path: Path, mem_file: Path, *, strategy: str | None = None,
-                    trace: Path | None = None, metrics: Path | None = None) -> list[str]:
+                    trace: Path | None = None, metrics: Path | None = None,
+                    mem_id: str | None = None, working_set: bool = True) -> list[str]:
+    """``firecracer uffd serve`` argv. ``working_set=False`` skips the working-set file beside the trace
+    (page contents in first-fault order, as large as the working set): only a prefetch recording needs it."""
     cmd = [sys.executable, "-m", "firecracer", "uffd", "serve", str(socket_path), str(mem_file)]
+    if mem_id:
+        cmd += ["--mem-id", mem_id]
+    if not working_set:
+        cmd.append("--no-working-set")
     if strategy:
         cmd += ["--strategy", strategy]
     if trace:
@@ -54,26 +66,78 @@ class PageServer:
     """A page-server subprocess in its own process group, killed on :meth:`stop` or garbage paths.
 
     :param command: full argv; it must listen on ``socket_path``.
-    :param log: file receiving its stdout and stderr.
+    :param log: file receiving its stdout and stderr; its directory is the server's working directory
+        (the VM's run directory, see :mod:`firecracer.vmm.lifeline`).
+    :param lifeline: the kernel kills the server when this process dies.
     """
 
-    def __init__(self, command: Sequence[str], socket_path: Path, log: Path) -> None:
+    def __init__(self, command: Sequence[str], socket_path: Path, log: Path, *,
+                 lifeline: bool = True) -> None:
         self.command = list(command)
         self.socket_path = Path(socket_path)
         self.log = Path(log)
+        self.lifeline = lifeline
         self.proc: subprocess.Popen[bytes] | None = None
         self._attached_pid: int | None = None
+        self._gone_pid: int | None = None  # attached to a server that had exited already
+        self._pidfd = -1
+        self._stopped = False
 
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else self._attached_pid
 
     @classmethod
-    def attach(cls, pid: int, socket_path: Path, log: Path) -> PageServer:
-        """Take over a page server another process started, by pid (for ``firecracer vm kill``)."""
+    def attach(cls, pid: int, socket_path: Path, log: Path, started: int | None = None) -> PageServer:
+        """Take over a page server another process started, by pid (``vm pause``, ``vm kill`` …).
+
+        ``started`` is its recorded start time (:func:`~firecracer.vmm.lifeline.start_time`): a
+        different process that reuses the pid is then never taken for it.
+        """
         ps = cls([], socket_path, log)
         ps._attached_pid = pid
+        if started is not None and start_time(pid) != started:
+            ps._attached_pid = None  # gone; its pid belongs to someone else now
+            ps._gone_pid = pid
         return ps
+
+    def pidfd(self) -> int:
+        """A pidfd of the server (readable once it exited), or -1 if it is gone already or was stopped
+        (its pid may belong to another process by now)."""
+        if self._stopped:
+            return -1
+        if self._pidfd < 0 and self.pid is not None and (self.proc is None or self.proc.returncode is None):
+            try:
+                self._pidfd = os.pidfd_open(self.pid)
+            except OSError:
+                return -1
+        return self._pidfd
+
+    def describe_death(self, when: str = "") -> str | None:
+        """None while it runs, else "the page server (pid N, CMD) killed by SIGKILL WHEN; its last log
+        line: …" (the server's own last error line, which usually says why)."""
+        if self.alive():
+            return None
+        pid = self.pid or self._gone_pid
+        if self.proc is not None and self.proc.returncode is not None:
+            rc = self.proc.returncode
+            how = f"was killed by {signal.Signals(-rc).name}" if rc < 0 else f"exited with status {rc}"
+        else:
+            how = "died"
+        what = os.path.basename(self.command[0]) if self.command else "firecracer uffd serve"
+        if "firecracer" in " ".join(self.command[:3]):
+            what = "firecracer uffd serve"
+        elif what.startswith("python") and len(self.command) > 1 and not self.command[1].startswith("-"):
+            what = os.path.basename(self.command[1])
+        line = last_error_line(self.log)
+        tail = f"; its last log line: {line}" if line else f"; its log {self.log} is empty"
+        return f"the page server (pid {pid}, {what}) {how}{' ' + when if when else ''}{tail}"
+
+    def close_pidfd(self) -> None:
+        if self._pidfd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._pidfd)
+            self._pidfd = -1
 
     def start(self, timeout: float = 120.0) -> None:
         """Spawn it and wait until it listens; on failure it is killed and the error names its log.
@@ -87,8 +151,8 @@ class PageServer:
         with deferred_signals() as deferred:
             with open(self.log, "ab") as out:
                 try:
-                    self.proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=out,
-                                                 stderr=out, start_new_session=True, close_fds=True)
+                    self.proc = spawn(self.command, lifeline=self.lifeline, run_dir=self.log.parent,
+                                      stdout=out, stderr=out)
                 except OSError as exc:
                     raise FirecracerError(f"cannot start the page server {self.command[0]}: {exc}") from exc
             try:
@@ -116,11 +180,12 @@ class PageServer:
 
     def alive(self) -> bool:
         if self._attached_pid is not None:
-            try:
-                os.kill(self._attached_pid, 0)
-            except ProcessLookupError:
-                return False
-            return True
+            fd = self.pidfd()
+            if fd >= 0:
+                import select
+
+                return not select.select([fd], [], [], 0)[0]
+            return False
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self, grace: float = 15.0, natural: float = 0.0) -> int | None:
@@ -154,5 +219,7 @@ class PageServer:
                     with contextlib.suppress(subprocess.TimeoutExpired):
                         self.proc.wait(timeout=10)
             rc = self.proc.returncode
+        self.close_pidfd()
+        self._stopped = True
         self.socket_path.unlink(missing_ok=True)
         return rc

@@ -12,6 +12,8 @@ Run directory layout (also what ``firecracer vm ls`` reads)::
     vm.json           what runs here (written by MicroVM)
 
 The API socket, FIFO and vsock sockets are removed when the process is killed or found dead.
+Firecracker runs in the run directory with the run directory's mark in its environment, and (with
+``lifeline``) dies with the process that started it (:mod:`firecracer.vmm.lifeline`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 from firecracer.errors import FirecrackerError
 from firecracer.vmm.api import ApiClient, connect_unix
 from firecracer.vmm.binary import Version, firecracker_version
+from firecracer.vmm.lifeline import spawn
 
 _ID_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 
@@ -70,10 +73,12 @@ class FirecrackerProcess:
     :param run_dir: created if missing; must not hold a live API socket.
     :param vm_id: ``--id`` (letters, digits, dashes).
     :param netns: run inside this network namespace (``ip netns exec``).
+    :param lifeline: the kernel kills Firecracker when this process dies (off for VMs meant to outlive
+        the command that starts them; a supervisor watches those).
     """
 
     def __init__(self, binary: Path, run_dir: Path, vm_id: str, *, netns: str | None = None,
-                 log_level: str = "Warning") -> None:
+                 log_level: str = "Warning", lifeline: bool = True) -> None:
         if not _ID_RE.match(vm_id):
             raise FirecrackerError(f"VM id {vm_id!r}: use 1-64 letters, digits or dashes")
         self.binary = Path(binary)
@@ -81,9 +86,11 @@ class FirecrackerProcess:
         self.vm_id = vm_id
         self.netns = netns
         self.log_level = log_level
+        self.lifeline = lifeline
         self.version: Version = firecracker_version(self.binary)
         self.proc: subprocess.Popen[bytes] | None = None
         self._attached_pid: int | None = None  # a Firecracker started by another process
+        self._gone_pid: int | None = None  # attached, but that process had exited already
         self._stdin_fd: int | None = None
         self.api = ApiClient(self.api_sock, describe_death=self.describe_death)
         self.api._version = self.version  # known from --version; GET /version would agree
@@ -141,7 +148,9 @@ class FirecrackerProcess:
         os.mkfifo(self.serial_in, 0o600)
         # O_RDWR: Firecracker never sees EOF on its stdin, and opening does not block.
         self._stdin_fd = os.open(self.serial_in, os.O_RDWR | os.O_CLOEXEC)
-        cmd = [str(self.binary), "--api-sock", str(self.api_sock), "--id", self.vm_id,
+        # relative to its cwd (the run dir) when the absolute path would not fit sun_path
+        sock_arg = str(self.api_sock) if len(os.fsencode(str(self.api_sock))) <= 107 else self.api_sock.name
+        cmd = [str(self.binary), "--api-sock", sock_arg, "--id", self.vm_id,
                "--log-path", str(self.log_path), "--level", self.log_level if self.version.at_least(1, 7)
                else {"Trace": "Debug", "Off": "Error"}.get(self.log_level, self.log_level),
                "--metrics-path", str(self.metrics_path)]
@@ -150,8 +159,8 @@ class FirecrackerProcess:
         with deferred_signals() as deferred:
             with open(self.serial_log, "ab") as out, open(self.stderr_path, "ab") as err:
                 try:
-                    self.proc = subprocess.Popen(cmd, stdin=self._stdin_fd, stdout=out, stderr=err,
-                                                 cwd=self.run_dir, start_new_session=True, close_fds=True)
+                    self.proc = spawn(cmd, lifeline=self.lifeline, run_dir=self.run_dir, stdin=self._stdin_fd,
+                                      stdout=out, stderr=err)
                 except OSError as exc:
                     self._cleanup_files()
                     raise FirecrackerError(f"{self.binary}: cannot start Firecracker: {exc}") from exc
@@ -175,6 +184,9 @@ class FirecrackerProcess:
             line = last_error_line(self.log_path, self.stderr_path)
             return f"Firecracker (pid {self._attached_pid}) is gone" + (f": {line}" if line else "")
         if self.proc is None:
+            if self._gone_pid is not None:
+                line = last_error_line(self.log_path, self.stderr_path)
+                return f"Firecracker (pid {self._gone_pid}) is gone" + (f": {line}" if line else "")
             return "Firecracker was never started"
         # give a dying process a moment, so a reset connection is explained by its exit
         with contextlib.suppress(subprocess.TimeoutExpired):

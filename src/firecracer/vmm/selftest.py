@@ -3,19 +3,24 @@ and the Uffd backend, trigger, verify. Returns structured checks; the CLI render
 
 Each check is ``{name, ok, ms, unsupported}``: ``unsupported`` is None or the reason a check
 cannot run with this Firecracker on this host (then ``ok`` is False and the run still passes).
+
+Its VMs run in the state directory like any other (``vm ls`` shows them while it runs; names
+``selftest-<id>…``), with its snapshots inside the booted VM's run directory. A passing selftest removes
+them all; a failing one keeps them for post-mortem and names them (``SelftestReport.kept``).
 """
 
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
+import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from firecracer.errors import FirecracerError
+from firecracer.paths import state_dir
 from firecracer.vmm.api import Unsupported
 from firecracer.vmm.binary import find_firecracker, firecracker_version
 from firecracer.vmm.config import MemBackend, SnapshotType
@@ -45,6 +50,7 @@ class SelftestReport:
     firecracker: str
     firecracker_version: str
     checks: list[Check]
+    kept: list[str] = field(default_factory=list)  # run directories kept because a check failed
 
     @property
     def ok(self) -> bool:
@@ -52,7 +58,7 @@ class SelftestReport:
 
     def to_json(self) -> dict[str, Any]:
         return {"firecracker": self.firecracker, "firecracker_version": self.firecracker_version,
-                "ok": self.ok, "checks": [asdict(c) for c in self.checks]}
+                "ok": self.ok, "checks": [asdict(c) for c in self.checks], "kept": self.kept}
 
 
 def run_selftest(firecracker: str | Path | None = None, *, workdir: Path | None = None,
@@ -67,7 +73,9 @@ def run_selftest(firecracker: str | Path | None = None, *, workdir: Path | None 
     checks: list[Check] = []
     blocked: str | None = None  # Unsupported reason that makes every later check impossible
     failed: str | None = None  # a failure that makes later checks impossible (they fail too)
-    tmp = Path(tempfile.mkdtemp(prefix="selftest-", dir=workdir))
+    prefix = f"selftest-{uuid.uuid4().hex[:8]}"
+    run_dirs: list[Path] = [state_dir() / "vms" / prefix]
+    tmp = Path(workdir) / prefix if workdir else run_dirs[0] / "snapshots"
     writes = [i % 7 == 0 for i in range(len(TRACE))]
     try:
         elf = build_probe(TRACE, FILL, writes=writes)
@@ -105,7 +113,7 @@ def run_selftest(firecracker: str | Path | None = None, *, workdir: Path | None 
 
     def do_boot() -> tuple[float | None, str | None]:
         t0 = time.perf_counter()
-        vm = boot_probe(elf, binary, track_dirty_pages=True)
+        vm = boot_probe(elf, binary, track_dirty_pages=True, name=prefix)
         state["vm"] = vm
         return (time.perf_counter() - t0) * 1000, None
 
@@ -127,7 +135,10 @@ def run_selftest(firecracker: str | Path | None = None, *, workdir: Path | None 
         def run() -> tuple[float | None, str | None]:
             snap = snaps[kind]
             argv = page_server if backend is MemBackend.UFFD else None
-            with MicroVM.restore(snap, firecracker=binary, backend=backend, page_server=argv) as vm:
+            name = f"{prefix}-{kind.value.lower()}-{backend.value.lower()}"
+            run_dirs.append(state_dir() / "vms" / name)
+            with MicroVM.restore(snap, firecracker=binary, backend=backend, page_server=argv, name=name,
+                                 purpose="selftest") as vm:
                 load_ms = vm.timings_ms["load_snapshot"]
                 first_ms, detail = verify(vm, f"{kind.value}/{backend.value} restore")
                 state[f"first-{kind.value}-{backend.value}"] = first_ms
@@ -159,5 +170,11 @@ def run_selftest(firecracker: str | Path | None = None, *, workdir: Path | None 
     finally:
         if "vm" in state:
             state["vm"].kill()
-        shutil.rmtree(tmp, ignore_errors=True)
-    return SelftestReport(str(binary), str(version), checks)
+        report = SelftestReport(str(binary), str(version), checks)
+        if report.ok or not checks:
+            shutil.rmtree(tmp, ignore_errors=True)
+            for d in run_dirs:
+                shutil.rmtree(d, ignore_errors=True)
+        else:
+            report.kept = [str(d) for d in run_dirs if d.exists()]
+    return report

@@ -4,9 +4,14 @@ A snapshot directory holds::
 
     vmstate         Firecracker's device/vCPU state (``snapshot_path``)
     mem             guest memory (``mem_file_path``); sparse where pages were never written
-    snapshot.json   what it is: Firecracker version and snapshot data format, type, parent (Diff),
-                    VM config, kernel/rootfs paths with SHA-256, boot args, labels (e.g. JVM
-                    options), creation time, memory-file size and allocated bytes
+    snapshot.json   what it is: its id, Firecracker version and snapshot data format, type, parent
+                    (Diff: directory and id), VM config, kernel/rootfs paths with SHA-256, boot args,
+                    labels (e.g. JVM options), creation time, memory-file size and allocated bytes
+    mem.merged      (Diff) the merged chain, with mem.merged.json naming the snapshots it was merged
+                    from; remade whenever they differ
+
+A snapshot's ``id`` is its identity: a Diff records its parent's, and is never merged onto a snapshot
+with another id (a replaced parent); traces recorded on a restore carry it too.
 
 Firecracker loads only snapshots in a data format it supports (v1.7+: its own format major, with
 minor <= its own; v1.4: the list ``--version`` prints). :func:`check_loadable` says so in one line
@@ -23,6 +28,7 @@ import os
 import re
 import subprocess
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from firecracer.errors import FirecracerError, FormatError
+from firecracer.fsio import atomic_output, read_json
 from firecracer.paths import cache_dir
 from firecracer.uffd.memfile import scan_data
 from firecracer.vmm.binary import Version, firecracker_version
@@ -56,6 +63,8 @@ class Snapshot:
     labels: dict[str, Any] = field(default_factory=dict)
     mem: dict[str, Any] = field(default_factory=dict)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    id: str = ""  # "" for snapshots made before ids existed
+    parent_id: str | None = None
 
     @property
     def vmstate(self) -> Path:
@@ -70,30 +79,34 @@ class Snapshot:
         return self.dir / "snapshot.json"
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT, "version": 1, "type": self.type.value,
+        return {"format": FORMAT, "version": 1, "id": self.id, "type": self.type.value,
                 "firecracker_version": self.firecracker_version, "snapshot_format": self.snapshot_format,
                 "created": self.created, "parent": str(self.parent) if self.parent else None,
+                "parent_id": self.parent_id,
                 "vm": self.vm, "files": self.files, "labels": self.labels, "mem": self.mem,
                 "timings_ms": self.timings_ms}
 
-    def write(self) -> None:
-        tmp = self.json_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
-        os.replace(tmp, self.json_path)
+    def write(self, path: Path | None = None) -> None:
+        """Write ``snapshot.json`` (or ``path``) atomically."""
+        with atomic_output(path or self.json_path, "snapshot description") as tmp:
+            tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> Snapshot:
         """Read ``DIR/snapshot.json``; :class:`FormatError` if it is missing or malformed."""
         d = Path(directory)
         path = d / "snapshot.json"
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError as exc:
-            raise FormatError(path, 0, "missing: not a firecracer snapshot directory") from exc
-        except (OSError, ValueError) as exc:
-            raise FormatError(path, 0, f"unreadable JSON ({exc})") from exc
+        if not d.is_dir():
+            raise FormatError(d, 0, "not a snapshot directory" + ("" if d.exists() else
+                                                                  " (it does not exist)"))
+        if not path.exists():
+            raise FormatError(path, 0, "missing: not a firecracer snapshot directory")
+        data = read_json(path, limit=4 << 20, what="snapshot description")
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise FormatError(path, 0, f"not a {FORMAT} file")
+        if data.get("version", 1) != 1:
+            raise FormatError(path, 0, f"snapshot description version {data.get('version')!r}; this "
+                                       "firecracer reads version 1")
         try:
             snap = cls(dir=d, type=SnapshotType(data["type"]),
                        firecracker_version=str(data["firecracker_version"]),
@@ -101,7 +114,9 @@ class Snapshot:
                        parent=Path(data["parent"]) if data.get("parent") else None,
                        vm=dict(data.get("vm") or {}),
                        files=dict(data.get("files") or {}), labels=dict(data.get("labels") or {}),
-                       mem=dict(data.get("mem") or {}), timings_ms=dict(data.get("timings_ms") or {}))
+                       mem=dict(data.get("mem") or {}), timings_ms=dict(data.get("timings_ms") or {}),
+                       id=str(data.get("id") or ""),
+                       parent_id=str(data["parent_id"]) if data.get("parent_id") else None)
         except (KeyError, ValueError, TypeError) as exc:
             raise FormatError(path, 0, f"bad or missing field ({exc})") from exc
         for f in (snap.vmstate, snap.mem_file):
@@ -114,6 +129,26 @@ class Snapshot:
 
 def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def new_snapshot_id() -> str:
+    """A fresh snapshot identity (32 hex digits)."""
+    return uuid.uuid4().hex
+
+
+def check_mem_size(snap: Snapshot, mem: Path) -> None:
+    """Refuse a memory file whose size is not the guest's RAM, before Firecracker or a page server
+    starts (a wrong size otherwise ends in a mapping failure or a SIGKILL far from the cause)."""
+    try:
+        size = mem.stat().st_size
+    except OSError as exc:
+        raise FirecracerError(f"{mem}: cannot read the memory file ({exc.strerror or exc})") from None
+    mib = snap.vm.get("mem_size_mib")
+    want = int(mib) << 20 if isinstance(mib, int) and mib > 0 else snap.mem.get("size")
+    if isinstance(want, int) and want > 0 and size != want:
+        raise FirecracerError(f"{mem}: memory file is {size:,} bytes, but the snapshot's guest has {want:,} "
+                              f"bytes of RAM ({snap.json_path}); it belongs to another snapshot or was "
+                              "changed")
 
 
 # -- hashes (memoised: rootfs images are large) ---------------------------------------------------
@@ -217,39 +252,65 @@ def merge_diff(base_mem: Path, diff_mem: Path, out: Path) -> None:
     """Write ``out`` = ``base_mem`` with every data range of the sparse Diff file laid over it.
 
     Firecracker writes a Diff memory file at full size with only dirty pages allocated, so its
-    data segments are exactly the pages to take from it. Holes of the base stay holes.
+    data segments are exactly the pages to take from it. Holes of the base stay holes. Written to a
+    temporary file and renamed, so ``out`` is never half a merge.
     """
-    tmp = out.with_suffix(".tmp")
-    try:
-        with open(base_mem, "rb") as b, open(diff_mem, "rb") as d, open(tmp, "wb") as o:
-            size = max(os.fstat(b.fileno()).st_size, os.fstat(d.fileno()).st_size)
-            o.truncate(size)
-            for src in (b, d):
-                fd = src.fileno()
-                for start, end in data_segments(fd, os.fstat(fd).st_size):
-                    pos = start
-                    while pos < end:
-                        chunk = os.pread(fd, min(_CHUNK, end - pos), pos)
-                        if not chunk:
-                            break
-                        os.pwrite(o.fileno(), chunk, pos)
-                        pos += len(chunk)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_output(out, "merged memory file") as tmp, open(base_mem, "rb") as b, \
+            open(diff_mem, "rb") as d, open(tmp, "wb") as o:
+        size = max(os.fstat(b.fileno()).st_size, os.fstat(d.fileno()).st_size)
+        o.truncate(size)
+        for src in (b, d):
+            fd = src.fileno()
+            for start, end in data_segments(fd, os.fstat(fd).st_size):
+                pos = start
+                while pos < end:
+                    chunk = os.pread(fd, min(_CHUNK, end - pos), pos)
+                    if not chunk:
+                        break
+                    os.pwrite(o.fileno(), chunk, pos)
+                    pos += len(chunk)
+
+
+def _file_stamp(path: Path) -> dict[str, int]:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino}
 
 
 def full_memory(snap: Snapshot) -> Path:
-    """A memory file holding the complete guest memory of ``snap`` (merges Diff chains, cached)."""
+    """A memory file holding the complete guest memory of ``snap`` (merges Diff chains, cached).
+
+    :raises FirecracerError: a Diff's parent is gone or was replaced by another snapshot (its id differs
+        from the one the Diff recorded).
+    """
     if snap.type is SnapshotType.FULL:
         return snap.mem_file
     assert snap.parent is not None
-    parent = Snapshot.load(snap.parent)
+    try:
+        parent = Snapshot.load(snap.parent)
+    except FormatError as exc:
+        raise FirecracerError(f"{snap.dir}: the parent of this Diff snapshot cannot be used: {exc}") from None
+    if snap.parent_id and parent.id != snap.parent_id:
+        raise FirecracerError(
+            f"{snap.dir}: this Diff was taken on top of snapshot {snap.parent_id}, but {parent.dir} now "
+            f"holds snapshot {parent.id or '(one without an id)'}: the parent was replaced, and merging onto "
+            "it would restore a mix of two guests")
     base = full_memory(parent)
     merged = snap.dir / "mem.merged"
-    newest_input = max(base.stat().st_mtime, snap.mem_file.stat().st_mtime)
-    if not merged.is_file() or merged.stat().st_mtime < newest_input:
-        merge_diff(base, snap.mem_file, merged)
+    stamp_path = snap.dir / "mem.merged.json"
+    stamp = {"diff": snap.id, "parent": parent.id, "base": _file_stamp(base),
+             "diff_mem": _file_stamp(snap.mem_file)}
+    try:
+        have = read_json(stamp_path, limit=1 << 16, what="merge record") if merged.is_file() else None
+    except FormatError:
+        have = None
+    if not (isinstance(have, dict) and have == {**stamp, "merged": _file_stamp(merged)}):
+        stamp_path.unlink(missing_ok=True)
+        try:
+            merge_diff(base, snap.mem_file, merged)
+            with atomic_output(stamp_path, "merge record") as tmp:
+                tmp.write_text(json.dumps({**stamp, "merged": _file_stamp(merged)}))
+        except OSError as exc:
+            raise FirecracerError(f"{merged}: cannot merge the Diff chain ({exc.strerror or exc})") from None
     return merged
 
 

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import shutil
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,6 @@ from firecracer.errors import FirecracerError
 from firecracer.experiment.spec import Strategy
 from firecracer.uffd.strategies import ws_path_for
 from firecracer.vmm.binary import Version, uffd_restore_problem
-from firecracer.vmm.pageserver import default_command
 
 
 def check_uffd_strategies(binary: Path, version: Version, strategies: Sequence[Strategy]) -> None:
@@ -28,16 +28,10 @@ def check_uffd_strategies(binary: Path, version: Version, strategies: Sequence[S
                               "backend (or keep only 'file')")
 
 
-def page_server_argv(strategy: str, trace: Path, metrics: Path, *, working_set: bool) -> list[str]:
-    """``MicroVM.restore(page_server=…)`` argv: ``firecracer uffd serve`` writing trace and metrics.
-
-    The working-set file beside the trace (page contents in first-fault order, as large as the working
-    set: 33 MB for the example's 32 MiB variant) is written only with ``working_set``: for the prefetch
-    recording, the one ondemand restore whose working set later prefetch runs install. Ordinary ondemand
-    and fault-around runs skip it; ``firecracer uffd working-set TRACE MEMFILE`` can still build it.
-    """
-    argv = default_command(Path("{socket}"), Path("{mem}"), strategy=strategy, trace=trace, metrics=metrics)
-    return argv if working_set else [*argv, "--no-working-set"]
+def vm_name() -> str:
+    """A name for a run's VM: its run directory lives in the state directory while it runs (so ``vm ls``
+    shows it and a leftover of a killed study is found and pruned there), then only its logs are kept."""
+    return f"x-{uuid.uuid4().hex[:12]}"
 
 
 def drop_cache(path: Path) -> None:
@@ -100,6 +94,14 @@ def server_metrics(metrics_out: Path, trace_out: Path) -> dict[str, Any]:
         out.setdefault("faults", int(np.count_nonzero(faulting)))
         out.setdefault("pages", len(t))
     return {k: v for k, v in out.items() if v is not None}
+
+
+def forget_prefetch_trace(workdir: Path) -> None:
+    """Drop the variant's recorded prefetch trace (and working set) when its snapshot is made anew: they
+    belong to the old snapshot, and prefetch would refuse them (another snapshot id) for every run."""
+    final = workdir / "prefetch-trace.npz"
+    final.unlink(missing_ok=True)
+    ws_path_for(final).unlink(missing_ok=True)
 
 
 def ensure_prefetch_trace(workdir: Path, have: Path | None, record: Callable[[Path], object]) -> Path:

@@ -36,7 +36,6 @@ from firecracer.experiment.store import now_iso
 from firecracer.uffd.trace import make_trace, save_trace
 
 PAGE = workingset.PAGE
-_LOW_PAGES = 256  # keep the first MiB out of working sets, as a guest's own image lives there
 _MAGIC = np.uint64(0x9E3779B97F4A7C15)
 
 ACTION_LOAD, ACTION_ZERO, ACTION_PREFETCH, ACTION_AROUND, ACTION_EAGER = 0, 1, 2, 3, 4
@@ -100,8 +99,9 @@ class HostReplayBackend(Backend[HostState]):
                                            f"{self.spec.guest.mem_size_mib} MiB guest")
         else:
             assert variant.working_set_pages is not None
-            pages = workingset.scattered(variant.working_set_pages, _LOW_PAGES, mem_pages,
-                                         variant.mean_run_pages, variant.seed)
+            lo, hi = workingset.scatter_range("host-replay", self.spec.guest.mem_size_mib)
+            pages = workingset.scattered(variant.working_set_pages, lo, hi, variant.mean_run_pages,
+                                         variant.seed)
         mem = workdir / "mem"
         marker = workdir / "variant.json"
         want = {"variant": variant.as_dict(), "mem_pages": mem_pages, "pages": len(pages)}

@@ -37,10 +37,11 @@ from firecracer.experiment.backends._common import (
     check_uffd_strategies,
     drop_cache,
     ensure_prefetch_trace,
+    forget_prefetch_trace,
     keep_logs,
     log_note,
-    page_server_argv,
     server_metrics,
+    vm_name,
 )
 from firecracer.experiment.plan import Run
 from firecracer.experiment.spec import Spec, Variant
@@ -48,7 +49,7 @@ from firecracer.experiment.store import now_iso
 from firecracer.experiment.workingset import from_trace
 from firecracer.guest.client import AgentClient, AgentError
 from firecracer.image.manifest import with_image_init
-from firecracer.uffd.strategies import ws_path_for
+from firecracer.paths import state_dir
 from firecracer.vmm.config import MemBackend
 from firecracer.vmm.machine import DEFAULT_BOOT_ARGS, MicroVM, VMConfig
 from firecracer.vmm.network import vsock_http
@@ -217,9 +218,7 @@ class JvmBackend(Backend[JvmState]):
         marker = workdir / "variant.json"
         if not (marker.exists() and (snap / "snapshot.json").exists()):
             shutil.rmtree(snap, ignore_errors=True)
-            # a trace recorded on an earlier snapshot of this variant is not this snapshot's working set
-            for old in (workdir / "prefetch-trace.npz", ws_path_for(workdir / "prefetch-trace.npz")):
-                old.unlink(missing_ok=True)
+            forget_prefetch_trace(workdir)
             facts = self._prepare_variant(variant, workdir, snap)
             marker.write_text(json.dumps({"created": now_iso(), "snapshot": str(snap), **facts}, indent=1,
                                          default=str))
@@ -235,9 +234,9 @@ class JvmBackend(Backend[JvmState]):
     def _prepare_variant(self, variant: Variant, workdir: Path, snap: Path) -> dict[str, Any]:
         wl = self.spec.workload
         g = self.spec.guest
-        short = Path(tempfile.mkdtemp(prefix="fcx-"))
+        vm = MicroVM(self._fc, name=vm_name(), purpose=f"experiment {self.spec.name}: boot {workdir.name}")
         try:
-            with MicroVM(self._fc, run_dir=short / "vm") as vm:
+            with vm:
                 t0 = time.monotonic()
                 try:
                     vm.boot(VMConfig(kernel=str(g.kernel), rootfs=str(g.rootfs),
@@ -259,8 +258,8 @@ class JvmBackend(Backend[JvmState]):
                 return {"boot_to_ready_ms": ready_ms, "ping": ping, "warmup_ms": warm,
                         "snapshot_ms": s.timings_ms.get("create"), **facts}
         finally:
-            keep_logs(short / "vm", workdir / "boot")
-            shutil.rmtree(short, ignore_errors=True)
+            keep_logs(vm.run_dir, workdir / "boot")
+            shutil.rmtree(vm.run_dir, ignore_errors=True)
 
     def run(self, state: JvmState, run: Run, rundir: Path) -> RunOutcome:
         strategy = run.strategy.name
@@ -276,25 +275,29 @@ class JvmBackend(Backend[JvmState]):
         prefix = "record " if record else ""
         wl = self.spec.workload
         uffd = strategy != "file"
-        short = Path(tempfile.mkdtemp(prefix="fcx-"))
+        name = vm_name()
+        run_dir = state_dir() / "vms" / name
         trace_out, metrics_out = rundir / "trace.npz", rundir / "uffd-metrics.json"
         metrics: dict[str, Any] = {}
         try:
             drop_cache(state.snapdir / "mem")
             try:
-                vm = MicroVM.restore(state.snapdir, firecracker=self._fc, run_dir=short / "vm",
+                vm = MicroVM.restore(state.snapdir, firecracker=self._fc, name=name,
                                      backend=MemBackend.UFFD if uffd else MemBackend.FILE, resume=False,
-                                     page_server=page_server_argv(strategy, trace_out, metrics_out,
-                                                                  working_set=record) if uffd else None)
+                                     strategy=strategy if uffd else None, trace=trace_out if uffd else None,
+                                     metrics=metrics_out if uffd else None, working_set=record,
+                                     purpose=f"experiment {self.spec.name}: {rundir.name}")
             except FirecracerError as exc:
-                raise RunFailed(prefix + "restore", f"{exc}{log_note(short / 'vm' / 'uffd.log')}") from None
+                note = "" if "page server" in str(exc) else log_note(run_dir / "uffd.log")
+                raise RunFailed(prefix + "restore", f"{exc}{note}") from None
             t_loaded = time.perf_counter()
             with vm:
                 vm.resume()
                 t_resumed = time.perf_counter()
                 try:
                     guest = GuestDriver(vm.vsock_path, app_port=wl.port, path=wl.path)
-                    r = guest.request(self.spec.timeout_s, retries=3)
+                    with vm.page_server_guard():  # a dead page server ends the request at once
+                        r = guest.request(self.spec.timeout_s, retries=3)
                 except FirecracerError as exc:
                     raise RunFailed(prefix + "first-response", str(exc)) from None
                 t_done = time.perf_counter()
@@ -313,8 +316,8 @@ class JvmBackend(Backend[JvmState]):
                     if isinstance(lat, dict) and lat.get("load_snapshot"):
                         metrics["fc_load_snapshot_us"] = lat["load_snapshot"]
         finally:
-            keep_logs(short / "vm", rundir / "vm")
-            shutil.rmtree(short, ignore_errors=True)
+            keep_logs(run_dir, rundir / "vm")
+            shutil.rmtree(run_dir, ignore_errors=True)
         if uffd:
             metrics.update(server_metrics(metrics_out, trace_out))
             if "install" in metrics:

@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,14 +35,16 @@ from firecracer.experiment.backends._common import (
     check_uffd_strategies,
     drop_cache,
     ensure_prefetch_trace,
+    forget_prefetch_trace,
     keep_logs,
     log_note,
-    page_server_argv,
     server_metrics,
+    vm_name,
 )
 from firecracer.experiment.plan import Run
 from firecracer.experiment.spec import Variant
 from firecracer.experiment.store import now_iso
+from firecracer.paths import state_dir
 from firecracer.vmm.binary import find_firecracker, firecracker_version
 from firecracer.vmm.config import MemBackend
 from firecracer.vmm.machine import MicroVM, VMConfig
@@ -115,7 +116,6 @@ class ProbeBackend(Backend[ProbeState]):
         low memory (below 16 MiB) and the x86 MMIO holes. Those are dropped (``self.dropped`` says how
         many); the rest keeps its recorded order.
         """
-        mem_pages = self.spec.guest.mem_size_mib * 256
         self.dropped = 0
         if variant.trace is not None:
             pages = workingset.from_trace(variant.trace)
@@ -126,8 +126,9 @@ class ProbeBackend(Backend[ProbeState]):
             pages = pages[keep]
         else:
             assert variant.working_set_pages is not None
-            pages = workingset.scattered(variant.working_set_pages, _WS_LO_PAGE, min(mem_pages, 3 << 18),
-                                         variant.mean_run_pages, variant.seed)
+            lo, hi = workingset.scatter_range("probe", self.spec.guest.mem_size_mib)
+            pages = workingset.scattered(variant.working_set_pages, lo, hi, variant.mean_run_pages,
+                                         variant.seed)
         if len(pages) == 0:
             raise RunFailed("prepare", f"variant {variant.name}: empty working set")
         need = min_mem_mib(int(pages.max()))
@@ -153,6 +154,7 @@ class ProbeBackend(Backend[ProbeState]):
                 and (snap / "snapshot.json").exists()):
             marker.unlink(missing_ok=True)
             shutil.rmtree(snap, ignore_errors=True)
+            forget_prefetch_trace(workdir)
             facts = self._boot_and_snapshot(elf, snap, workdir)
             marker.write_text(json.dumps({"key": key, "created": now_iso(), "working_set_pages": len(pages),
                                           "trace_pages_dropped": self.dropped, **facts}, indent=1))
@@ -164,9 +166,9 @@ class ProbeBackend(Backend[ProbeState]):
 
     def _boot_and_snapshot(self, elf: Path, snap: Path, workdir: Path) -> dict[str, Any]:
         timeout = self.spec.timeout_s
-        short = Path(tempfile.mkdtemp(prefix="fcx-"))  # Unix socket paths must stay short
+        vm = MicroVM(self.fc, name=vm_name(), purpose=f"experiment {self.spec.name}: boot {workdir.name}")
         try:
-            with MicroVM(self.fc, run_dir=short / "vm") as vm:
+            with vm:
                 t0 = time.monotonic()
                 try:
                     vm.boot(VMConfig(kernel=str(elf), boot_args="console=ttyS0",
@@ -185,8 +187,8 @@ class ProbeBackend(Backend[ProbeState]):
                     raise RunFailed("snapshot", str(exc)) from None
                 return {"boot_to_ready_ms": boot_ms, "snapshot_ms": s.timings_ms.get("create")}
         finally:
-            keep_logs(short / "vm", workdir / "boot")
-            shutil.rmtree(short, ignore_errors=True)
+            keep_logs(vm.run_dir, workdir / "boot")
+            shutil.rmtree(vm.run_dir, ignore_errors=True)
 
     # -- run ---------------------------------------------------------------------------------------
     def run(self, state: ProbeState, run: Run, rundir: Path) -> RunOutcome:
@@ -203,7 +205,8 @@ class ProbeBackend(Backend[ProbeState]):
         phase_prefix = "record " if record else ""
         timeout = self.spec.timeout_s
         uffd = strategy != "file"
-        short = Path(tempfile.mkdtemp(prefix="fcx-"))  # Unix socket paths must stay short
+        name = vm_name()  # its run directory is in the state dir: 'vm ls' shows it while it runs
+        run_dir = state_dir() / "vms" / name
         trace_out = rundir / "trace.npz"
         metrics_out = rundir / "uffd-metrics.json"
         timings: dict[str, float] = {}
@@ -211,13 +214,13 @@ class ProbeBackend(Backend[ProbeState]):
         try:
             drop_cache(state.mem)
             try:
-                vm = MicroVM.restore(state.snapdir, firecracker=self.fc, run_dir=short / "vm",
+                vm = MicroVM.restore(state.snapdir, firecracker=self.fc, name=name,
                                      backend=MemBackend.UFFD if uffd else MemBackend.FILE, resume=False,
-                                     page_server=page_server_argv(strategy, trace_out, metrics_out,
-                                                                  working_set=record) if uffd else None,
-                                     check=False)
+                                     strategy=strategy if uffd else None, trace=trace_out if uffd else None,
+                                     metrics=metrics_out if uffd else None, check=False, working_set=record,
+                                     purpose=f"experiment {self.spec.name}: {rundir.name}")
             except FirecracerError as exc:
-                note = log_note(short / "vm" / "uffd.log")
+                note = "" if "page server" in str(exc) else log_note(run_dir / "uffd.log")
                 raise RunFailed(phase_prefix + "restore", f"{exc}{note}") from None
             t_loaded = time.perf_counter()
             with vm:
@@ -227,11 +230,14 @@ class ProbeBackend(Backend[ProbeState]):
                 since = _serial_size(vm)
                 vm.send_serial(b"t")
                 t_sent = time.perf_counter()
-                got = _wait_line(vm, ProbeResult, since, timeout)
+                try:
+                    got = _wait_line(vm, ProbeResult, since, timeout)
+                except FirecracerError as exc:  # the page server died: named with its last log line
+                    raise RunFailed(phase_prefix + "first-response", str(exc)) from None
                 if got is None:
                     raise RunFailed(phase_prefix + "first-response",
                                     f"no PROBE RESULT within {timeout:g} s{_death(vm)}"
-                                    f"{log_note(short / 'vm' / 'uffd.log')}")
+                                    f"{log_note(run_dir / 'uffd.log')}")
                 result, t_first_byte, t_line = got
                 load = vm.timings_ms["load_snapshot"]
                 timings = {"load_snapshot": load, "resume": (t_resumed - t_loaded) * 1e3,
@@ -249,8 +255,8 @@ class ProbeBackend(Backend[ProbeState]):
                         metrics["fc_load_snapshot_us"] = lat["load_snapshot"]
             # leaving the context killed Firecracker and stopped the page server (trace + metrics written)
         finally:
-            keep_logs(short / "vm", rundir / "vm")
-            shutil.rmtree(short, ignore_errors=True)
+            keep_logs(run_dir, rundir / "vm")
+            shutil.rmtree(run_dir, ignore_errors=True)
         if not uffd:
             metrics["faults"] = metrics["fc_page_faults"]
             metrics["fault_source"] = "Firecracker process minflt+majflt from resume to the result"
@@ -286,6 +292,9 @@ def _wait_line(vm: MicroVM, kind: type, since: int, timeout: float) -> tuple[Any
 
     Returns (parsed line, perf_counter when its first byte was seen, when the whole line was seen), or
     None on timeout or when Firecracker died. Fine polling keeps the timing error well under a ms.
+
+    :raises FirecrackerError: the page server died (Firecracker is killed; the message names the server
+        and its last log line) — noticed through its pidfd within a poll, not at the timeout.
     """
     deadline = time.monotonic() + timeout
     t_first: float | None = None
@@ -308,6 +317,7 @@ def _wait_line(vm: MicroVM, kind: type, since: int, timeout: float) -> tuple[Any
                         return parsed, t_first if t_first is not None else now, now
                     t_first = now if buf else None
                 continue
+            vm.check_page_server("while the guest ran")
             if time.monotonic() > deadline or not vm.alive():
                 return None
             time.sleep(0.0005)
