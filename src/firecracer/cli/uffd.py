@@ -50,7 +50,8 @@ def serve(socket_path: str, mem_file: str, strategy: str, trace_out: str | None,
     """
     from firecracer.uffd.server import Server
 
-    logging.basicConfig(level=logging.WARNING, format="firecracer uffd: %(message)s", stream=sys.stderr)
+    level = logging.INFO if os.environ.get("FIRECRACER_UFFD_DEBUG") else logging.WARNING
+    logging.basicConfig(level=level, format="firecracer uffd: %(message)s", stream=sys.stderr)
     server = Server(socket_path, mem_file, strategy, trace_out=trace_out, max_sessions=sessions,
                     accept_timeout=accept_timeout, handshake_timeout=handshake_timeout, populate=populate,
                     metrics_out=metrics_out)

@@ -1,4 +1,4 @@
-"""The host's pool of 2 MiB huge pages: what is free, whether a guest fits, and a reservation that undoes itself.
+"""The host's pool of 2 MiB huge pages: what is free, whether a guest fits, a reservation that undoes itself.
 
 Firecracker backs a ``huge_pages = "2M"`` guest with hugetlbfs pages mapped ``MAP_NORESERVE``: nothing is
 claimed up front, so a pool that is too small shows up later as a ``SIGBUS`` in Firecracker (boot) or an
@@ -14,7 +14,6 @@ and, if the process is killed outright, a small guard process that waits for its
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -68,7 +67,8 @@ def pool(sysfs: Path = SYSFS_2M) -> Pool:
                     surplus=_read_int(sysfs / "surplus_hugepages"),
                     overcommit=_read_int(sysfs / "nr_overcommit_hugepages"))
     except (OSError, ValueError) as exc:
-        raise HugePagesError(f"{sysfs}: no 2 MiB huge pages on this kernel (CONFIG_HUGETLBFS?): {exc}") from None
+        raise HugePagesError(f"{sysfs}: no 2 MiB huge pages on this kernel (CONFIG_HUGETLBFS?): {exc}") \
+            from None
 
 
 def pages_for(mem_size_mib: int) -> int:
