@@ -40,3 +40,15 @@ def test_missing_for_lists_failed_checks() -> None:
     checks["userfaultfd"] = host.Check(False, "refused")
     assert host.missing_for("uffd", checks) == ["userfaultfd"]
     assert host.missing_for("vm", checks) == []
+
+
+def test_huge_pages_probe_reads_the_real_pool() -> None:
+    from firecracer.vmm import hugepages
+
+    c = host.check_huge_pages()
+    assert c.ok is hugepages.supported()
+    if c.ok:
+        info = {k: int(str(v)) for k, v in c.info.items()}
+        assert info["available"] == max(0, info["free"] - info["reserved"])
+        assert f"{info['available']} available" in c.detail and f"{info['total']} total" in c.detail
+        assert "nr_hugepages" in c.detail and "a 1 GiB guest needs 512" in c.detail

@@ -172,6 +172,17 @@ def check_disk() -> Check:
                  {"path": str(d), "free_bytes": usage.free})
 
 
+def check_huge_pages() -> Check:
+    """The 2 MiB hugetlbfs pool (``vm boot --huge-pages 2M``): what is free, how to reserve more."""
+    from firecracer.vmm import hugepages
+
+    try:
+        ok, sentence, facts = hugepages.summary()
+    except FirecracerError as exc:
+        return Check(False, str(exc))
+    return Check(ok, sentence, facts)
+
+
 NEEDS: dict[str, tuple[str, ...]] = {
     "vm": ("arch", "kvm", "firecracker"),
     "uffd": ("arch", "kvm", "firecracker", "userfaultfd"),
@@ -192,6 +203,7 @@ def run_all(firecracker: str | None = None) -> dict[str, Check]:
         "qemu": check_qemu(),
         "java": check_java(),
         "disk": check_disk(),
+        "huge_pages": check_huge_pages(),
     }
 
 
