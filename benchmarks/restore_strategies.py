@@ -16,6 +16,11 @@ What it does, in one run on this machine:
    (all uffd rows with the page cache dropped). Dropping = ``posix_fadvise(DONTNEED)`` on the memory
    file, vmstate and working-set file (residency is checked with ``mincore`` and reported), or
    ``--drop-caches`` for ``echo 3 > /proc/sys/vm/drop_caches``.
+   Rows ending in ``-2m`` restore the same probe booted with ``huge_pages = "2M"`` (its own snapshot and
+   recording, ``rec-2m.npz``): 2 MiB pages, same working set. The benchmark grows the 2 MiB pool for
+   them (``nr_hugepages``, put back on every exit path, SIGKILL included) and touches its pages once.
+   ``floor_4k_ratio`` = a row's latency ÷ the ``file-warm`` row's. A row may carry page-server knobs:
+   ``+tN`` (N install threads), ``+async`` (install while the working-set file is still being read).
 5. Builds a minimal C page server and a C "Firecracker" (same JSON + SCM_RIGHTS hand-off) with gcc and
    measures per-fault cost of the C server and of ``firecracer uffd serve`` on the same faults.
 
@@ -23,6 +28,7 @@ Faults/bytes: uffd rows report the server's faults and bytes installed; File row
 process's host page faults (minflt+majflt, /proc/PID/stat) and bytes read from storage (/proc/PID/io).
 
 Usage: ``python benchmarks/restore_strategies.py [--pages 16384] [--repeat 3] [--json]``
+(``--c-repeat 0`` skips step 5; ``--strategies a,b,…`` picks rows.)
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ import numpy as np
 
 PS = 4096
 STRATEGIES = ["file", "file-warm", "ondemand", "fault-around:16", "prefetch", "prefetch-background", "eager",
-              "ondemand-2m", "prefetch-2m", "eager-2m"]
+              "ondemand-2m", "prefetch-2m", "prefetch-background-2m", "eager-2m"]
 HUGE = "-2m"  # suffix: the same probe, booted with huge_pages="2M", restored through the page server
 
 C_HANDLER = r"""
@@ -507,15 +513,14 @@ def compute_checks(st: dict[str, Any]) -> dict[str, Any]:
 def first_touch_costs(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """What one first touch costs, from the rows themselves (medians over repetitions).
 
-    ``file-warm``: (latency - load) / host faults of Firecracker (each a 4 KiB first touch, shadow-paged
-    on PVM). ``ondemand-2m``: the server's per-fault service time (read the event, ``UFFDIO_COPY`` of
-    2 MiB, done) and (latency - load) / faults, i.e. everything one 2 MiB fault costs end to end.
+    ``*_walk_us_per_4k_page``: the guest's own walk (the probe's TSC cycles from the trigger byte to its
+    result) per 4 KiB page it read: with everything installed before resume (prefetch, eager) this is what
+    the host's nested paging charges per first guest touch, for 4 KiB and for 2 MiB backing alike.
+    ``ondemand-2m``: the server's per-fault service time (read the event, ``UFFDIO_COPY`` of 2 MiB, done)
+    and (latency - load) / faults, i.e. everything one 2 MiB fault costs end to end.
+    ``*_install_us_per_page``: the page server's install time per page before resume.
     """
     out: dict[str, Any] = {}
-    fw = results.get("file-warm") or []
-    if fw:
-        out["file_warm_us_per_4k_fault"] = round(statistics.median(
-            (r["latency_ms"] - r["load_ms"]) * 1e3 / max(1, r["faults"]) for r in fw), 1)
     od = results.get("ondemand-2m") or []
     if od:
         out["ondemand_2m_us_per_fault_end_to_end"] = round(statistics.median(
@@ -523,7 +528,32 @@ def first_touch_costs(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any
         svc = [r["latency_us"].get("p50") for r in od if r.get("latency_us")]
         if svc:
             out["ondemand_2m_server_us_per_fault_p50"] = round(statistics.median(svc), 1)
+    for name in ("prefetch", "prefetch-2m"):  # the page server's install time per page it installed
+        per = [r["server"]["install_ms"] * 1e3 / r["server"]["installed"] for r in results.get(name) or []
+               if r.get("server", {}).get("installed")]
+        if per:
+            out[f"{name}_install_us_per_page"] = round(statistics.median(per), 2)
+    for name in ("file-warm", "prefetch", "eager", "prefetch-2m", "eager-2m"):  # the guest's own walk
+        rs = results.get(name) or []
+        if rs:
+            out[f"{name}_walk_us_per_4k_page"] = round(statistics.median(
+                r["walk_cycles"] / tsc_khz() * 1e3 / max(1, r["pages"]) for r in rs), 2)
     return out
+
+
+def warm_pool(pages: int) -> float:
+    """Touch ``pages`` pages of the 2 MiB pool once (µs per page): the host's hypervisor backs a page the
+    first time it is used, which would otherwise land on whichever row runs first. A host that reserves its
+    pool at boot has them backed; so do we. Returns the first-touch cost per page that this measured."""
+    from firecracer.uffd import abi
+
+    length = pages * (2 << 20)
+    t0 = time.perf_counter()
+    addr = abi.mmap(length, abi.PROT_READ | abi.PROT_WRITE,
+                    abi.MAP_PRIVATE | abi.MAP_ANONYMOUS | abi.MAP_HUGETLB | abi.MAP_POPULATE)
+    dt = time.perf_counter() - t0
+    abi.munmap(addr, length)
+    return dt / pages * 1e6
 
 
 def tsc_khz() -> float:
@@ -604,12 +634,15 @@ def main() -> None:
     huge = any(s.split("+")[0].endswith(HUGE) for s in strategies)
     signal.signal(signal.SIGTERM, _term)  # unwind like Ctrl-C: the finally blocks below run
     reservation = None
+    pool_touch: float | None = None
     try:
         if huge:  # the pool for one 2 MiB guest at a time (boot, then each restore), given back at the end
             from firecracer.vmm.hugepages import Reservation, pages_for
 
-            reservation = Reservation(pages_for(args.mem_mib) + 2)
-            say(f"huge pages: {reservation.added} added to the pool for this run (given back at exit)")
+            reservation = Reservation(pages_for(args.mem_mib) + 16)  # margin: other users of the pool
+            pool_touch = warm_pool(pages_for(args.mem_mib) + 16)
+            say(f"huge pages: {reservation.added} added to the pool for this run (given back at exit); "
+                f"first touch of the pool's pages {pool_touch:.0f} µs per 2 MiB page")
         fill, order = layout(args.pages, args.mem_mib, args.seed)
         runs_in_order = 1 + int(np.count_nonzero(np.diff(np.array(order)) != 1))
         elf = build_probe(order, fill, samples=2)
@@ -718,6 +751,8 @@ def main() -> None:
         for v in summary["strategies"].values():
             v["floor_4k_ratio"] = round(v["latency_ms_p50"] / floor, 3)
     summary["first_touch"] = first_touch_costs(results)
+    if pool_touch is not None:
+        summary["first_touch"]["fresh_pool_page_us"] = round(pool_touch, 1)
     st = summary["strategies"]
     summary["checks"] = compute_checks(st)
     if args.json_out:
