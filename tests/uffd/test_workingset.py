@@ -88,3 +88,22 @@ def test_old_or_damaged_working_sets_are_named(tmp_path: Path) -> None:
     bad.write_bytes(struct.pack("<8sQQQQQQQ", b"FCRWSET2", PS, 5, PS * 8, 5, PS, 64, 1))
     with pytest.raises(FormatError, match="does not match its header"):
         WorkingSet(bad)
+
+
+def test_cli_builds_a_working_set(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from firecracer.uffd.trace import save_trace
+
+    mem = tmp_path / "mem"
+    mem.write_bytes(np.random.default_rng(2).integers(0, 256, 8 * PS, dtype=np.uint8).tobytes())
+    tr = save_trace(_trace([5 * PS, 2 * PS, 3 * PS], PS, 8 * PS), tmp_path / "t.npz")
+    res = subprocess.run([sys.executable, "-m", "firecracer", "uffd", "working-set", str(tr), str(mem)],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert res.returncode == 0, res.stderr
+    said = " ".join(res.stderr.split())
+    assert "3 pages of 4096 bytes in 2 runs (loading order), 3 4 KiB blocks stored" in said
+    ws = WorkingSet(tmp_path / "t.ws")
+    assert (ws.offsets // PS).tolist() == [5, 2, 3]
+    ws.close()

@@ -133,7 +133,7 @@ def import_seed(log: str, output: str, page_size: int, mem_bytes: int | None, ad
 @click.argument("mem_file", metavar="MEMFILE", type=click.Path(exists=True, dir_okay=False))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Default: TRACE with suffix .ws.")
 def working_set(trace: str, mem_file: str, output: str | None) -> None:
-    """Build the working-set file prefetch:TRACE installs (page contents in first-fault order)."""
+    """Build the working-set file prefetch:TRACE installs (its loading set, in loading order)."""
     from firecracer.uffd.memfile import MemoryFile
     from firecracer.uffd.strategies import WorkingSet, write_working_set, ws_path_for
 
@@ -143,7 +143,9 @@ def working_set(trace: str, mem_file: str, output: str | None) -> None:
     ws = WorkingSet(out, populate=False)
     info = ws.describe()
     ws.close()
-    err_console.print(f"wrote {out}: {info['pages']} pages in {info['runs']} runs, {info['bytes']} bytes")
+    err_console.print(f"wrote {out}: {info['pages']} pages of {info['page_size']} bytes in {info['runs']} "
+                      f"runs (loading order), {info['stored_blocks']} 4 KiB blocks stored, "
+                      f"{info['bytes']} bytes")
 
 
 @uffd.command()
