@@ -351,15 +351,19 @@ def one_restore(snap: Path, fc: Path, strategy: str, work: Path, rec: Path, tag:
     from firecracer.vmm.probe import parse_line
 
     strategy, *knobs = strategy.split("+")  # e.g. prefetch-2m+t2: page-server tuning for this row only
-    env = {"FIRECRACER_UFFD_INSTALL_THREADS": "1", "FIRECRACER_UFFD_WS_POPULATE": ""}
+    env = {"FIRECRACER_UFFD_INSTALL_THREADS": "", "FIRECRACER_UFFD_WS_POPULATE": "",
+           "FIRECRACER_UFFD_WS_READ_AHEAD": "1"}
     for k in knobs:
         if k.startswith("t") and k[1:].isdigit():
             env["FIRECRACER_UFFD_INSTALL_THREADS"] = k[1:]
         elif k == "async":
             env["FIRECRACER_UFFD_WS_POPULATE"] = "async"
+        elif k == "inwindow":
+            env["FIRECRACER_UFFD_WS_READ_AHEAD"] = "0"
         else:
             raise SystemExit(f"unknown row option +{k} (+tN: N install threads, +async: overlap the "
-                             "working-set read with installing)")
+                             "working-set read with installing, +inwindow: start reading the working set "
+                             "at the hand-off, not when the page server starts)")
     os.environ.update(env)  # the page server inherits it
     if strategy.endswith(HUGE):  # 2 MiB rows: their own snapshot and recording, same strategies
         strategy = strategy.removesuffix(HUGE)

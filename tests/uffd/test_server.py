@@ -408,3 +408,27 @@ def test_a_working_set_of_other_page_size_is_refused(sock: str, tmp_path: Path, 
     assert "working set of 4096-byte pages, but this restore uses 2097152-byte pages" in \
         str(result.metrics()["error"])
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+
+
+@pytest.mark.parametrize("threads", ["1", "3"])
+def test_prefetch_and_eager_with_install_threads(sock: str, memfile: Path, tmp_path: Path, threads: str,
+                                                 fast_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Installs split over threads (every n-th run each) put every page in place and record each once."""
+    monkeypatch.setenv("FIRECRACER_UFFD_INSTALL_THREADS", threads)
+    order = [7, 8, 9, 30, 2, 44, 31, 12, 13, 50, 51, 52, 60]
+    result, _ = serve(sock, memfile, PeerSpec(sock, [NPAGES * PS], ops=[("read", order)]),
+                      trace=tmp_path / "rec.npz")
+    assert result.ok
+    for strategy in (f"prefetch:{tmp_path / 'rec.npz'}", "eager"):
+        spec = PeerSpec(sock, [NPAGES * PS], ops=[("read", list(range(NPAGES)))])
+        result, [(status, rep)] = serve(sock, memfile, spec, strategy, trace=tmp_path / "t.npz")
+        assert result.ok and _ok(status), result.metrics()
+        for p in range(NPAGES):
+            assert rep["reads"][str(p)] == [expected(memfile, p)], (strategy, p)
+        m = result.sessions[0]
+        installed = m["pages"]["prefetch"] + m["pages"]["eager"]
+        assert installed == (len(order) if strategy != "eager" else NPAGES)
+        assert m["prefetch"]["threads"] == int(threads)
+        tr = load_trace(tmp_path / "t.npz")
+        done = tr.file_off[(tr.action == Action.PREFETCH) | (tr.action == Action.EAGER)]
+        assert len(done) == len(set(done.tolist())) == installed

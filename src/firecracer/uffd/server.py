@@ -203,9 +203,11 @@ class Session:
         self.stop_fd = stop_fd
         self.index = index
         self.ws = ws
-        self.install_threads = max(1, install_threads)
         self.fd = hs.uffd
         self.ps = hs.page_size
+        # 2 MiB installs are memory copies and gained 17-20 % from a second thread on our 2-core host;
+        # 4 KiB ones are ioctl-bound and lost under load (docs/uffd.md): one thread unless told otherwise
+        self.install_threads = install_threads or (2 if self.ps > 4096 and (os.cpu_count() or 1) >= 2 else 1)
         self.shift = self.ps.bit_length() - 1
         self.mask = ~(self.ps - 1)
         self.t0 = hs.received_ns
@@ -1110,6 +1112,24 @@ class Session:
 # ---------------------------------------------------------------------------------------------------
 # Server
 
+def read_ahead(path: Path) -> int:
+    """Start reading ``path`` into the page cache in the background (``POSIX_FADV_WILLNEED``); returns the
+    ``monotonic_ns`` it started at (0 if it could not be started)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return 0
+    try:
+        t = time.monotonic_ns()
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        return t
+    except OSError:
+        return 0
+    finally:
+        os.close(fd)
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to a temporary name and rename it, so readers never see half a file."""
     tmp = path.with_name(path.name + ".tmp")
@@ -1159,7 +1179,10 @@ class Server:
         self.write_ws = write_ws
         self.firecracker_version = firecracker_version
         self.metrics_out = Path(metrics_out) if metrics_out else None
-        self.install_threads = int(os.environ.get("FIRECRACER_UFFD_INSTALL_THREADS", "1"))
+        self.read_ahead = os.environ.get("FIRECRACER_UFFD_WS_READ_AHEAD", "1") != "0"
+        self._read_ahead_ns = 0
+        # 0 = per page size (Session): tuning knobs, measured in docs/uffd.md
+        self.install_threads = int(os.environ.get("FIRECRACER_UFFD_INSTALL_THREADS") or 0)
         modes: dict[str, bool | str] = {"async": "async", "0": False}
         self.ws_populate = modes.get(os.environ.get("FIRECRACER_UFFD_WS_POPULATE", ""), True)
         self.mem = MemoryFile(mem_file, populate=populate)
@@ -1169,6 +1192,8 @@ class Server:
             self.ws_path = ws_path_for(self.strategy.trace)
             if ws_page_size(self.ws_path) is None:  # missing, or an older format: (re)build it
                 write_working_set(self.strategy.trace, self.mem, self.ws_path)
+            if self.read_ahead:
+                self._read_ahead_ns = read_ahead(self.ws_path)
         self._stop = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self.sock: socket.socket | None = None
 
@@ -1255,6 +1280,9 @@ class Server:
                 if ws is not None:
                     s.prefetch["ws_read_ms"] = read_ms
                     s.prefetch["ws_bytes"] = ws.file_size
+                    if self._read_ahead_ns:  # how long before the hand-off the file started to be read
+                        ahead = (hs.received_ns - self._read_ahead_ns) / 1e6
+                        s.prefetch["ws_read_ahead_ms"] = round(ahead, 3)
                 sessions.append(s)
                 if self.max_sessions == 1 and not os.environ.get("FIRECRACER_UFFD_THREAD"):
                     s.run()  # the common case: serve in this thread (no GIL hand-offs on the hot path)
