@@ -237,6 +237,7 @@ class Session:
         self._bg: threading.Thread | None = None
         self._bg_rec = _Recorder()
         self._stop_bg = threading.Event()
+        self._count_lock = threading.Lock()
         self._ws_entry: np.ndarray[Any, np.dtype[np.int32]] | None = None
         self.peer_exe = ""
         if hs.peer_pid:
@@ -877,7 +878,7 @@ class Session:
         recs = [_Recorder() for _ in range(threads)]
         pages = [0] * threads
         errors: list[BaseException] = []
-        bufs = [self._staging_buffer() for _ in range(threads)]
+        bufs = [self._staging_buffer() if self.ps > 4096 else 0 for _ in range(threads)]
 
         def work(k: int) -> None:
             try:
@@ -896,7 +897,8 @@ class Session:
                 if th.is_alive() or th.ident is not None:
                     th.join()
             for buf in bufs:
-                abi.munmap(buf, self.ps)
+                if buf:
+                    abi.munmap(buf, self.ps)
         for rec in recs:
             self.rec.blocks.extend(rec.blocks)
             self.rec.runs.extend(rec.runs)
@@ -944,7 +946,8 @@ class Session:
                     first = (plan.off[i:i + k] >> np.uint64(shift)).astype(np.int64)
                     state[_expand_ranges(first, npg)] = PRESENT
                     pages += int(npg.sum())
-                    self.ioctls += k
+                    with self._count_lock:  # install threads share the counter
+                        self.ioctls += k
                 i += k
                 if i >= j:
                     continue
