@@ -264,7 +264,7 @@ def test_probe_study_with_a_2mib_variant(firecracker_bin: Path, tmp_path: Path) 
     p.write_text(text)
     spec = parse_spec(text, p)
     try:
-        res = Reservation(32 + 4)
+        res = Reservation(32 + 16)
     except HugePagesError as exc:
         pytest.skip(f"2 MiB huge pages cannot be reserved here: {exc}")
     with res:

@@ -149,7 +149,7 @@ def probe_snapshot_2m(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tupl
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         pytest.skip("/dev/kvm is not usable")
     try:
-        res = Reservation(64 + 4)
+        res = Reservation(64 + 16)
     except HugePagesError as exc:
         pytest.skip(f"2 MiB huge pages cannot be reserved here: {exc}")
     with res:

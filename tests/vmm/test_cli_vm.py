@@ -159,7 +159,7 @@ def test_vm_commands_with_2mib_pages(firecracker_bin: Path, tmp_path: Path) -> N
     assert "free 2 MiB huge pages" in res.stderr and "nr_hugepages" in res.stderr
     assert json.loads(fcr("vm", "ls", "--json").stdout) == []
     try:
-        reservation = Reservation(64 + 4)
+        reservation = Reservation(64 + 16)
     except HugePagesError as exc:
         pytest.skip(f"2 MiB huge pages cannot be reserved here: {exc}")
     try:
