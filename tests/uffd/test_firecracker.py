@@ -192,14 +192,16 @@ def test_every_strategy_restores_the_probe_correctly_with_2mib_pages(
         tr = load_trace(r.trace)
         assert tr.page_size == huge and (tr.file_off % huge == 0).all(), name
     od = runs["ondemand"].session
+    touched = load_trace(runs["ondemand"].trace).working_set()
     # 32..96 MiB filled (32 pages of 2 MiB) plus the image and the never-filled pages beyond: a few dozen
-    assert 32 <= od["faults"] < 64 and od["pages"]["zero"] > 0
+    # (a fault can repeat for a page already served when the host is loaded: count pages, not faults)
+    assert 32 <= len(touched) < 64 and od["faults"] >= len(touched) and od["pages"]["zero"] > 0
     ws_file = ws_path_for(runs["ondemand"].trace)
     from firecracer.uffd.strategies import WorkingSet
 
     ws = WorkingSet(ws_file, populate=False)
     try:
-        assert ws.page_size == huge and ws.n == od["faults"]
+        assert ws.page_size == huge and ws.n == len(touched)
         assert ws.file_size < 8 << 20  # data blocks only, not od["faults"] x 2 MiB
     finally:
         ws.close()
