@@ -205,9 +205,10 @@ def test_every_strategy_restores_the_probe_correctly_with_2mib_pages(
         assert ws.file_size < 8 << 20  # data blocks only, not od["faults"] x 2 MiB
     finally:
         ws.close()
-    pf = runs["prefetch"].session
-    assert pf["faults"] == 0 and pf["prefetch"]["installed"] == pf["prefetch"]["ws_pages"]
+    pf = runs["prefetch"].session  # nothing served on demand (a fault queued during the install is stale)
+    assert pf["prefetch"]["misses"] == 0 and pf["pages"]["load"] == pf["pages"]["zero"] == 0
+    assert pf["prefetch"]["installed"] == pf["prefetch"]["ws_pages"] == len(touched)
     ea = runs["eager"].session
-    assert ea["faults"] == 0 and ea["pages"]["eager"] == 64
+    assert ea["pages"]["load"] == ea["pages"]["zero"] == 0 and ea["pages"]["eager"] == 64
     fa = runs["fault-around"].session
     assert fa["faults"] < od["faults"] and fa["pages"]["around"] > 0
