@@ -28,7 +28,8 @@ Faults/bytes: uffd rows report the server's faults and bytes installed; File row
 process's host page faults (minflt+majflt, /proc/PID/stat) and bytes read from storage (/proc/PID/io).
 
 Usage: ``python benchmarks/restore_strategies.py [--pages 16384] [--repeat 3] [--json]``
-(``--c-repeat 0`` skips step 5; ``--strategies a,b,…`` picks rows.)
+(``--c-repeat 0`` skips step 5; ``--strategies a,b,…`` picks rows; ``BENCH_TIMEOUT=S`` bounds the wait
+for each result line, default 300 s.)
 """
 
 from __future__ import annotations
