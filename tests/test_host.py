@@ -89,3 +89,13 @@ def test_doctor_need_uffd_judges_the_binary_it_will_use() -> None:
     if new:
         _, data = doctor(new[-1])
         assert data["uffd_restore"]["ok"] is True, data["uffd_restore"]
+def test_huge_pages_probe_reads_the_real_pool() -> None:
+    from firecracer.vmm import hugepages
+
+    c = host.check_huge_pages()
+    assert c.ok is hugepages.supported()
+    if c.ok:
+        info = {k: int(str(v)) for k, v in c.info.items()}
+        assert info["available"] == max(0, info["free"] - info["reserved"])
+        assert f"{info['available']} available" in c.detail and f"{info['total']} total" in c.detail
+        assert "nr_hugepages" in c.detail and "a 1 GiB guest needs 512" in c.detail

@@ -280,6 +280,15 @@ def check_lab() -> Check:
     return Check(True, f"QEMU TCG with emulated AMD SVM; {kernel}; {avail} MiB RAM available "
                        f"(L1 gets {mem} MiB); 'firecracer lab check' boots it",
                  {"mem_available_mib": avail, "assets_cached": assets is not None})
+def check_huge_pages() -> Check:
+    """The 2 MiB hugetlbfs pool (``vm boot --huge-pages 2M``): what is free, how to reserve more."""
+    from firecracer.vmm import hugepages
+
+    try:
+        ok, sentence, facts = hugepages.summary()
+    except FirecracerError as exc:
+        return Check(False, str(exc))
+    return Check(ok, sentence, facts)
 
 
 NEEDS: dict[str, tuple[str, ...]] = {
@@ -310,6 +319,7 @@ def run_all(firecracker: str | None = None) -> dict[str, Check]:
         "lab": check_lab(),
         "java": check_java(),
         "disk": check_disk(),
+        "huge_pages": check_huge_pages(),
     }
 
 

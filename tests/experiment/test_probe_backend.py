@@ -247,3 +247,41 @@ def test_trace_replay_variant(firecracker_bin: Path, tmp_path: Path) -> None:
     assert r.pages is not None and set(kept.tolist()) <= set(r.pages.tolist())
     facts = json.loads((tmp_path / "replay" / "variants" / "a" / "variant.json").read_text())
     assert facts["trace_pages_dropped"] == len(recorded) - 300 > 0
+
+
+def test_probe_study_with_a_2mib_variant(firecracker_bin: Path, tmp_path: Path) -> None:
+    """``huge_pages = "2M"`` per variant: the 2 MiB variant boots and restores with 2 MiB pages (its traces
+    say so), ``file`` is not planned for it, and its working set is reported in 4 KiB pages."""
+    from firecracer.vmm.binary import firecracker_version
+    from firecracer.vmm.hugepages import HugePagesError, Reservation
+
+    if not firecracker_version(firecracker_bin).at_least(1, 8):
+        pytest.skip("uffd restores need Firecracker >= 1.8 on this host kernel")
+    text = ('[study]\nname = "h"\nbackend = "probe"\nrepetitions = 1\n'
+            f'strategies = ["file", "ondemand", "prefetch"]\ntimeout_s = 120\n'
+            f'firecracker = "{firecracker_bin}"\n'
+            '[guest]\nmem_size_mib = 64\n'
+            '[[variant]]\nname = "a"\nworking_set_pages = 256\nseed = 3\n'
+            '[[variant]]\nname = "a2m"\nworking_set_pages = 256\nseed = 3\nhuge_pages = "2M"\n')
+    p = tmp_path / "h.toml"
+    p.write_text(text)
+    spec = parse_spec(text, p)
+    try:
+        res = Reservation(32 + 16)
+    except HugePagesError as exc:
+        pytest.skip(f"2 MiB huge pages cannot be reserved here: {exc}")
+    with res:
+        summary = run_study(spec, tmp_path / "res")
+    assert (summary.ok, summary.failed) == (5, 0), failures(tmp_path / "res")
+    with ResultStore.open(tmp_path / "res") as st:
+        runs = {r.run_id: r for r in st.runs()}
+    assert set(runs) == {"a.file.r1", "a.ondemand.r1", "a.prefetch.r1", "a2m.ondemand.r1", "a2m.prefetch.r1"}
+    from firecracer.uffd.trace import load_trace
+
+    for rid in ("a2m.ondemand.r1", "a2m.prefetch.r1"):
+        assert load_trace(tmp_path / "res" / "runs" / rid / "trace.npz").page_size == 2 << 20
+        assert runs[rid].metrics["errors"] == 0
+    small, big = runs["a.ondemand.r1"], runs["a2m.ondemand.r1"]
+    assert big.metrics["faults"] < small.metrics["faults"]
+    assert big.pages is not None and small.pages is not None and len(big.pages) % 512 == 0
+    assert set(ProbeBackend(spec)._working_set(spec.variants[1]).tolist()) <= set(big.pages.tolist())

@@ -92,6 +92,11 @@ def test_digest_ignores_comments_and_binary_location_but_not_content() -> None:
     (GOOD.replace('name = "a"', 'name = "a b"'), "not a valid name", 0),
     (GOOD + "\n[guestt]\n", "guestt: unknown table", 0),
     (GOOD.replace('backend = "probe"', 'backend = "jvm"'), "variant[0].working_set_pages", 9),
+    (GOOD + 'huge_pages = "1G"\n', "variant[0].huge_pages: '1G' is not one of None, 2M", 10),
+    (GOOD.replace('"file", "ondemand"', '"file"') + 'huge_pages = "2M"\n', "restore only through Uffd", 10),
+    (GOOD.replace('backend = "probe"', 'backend = "host-replay"') + 'huge_pages = "2M"\n',
+     "need a Firecracker backend", 10),
+    (GOOD + 'huge_pages = "2M"\n[guest]\nmem_size_mib = 127\n', "not a multiple of 2 MiB", 10),
 ])
 def test_mistakes_name_the_file_and_key(tmp_path: Path, text: str, key: str, line: int) -> None:
     p = tmp_path / "bad.toml"
@@ -118,6 +123,19 @@ def test_jvm_backend_needs_the_image() -> None:
         parse_spec(text)
     spec = parse_spec(text + '[guest]\nkernel = "/k"\nrootfs = "/r"\n')
     assert spec.variants[0].jvm_options == ("-XX:+UseTransparentHugePages",)
+
+
+def test_huge_pages_per_variant_and_file_not_planned_for_them() -> None:
+    from firecracer.experiment.plan import plan_runs
+
+    text = GOOD + '\n[[variant]]\nname = "a2m"\nworking_set_pages = 100\nhuge_pages = "2M"\n'
+    spec = parse_spec(text)
+    assert [v.huge_pages for v in spec.variants] == [None, "2M"]
+    assert spec.variant("a2m").as_dict()["huge_pages"] == "2M"
+    assert "huge_pages" not in spec.variants[0].as_dict()
+    assert parse_spec(GOOD + 'huge_pages = "None"\n').digest == parse_spec(GOOD).digest  # the default
+    runs = plan_runs(spec)
+    assert [r.run_id for r in runs if r.repetition == 1] == ["a.file.r1", "a.ondemand.r1", "a2m.ondemand.r1"]
 
 
 def test_strategy_grammar() -> None:

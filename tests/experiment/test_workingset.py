@@ -39,16 +39,23 @@ def test_runs_of_and_jaccard() -> None:
     assert jaccard(a, a) == 1.0
 
 
-def _trace(path: Path, gpa: list[int], flags: list[int]) -> Path:
+def _trace(path: Path, gpa: list[int], flags: list[int], page_size: int = 4096) -> Path:
     n = len(gpa)
     cols = {"t_ns": range(n), "hva": gpa, "file_off": gpa, "gpa": gpa, "flags": flags, "action": [0] * n,
             "fault": range(n), "service_ns": [1] * n}
-    return save_trace(make_trace(cols, {"strategy": "fault-around:2"}), path)
+    return save_trace(make_trace(cols, {"strategy": "fault-around:2", "page_size": page_size}), path)
 
 
 def test_from_trace_keeps_first_fault_order_of_faulting_pages(tmp_path: Path) -> None:
     p = _trace(tmp_path / "t.npz", [0x5000, 0x4000, 0x1000, 0x5000, 0x3000], [2, 0, 3, 2, 2])
     assert from_trace(p).tolist() == [5, 1, 3]
+
+
+def test_from_trace_of_2mib_pages_speaks_4kib_pages(tmp_path: Path) -> None:
+    huge = 2 << 20
+    p = _trace(tmp_path / "t.npz", [3 * huge, huge, 3 * huge], [2, 2, 2], page_size=huge)
+    pages = from_trace(p)
+    assert pages.tolist() == [*range(3 * 512, 4 * 512), *range(512, 1024)]
 
 
 @pytest.mark.parametrize("content", [b"garbage", b""])

@@ -59,7 +59,8 @@ def _child(spec: PeerSpec, wfd: int) -> None:
     bases: list[int] = []
     uffd = abi.open_uffd()
     abi.api(uffd, spec.features)
-    flags = abi.MAP_PRIVATE | abi.MAP_ANONYMOUS | (abi.MAP_HUGETLB if ps > 4096 else 0)
+    # huge pages as Firecracker maps them: hugetlbfs, MAP_NORESERVE (claimed from the pool when installed)
+    flags = abi.MAP_PRIVATE | abi.MAP_ANONYMOUS | (abi.MAP_HUGETLB | abi.MAP_NORESERVE if ps > 4096 else 0)
     for i, size in enumerate(spec.region_sizes):
         extra = spec.extra_register if i == len(spec.region_sizes) - 1 else 0
         base = abi.mmap(size + extra, abi.PROT_READ | abi.PROT_WRITE, flags)

@@ -275,8 +275,9 @@ def test_record_then_prefetch(sock: str, memfile: Path, tmp_path: Path, mode: st
     assert result.ok
     wsf = ws_path_for(tmp_path / "rec.npz")
     ws = WorkingSet(wsf)
-    assert ws.offsets.tolist() == [p * PS for p in order]
-    assert ws.runs()[1].tolist() == [3, 1, 1, 1, 1]  # 7-9 is one run; 30 and 31 are not adjacent in order
+    # loading order: runs of pages adjacent in memory, ranked by their first fault (31 joins 30)
+    assert ws.offsets.tolist() == [p * PS for p in [7, 8, 9, 30, 31, 2, 44]]
+    assert ws.runs()[1].tolist() == [3, 2, 1, 1]
     ws.close()
     replay = PeerSpec(sock, [NPAGES * PS], ops=[("read", [*order, 50])])
     result, [(status, rep)] = serve(sock, memfile, replay, f"{mode}:{tmp_path / 'rec.npz'}",
@@ -293,36 +294,142 @@ def test_record_then_prefetch(sock: str, memfile: Path, tmp_path: Path, mode: st
     assert (tr.fault[tr.action == Action.PREFETCH] == -1).all()
 
 
-def _free_hugepages() -> int:
+HUGE = 2 << 20
+
+
+@pytest.fixture
+def huge_pool() -> Iterator[None]:
+    """Free 2 MiB pages for the test — 8 it uses, 8 of margin for other users of the pool on a shared
+    host (the pool grows if needed and is put back) — else a skip."""
+    from firecracer.vmm.hugepages import HugePagesError, Reservation
+
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("HugePages_Free:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+        res = Reservation(8 + 8)
+    except HugePagesError as exc:
+        pytest.skip(f"2 MiB huge pages cannot be reserved here: {exc}")
+    with res:
+        yield
 
 
-@pytest.mark.skipif(_free_hugepages() < 4, reason="needs 4 free 2 MiB huge pages "
-                    "(echo 4 > /proc/sys/vm/nr_hugepages)")
-@pytest.mark.parametrize("strategy", ["ondemand", "eager"])
-def test_2mib_pages_are_served_in_page_size_units(sock: str, tmp_path: Path, strategy: str) -> None:
-    huge = 2 << 20
+@pytest.fixture
+def mem2m(tmp_path: Path) -> Path:
+    """Six 2 MiB pages: 0 all data, 1 a hole, 2 data in three separate 4 KiB blocks (first, middle, last),
+    3 a hole, 4 and 5 all data (adjacent: one run)."""
     mem = tmp_path / "mem2m"
     rng = np.random.default_rng(3)
-    with open(mem, "wb") as fh:  # pages 0 and 2 data (page 2 only in its last 4 KiB), 1 and 3 holes
-        fh.write(rng.integers(0, 256, huge, dtype=np.uint8).tobytes())
-        fh.seek(3 * huge - PS)
-        fh.write(rng.integers(0, 256, PS, dtype=np.uint8).tobytes())
-        fh.truncate(4 * huge)
-    spec = PeerSpec(sock, [4 * huge], page_size=huge, ops=[("read", [0, 1, 2, 3])])
-    result, [(status, rep)] = serve(sock, mem, spec, strategy, trace=tmp_path / "t.npz")
-    assert result.ok and _ok(status), (result.metrics(), rep)
+    with open(mem, "wb") as fh:
+        for page in range(6):
+            if page in (0, 4, 5):
+                fh.seek(page * HUGE)
+                fh.write(rng.integers(0, 256, HUGE, dtype=np.uint8).tobytes())
+        for blk in (0, 200, 511):
+            fh.seek(2 * HUGE + blk * PS)
+            fh.write(rng.integers(0, 256, PS, dtype=np.uint8).tobytes())
+        fh.truncate(6 * HUGE)
+    return mem
+
+
+def _huge_digests(mem: Path) -> list[str]:
     data = mem.read_bytes()
-    for p in range(4):
-        assert rep["reads"][str(p)] == [digest(data[p * huge:(p + 1) * huge])]
+    return [digest(data[p * HUGE:(p + 1) * HUGE]) for p in range(6)]
+
+
+@pytest.mark.parametrize("strategy", ["ondemand", "eager", "fault-around:2"])
+def test_2mib_pages_are_served_in_page_size_units(sock: str, tmp_path: Path, huge_pool: None, mem2m: Path,
+                                                  strategy: str, fast_path: str) -> None:
+    spec = PeerSpec(sock, [6 * HUGE], page_size=HUGE, ops=[("read", [2, 0, 1, 5, 3, 4])])
+    result, [(status, rep)] = serve(sock, mem2m, spec, strategy, trace=tmp_path / "t.npz")
+    assert result.ok and _ok(status), (result.metrics(), rep)
+    want = _huge_digests(mem2m)
+    for p in range(6):
+        assert rep["reads"][str(p)] == [want[p]], p
     tr = load_trace(tmp_path / "t.npz")
-    assert tr.page_size == huge and len(tr) == 4
-    assert sorted(tr.file_off.tolist()) == [0, huge, 2 * huge, 3 * huge]
-    zero = {int(o) for o in tr.file_off[tr.is_zero()]}
-    assert zero == {huge, 3 * huge}
+    assert tr.page_size == HUGE and tr.meta["page_size"] == HUGE and len(tr) == 6
+    assert sorted(tr.file_off.tolist()) == [p * HUGE for p in range(6)]
+    assert {int(o) for o in tr.file_off[tr.is_zero()]} == {HUGE, 3 * HUGE}
+    m = result.sessions[0]
+    assert m["page_size"] == HUGE and m["bytes_copied"] == 4 * HUGE and m["bytes_zeroed"] == 2 * HUGE
+
+
+@pytest.mark.parametrize("mode", ["prefetch", "prefetch-background"])
+def test_2mib_record_then_prefetch(sock: str, tmp_path: Path, huge_pool: None, mem2m: Path, mode: str,
+                                   fast_path: str) -> None:
+    order = [2, 5, 0, 4, 3]
+    rec = PeerSpec(sock, [6 * HUGE], page_size=HUGE, ops=[("read", order)])
+    result, _ = serve(sock, mem2m, rec, trace=tmp_path / "rec.npz")
+    assert result.ok, result.metrics()
+    ws = WorkingSet(ws_path_for(tmp_path / "rec.npz"))
+    # loading order in 2 MiB units: runs of adjacent pages ranked by first fault; 4-5 one run of whole pages
+    assert ws.page_size == HUGE and ws.offsets.tolist() == [p * HUGE for p in [2, 4, 5, 0, 3]]
+    assert ws.full.tolist() == [False, True, True, True, False]
+    assert ws.n_blocks == 3 + 3 * 512  # page 2 stores only its three data blocks; page 3 (a hole) none
+    assert ws.runs()[1].tolist() == [1, 2, 1, 1]
+    ws.close()
+    replay = PeerSpec(sock, [6 * HUGE], page_size=HUGE, ops=[("read", [0, 1, 2, 3, 4, 5])])
+    result, [(status, rep)] = serve(sock, mem2m, replay, f"{mode}:{tmp_path / 'rec.npz'}",
+                                    trace=tmp_path / "replay.npz")
+    assert result.ok and _ok(status), result.metrics()
+    want = _huge_digests(mem2m)
+    for p in range(6):
+        assert rep["reads"][str(p)] == [want[p]], p
+    m = result.sessions[0]
+    assert m["prefetch"]["ws_pages"] == 5 and m["prefetch"]["misses"] == 1  # page 1 was not recorded
+    if mode == "prefetch":
+        assert m["faults"] == 1 and m["pages"]["prefetch"] == 5 and m["prefetch"]["staged"] == 1
+
+
+def test_2mib_pool_exhausted_is_one_clear_error(sock: str, tmp_path: Path, huge_pool: None,
+                                                mem2m: Path) -> None:
+    """hugetlbfs answers UFFDIO_COPY with EEXIST (not ENOMEM) when its pool is empty; the server must say so
+    and kill the peer, not take the page as present and leave the vCPU faulting on it forever."""
+    from firecracer.vmm.hugepages import pool
+
+    keep = 1  # leave one free page: the first install works, the second finds the pool empty
+    hog_pages = pool().available - keep
+    hog = abi.mmap(hog_pages * HUGE, abi.PROT_READ | abi.PROT_WRITE,
+                   abi.MAP_PRIVATE | abi.MAP_ANONYMOUS | abi.MAP_HUGETLB | abi.MAP_POPULATE)
+    try:
+        spec = PeerSpec(sock, [6 * HUGE], page_size=HUGE, ops=[("read", [0, 4])])
+        result, [(status, _rep)] = serve(sock, mem2m, spec)
+    finally:
+        abi.munmap(hog, hog_pages * HUGE)
+    assert not result.ok
+    assert "huge-page pool is exhausted" in str(result.metrics()["error"])
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+
+
+def test_a_working_set_of_other_page_size_is_refused(sock: str, tmp_path: Path, huge_pool: None,
+                                                     mem2m: Path) -> None:
+    rec = PeerSpec(sock, [6 * HUGE], ops=[("read", [1, 2, 600])])  # 4 KiB pages of the same memory file
+    result, _ = serve(sock, mem2m, rec, trace=tmp_path / "rec.npz")
+    assert result.ok
+    spec = PeerSpec(sock, [6 * HUGE], page_size=HUGE, ops=[("read", [0])])
+    result, [(status, _)] = serve(sock, mem2m, spec, f"prefetch:{tmp_path / 'rec.npz'}")
+    assert not result.ok
+    assert "working set of 4096-byte pages, but this restore uses 2097152-byte pages" in \
+        str(result.metrics()["error"])
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+
+
+@pytest.mark.parametrize("threads", ["1", "3"])
+def test_prefetch_and_eager_with_install_threads(sock: str, memfile: Path, tmp_path: Path, threads: str,
+                                                 fast_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Installs split over threads (every n-th run each) put every page in place and record each once."""
+    monkeypatch.setenv("FIRECRACER_UFFD_INSTALL_THREADS", threads)
+    order = [7, 8, 9, 30, 2, 44, 31, 12, 13, 50, 51, 52, 60]
+    result, _ = serve(sock, memfile, PeerSpec(sock, [NPAGES * PS], ops=[("read", order)]),
+                      trace=tmp_path / "rec.npz")
+    assert result.ok
+    for strategy in (f"prefetch:{tmp_path / 'rec.npz'}", "eager"):
+        spec = PeerSpec(sock, [NPAGES * PS], ops=[("read", list(range(NPAGES)))])
+        result, [(status, rep)] = serve(sock, memfile, spec, strategy, trace=tmp_path / "t.npz")
+        assert result.ok and _ok(status), result.metrics()
+        for p in range(NPAGES):
+            assert rep["reads"][str(p)] == [expected(memfile, p)], (strategy, p)
+        m = result.sessions[0]
+        installed = m["pages"]["prefetch"] + m["pages"]["eager"]
+        assert installed == (len(order) if strategy != "eager" else NPAGES)
+        assert m["prefetch"]["threads"] == int(threads)
+        tr = load_trace(tmp_path / "t.npz")
+        done = tr.file_off[(tr.action == Action.PREFETCH) | (tr.action == Action.EAGER)]
+        assert len(done) == len(set(done.tolist())) == installed

@@ -143,3 +143,53 @@ def test_sigterm_mid_selftest_leaves_nothing_running(firecracker_bin: Path) -> N
         cmdline = Path(f"/proc/{pid}/cmdline")
         assert not cmdline.exists() or b"firecracker" not in cmdline.read_bytes(), f"pid {pid} still runs"
     assert not [p for p in state.glob("vms/*/*") if p.is_socket() or p.is_fifo()]
+
+
+@pytest.mark.firecracker
+def test_vm_commands_with_2mib_pages(firecracker_bin: Path, tmp_path: Path) -> None:
+    """``vm boot --huge-pages 2M`` → snapshot → File restore refused in one line → ``restore --uffd`` works;
+    a guest larger than the free pool is refused before Firecracker starts."""
+    from firecracer.vmm.hugepages import HugePagesError, Reservation, pool
+
+    if not firecracker_version(firecracker_bin).at_least(1, 8):
+        pytest.skip("Uffd restores need Firecracker >= 1.8 on this kernel")
+    fc = str(firecracker_bin)
+    # too big for the pool: one line, nothing started
+    too_big = max(128, 2 * (pool().available + 1))
+    res = fcr("vm", "boot", "--probe", "--name", "hp0", "--firecracker", fc, "--huge-pages", "2M", "--mem",
+              str(too_big))
+    assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "free 2 MiB huge pages" in res.stderr and "nr_hugepages" in res.stderr
+    assert json.loads(fcr("vm", "ls", "--json").stdout) == []
+    try:
+        reservation = Reservation(64 + 16)
+    except HugePagesError as exc:
+        pytest.skip(f"2 MiB huge pages cannot be reserved here: {exc}")
+    try:
+        res = fcr("vm", "boot", "--probe", "--name", "hp1", "--firecracker", fc, "--huge-pages", "2M")
+        assert res.returncode == 0, res.stderr
+        deadline = time.monotonic() + 30
+        while "PROBE READY" not in fcr("vm", "console", "hp1").stdout:
+            assert time.monotonic() < deadline, "probe never became ready"
+            time.sleep(0.1)
+        res = fcr("vm", "snapshot", "hp1", str(tmp_path / "snap"), "--punch-holes")
+        assert res.returncode == 0, res.stderr
+        assert "2 MiB pages: restore with --uffd" in " ".join(res.stdout.split())
+        assert fcr("vm", "kill", "hp1").returncode == 0  # frees its huge pages for the restore
+        res = fcr("vm", "restore", str(tmp_path / "snap"), "--name", "hp2", "--firecracker", fc)
+        assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+        assert "only through the Uffd backend (--uffd)" in res.stderr
+        res = fcr("vm", "restore", str(tmp_path / "snap"), "--name", "hp3", "--firecracker", fc, "--uffd",
+                  "--strategy", "eager", "--trace", str(tmp_path / "t.npz"))
+        assert res.returncode == 0, res.stderr
+        assert fcr("vm", "console", "hp3", "--send", "a").returncode == 0
+        while "kind=verify" not in fcr("vm", "console", "hp3").stdout:
+            assert time.monotonic() < deadline + 30, "no verify line after restore"
+            time.sleep(0.1)
+        assert "errors=0" in fcr("vm", "console", "hp3").stdout
+    finally:
+        killed = fcr("vm", "kill", "--all")
+        reservation.close()
+    assert killed.returncode == 0, killed.stderr
+    info = json.loads(fcr("uffd", "info", str(tmp_path / "t.npz"), "--json").stdout)
+    assert info["page_size"] == 2 << 20 and info["actions"]["eager"] == 64

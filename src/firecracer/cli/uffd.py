@@ -53,7 +53,8 @@ def serve(socket_path: str, mem_file: str, strategy: str, trace_out: str | None,
     """
     from firecracer.uffd.server import Server
 
-    logging.basicConfig(level=logging.WARNING, format="firecracer uffd: %(message)s", stream=sys.stderr)
+    level = logging.INFO if os.environ.get("FIRECRACER_UFFD_DEBUG") else logging.WARNING
+    logging.basicConfig(level=level, format="firecracer uffd: %(message)s", stream=sys.stderr)
     server = Server(socket_path, mem_file, strategy, trace_out=trace_out, max_sessions=sessions,
                     accept_timeout=accept_timeout, handshake_timeout=handshake_timeout, populate=populate,
                     metrics_out=metrics_out, write_ws=not no_working_set, mem_id=mem_id)
@@ -142,7 +143,7 @@ def import_seed(log: str, output: str, page_size: int, mem_bytes: int | None, ad
               "snapshot.json beside it).")
 @click.option("--force", is_flag=True, help="Replace an existing working-set file.")
 def working_set(trace: str, mem_file: str, output: str | None, mem_id: str | None, force: bool) -> None:
-    """Build the working-set file prefetch:TRACE installs (page contents in first-fault order).
+    """Build the working-set file prefetch:TRACE installs (its loading set, in loading order).
 
     Refuses a MEMFILE other than the one TRACE was recorded on (its snapshot id or size differ), and an
     existing output file unless --force.
@@ -158,7 +159,8 @@ def working_set(trace: str, mem_file: str, output: str | None, mem_id: str | Non
     ws = WorkingSet(out, populate=False)
     info = ws.describe()
     ws.close()
-    console.print(f"wrote {out}: {info['pages']:,} pages in {info['runs']:,} runs, "
+    console.print(f"wrote {out}: {info['pages']:,} pages of {human_bytes(info['page_size'])} in "
+                  f"{info['runs']:,} runs (loading order), {info['stored_blocks']:,} 4 KiB blocks stored, "
                   f"{human_bytes(info['bytes'])}", highlight=False)
 
 

@@ -84,7 +84,9 @@ def _show(m: MicroVM, as_json: bool) -> None:
 @click.option("--vcpus", default=1, show_default=True, type=click.IntRange(1, 32))
 @click.option("--mem", "mem_mib", default=128, show_default=True, type=click.IntRange(16), help="MiB.")
 @click.option("--track-dirty-pages", is_flag=True, help="Needed for Diff snapshots.")
-@click.option("--huge-pages", type=click.Choice(["None", "2M"]), default=None)
+@click.option("--huge-pages", type=click.Choice(["None", "2M"]), default=None,
+              help="2M: back guest memory with 2 MiB hugetlbfs pages (needs free pages in the host's pool, "
+                   "see 'firecracer doctor'; snapshots then restore only with --uffd).")
 @click.option("--net", is_flag=True, help="Tap networking in a per-VM network namespace (root).")
 @click.option("--no-vsock", is_flag=True, help="Do not attach a vsock device.")
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="Recorded into snapshot.json.")
@@ -111,6 +113,11 @@ def boot(name: str | None, firecracker: str | None, kernel: str | None, probe: b
             kernel = str(build_probe(TRACE, FILL))
         mem_mib = max(mem_mib, min_mem_mib(probe_info(kernel).max_page))
         boot_args = "console=ttyS0"
+        if huge_pages == "2M":
+            mem_mib += mem_mib % 2
+    if huge_pages == "2M" and mem_mib % 2:
+        raise click.UsageError(f"--mem {mem_mib}: with --huge-pages 2M guest memory must be a multiple of "
+                               "2 MiB")
     assert kernel is not None
     lab: dict[str, Any] = {}
     for item in labels:
@@ -235,10 +242,11 @@ def snapshot(name: str, dest: str, diff: bool, punch_holes: bool, resume_after: 
         print_json(snap.to_json())
         return
     mib = 2**20
+    huge = ", 2 MiB pages: restore with --uffd" if snap.vm.get("huge_pages") == "2M" else ""
     console.print(f"{snap.type.value} snapshot of {name} in {snap.dir} (Firecracker "
                   f"{snap.firecracker_version}, format {snap.snapshot_format}, create "
                   f"{human_ms(snap.timings_ms['create'])} ms, mem {snap.mem['allocated_bytes'] / mib:.1f} of "
-                  f"{snap.mem['size'] / mib:.0f} MiB allocated)", highlight=False)
+                  f"{snap.mem['size'] / mib:.0f} MiB allocated{huge})", highlight=False)
 
 
 @vm.command()

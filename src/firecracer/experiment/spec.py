@@ -18,6 +18,7 @@ Layout (see ``docs/experiment.md`` for every key)::
     [[variant]]
     name = "ws-2k"
     working_set_pages = 2048          # probe / host-replay: a seeded scattered page set
+    huge_pages = "2M"                 # probe / jvm: guest memory in 2 MiB hugetlbfs pages (default 4 KiB)
 """
 
 from __future__ import annotations
@@ -46,7 +47,11 @@ _STUDY_KEYS = {"name", "description", "backend", "repetitions", "strategies", "t
 _GUEST_KEYS = {"mem_size_mib", "vcpus", "kernel", "rootfs", "boot_args"}
 _WORKLOAD_KEYS = {"port", "path", "warmup_requests", "prepare", "ready_timeout_s"}
 _VARIANT_KEYS = {"name", "description", "working_set_pages", "mean_run_pages", "seed", "trace",
-                 "jvm_options"}
+                 "jvm_options", "huge_pages"}
+HUGE_PAGES = ("None", "2M")
+"""``huge_pages`` values, as Firecracker's ``machine-config`` takes them: ``None`` (4 KiB pages, the default)
+or ``2M`` (2 MiB hugetlbfs pages; such snapshots restore only through Uffd, so ``file`` is not run for
+them: see :func:`firecracer.experiment.plan.plan_runs`)."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,12 @@ class Variant:
     seed: int = 0
     trace: Path | None = None
     jvm_options: tuple[str, ...] = ()
+    huge_pages: str | None = None  # "2M": guest memory in 2 MiB hugetlbfs pages
+
+    @property
+    def huge(self) -> bool:
+        """Guest memory is backed by 2 MiB pages."""
+        return self.huge_pages == "2M"
 
     def as_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"name": self.name}
@@ -96,6 +107,8 @@ class Variant:
             d["trace"] = str(self.trace)
         if self.jvm_options:
             d["jvm_options"] = list(self.jvm_options)
+        if self.huge:  # only when set, so the digest of every existing study stays what it was
+            d["huge_pages"] = self.huge_pages
         return d
 
 
@@ -373,6 +386,18 @@ def parse_spec(text: str, path: Path | str = "<spec>") -> Spec:
         if ws is not None and trace is not None:
             raise c.fail(f"{where}.trace", "give working_set_pages or trace, not both")
         jvm_options = c.strings(vt, "jvm_options", where, ())
+        huge_pages = c.string(vt, "huge_pages", where, "None")
+        if huge_pages not in HUGE_PAGES:
+            raise c.fail(f"{where}.huge_pages", f"{huge_pages!r} is not one of {', '.join(HUGE_PAGES)}")
+        if huge_pages == "2M":
+            if backend == "host-replay":
+                raise c.fail(f"{where}.huge_pages", "2 MiB pages need a Firecracker backend (probe or jvm)")
+            if guest.mem_size_mib % 2:
+                raise c.fail(f"{where}.huge_pages", f"guest.mem_size_mib = {guest.mem_size_mib} is not a "
+                                                    "multiple of 2 MiB")
+            if all(st.name == "file" for st in strategies):
+                raise c.fail(f"{where}.huge_pages", "2 MiB snapshots restore only through Uffd: list a uffd "
+                                                    "strategy in study.strategies")
         if backend == "jvm" and (ws is not None or trace is not None):
             raise c.fail(f"{where}.working_set_pages", "jvm variants are JVM option sets (jvm_options)")
         variants.append(Variant(
@@ -383,6 +408,7 @@ def parse_spec(text: str, path: Path | str = "<spec>") -> Spec:
             seed=c.integer(vt, "seed", where, i, 0, 2**63 - 1),
             trace=trace,
             jvm_options=jvm_options,
+            huge_pages="2M" if huge_pages == "2M" else None,
         ))
     if backend == "jvm":
         for key in ("kernel", "rootfs"):

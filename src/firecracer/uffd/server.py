@@ -51,6 +51,7 @@ from firecracer.uffd.strategies import (
     WorkingSet,
     parse_strategy,
     write_working_set,
+    ws_page_size,
     ws_path_for,
 )
 from firecracer.uffd.trace import (
@@ -94,11 +95,12 @@ class ServeError(FirecracerError):
 class _Recorder:
     """Installed runs (not pages), expanded to trace rows with numpy at the end."""
 
-    __slots__ = ("chunks", "runs")
+    __slots__ = ("blocks", "chunks", "runs")
 
     def __init__(self) -> None:
         self.runs: list[tuple[int, int, int, int, int, int, int, int]] = []
         self.chunks: list[np.ndarray[Any, Any]] = []  # native fast-path records (native.REC_DTYPE)
+        self.blocks: list[np.ndarray[Any, np.dtype[np.int64]]] = []  # bulk installs, already (N, 8)
 
     def as_array(self) -> np.ndarray[Any, np.dtype[np.int64]]:
         """All runs as an (N, 8) int64 array (t_ns, hva, off, n, flags, action, fault, svc)."""
@@ -109,6 +111,7 @@ class _Recorder:
             a[:, 3] = 1
             a[:, 4], a[:, 5], a[:, 6], a[:, 7] = c["flags"], Action.LOAD, c["fault"], c["svc"]
             parts.append(a)
+        parts.extend(self.blocks)
         return np.concatenate(parts)
 
     def add(self, t_ns: int, hva: int, off: int, n: int, flags: int, action: int, fault: int,
@@ -132,6 +135,60 @@ def _expand(arr: np.ndarray[Any, np.dtype[np.int64]], ps: int) -> dict[str, Any]
     }
 
 
+class _Plan:
+    """Runs to install, in order: one ``native.OP_DTYPE`` row each, plus its file offset and whether it
+    is a zero fill; ``pieces`` (``native.PIECE_DTYPE``) of huge pages assembled in a staging buffer."""
+
+    __slots__ = ("off", "ops", "pieces", "zero")
+
+    def __init__(self, ops: np.ndarray[Any, Any], off: np.ndarray[Any, np.dtype[np.uint64]],
+                 zero: np.ndarray[Any, np.dtype[np.bool_]], pieces: np.ndarray[Any, Any]) -> None:
+        self.ops, self.off, self.zero, self.pieces = ops, off, zero, pieces
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+    @classmethod
+    def from_rows(cls, rows: list[tuple[int, int, int, int, bool, list[tuple[int, int, int]]]]) -> _Plan:
+        """From ``(hva, src or 0, length, off, zero, pieces)`` rows (pieces: ``(off in page, src, len)``)."""
+        ops = np.zeros(len(rows), dtype=native.OP_DTYPE)
+        off = np.zeros(len(rows), dtype=np.uint64)
+        zero = np.zeros(len(rows), dtype=bool)
+        plist: list[tuple[int, int, int]] = []
+        for i, (hva, src, length, o, z, pcs) in enumerate(rows):
+            ops[i] = (hva, src, length, len(plist), len(pcs))
+            off[i], zero[i] = o, z
+            plist.extend(pcs)
+        return cls(ops, off, zero, np.array(plist, dtype=native.PIECE_DTYPE))
+
+    def take(self, idx: np.ndarray[Any, np.dtype[np.int64]]) -> _Plan:
+        """The runs ``idx`` (pieces stay shared: ``piece0`` indexes the same array)."""
+        return _Plan(np.ascontiguousarray(self.ops[idx]), self.off[idx], self.zero[idx], self.pieces)
+
+
+def _expand_ranges(first: np.ndarray[Any, Any], count: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """``concatenate(arange(f, f + c) for f, c in zip(first, count))``, vectorised."""
+    count = count.astype(np.int64)
+    total = int(count.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    starts = np.repeat(first.astype(np.int64) - (np.cumsum(count) - count), count)
+    out: np.ndarray[Any, Any] = starts + np.arange(total, dtype=np.int64)
+    return out
+
+
+def _pool_exhausted(hva: int, off: int) -> str:
+    from firecracer.vmm import hugepages
+
+    try:
+        p = hugepages.pool()
+        have = f" (HugePages: {p.total} total, {p.free} free)"
+    except FirecracerError:
+        have = ""
+    return (f"cannot install the 2 MiB page at {hva:#x} (file offset {off:#x}): the huge-page pool is "
+            f"exhausted{have}; reserve more pages in {hugepages.NR_HUGEPAGES}")
+
+
 # ---------------------------------------------------------------------------------------------------
 # Session
 
@@ -139,7 +196,7 @@ class Session:
     """Serve one uffd hand-off until its peer exits or ``stop_fd`` becomes readable."""
 
     def __init__(self, hs: Handshake, mem: MemoryFile, strategy: Strategy, *, stop_fd: int, index: int = 0,
-                 ws: WorkingSet | None = None) -> None:
+                 ws: WorkingSet | None = None, install_threads: int = 1) -> None:
         self.hs = hs
         self.mem = mem
         self.strategy = strategy
@@ -148,6 +205,9 @@ class Session:
         self.ws = ws
         self.fd = hs.uffd
         self.ps = hs.page_size
+        # 2 MiB installs are memory copies and gained 17-20 % from a second thread on our 2-core host;
+        # 4 KiB ones are ioctl-bound and lost under load (docs/uffd.md): one thread unless told otherwise
+        self.install_threads = install_threads or (2 if self.ps > 4096 and (os.cpu_count() or 1) >= 2 else 1)
         self.shift = self.ps.bit_length() - 1
         self.mask = ~(self.ps - 1)
         self.t0 = hs.received_ns
@@ -177,6 +237,7 @@ class Session:
         self._bg: threading.Thread | None = None
         self._bg_rec = _Recorder()
         self._stop_bg = threading.Event()
+        self._count_lock = threading.Lock()
         self._ws_entry: np.ndarray[Any, np.dtype[np.int32]] | None = None
         self.peer_exe = ""
         if hs.peer_pid:
@@ -187,8 +248,10 @@ class Session:
             except OSError:
                 self.pidfd = -1  # already gone: the loop ends at once
                 self.ended = "peer-gone"
-        if self.ps > 4096:  # hugetlbfs ranges have no ZEROPAGE: copy from a zero buffer
-            self._zero_buf = abi.mmap(self.ps, abi.PROT_READ, abi.MAP_PRIVATE | abi.MAP_ANONYMOUS)
+        if self.ps > 4096:
+            # hugetlbfs ranges have no ZEROPAGE: zero pages are copied from this buffer, and pages of which
+            # only some 4 KiB blocks hold data are assembled in it (it is all zero between installs)
+            self._zero_buf = self._staging_buffer()
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -252,6 +315,11 @@ class Session:
             abi.munmap(self._zero_buf, self.ps)
             self._zero_buf = 0
 
+    def _staging_buffer(self) -> int:
+        """A zeroed, populated ``page_size`` buffer (one per installing thread)."""
+        return abi.mmap(self.ps, abi.PROT_READ | abi.PROT_WRITE,
+                        abi.MAP_PRIVATE | abi.MAP_ANONYMOUS | abi.MAP_POPULATE)
+
     # -- event loop ----------------------------------------------------------------------------------
 
     def _loop(self) -> str:
@@ -287,10 +355,13 @@ class Session:
         r0 = self.regions[0]
         state, mem, shift, ps = self.state, self.mem, self.shift, self.ps
         hole = None
-        if not mem.dense:
+        if not mem.dense:  # "hole" = not one plain copy: holes, and huge pages only partly data
             hole = np.ones(len(state), dtype=np.uint8)
             for ds, de in zip(mem.data_start, mem.data_end, strict=True):
-                hole[ds >> shift:(de + ps - 1) >> shift] = 0
+                if ps == 4096:
+                    hole[ds >> shift:(de + ps - 1) >> shift] = 0
+                else:
+                    hole[(ds + ps - 1) >> shift:de >> shift] = 0
         ws_entry = self._ws_entry
         state_view = (ctypes.c_char * len(state)).from_buffer(state)
         recbuf = np.zeros(4096, dtype=native.REC_DTYPE)
@@ -413,7 +484,7 @@ class Session:
                     if ev == pf and base <= page < rend:
                         off = roff + (page - base)
                         idx = off >> shift
-                        if state[idx] == MISSING and (dense or mem.has_data(off, ps)) and (
+                        if state[idx] == MISSING and (dense or (ps == 4096 and mem.has_data(off, ps))) and (
                                 ws_entry is None or ws_entry[idx] < 0):
                             pack_into(cbuf, 0, page, maddr + off, ps, 0, 0)
                             try:
@@ -545,23 +616,72 @@ class Session:
             return ri
         wflag = FLAG_FAULTING | (FLAG_WRITE if flags & abi.UFFD_PAGEFAULT_FLAG_WRITE else 0)
         src: int | None = None
+        pieces: list[tuple[int, int, int]] | None = None
+        zero = False
         if self.strategy.kind == "prefetch" and self._ws_entry is not None:
             e = int(self._ws_entry[idx])
             if e < 0:
                 self.misses += 1
             else:
                 self.late += 1
-                if self.ws is not None and self.ws.kinds[e] == KIND_DATA:
-                    src = self.ws.src(e)
+                ws = self.ws
+                if ws is not None and ws.kinds[e] == KIND_DATA:
+                    if ws.full[e]:
+                        src = ws.src(e)
+                    else:
+                        pieces = ws.pieces(e)
+                else:
+                    zero = True
         if self.strategy.kind == "fault-around" and self.strategy.around > 1 and st != REMOVED:
             self._around(r, off, idx, wflag, fi, t_read, dontwake)
-        elif st == REMOVED or (src is None and not self.mem.has_data(off, self.ps)):
+            return ri
+        if src is None and pieces is None and st != REMOVED and not zero:
+            if self.ps == 4096:
+                zero = not self.mem.has_data(off, 4096)
+                src = None if zero else self.mem.addr + off
+            else:
+                _h, msrc, _n, _o, zero, pcs = self._mem_rows(page, off, self.ps)[0]
+                pieces, src = pcs or None, None if zero or pcs else msrc
+        if st == REMOVED or zero:
             self._install(self.ops, self.rec, page, off, 1, None, Action.ZERO, wflag | FLAG_ZERO, fi, t_read,
                           dontwake)
         else:
-            self._install(self.ops, self.rec, page, off, 1, src if src is not None else self.mem.addr + off,
-                          Action.LOAD, wflag, fi, t_read, dontwake)
+            self._install(self.ops, self.rec, page, off, 1, src, Action.LOAD, wflag, fi, t_read, dontwake,
+                          pieces=pieces)
         return ri
+
+    def _mem_rows(self, hva: int, off: int, length: int, chunk: int = 0
+                  ) -> list[tuple[int, int, int, int, bool, list[tuple[int, int, int]]]]:
+        """How to install ``[off, off+length)`` (at ``hva``) from the memory file, as plan rows
+        ``(hva, src, length, off, zero, pieces)``: data extents are copied, holes zero-filled, and a huge
+        page only partly data is assembled from its data blocks (``pieces``) rather than copied whole
+        (copying reads the holes through our mapping: page-cache zero pages, a fault per 4 KiB).
+        ``chunk`` > 0 caps a data run's length (eager: bounded ioctls)."""
+        mem, ps = self.mem, self.ps
+        rows: list[tuple[int, int, int, int, bool, list[tuple[int, int, int]]]] = []
+        if ps == 4096:
+            for p_off, p_len, is_data in mem.split(off, length, ps):
+                step = chunk if chunk and is_data else p_len
+                for c in range(0, p_len, step):
+                    o = p_off + c
+                    rows.append((hva + (o - off), mem.addr + o if is_data else 0, min(step, p_len - c), o,
+                                 not is_data, []))
+            return rows
+        for u in range(off, off + length, ps):
+            parts = [(s, ln) for s, ln, d in mem.split(u, ps, 4096) if d]
+            h = hva + (u - off)
+            if not parts:
+                rows.append((h, 0, ps, u, True, []))
+            elif parts[0][1] == ps:
+                last = rows[-1] if rows else None
+                if last and last[1] and not last[4] and not last[5] and last[3] + last[2] == u and \
+                        (not chunk or last[2] + ps <= chunk):
+                    rows[-1] = (last[0], last[1], last[2] + ps, last[3], False, [])
+                else:
+                    rows.append((h, mem.addr + u, ps, u, False, []))
+            else:
+                rows.append((h, 0, ps, u, False, [(s - u, mem.addr + s, ln) for s, ln in parts]))
+        return rows
 
     def _around(self, r: Region, off: int, idx: int, wflag: int, fi: int, t_read: int,
                 dontwake: bool) -> None:
@@ -586,13 +706,15 @@ class Session:
             i = j
         runs.sort(key=lambda ij: not (ij[0] <= idx < ij[1]))  # the faulting run first: wake early
         for i, j in runs:
-            for p_off, p_len, is_data in self.mem.split(i << self.shift, (j - i) << self.shift, self.ps):
+            base = i << self.shift
+            rows = self._mem_rows(r.base_host_virt_addr + (base - r.offset), base, (j - i) << self.shift)
+            rows.sort(key=lambda row: not row[3] <= off < row[3] + row[2])  # the faulting piece first
+            for hva, src, p_len, p_off, zero, pcs in rows:
                 has_fault = p_off <= off < p_off + p_len
-                hva = r.base_host_virt_addr + (p_off - r.offset)
                 self._install(self.ops, self.rec, hva, p_off, p_len >> self.shift,
-                              self.mem.addr + p_off if is_data else None, Action.AROUND,
-                              0 if is_data else FLAG_ZERO, fi, t_read, dontwake or not has_fault,
-                              fault_off=off if has_fault else -1, fault_flags=wflag)
+                              None if zero or pcs else src, Action.AROUND, FLAG_ZERO if zero else 0, fi,
+                              t_read, dontwake or not has_fault, fault_off=off if has_fault else -1,
+                              fault_flags=wflag, pieces=pcs or None)
 
     def _remove(self, start: int, end: int) -> None:
         self.removes.append({"t_ns": time.monotonic_ns() - self.t0, "start": start, "end": end})
@@ -614,13 +736,27 @@ class Session:
 
     def _install(self, ops: abi.Ops, rec: _Recorder, hva: int, off: int, npages: int, src: int | None,
                  action: int, flags: int, fault: int, t_start: int, dontwake: bool, *, fault_off: int = -1,
-                 fault_flags: int = 0, background: bool = False) -> int:
+                 fault_flags: int = 0, background: bool = False,
+                 pieces: list[tuple[int, int, int]] | None = None, staging: int = 0) -> int:
         """Install ``npages`` at ``hva`` (file offset ``off``) from ``src`` (None: zeros); returns pages done.
 
-        Partial installs continue after the page that stopped them; ``EEXIST`` pages are skipped.
+        ``pieces`` (one huge page): assemble it from ``(offset in page, our address, length)`` pieces in
+        the zeroed ``staging`` buffer (default: the session's) and copy that. Partial installs continue
+        after the page that stopped them; ``EEXIST`` pages are skipped.
         """
         ps, shift = self.ps, self.shift
         mode = abi.UFFDIO_COPY_MODE_DONTWAKE if dontwake else 0
+        staging = staging or self._zero_buf
+        if pieces:
+            assert npages == 1 and staging, "only single huge pages are assembled"
+            for poff, psrc, plen in pieces:
+                ctypes.memmove(staging + poff, psrc, plen)
+            try:
+                return self._install(ops, rec, hva, off, 1, staging, action, flags, fault, t_start, dontwake,
+                                     fault_off=fault_off, fault_flags=fault_flags, background=background)
+            finally:
+                for poff, _psrc, plen in pieces:
+                    ctypes.memset(staging + poff, 0, plen)
         done_total = 0
         pos = 0
         busy_since = 0
@@ -629,9 +765,9 @@ class Session:
             rest = length - pos
             if src is not None:
                 res = ops.copy(hva + pos, src + pos, rest, mode)
-            elif self._zero_buf:
+            elif staging:
                 rest = ps
-                res = ops.copy(hva + pos, self._zero_buf, ps, mode)
+                res = ops.copy(hva + pos, staging, ps, mode)
             else:
                 res = ops.zeropage(hva + pos, rest, mode)
             self.ioctls += 1
@@ -649,7 +785,13 @@ class Session:
                 done_total += n
                 busy_since = 0
             elif res == -errno.EEXIST:
+                if ps > 4096 and not self._peer_has_page(hva + pos):
+                    # hugetlbfs answers EEXIST, not ENOMEM, when its pool has no free page left (and the
+                    # page table exists): taking it as "present" would leave the vCPU faulting forever
+                    raise ServeError(_pool_exhausted(hva + pos, off + pos))
                 self.eexist += 1
+                log.info("uffd session %d: %#x (file offset %#x) was already present", self.index, hva + pos,
+                         off + pos)
                 self.state[(off + pos) >> shift] = PRESENT
                 if not dontwake:
                     ops.wake(hva + pos, ps)
@@ -671,6 +813,26 @@ class Session:
                                  f"at {hva + pos:#x} (file offset {off + pos:#x}) failed: "
                                  f"{os.strerror(-res)}")
         return done_total
+
+    def _peer_has_page(self, hva: int) -> bool:
+        """Whether the peer really has a page mapped at ``hva`` (its ``/proc/PID/pagemap``); True when
+        that cannot be read (then the pool itself is asked: no free huge page means it is not there)."""
+        try:
+            fd = os.open(f"/proc/{self.hs.peer_pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                entry = os.pread(fd, 8, (hva >> 12) * 8)
+            finally:
+                os.close(fd)
+            if len(entry) == 8:
+                return bool(int.from_bytes(entry, "little") >> 63)
+        except OSError:
+            pass
+        from firecracer.vmm import hugepages
+
+        try:
+            return hugepages.pool().free > 0
+        except FirecracerError:
+            return True
 
     def _record(self, rec: _Recorder, t: int, hva: int, off: int, n: int, flags: int, action: int, fault: int,
                 svc: int, fault_off: int, fault_flags: int) -> None:
@@ -694,16 +856,121 @@ class Session:
         with contextlib.suppress(OSError):  # read ahead all data (not holes): it is about to be copied
             for s, e in zip(self.mem.data_start, self.mem.data_end, strict=True):
                 os.posix_fadvise(self.mem.fd, s, e - s, os.POSIX_FADV_WILLNEED)
+        rows = []
         for r in self.regions:
-            for p_off, p_len, is_data in self.mem.split(r.offset, r.size, self.ps):
-                for c in range(0, p_len, _EAGER_CHUNK):
-                    clen = min(_EAGER_CHUNK, p_len - c)
-                    o = p_off + c
-                    self._install(self.ops, self.rec, r.base_host_virt_addr + (o - r.offset), o,
-                                  clen >> self.shift, self.mem.addr + o if is_data else None, Action.EAGER,
-                                  0 if is_data else FLAG_ZERO, -1, t_start, True)
+            rows += self._mem_rows(r.base_host_virt_addr, r.offset, r.size, _EAGER_CHUNK)
+        plan = _Plan.from_rows(rows)
+        self._install_plan(plan, Action.EAGER, t_start)
         self._wake_all()
-        self.prefetch = {"eager_ms": (time.monotonic_ns() - t_start) / 1e6}
+        self.prefetch = {"eager_ms": (time.monotonic_ns() - t_start) / 1e6, "runs": len(plan),
+                         "staged": int((plan.ops["npieces"] > 0).sum()), "threads": self._threads_for(plan)}
+
+    def _threads_for(self, plan: _Plan) -> int:
+        return min(self.install_threads, max(1, len(plan)))
+
+    def _install_plan(self, plan: _Plan, action: int, t_start: int) -> int:
+        """Install ``plan`` (``DONTWAKE``) with ``install_threads`` threads taking every n-th run (so all
+        advance in loading order); returns pages installed."""
+        threads = self._threads_for(plan)
+        if threads == 1:
+            return self._run_plan(plan, action, t_start, self.rec, self.ops, self._zero_buf, background=False)
+        n = len(plan)
+        recs = [_Recorder() for _ in range(threads)]
+        pages = [0] * threads
+        errors: list[BaseException] = []
+        bufs = [self._staging_buffer() if self.ps > 4096 else 0 for _ in range(threads)]
+
+        def work(k: int) -> None:
+            try:
+                pages[k] = self._run_plan(plan.take(np.arange(k, n, threads)), action, t_start, recs[k],
+                                          abi.Ops(self.fd), bufs[k], background=False)
+            except BaseException as exc:  # re-raised in the session thread below
+                errors.append(exc)
+
+        ths = [threading.Thread(target=work, args=(k,), name=f"uffd-install-{self.index}-{k}")
+               for k in range(threads)]
+        try:
+            for th in ths:
+                th.start()
+        finally:
+            for th in ths:
+                if th.is_alive() or th.ident is not None:
+                    th.join()
+            for buf in bufs:
+                if buf:
+                    abi.munmap(buf, self.ps)
+        for rec in recs:
+            self.rec.blocks.extend(rec.blocks)
+            self.rec.runs.extend(rec.runs)
+        if errors:
+            raise errors[0]
+        return sum(pages)
+
+    def _run_plan(self, plan: _Plan, action: int, t_start: int, rec: _Recorder, ops: abi.Ops, staging: int, *,
+                  background: bool) -> int:
+        """Install ``plan``'s runs in order: batches in C (``native.install``) where available, the run that
+        stopped a batch (or every run, without the native helper) through :meth:`_install`. ``background``:
+        wake each run's waiters, small batches, stop when asked."""
+        lib = native.load()
+        shift = self.shift
+        n = len(plan)
+        dontwake = not background
+        mode = abi.UFFDIO_COPY_MODE_DONTWAKE if dontwake else 0
+        done_ns = np.zeros(n, dtype=np.uint64)
+        state = np.frombuffer(self.state, dtype=np.uint8)
+        pages = 0
+        i = 0
+        batch = 32 if background else max(n, 1)
+        while i < n:
+            if background and self._stop_bg.is_set():
+                break
+            j = min(n, i + batch)
+            k = 0
+            if lib is not None:
+                k, _err, partial = native.install(lib, self.fd, plan.ops[i:j], plan.pieces, staging or 0,
+                                                  zeropage=self.ps == 4096, mode=mode, t0=self.t0,
+                                                  done_ns=done_ns[i:j])
+                if k:
+                    o = plan.ops[i:i + k]
+                    npg = (o["len"] >> np.uint64(shift)).astype(np.int64)
+                    blk = np.empty((k, 8), dtype=np.int64)
+                    blk[:, 0] = done_ns[i:i + k].astype(np.int64)
+                    blk[:, 1] = o["dst"].astype(np.int64)
+                    blk[:, 2] = plan.off[i:i + k].astype(np.int64)
+                    blk[:, 3] = npg
+                    blk[:, 4] = np.where(plan.zero[i:i + k], FLAG_ZERO, 0)
+                    blk[:, 5] = action
+                    blk[:, 6] = -1
+                    blk[:, 7] = blk[:, 0] - (t_start - self.t0)
+                    rec.blocks.append(blk)
+                    first = (plan.off[i:i + k] >> np.uint64(shift)).astype(np.int64)
+                    state[_expand_ranges(first, npg)] = PRESENT
+                    pages += int(npg.sum())
+                    with self._count_lock:  # install threads share the counter
+                        self.ioctls += k
+                i += k
+                if i >= j:
+                    continue
+            else:
+                partial = 0
+            # run i, from byte `partial` on, the careful way (EEXIST, EAGAIN, errors, partial copies)
+            op = plan.ops[i]
+            dst, src, length, off = int(op["dst"]), int(op["src"]), int(op["len"]), int(plan.off[i])
+            p0, np_ = int(op["piece0"]), int(op["npieces"])
+            pcs = [(int(p["off"]), int(p["src"]), int(p["len"])) for p in plan.pieces[p0:p0 + np_]] or None
+            zero = bool(plan.zero[i])
+            flags = FLAG_ZERO if zero else 0
+            if partial:  # only runs of 4 KiB pages stop part-way: record what went in, go on after it
+                t = time.monotonic_ns()
+                done = partial >> shift
+                self._record(rec, t, dst, off, done, flags, action, -1, t - t_start, -1, 0)
+                state[off >> shift:(off >> shift) + done] = PRESENT
+                pages += done
+            pages += self._install(ops, rec, dst + partial, off + partial, (length - partial) >> shift,
+                                   None if zero or pcs else src + partial, action, flags, -1, t_start,
+                                   dontwake, background=background, pieces=pcs, staging=staging)
+            i += 1
+        return pages
 
     def _wake_all(self) -> None:
         for r in self.regions:
@@ -717,32 +984,51 @@ class Session:
         entry[idx[::-1]] = np.arange(self.ws.n, dtype=np.int32)[::-1]
         self._ws_entry = entry
 
-    def _ws_runs(self) -> list[tuple[int, int, int, int, bool]]:
-        """``(hva, off, npages, src, is_data)`` per working-set run, in recorded order."""
+    def _ws_plan(self) -> _Plan:
+        """The working set as install runs, in loading order (one per run of ``WorkingSet.runs``; huge
+        zero pages one by one, from the zero staging buffer; huge pages stored in blocks assembled)."""
         assert self.ws is not None
-        ws = self.ws
+        ws, ps = self.ws, self.ps
+        if ws.page_size != ps:
+            raise ServeError(f"{ws.path}: working set of {ws.page_size}-byte pages, but this restore uses "
+                             f"{ps}-byte pages (record the trace with a restore of the same page size)")
         starts, lengths = ws.runs([r.offset for r in self.regions])
         offs = ws.offsets[starts]
         roffs = np.array([r.offset for r in self.regions], dtype=np.uint64)
         rid = np.searchsorted(roffs, offs, side="right") - 1
         bases = np.array([r.base_host_virt_addr for r in self.regions], dtype=np.uint64)
         hvas = bases[rid] + (offs - roffs[rid])
-        out = []
-        for s, ln, o, h in zip(starts.tolist(), lengths.tolist(), offs.tolist(), hvas.tolist(), strict=True):
-            is_data = bool(ws.kinds[s] == KIND_DATA)
-            out.append((h, o, ln, ws.src(s) if is_data else 0, is_data))
-        return out
+        zero = ws.kinds[starts] != KIND_DATA
+        staged = ~zero & ~ws.full[starts]
+        if ps > 4096:  # hole runs of huge pages: one copy of the zero buffer per page
+            per = np.where(zero, lengths, 1)
+            rep = np.repeat(np.arange(len(starts)), per)
+            within = np.arange(int(per.sum())) - np.repeat(np.cumsum(per) - per, per)
+            starts = starts[rep] + within
+            lengths = np.where(zero[rep], 1, lengths[rep])
+            hvas = hvas[rep] + within.astype(np.uint64) * np.uint64(ps)
+            offs = offs[rep] + within.astype(np.uint64) * np.uint64(ps)
+            zero, staged = zero[rep], staged[rep]
+        ops = np.zeros(len(starts), dtype=native.OP_DTYPE)
+        ops["dst"] = hvas
+        ops["len"] = lengths.astype(np.uint64) * np.uint64(ps)
+        src = np.uint64(ws.addr + ws.data_offset) + ws.first_block[starts].astype(np.uint64) * np.uint64(4096)
+        ops["src"] = np.where(zero | staged, np.uint64(0), src)
+        plist: list[tuple[int, int, int]] = []
+        for i in np.flatnonzero(staged).tolist():
+            pcs = ws.pieces(int(starts[i]))
+            ops[i]["piece0"], ops[i]["npieces"] = len(plist), len(pcs)
+            plist.extend(pcs)
+        return _Plan(ops, offs.astype(np.uint64), zero, np.array(plist, dtype=native.PIECE_DTYPE))
 
     def _prefetch_fg(self) -> None:
         """Install the working set before serving any fault (all DONTWAKE, then one wake per region)."""
         t_start = time.monotonic_ns()
-        runs = self._ws_runs()
-        pages = 0
-        for hva, off, n, src, is_data in runs:
-            pages += self._install(self.ops, self.rec, hva, off, n, src if is_data else None, Action.PREFETCH,
-                                   0 if is_data else FLAG_ZERO, -1, t_start, True)
+        plan = self._ws_plan()
+        pages = self._install_plan(plan, Action.PREFETCH, t_start)
         self._wake_all()
-        self.prefetch.update({"installed": pages, "runs": len(runs),
+        self.prefetch.update({"installed": pages, "runs": len(plan), "threads": self._threads_for(plan),
+                              "staged": int((plan.ops["npieces"] > 0).sum()),
                               "install_ms": (time.monotonic_ns() - t_start) / 1e6, "mode": "before-resume"})
 
     def _prefetch_bg(self) -> None:
@@ -750,17 +1036,17 @@ class Session:
         t_start = time.monotonic_ns()
         ops = abi.Ops(self.fd)
         pages = 0
-        runs = self._ws_runs()
+        plan = self._ws_plan()
+        staging = self._staging_buffer() if self.ps > 4096 else 0
         try:
-            for hva, off, n, src, is_data in runs:
-                if self._stop_bg.is_set():
-                    break
-                pages += self._install(ops, self._bg_rec, hva, off, n, src if is_data else None,
-                                       Action.PREFETCH, 0 if is_data else FLAG_ZERO, -1, t_start, False,
-                                       background=True)
+            pages = self._run_plan(plan, Action.PREFETCH, t_start, self._bg_rec, ops, staging,
+                                   background=True)
         except (PeerGone, ServeError, OSError) as exc:
             log.info("background prefetch stopped: %s", exc)
-        self.prefetch.update({"installed": pages, "runs": len(runs),
+        finally:
+            if staging:
+                abi.munmap(staging, self.ps)
+        self.prefetch.update({"installed": pages, "runs": len(plan), "threads": 1,
                               "install_ms": (time.monotonic_ns() - t_start) / 1e6, "mode": "background"})
 
     # -- results -------------------------------------------------------------------------------------
@@ -828,6 +1114,24 @@ class Session:
 
 # ---------------------------------------------------------------------------------------------------
 # Server
+
+def read_ahead(path: Path) -> int:
+    """Start reading ``path`` into the page cache in the background (``POSIX_FADV_WILLNEED``); returns the
+    ``monotonic_ns`` it started at (0 if it could not be started)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return 0
+    try:
+        t = time.monotonic_ns()
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        return t
+    except OSError:
+        return 0
+    finally:
+        os.close(fd)
+
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to a temporary name and rename it, so readers never see half a file."""
@@ -903,6 +1207,12 @@ class Server:
             if out is not None and not (out.parent.is_dir() and os.access(out.parent, os.W_OK | os.X_OK)):
                 raise FirecracerError(f"{out}: cannot write the {what} there ({out.parent} is not a writable "
                                       "directory)")
+        self.read_ahead = os.environ.get("FIRECRACER_UFFD_WS_READ_AHEAD", "1") != "0"
+        self._read_ahead_ns = 0
+        # 0 = per page size (Session): tuning knobs, measured in docs/uffd.md
+        self.install_threads = int(os.environ.get("FIRECRACER_UFFD_INSTALL_THREADS") or 0)
+        modes: dict[str, bool | str] = {"async": "async", "0": False}
+        self.ws_populate = modes.get(os.environ.get("FIRECRACER_UFFD_WS_POPULATE", ""), True)
         self.mem = MemoryFile(mem_file, populate=populate, mem_id=mem_id)
         self.ws_path: Path | None = None
         if self.strategy.kind == "prefetch":
@@ -912,6 +1222,8 @@ class Server:
             except BaseException:
                 self.mem.close()
                 raise
+            if self.read_ahead:
+                self._read_ahead_ns = read_ahead(self.ws_path)
         self._stop = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self.sock: socket.socket | None = None
 
@@ -927,7 +1239,7 @@ class Server:
 
         check_trace_matches(load_trace(trace_path), self.mem, trace_path)
         ws_path = ws_path_for(trace_path)
-        if not ws_path.exists():
+        if ws_page_size(ws_path) is None:  # missing, or an older format: (re)build it
             write_working_set(trace_path, self.mem, ws_path)
             return ws_path
         ws = WorkingSet(ws_path, mem_size=self.mem.size, populate=False)
@@ -1034,7 +1346,7 @@ class Server:
                 if self.ws_path is not None:
                     t = time.monotonic_ns()
                     try:
-                        ws = WorkingSet(self.ws_path, mem_size=self.mem.size)
+                        ws = WorkingSet(self.ws_path, mem_size=self.mem.size, populate=self.ws_populate)
                     except FirecracerError as exc:
                         result.error = str(exc)
                         if hs.peer_pid:
@@ -1043,10 +1355,14 @@ class Server:
                         os.close(hs.uffd)
                         break
                     read_ms = (time.monotonic_ns() - t) / 1e6
-                s = Session(hs, self.mem, self.strategy, stop_fd=self._stop, index=len(sessions), ws=ws)
+                s = Session(hs, self.mem, self.strategy, stop_fd=self._stop, index=len(sessions), ws=ws,
+                            install_threads=self.install_threads)
                 if ws is not None:
                     s.prefetch["ws_read_ms"] = read_ms
                     s.prefetch["ws_bytes"] = ws.file_size
+                    if self._read_ahead_ns:  # how long before the hand-off the file started to be read
+                        ahead = (hs.received_ns - self._read_ahead_ns) / 1e6
+                        s.prefetch["ws_read_ahead_ms"] = round(ahead, 3)
                 sessions.append(s)
                 if self.max_sessions == 1 and not os.environ.get("FIRECRACER_UFFD_THREAD"):
                     s.run()  # the common case: serve in this thread (no GIL hand-offs on the hot path)

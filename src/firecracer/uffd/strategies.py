@@ -9,15 +9,24 @@ Strategies, chosen per restore (the string is what ``--strategy`` takes and trac
   demand. ``prefetch-background:TRACE`` installs it from a thread racing the vCPUs instead.
 * ``eager`` — copy all of memory at the hand-off (Firecracker's ``fault_all`` example).
 
-Working-set file (``TRACE`` with suffix ``.ws``), little-endian::
+Working-set file (``TRACE`` with suffix ``.ws``), a FaaSnap-style *loading set*, little-endian::
 
-    header   64 B  magic b"FCRWSET1", u64 page_size, u64 n, u64 mem_size, u64 n_data, u64 data_offset,
-                   u64 index_offset, u64 meta_len (0 in files written before identities existed)
-    meta     meta_len bytes of JSON at offset 64: ``mem`` (identity of the memory file the pages were read
-             from: path, size, snapshot id) and ``trace`` (path, size and SHA-256 of the trace it was
-             built from)
-    index    n × u64 memory-file offsets (recorded first-fault order), then n × u8 kind (0 data, 1 hole)
-    data     at data_offset (page aligned): the n_data data pages, in index order
+    header   64 B  magic b"FCRWSET3", u64 page_size, u64 n, u64 mem_size, u64 n_blocks, u64 data_offset,
+                   u64 index_offset, u64 blocks_per_page
+    meta     JSON from offset 64 to index_offset (space-padded to 8 bytes): ``mem`` (identity of the
+             memory file the pages were read from: path, size, snapshot id) and ``trace`` (path, size
+             and SHA-256 of the trace it was built from); prefetch refuses a set from another snapshot
+    index    n × u64 memory-file offsets (loading order), n × u8 kind (0 data, 1 hole), and for pages
+             larger than 4 KiB n × blocks_per_page/8 bytes: bitmap of the 4 KiB blocks of each data page
+             that hold data (bit i of byte i/8: block i)
+    data     at data_offset (4 KiB aligned): the n_blocks stored 4 KiB blocks, entry by entry in index
+             order, each entry's blocks in address order
+
+Loading order: the working set is cut into runs of pages adjacent in the memory file, and the runs are
+ordered by the first fault on any of their pages (address order inside a run). Installing it is then
+one sequential read of the file and one ioctl per run. For 2 MiB pages only the 4 KiB blocks holding
+data are stored (a probe-like working set touches a few blocks of every 2 MiB page: storing whole pages
+made the file 16 times larger); the server assembles each page in a zeroed staging buffer.
 """
 
 from __future__ import annotations
@@ -40,7 +49,8 @@ from firecracer.uffd.memfile import MemoryFile, identity_mismatch
 from firecracer.uffd.trace import Trace, load_trace
 
 KINDS = ("ondemand", "fault-around", "prefetch", "eager")
-WS_MAGIC = b"FCRWSET1"
+WS_MAGIC = b"FCRWSET3"
+BLOCK = 4096
 _WS_HEADER = struct.Struct("<8sQQQQQQQ")
 KIND_DATA = 0
 KIND_HOLE = 1
@@ -105,6 +115,43 @@ def ws_path_for(trace_path: str | Path) -> Path:
     return p.with_suffix(".ws") if p.suffix == ".npz" else p.with_name(p.name + ".ws")
 
 
+def loading_order(offsets: npt.NDArray[np.uint64], page_size: int,
+                  kinds: npt.NDArray[np.uint8] | None = None) -> npt.NDArray[np.int64]:
+    """Permutation of ``offsets`` (unique, first-fault order) into loading order (see module doc).
+
+    Runs are maximal sets of pages adjacent in the file (and of one kind, when ``kinds`` is given);
+    they keep the rank of their earliest page, so a page is never installed later than one first
+    faulted after it, except pages of the same run.
+    """
+    n = int(offsets.size)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    by_addr = np.argsort(offsets, kind="stable")
+    so = offsets[by_addr]
+    brk = np.ones(n, dtype=bool)
+    brk[1:] = so[1:] != so[:-1] + np.uint64(page_size)
+    if kinds is not None:
+        sk = kinds[by_addr]
+        brk[1:] |= sk[1:] != sk[:-1]
+    run_id = np.cumsum(brk) - 1
+    rank = np.minimum.reduceat(by_addr, np.flatnonzero(brk))  # earliest first-fault index per run
+    order = np.lexsort((so, rank[run_id]))  # by run rank, then address
+    out: npt.NDArray[np.int64] = by_addr[order].astype(np.int64)
+    return out
+
+
+def _data_blocks(mem: MemoryFile, off: int, ps: int) -> npt.NDArray[np.bool_]:
+    """Which 4 KiB blocks of the page at ``off`` hold data (vs holes of the sparse memory file)."""
+    nb = ps // BLOCK
+    if mem.dense:
+        return np.ones(nb, dtype=bool)
+    out = np.zeros(nb, dtype=bool)
+    for start, length, is_data in mem.split(off, ps, BLOCK):
+        if is_data:
+            out[(start - off) // BLOCK:(start - off + length) // BLOCK] = True
+    return out
+
+
 def trace_identity(path: str | Path) -> dict[str, object]:
     """Path, size and SHA-256 of a trace file: which recording a working set was built from."""
     p = Path(path)
@@ -126,7 +173,7 @@ def write_working_set(trace: Trace | str | Path, mem: MemoryFile, out: str | Pat
                       trace_path: str | Path | None = None) -> Path:
     """Write the working-set file for ``trace`` with page contents from ``mem`` (off the critical path).
 
-    The pages are those the guest faulted on (``Trace.working_set()``), in first-fault order. The file
+    The pages are those the guest faulted on (``Trace.working_set()``), in loading order. The file
     records ``mem``'s identity and the trace's (see the module doc).
 
     :raises FirecracerError: the trace was recorded on another memory file (its identity differs).
@@ -139,41 +186,75 @@ def write_working_set(trace: Trace | str | Path, mem: MemoryFile, out: str | Pat
                        "trace": trace_identity(trace_path) if trace_path is not None else None}).encode()
     meta += b" " * (-len(meta) % 8)
     ps = tr.page_size
+    if ps < BLOCK or ps % BLOCK or ps & (ps - 1):
+        raise FormatError(getattr(trace, "name", str(trace)), 0, f"page size {ps} is not a power of two "
+                          f">= {BLOCK}")
+    nb = ps // BLOCK
     offs = tr.working_set().astype(np.uint64)
     offs = offs[offs + np.uint64(ps) <= np.uint64(mem.size)]
-    kinds = np.array([KIND_DATA if mem.has_data(int(o), ps) else KIND_HOLE for o in offs.tolist()],
-                     dtype=np.uint8)
+    blocks = np.stack([_data_blocks(mem, int(o), ps) for o in offs.tolist()]) if offs.size else \
+        np.zeros((0, nb), dtype=bool)
+    kinds = np.where(blocks.any(axis=1), KIND_DATA, KIND_HOLE).astype(np.uint8)
+    order = loading_order(offs, ps, kinds)
+    offs, kinds, blocks = offs[order], kinds[order], blocks[order]
     n = int(offs.size)
-    data_offs = offs[kinds == KIND_DATA]
+    n_blocks = int(blocks.sum())
     index_offset = _WS_HEADER.size + len(meta)
-    data_offset = -(-(index_offset + 9 * n) // ps) * ps
+    bitmap = np.packbits(blocks, axis=1, bitorder="little") if nb > 1 else np.zeros((n, 0), np.uint8)
+    index_len = 9 * n + bitmap.size
+    data_offset = -(-(index_offset + index_len) // BLOCK) * BLOCK
     out = Path(out)
     with atomic_output(out, "working-set file") as tmp, open(tmp, "wb") as fh:
-        fh.write(_WS_HEADER.pack(WS_MAGIC, ps, n, mem.size, int(data_offs.size), data_offset,
-                                 index_offset, len(meta)))
+        fh.write(_WS_HEADER.pack(WS_MAGIC, ps, n, mem.size, n_blocks, data_offset, index_offset, nb))
         fh.write(meta)
         fh.write(offs.astype("<u8").tobytes())
         fh.write(kinds.tobytes())
-        fh.write(b"\0" * (data_offset - index_offset - 9 * n))
-        chunk = 4096  # pages per write
-        for i in range(0, data_offs.size, chunk):
-            part = data_offs[i:i + chunk]
-            buf = bytearray()
-            for o in part.tolist():
-                buf += os.pread(mem.fd, ps, o)
-            fh.write(buf)
+        fh.write(bitmap.tobytes())
+        fh.write(b"\0" * (data_offset - index_offset - index_len))
+        buf = bytearray()
+        for o, blk in zip(offs.tolist(), blocks, strict=True):
+            if nb == 1 or blk.all():
+                if blk.any():
+                    buf += os.pread(mem.fd, ps, o)
+            else:
+                # runs of data blocks: one read each
+                edges = np.flatnonzero(np.diff(np.concatenate(([0], blk.view(np.int8), [0]))))
+                for a, b in zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True):
+                    buf += os.pread(mem.fd, (b - a) * BLOCK, o + a * BLOCK)
+            if len(buf) >= 16 << 20:
+                fh.write(buf)
+                buf = bytearray()
+        fh.write(buf)
     return out
 
 
-class WorkingSet:
-    """A working-set file mapped into memory with one sequential read (``MAP_POPULATE``).
+def ws_page_size(path: str | Path) -> int | None:
+    """The page size a working-set file was built for; None if it is not a current one (rebuild it)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(_WS_HEADER.size)
+    except OSError:
+        return None
+    if len(head) < _WS_HEADER.size or head[:8] != WS_MAGIC:
+        return None
+    return int(_WS_HEADER.unpack(head)[1])
 
-    ``offsets``/``kinds`` are the index; ``src(i)`` is the address of entry ``i``'s page contents.
-    ``runs()`` groups consecutive entries that are adjacent in the memory file and of one kind, so each
-    run is installed with one ioctl.
+
+class WorkingSet:
+    """A working-set file mapped into memory (read ahead sequentially; see ``populate``).
+
+    ``offsets``/``kinds`` are the index; ``src(i)`` is the address of entry ``i``'s first stored block,
+    ``blocks(i)`` which 4 KiB blocks of the page are stored (all, for 4 KiB pages). ``runs()`` groups
+    consecutive entries that are adjacent in the memory file and of one kind, so each run of 4 KiB
+    pages (or of fully stored huge pages) is installed with one ioctl.
+
+    ``populate``: ``True`` maps it with ``MAP_POPULATE`` (the whole file is read before this returns);
+    ``"async"`` starts the sequential read-ahead and returns at once, so installs can start while the
+    file is still being read (each install then waits only for its own pages); ``False`` neither.
     """
 
-    def __init__(self, path: str | Path, *, mem_size: int | None = None, populate: bool = True) -> None:
+    def __init__(self, path: str | Path, *, mem_size: int | None = None,
+                 populate: bool | str = True) -> None:
         self.path = Path(path)
         fd = open_regular(self.path, "working set")
         try:
@@ -181,57 +262,90 @@ class WorkingSet:
             head = os.pread(fd, _WS_HEADER.size, 0)
             if len(head) < _WS_HEADER.size:
                 raise FormatError(self.path, 0, "working set shorter than its header")
-            magic, ps, n, msize, n_data, data_offset, index_offset, meta_len = _WS_HEADER.unpack(head)
+            magic, ps, n, msize, n_blocks, data_offset, index_offset, nb = _WS_HEADER.unpack(head)
             if magic != WS_MAGIC:
-                raise FormatError(self.path, 0, f"not a firecracer working set (magic {magic!r})")
+                raise FormatError(self.path, 0, f"not a firecracer working set of this version (magic "
+                                  f"{magic!r}, want {WS_MAGIC!r}): rebuild it with 'firecracer uffd "
+                                  "working-set'")
             self.meta: dict[str, Any] = {}
+            meta_len = index_offset - _WS_HEADER.size
+            if meta_len < 0 or meta_len > 1 << 20:
+                raise FormatError(self.path, 0, f"index offset {index_offset} leaves no room for its header "
+                                  "or an oversized meta")
             if meta_len:
-                if _WS_HEADER.size + meta_len > index_offset or meta_len > 1 << 20:
-                    raise FormatError(self.path, 0, f"meta of {meta_len} bytes does not fit before the index")
                 try:
                     meta = json.loads(os.pread(fd, meta_len, _WS_HEADER.size))
                 except ValueError as exc:
                     raise FormatError(self.path, 0, f"meta is not JSON ({exc})") from None
                 self.meta = meta if isinstance(meta, dict) else {}
-            if ps < 4096 or ps & (ps - 1) or data_offset % ps:
-                raise FormatError(self.path, 0, f"bad page size {ps} or data offset {data_offset}")
-            if data_offset + n_data * ps != self.file_size or index_offset + 9 * n > data_offset:
+            if ps < BLOCK or ps & (ps - 1) or nb != ps // BLOCK or data_offset % BLOCK:
+                raise FormatError(self.path, 0, f"bad page size {ps}, blocks per page {nb} or data "
+                                  f"offset {data_offset}")
+            bitmap_len = n * (nb // 8) if nb > 1 else 0
+            if data_offset + n_blocks * BLOCK != self.file_size or \
+                    index_offset + 9 * n + bitmap_len > data_offset:
                 raise FormatError(self.path, 0, f"size {self.file_size} does not match its header "
-                                  f"({n} entries, {n_data} data pages of {ps} bytes)")
+                                  f"({n} entries, {n_blocks} blocks of {BLOCK} bytes)")
             if mem_size is not None and msize != mem_size:
                 raise FormatError(self.path, 0, f"recorded for a {msize}-byte memory file, this one has "
                                   f"{mem_size} bytes")
-            self.page_size, self.n, self.mem_size, self.n_data = ps, n, msize, n_data
+            self.page_size, self.n, self.mem_size, self.n_blocks = ps, n, msize, n_blocks
             self.data_offset = data_offset
-            flags = abi.MAP_PRIVATE | (abi.MAP_POPULATE if populate else 0)
-            if populate:  # start one big sequential read of the whole file before mapping it
+            flags = abi.MAP_PRIVATE | (abi.MAP_POPULATE if populate is True else 0)
+            if populate:  # one big sequential read of the whole file
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
             self.addr = abi.mmap(self.file_size, abi.PROT_READ, flags, fd, 0)
         finally:
             os.close(fd)
-        raw = (ctypes_bytes(self.addr + index_offset, 9 * n))
+        raw = ctypes_bytes(self.addr + index_offset, 9 * n + bitmap_len)
         self.offsets: npt.NDArray[np.uint64] = np.frombuffer(raw[: 8 * n], dtype="<u8").astype(np.uint64)
-        self.kinds: npt.NDArray[np.uint8] = np.frombuffer(raw[8 * n:], dtype=np.uint8).copy()
+        self.kinds: npt.NDArray[np.uint8] = np.frombuffer(raw[8 * n: 9 * n], dtype=np.uint8).copy()
+        if nb > 1:
+            bits = np.frombuffer(raw[9 * n:], dtype=np.uint8).reshape(n, nb // 8)
+            unpacked = np.unpackbits(bits, axis=1, bitorder="little")
+            self.block_map: npt.NDArray[np.bool_] = unpacked.astype(bool)
+        else:
+            self.block_map = np.ones((n, 1), dtype=bool)
+        self.block_map[self.kinds != KIND_DATA] = False
         if n and (int(self.offsets.max()) + ps > msize or (self.offsets % np.uint64(ps)).any()):
             self.close()
             raise FormatError(self.path, 0, "an offset is unaligned or beyond the memory file")
-        if int((self.kinds == KIND_DATA).sum()) != n_data:
+        if int(self.block_map.sum()) != n_blocks or (self.kinds == KIND_DATA).sum() != \
+                int(self.block_map.any(axis=1).sum()):
             self.close()
-            raise FormatError(self.path, 0, "index kinds disagree with the data page count")
-        # slot of each data entry in the data area (holes have none)
-        self.slot = np.cumsum(self.kinds == KIND_DATA, dtype=np.int64) - 1
+            raise FormatError(self.path, 0, "index kinds or block maps disagree with the stored block count")
+        # first stored block of each entry in the data area
+        per = self.block_map.sum(axis=1).astype(np.int64)
+        self.first_block = np.cumsum(per) - per
+        self.full = per == ps // BLOCK  # entries stored whole: copied straight from the mapping
+
+    @property
+    def n_data(self) -> int:
+        """Entries holding data."""
+        return int((self.kinds == KIND_DATA).sum())
 
     def src(self, i: int) -> int:
-        """Our address of entry ``i``'s page contents (entry must be data)."""
-        return int(self.addr + self.data_offset + int(self.slot[i]) * self.page_size)
+        """Our address of entry ``i``'s first stored block (its whole page when ``full[i]``)."""
+        return int(self.addr + self.data_offset + int(self.first_block[i]) * BLOCK)
+
+    def pieces(self, i: int) -> list[tuple[int, int, int]]:
+        """``(offset in page, our address, length)`` of each run of stored blocks of entry ``i``."""
+        blk = self.block_map[i]
+        edges = np.flatnonzero(np.diff(np.concatenate(([0], blk.view(np.int8), [0]))))
+        out = []
+        src = self.src(i)
+        for a, b in zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True):
+            out.append((a * BLOCK, src, (b - a) * BLOCK))
+            src += (b - a) * BLOCK
+        return out
 
     def runs(self, region_offsets: list[int] | None = None
              ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
         """``(first_entry, length)`` of runs: consecutive entries adjacent in the file and of one kind.
 
         ``region_offsets`` (file offsets where regions start) also break runs, so a run never crosses
-        a region boundary.
+        a region boundary. Huge pages not stored whole are runs of their own (they are assembled).
         """
         n = self.n
         if n == 0:
@@ -240,6 +354,10 @@ class WorkingSet:
         if n > 1:
             adj = self.offsets[1:] == self.offsets[:-1] + np.uint64(self.page_size)
             brk[1:] = ~adj | (self.kinds[1:] != self.kinds[:-1])
+            if self.page_size > BLOCK:
+                data = self.kinds == KIND_DATA
+                partial = data & ~self.full
+                brk[1:] |= partial[1:] | partial[:-1]
         if region_offsets:
             brk |= np.isin(self.offsets, np.array(region_offsets, dtype=np.uint64))
         starts = np.flatnonzero(brk).astype(np.int64)
@@ -253,8 +371,8 @@ class WorkingSet:
             return
         pick = data_idx[np.linspace(0, data_idx.size - 1, min(samples, data_idx.size)).astype(np.int64)]
         for i in pick.tolist():
-            want = os.pread(mem.fd, self.page_size, int(self.offsets[i]))
-            if ctypes_bytes(self.src(i), self.page_size) != want:
+            if any(ctypes_bytes(src, length) != os.pread(mem.fd, length, int(self.offsets[i]) + poff)
+                   for poff, src, length in self.pieces(i)):
                 raise FormatError(self.path, 0, f"page at offset {int(self.offsets[i]):#x} differs from "
                                   f"{mem.path}: the working set was recorded from another snapshot")
 
@@ -268,7 +386,8 @@ class WorkingSet:
         """Facts for metrics."""
         starts, _ = self.runs()
         return {"path": str(self.path), "pages": self.n, "data_pages": self.n_data,
-                "bytes": self.file_size, "runs": int(starts.size)}
+                "page_size": self.page_size, "stored_blocks": self.n_blocks, "bytes": self.file_size,
+                "runs": int(starts.size)}
 
 
 def ctypes_bytes(addr: int, length: int) -> bytes:

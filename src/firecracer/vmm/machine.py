@@ -49,6 +49,7 @@ from typing import Any
 from firecracer.errors import FirecracerError, FirecrackerError
 from firecracer.paths import state_dir
 from firecracer.vmm import config as cfg
+from firecracer.vmm import hugepages
 from firecracer.vmm.api import ApiClient, Unsupported, Watch
 from firecracer.vmm.binary import Version, find_firecracker, firecracker_version, uffd_restore_problem
 from firecracer.vmm.config import MemBackend, SnapshotType
@@ -362,6 +363,8 @@ class MicroVM:
         for label, p in (("kernel", config.kernel), ("rootfs", config.rootfs), ("initrd", config.initrd)):
             if p is not None and not Path(p).is_file():
                 raise FirecracerError(f"{p}: {label} file not found")
+        if config.huge_pages == "2M":
+            hugepages.check_pool(config.mem_size_mib, f"microVM {self.name}")
         self.config = config
         self.dirty_tracking = config.track_dirty_pages
         self._spawn(config.network)
@@ -690,6 +693,11 @@ class MicroVM:
                 raise Unsupported(limit)
         if check:
             check_loadable(snap, vm.binary)
+        if snap.vm.get("huge_pages") == "2M":  # before Firecracker starts: it would fail or SIGBUS later
+            if backend is not MemBackend.UFFD:
+                raise FirecracerError(f"{snap.dir}: this snapshot's memory is backed by 2 MiB huge pages, "
+                                      "which Firecracker restores only through the Uffd backend (--uffd)")
+            hugepages.check_pool(int(snap.vm.get("mem_size_mib") or 0), f"snapshot {snap.dir}")
         vm.config = VMConfig.from_json(snap.vm) if snap.vm.get("kernel") else None
         vm.restored_from = snap
         vm.dirty_tracking = track_dirty_pages

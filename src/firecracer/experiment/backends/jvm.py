@@ -179,6 +179,10 @@ class JvmBackend(Backend[JvmState]):
         version = firecracker_version(self._fc)
         self._fc_version = str(version)
         check_uffd_strategies(self._fc, version, self.spec.strategies)
+        if any(v.huge for v in self.spec.variants):
+            from firecracer.vmm.hugepages import check_pool
+
+            check_pool(self.spec.guest.mem_size_mib, f"{self.spec.path}: 2 MiB variants")
 
     def versions(self) -> dict[str, Any]:
         return {"firecracker": self._fc_version, "backend": "JVM image under Firecracker",
@@ -241,7 +245,7 @@ class JvmBackend(Backend[JvmState]):
                 try:
                     vm.boot(VMConfig(kernel=str(g.kernel), rootfs=str(g.rootfs),
                                      boot_args=self.boot_args(variant), mem_size_mib=g.mem_size_mib,
-                                     vcpu_count=g.vcpus, vsock_cid=3,
+                                     vcpu_count=g.vcpus, vsock_cid=3, huge_pages=variant.huge_pages,
                                      labels={"variant": variant.name,
                                              "jvm_options": list(variant.jvm_options)}))
                 except FirecracerError as exc:

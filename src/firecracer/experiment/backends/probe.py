@@ -93,6 +93,10 @@ class ProbeBackend(Backend[ProbeState]):
         version = firecracker_version(self._fc)
         self._fc_version = str(version)
         check_uffd_strategies(self._fc, version, self.spec.strategies)
+        if any(v.huge for v in self.spec.variants):
+            from firecracer.vmm.hugepages import check_pool
+
+            check_pool(self.spec.guest.mem_size_mib, f"{self.spec.path}: 2 MiB variants")
         if shutil.which("as") is None or shutil.which("ld") is None:
             raise FirecracerError("the probe guest is assembled with GNU binutils ('as', 'ld'): "
                                   "apt-get install binutils")
@@ -148,14 +152,16 @@ class ProbeBackend(Backend[ProbeState]):
         info = probe_info(elf)
         snap = workdir / "snapshot"
         marker = workdir / "variant.json"
-        key = {"elf": info.key, "mem_size_mib": self.spec.guest.mem_size_mib, "vcpus": self.spec.guest.vcpus,
-               "firecracker": self._fc_version}
+        key: dict[str, Any] = {"elf": info.key, "mem_size_mib": self.spec.guest.mem_size_mib,
+                               "vcpus": self.spec.guest.vcpus, "firecracker": self._fc_version}
+        if variant.huge:
+            key["huge_pages"] = variant.huge_pages
         if not (marker.exists() and json.loads(marker.read_text()).get("key") == key
                 and (snap / "snapshot.json").exists()):
             marker.unlink(missing_ok=True)
             shutil.rmtree(snap, ignore_errors=True)
             forget_prefetch_trace(workdir)
-            facts = self._boot_and_snapshot(elf, snap, workdir)
+            facts = self._boot_and_snapshot(elf, snap, workdir, variant.huge_pages)
             marker.write_text(json.dumps({"key": key, "created": now_iso(), "working_set_pages": len(pages),
                                           "trace_pages_dropped": self.dropped, **facts}, indent=1))
         state = ProbeState(variant, workdir, elf, snap, pages)
@@ -164,7 +170,8 @@ class ProbeBackend(Backend[ProbeState]):
             state.prefetch_trace = rec
         yield state
 
-    def _boot_and_snapshot(self, elf: Path, snap: Path, workdir: Path) -> dict[str, Any]:
+    def _boot_and_snapshot(self, elf: Path, snap: Path, workdir: Path,
+                           huge_pages: str | None = None) -> dict[str, Any]:
         timeout = self.spec.timeout_s
         vm = MicroVM(self.fc, name=vm_name(), purpose=f"experiment {self.spec.name}: boot {workdir.name}")
         try:
@@ -173,7 +180,7 @@ class ProbeBackend(Backend[ProbeState]):
                 try:
                     vm.boot(VMConfig(kernel=str(elf), boot_args="console=ttyS0",
                                      mem_size_mib=self.spec.guest.mem_size_mib,
-                                     vcpu_count=self.spec.guest.vcpus, vsock_cid=None,
+                                     vcpu_count=self.spec.guest.vcpus, vsock_cid=None, huge_pages=huge_pages,
                                      labels={"probe": probe_info(elf).key}))
                 except FirecracerError as exc:
                     raise RunFailed("boot", str(exc)) from None

@@ -18,22 +18,28 @@ _RESULT_RX = r"^PROBE RESULT [^\n]*\n"
 
 
 def probe_config(elf: str | os.PathLike[str], *, mem_size_mib: int | None = None,
-                 track_dirty_pages: bool = False, vsock_cid: int | None = 3) -> VMConfig:
-    """A VMConfig that boots ``elf`` with enough memory for its highest page (at least 128 MiB)."""
+                 track_dirty_pages: bool = False, vsock_cid: int | None = 3,
+                 huge_pages: str | None = None) -> VMConfig:
+    """A VMConfig that boots ``elf`` with enough memory for its highest page (at least 128 MiB).
+
+    ``huge_pages="2M"`` backs guest memory with 2 MiB hugetlbfs pages (rounded up to 2 MiB).
+    """
     info = probe_info(elf)
     need = min_mem_mib(max(info.max_page, info.image_end // 4096))
     mem = mem_size_mib if mem_size_mib is not None else max(128, need)
     if mem < need:
         raise ValueError(f"mem_size_mib={mem} is too small for page {info.max_page:#x} (needs {need})")
+    if huge_pages == "2M":
+        mem += mem % 2
     return VMConfig(kernel=str(elf), boot_args="console=ttyS0", mem_size_mib=mem,
-                    track_dirty_pages=track_dirty_pages, vsock_cid=vsock_cid,
+                    track_dirty_pages=track_dirty_pages, vsock_cid=vsock_cid, huge_pages=huge_pages,
                     labels={"probe": {"key": info.key, "seed": info.seed, "fill_pages": info.fill_pages,
                                       "trace_pages": info.trace_pages}})
 
 
 def boot_probe(elf: str | os.PathLike[str], firecracker: str | os.PathLike[str] | None = None, *,
                name: str | None = None, mem_size_mib: int | None = None, track_dirty_pages: bool = False,
-               timeout: float = 60.0) -> MicroVM:
+               timeout: float = 60.0, huge_pages: str | None = None) -> MicroVM:
     """Boot the probe and wait for ``PROBE READY``; the VM is killed if anything fails.
 
     Timings land in ``vm.timings_ms``: ``spawn``, ``configure``, ``start`` and ``ready`` (ms from
@@ -43,7 +49,8 @@ def boot_probe(elf: str | os.PathLike[str], firecracker: str | os.PathLike[str] 
 
     vm = MicroVM(firecracker, name=name)
     try:
-        config = probe_config(elf, mem_size_mib=mem_size_mib, track_dirty_pages=track_dirty_pages)
+        config = probe_config(elf, mem_size_mib=mem_size_mib, track_dirty_pages=track_dirty_pages,
+                              huge_pages=huge_pages)
         vm.boot(config, start=False)
         t0 = time.perf_counter()
         vm.start()
