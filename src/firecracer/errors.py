@@ -30,7 +30,16 @@ class FirecrackerError(FirecracerError):
 
 
 class HandshakeError(FirecracerError):
-    """The uffd hand-off from Firecracker was malformed or inconsistent with the memory file."""
+    """The uffd hand-off from Firecracker was malformed or inconsistent with the memory file.
+
+    ``peer_sent_uffd``: the peer did hand over a userfaultfd, so its guest memory is registered and it
+    would hang on its next fault without a server (the server then kills it); a peer that sent none (a
+    stray client, a port scanner, a test harness) is only disconnected.
+    """
+
+    def __init__(self, message: str, *, peer_sent_uffd: bool = False) -> None:
+        self.peer_sent_uffd = peer_sent_uffd
+        super().__init__(message)
 
 
 class FormatError(FirecracerError):

@@ -228,10 +228,13 @@ def test_peer_closes_without_handshake(sock: str, memfile: Path) -> None:
 
 
 def test_silent_peer_times_out(sock: str, memfile: Path) -> None:
+    """A peer that sends nothing is disconnected, not killed: it is not Firecracker (by its executable)
+    and registered no memory with us, so nothing of it can hang (the server once SIGKILLed the pytest
+    process that merely connected to check the socket)."""
     spec = PeerSpec(sock, [NPAGES * PS], payload=b"", send_fd=False, ops=[("hold", 10)])
     result, [(status, _)] = serve(sock, memfile, spec)
     assert "no uffd handshake arrived within 3 s" in str(result.error)
-    assert os.WIFSIGNALED(status)
+    assert not os.WIFSIGNALED(status)
 
 
 def test_fault_outside_regions_kills_peer(sock: str, memfile: Path) -> None:

@@ -15,6 +15,7 @@ from firecracer.uffd.memfile import MemoryFile
 from firecracer.uffd.strategies import (
     KIND_DATA,
     KIND_HOLE,
+    WS_MAGIC,
     WorkingSet,
     loading_order,
     write_working_set,
@@ -85,7 +86,7 @@ def test_old_or_damaged_working_sets_are_named(tmp_path: Path) -> None:
     with pytest.raises(FormatError, match="rebuild it"):
         WorkingSet(old)
     bad = tmp_path / "bad.ws"
-    bad.write_bytes(struct.pack("<8sQQQQQQQ", b"FCRWSET2", PS, 5, PS * 8, 5, PS, 64, 1))
+    bad.write_bytes(struct.pack("<8sQQQQQQQ", WS_MAGIC, PS, 5, PS * 8, 5, PS, 64, 1))
     with pytest.raises(FormatError, match="does not match its header"):
         WorkingSet(bad)
 
@@ -102,8 +103,8 @@ def test_cli_builds_a_working_set(tmp_path: Path) -> None:
     res = subprocess.run([sys.executable, "-m", "firecracer", "uffd", "working-set", str(tr), str(mem)],
                          capture_output=True, text=True, timeout=60, check=False)
     assert res.returncode == 0, res.stderr
-    said = " ".join(res.stderr.split())
-    assert "3 pages of 4096 bytes in 2 runs (loading order), 3 4 KiB blocks stored" in said
+    said = " ".join(res.stdout.split())  # a result: stdout
+    assert "3 pages of 4 KiB in 2 runs (loading order), 3 4 KiB blocks stored" in said
     ws = WorkingSet(tmp_path / "t.ws")
     assert (ws.offsets // PS).tolist() == [5, 2, 3]
     ws.close()

@@ -159,7 +159,9 @@ def working_set(trace: str, mem_file: str, output: str | None, mem_id: str | Non
     ws = WorkingSet(out, populate=False)
     info = ws.describe()
     ws.close()
-    console.print(f"wrote {out}: {info['pages']:,} pages of {human_bytes(info['page_size'])} in "
+    ps = int(info["page_size"])
+    size = f"{ps >> 20} MiB" if ps >= 1 << 20 else f"{ps >> 10} KiB"
+    console.print(f"wrote {out}: {info['pages']:,} pages of {size} in "
                   f"{info['runs']:,} runs (loading order), {info['stored_blocks']:,} 4 KiB blocks stored, "
                   f"{human_bytes(info['bytes'])}", highlight=False)
 

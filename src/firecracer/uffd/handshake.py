@@ -201,7 +201,10 @@ def receive(conn: socket.socket, *, mem_size: int | None, timeout: float,
         if not is_userfaultfd(fds[0]):
             target = _fd_target(fds[0])
             raise HandshakeError(f"the fd sent with the handshake is not a userfaultfd ({target})")
-        regions, gen = parse_regions(data, mem_size=mem_size, default_page_size=default_page_size)
+        try:
+            regions, gen = parse_regions(data, mem_size=mem_size, default_page_size=default_page_size)
+        except HandshakeError as exc:
+            raise HandshakeError(str(exc), peer_sent_uffd=True) from None
         pid = peer_pid(conn)
         hs = Handshake(regions, fds[0], pid, gen, bytes(data), received)
         fds.clear()

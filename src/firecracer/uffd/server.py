@@ -1176,6 +1176,14 @@ class ServeResult:
                 "traces": [str(p) for p in self.traces]}
 
 
+def _is_firecracker(pid: int) -> bool:
+    """Whether process ``pid`` runs a Firecracker binary (by its executable's name)."""
+    try:
+        return "firecracker" in Path(os.readlink(f"/proc/{pid}/exe")).name
+    except OSError:
+        return False
+
+
 class Server:
     """Listen on ``socket_path`` and serve hand-offs from ``mem_file`` with ``strategy``.
 
@@ -1337,10 +1345,14 @@ class Server:
                 except HandshakeError as exc:
                     pid = peer_pid(conn)
                     result.error = str(exc)
-                    log.error("%s; killing peer %s", exc, pid)
-                    if pid:
+                    if pid and (exc.peer_sent_uffd or _is_firecracker(pid)):
+                        # its guest would hang on the next fault with nobody to serve it
+                        log.error("%s; killing peer %s", exc, pid)
                         with contextlib.suppress(OSError):
                             os.kill(pid, signal.SIGKILL)
+                    else:  # not Firecracker and no memory registered with us: nothing of it can hang
+                        log.error("%s; peer %s is not Firecracker and sent no userfaultfd: disconnected, "
+                                  "not killed", exc, pid)
                     break
                 ws = None
                 if self.ws_path is not None:
