@@ -121,7 +121,14 @@ class GuestDriver:
 
     def prepare_and_collect(self, steps: list[str], dest: Path, timeout: float,
                             sections: list[str] | None = None, pid: int | None = None) -> dict[str, Any]:
-        """Agent ``prepare`` steps, then ``memmap.npz`` and ``nmt.txt`` (of the JVM) into ``dest``."""
+        """Agent ``prepare`` steps, then the recording ``collect VM`` makes (``memmap.npz`` with the
+        kernel's own allocations named, ``nmt.txt`` of the JVM, smaps) into ``dest``.
+
+        One collector for both paths (:func:`firecracer.guest.recording.collect_agent`): the study's
+        recordings then attribute a restore exactly as a recording made by hand does.
+        """
+        from firecracer.guest.recording import collect_agent
+
         facts: dict[str, Any] = {}
         try:
             with self.agent(timeout=timeout) as a:
@@ -131,14 +138,19 @@ class GuestDriver:
                     if not rep.get("ok"):
                         bad = [s for s in rep.get("steps", []) if not (s.get("ok") or s.get("skipped"))]
                         raise RunFailed("prepare", f"prepare step(s) failed: {json.dumps(bad)[:300]}")
-                jpid, text = a.nmt(pid)
-                (dest / "nmt.txt").write_text(text)
-                only_jvm = sections is not None and list(sections) == ["processes"]
-                pids = [jpid] if only_jvm else None
-                (dest / "memmap.npz").write_bytes(a.collect_memmap(pids=pids, sections=sections))
-                facts["jvm_pid"] = jpid
+                pids = None
+                if sections is not None and list(sections) == ["processes"]:  # only the JVM's pages
+                    jvms = a.ping().get("jvm_pids") or []
+                    pids = [pid] if pid is not None else [int(jvms[0])] if jvms else None
+                summary = collect_agent(a, dest, pids=pids, jvm_pid=pid, sections=sections,
+                                        source="firecracker")
         except AgentError as exc:
             raise RunFailed("collect", str(exc)) from None
+        if summary.jvm_pid is None or not (dest / "nmt.txt").exists():
+            raise RunFailed("collect", "no NMT report of the JVM: " + "; ".join(summary.problems))
+        facts["jvm_pid"] = summary.jvm_pid
+        if summary.problems:
+            facts["collect_problems"] = summary.problems
         return facts
 
 
