@@ -62,7 +62,7 @@ def jvm(guest_env: tuple[Path, Path, Path], work: Path) -> Iterator[MicroVM]:
         vm.boot(VMConfig(kernel=str(kernel), rootfs=str(rootfs), boot_args=boot_args, vcpu_count=2,
                          mem_size_mib=1024, track_dirty_pages=True, balloon_mib=0, vsock_cid=3))
         t0 = time.monotonic()
-        GuestDriver(vm.vsock_path, path=PATH).wait_ready(BOOT_TIMEOUT)
+        GuestDriver(vm.vsock_path, path=PATH).wait_ready(BOOT_TIMEOUT, vm)
         STATE["ready_s"] = time.monotonic() - t0
         yield vm
 

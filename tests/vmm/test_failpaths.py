@@ -445,3 +445,28 @@ def test_helpers_run_the_same_code_with_a_relative_pythonpath(fc: Path) -> None:
         assert rec["state"] == "running" and not gone(rec["supervisor_pid"])
     finally:
         fcr("vm", "kill", "rel")
+
+
+# -- a guest that dies before it is ready ----------------------------------------------------------------
+@pytest.mark.parametrize(("log", "said"), [
+    ("jvm-crash.log", r"A fatal error has been detected by the Java Runtime Environment: / "
+                      r"SIGSEGV \(0xb\) at pc=0x00007fdde1826c80, pid=38, tid=39 / "
+                      r"firecracer-init: jvm pid=38 exited with status -6; rebooting"),
+    ("init-panic.log", r"MemoryError / Kernel panic - not syncing: Attempted to kill init!"),
+])
+def test_wait_ready_ends_at_once_when_the_guest_dies(fc: Path, elf: Path, log: str, said: str) -> None:
+    """A guest that panics or whose JVM crashes (consoles recorded in the lab) ends the wait for
+    readiness at once, with what the console said, not after the timeout with 'connection refused'."""
+    from firecracer.experiment.backend import RunFailed
+    from firecracer.experiment.backends.jvm import GuestDriver
+
+    vm = boot_probe(elf, fc)
+    with vm:
+        os.kill(vm.fc.pid, signal.SIGKILL)
+        with open(vm.serial_log, "ab") as f:  # what the real guest printed before it went
+            f.write((HERE.parent / "fixtures" / "serial" / log).read_bytes())
+        t0 = time.monotonic()
+        with pytest.raises(RunFailed, match=r"the guest died before it was ready: .*SIGKILL.*the guest said: "
+                           + said):
+            GuestDriver(vm.vsock_path).wait_ready(120, vm)
+        assert time.monotonic() - t0 < 5

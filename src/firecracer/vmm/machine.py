@@ -539,6 +539,23 @@ class MicroVM:
         except OSError:
             return 0
 
+    #: serial lines that say why a guest died: a kernel panic, the JVM's fatal-error banner, the init's
+    #: verdict, a Python exception in the init
+    _DEATH_RX = re.compile(r"Kernel panic.*|A fatal error has been detected.*|"
+                           r"^#\s+(?P<sig>SIG\w+ \(0x\w+\) at pc.*)|"
+                           r"firecracer-init: .*(?:exited|rebooting|failed).*|^\w*(?:Error|Exception)\b.*",
+                           re.MULTILINE)
+
+    def guest_death(self) -> str:
+        """Why the guest is gone, in one line: Firecracker's end and what the serial console said last."""
+        death = (self.fc.describe_death() if self._fc else None) or "Firecracker is not running"
+        tail = self.serial_text(max(0, self.serial_size() - 64 * 1024))
+        said = [(m.group('sig') or m.group(0)).strip() for m in self._DEATH_RX.finditer(tail)]
+        if not said:
+            lines = [ln.strip() for ln in tail.splitlines() if ln.strip()]
+            said = lines[-1:]
+        return death + (f"; the guest said: {' / '.join(dict.fromkeys(said[-3:]))}" if said else "")
+
     def wait_serial(self, pattern: str, timeout: float = 30.0, *,
                     since: int = 0) -> tuple[re.Match[str], int]:
         """Wait until ``pattern`` (regex, multiline) appears in the serial output after byte offset ``since``.

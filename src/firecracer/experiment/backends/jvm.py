@@ -92,11 +92,17 @@ class GuestDriver:
         r = vsock_http(self.uds, self.app_port, self.path, timeout=timeout, retries=retries)
         return HttpTiming(r.status, r.first_byte_ms / 1e3, r.latency_ms / 1e3, len(r.body), r.retried)
 
-    def wait_ready(self, timeout: float) -> dict[str, Any]:
-        """Until the agent answers ``ping`` and the service answers 200; the ping reply. Bounded."""
+    def wait_ready(self, timeout: float, vm: MicroVM | None = None) -> dict[str, Any]:
+        """Until the agent answers ``ping`` and the service answers 200; the ping reply. Bounded.
+
+        With ``vm``, a guest that dies (kernel panic, the JVM's fatal error, a reboot) ends the wait at
+        once with what its console said, instead of after ``timeout`` with "connection refused".
+        """
         deadline = time.monotonic() + timeout
         last = "nothing answered"
         while time.monotonic() < deadline:
+            if vm is not None and not vm.alive():
+                raise RunFailed("ready", f"the guest died before it was ready: {vm.guest_death()}")
             try:
                 with self.agent(timeout=min(5.0, timeout)) as a:
                     ping = a.ping()
@@ -263,7 +269,7 @@ class JvmBackend(Backend[JvmState]):
                 except FirecracerError as exc:
                     raise RunFailed("boot", str(exc)) from None
                 guest = GuestDriver(vm.vsock_path, app_port=wl.port, path=wl.path)
-                ping = guest.wait_ready(wl.ready_timeout_s)
+                ping = guest.wait_ready(wl.ready_timeout_s, vm)
                 ready_ms = (time.monotonic() - t0) * 1e3
                 warm = guest.warm_up(wl.warmup_requests, self.spec.timeout_s)
                 facts = guest.prepare_and_collect(list(wl.prepare), workdir, self.spec.timeout_s)
