@@ -196,3 +196,37 @@ def test_jvm_backend_refuses_pvm_hosts_and_missing_images(tmp_path: Path) -> Non
         assert "guest.kernel" in str(exc.value)
     args = be.boot_args(spec.variants[0])
     assert "FC_NMT=detail" in args and "FC_JAVA_OPTIONS=\"-XX:+UseTransparentHugePages '-Da=b c'\"" in args
+
+
+@pytest.mark.parametrize("lab", [True, False])
+def test_a_boot_lost_before_ready_is_retried_once_in_the_lab_only(
+        tmp_path: Path, lab: bool, capsys: pytest.CaptureFixture[str]) -> None:
+    """The lab's TCG now and then loses a boot (JVM crash or hang before ready): one more boot there,
+    recorded in ``boot_retries`` with the lost boot's logs kept; anywhere else the failure is the answer."""
+    from firecracer.experiment.backend import RunFailed
+
+    spec = parse_spec('[study]\nname = "j"\nbackend = "jvm"\nstrategies = ["file"]\n'
+                      '[guest]\nkernel = "vmlinux"\nrootfs = "rootfs.ext4"\n[[variant]]\nname = "v"\n',
+                      tmp_path / "s.toml")
+    be = JvmBackend(spec)
+    calls: list[int] = []
+
+    def prepare(variant: object, workdir: Path, snap: Path) -> dict[str, object]:
+        calls.append(1)
+        (workdir / "boot").mkdir(exist_ok=True)
+        (workdir / "boot" / "serial.log").write_text(f"boot {len(calls)}\n")
+        if len(calls) < 3:
+            raise RunFailed("ready", f"the guest died before it was ready (boot {len(calls)})")
+        return {"boot_to_ready_ms": 1.0}
+
+    be._prepare_variant = prepare  # type: ignore[method-assign]
+    with pytest.raises(RunFailed, match=r"boot 2\)" if lab else r"boot 1\)"):
+        be._prepare_with_lab_retry(spec.variants[0], tmp_path, tmp_path / "snap", lab)
+    assert len(calls) == (2 if lab else 1)
+    if lab:
+        assert "booting once more" in capsys.readouterr().err
+        assert (tmp_path / "boot-lost" / "serial.log").read_text() == "boot 1\n"
+        calls[:] = [1]  # the next boot is lost, the one after it becomes ready
+        facts = be._prepare_with_lab_retry(spec.variants[0], tmp_path, tmp_path / "snap", lab)
+        assert facts == {"boot_to_ready_ms": 1.0,
+                         "boot_retries": ["the guest died before it was ready (boot 2)"]}

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from firecracer import host
+from firecracer.experiment.backend import RunFailed
 from firecracer.experiment.backends.jvm import GuestDriver
 from firecracer.image.manifest import with_image_init
 from firecracer.uffd.trace import FLAG_FAULTING, FLAG_ZERO, Action, load_trace
@@ -32,7 +34,7 @@ pytestmark = [pytest.mark.guest_vm, pytest.mark.timeout(1200)]
 
 PATH = "/owners/1"
 STATE: dict[str, Any] = {}
-BOOT_TIMEOUT = float(os.environ.get("FIRECRACER_TEST_BOOT_TIMEOUT", "400"))
+BOOT_TIMEOUT = float(os.environ.get("FIRECRACER_TEST_BOOT_TIMEOUT", "300"))  # lab: ready in 75-160 s
 
 
 @pytest.fixture(scope="module")
@@ -57,14 +59,23 @@ def jvm(guest_env: tuple[Path, Path, Path], work: Path) -> Iterator[MicroVM]:
     """The image booted with NMT detail, a balloon device and dirty-page tracking; ready and warm."""
     fc, kernel, rootfs = guest_env
     boot_args = with_image_init(f"{DEFAULT_BOOT_ARGS} FC_NMT=detail", rootfs)
-    vm = MicroVM(fc, name="jvm", run_dir=work / "state" / "vms" / "jvm")
-    with vm:
-        vm.boot(VMConfig(kernel=str(kernel), rootfs=str(rootfs), boot_args=boot_args, vcpu_count=2,
-                         mem_size_mib=1024, track_dirty_pages=True, balloon_mib=0, vsock_cid=3))
-        t0 = time.monotonic()
-        GuestDriver(vm.vsock_path, path=PATH).wait_ready(BOOT_TIMEOUT, vm)
-        STATE["ready_s"] = time.monotonic() - t0
-        yield vm
+    for attempt in (1, 2):
+        vm = MicroVM(fc, name="jvm", run_dir=work / "state" / "vms" / "jvm")
+        with vm:
+            vm.boot(VMConfig(kernel=str(kernel), rootfs=str(rootfs), boot_args=boot_args, vcpu_count=2,
+                             mem_size_mib=1024, track_dirty_pages=True, balloon_mib=0, vsock_cid=3))
+            t0 = time.monotonic()
+            try:
+                GuestDriver(vm.vsock_path, path=PATH).wait_ready(BOOT_TIMEOUT, vm)
+            except RunFailed as exc:
+                # the lab's TCG loses a boot now and then (the JVM crashes or hangs): one more, said aloud
+                if attempt == 2 or not host.in_lab():
+                    raise
+                print(f"boot {attempt} lost in the lab, booting once more: {exc}")
+                continue
+            STATE["ready_s"] = time.monotonic() - t0
+            yield vm
+            return
 
 
 def _restore(snap: Path, run_dir: Path, fc: Path, **kw: Any) -> MicroVM:

@@ -43,7 +43,9 @@ QEMU = "qemu-system-x86_64"
 #: Firecracker requires. AVX2 is off: QEMU 7.2's TCG mis-emulates an AVX2 path (numpy's AVX2 argsort of
 #: uint64 returned unsorted results in L1, silently breaking the page attribution; correct without
 #: AVX2), and neither L1's tools nor the JVM in L2 (whose CPUID derives from L1's) may run on it.
-CPU_MODEL = "EPYC,+svm,+npt,-avx2"
+#: AVX must stay: without it (``-avx``) the guest's Python died with a MemoryError in the init at the same
+#: place in 2 boots of 2. ``FIRECRACER_LAB_CPU`` overrides the model (for trying another QEMU).
+CPU_MODEL = os.environ.get("FIRECRACER_LAB_CPU") or "EPYC,+svm,+npt,-avx2"
 DEFAULT_MEM_MIB = 8192
 DEFAULT_CPUS = 2
 #: the caller's environment goes into L1 except what only makes sense in this host session

@@ -23,6 +23,7 @@ import json
 import os
 import shlex
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -241,7 +242,7 @@ class JvmBackend(Backend[JvmState]):
         if not (marker.exists() and (snap / "snapshot.json").exists()):
             shutil.rmtree(snap, ignore_errors=True)
             forget_prefetch_trace(workdir)
-            facts = self._prepare_variant(variant, workdir, snap)
+            facts = self._prepare_with_lab_retry(variant, workdir, snap, host.in_lab())
             marker.write_text(json.dumps({"created": now_iso(), "snapshot": str(snap), **facts}, indent=1,
                                          default=str))
         state = JvmState(variant, workdir, snap)
@@ -252,6 +253,33 @@ class JvmBackend(Backend[JvmState]):
         finally:
             if host.in_lab():
                 shutil.rmtree(snap, ignore_errors=True)
+
+    def _prepare_with_lab_retry(self, variant: Variant, workdir: Path, snap: Path,
+                                lab: bool) -> dict[str, Any]:
+        """Prepare; in the lab, boot once more if the guest died or hung before it was ready.
+
+        QEMU 7.2's TCG running our guest under emulated nested SVM now and then loses a boot: the JVM
+        crashed in compiled code, hung silently, or the init failed with a MemoryError (seen in about
+        one boot in four on 2026-12-05, never in a guest that became ready). Such a boot measured
+        nothing, so it is retried once and recorded in ``boot_retries``; elsewhere a failed boot is
+        the answer.
+        """
+        retries: list[str] = []
+        while True:
+            try:
+                facts = self._prepare_variant(variant, workdir, snap)
+                return {**facts, "boot_retries": retries}
+            except RunFailed as exc:
+                if not lab or exc.phase != "ready" or retries:
+                    raise
+                retries.append(exc.why)
+                print(f"firecracer: variant {variant.name}: {exc.why}; booting once more (the lab's "
+                      "emulation loses a boot now and then)", file=sys.stderr, flush=True)
+                shutil.rmtree(snap, ignore_errors=True)
+                lost = workdir / "boot-lost"
+                shutil.rmtree(lost, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    (workdir / "boot").rename(lost)  # its console, for whoever wants to know why
 
     def _prepare_variant(self, variant: Variant, workdir: Path, snap: Path) -> dict[str, Any]:
         wl = self.spec.workload
