@@ -463,6 +463,9 @@ def test_wait_ready_ends_at_once_when_the_guest_dies(fc: Path, elf: Path, log: s
     vm = boot_probe(elf, fc)
     with vm:
         os.kill(vm.fc.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while vm.alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
         with open(vm.serial_log, "ab") as f:  # what the real guest printed before it went
             f.write((HERE.parent / "fixtures" / "serial" / log).read_bytes())
         t0 = time.monotonic()
@@ -470,3 +473,24 @@ def test_wait_ready_ends_at_once_when_the_guest_dies(fc: Path, elf: Path, log: s
                            + said):
             GuestDriver(vm.vsock_path).wait_ready(120, vm)
         assert time.monotonic() - t0 < 5
+
+
+@pytest.mark.parametrize(("log", "said"), [
+    ("jvm-sigill-then-stall.log",
+     r"the JVM crashed: SIGILL \(0x4\) at pc=0x00007f05dd99f7c4, pid=37, tid=38"),
+    ("rcu-stall.log", r"rcu: INFO: rcu_sched detected stalls on CPUs/tasks:"),
+])
+def test_wait_ready_ends_at_once_when_the_live_guest_cannot_recover(fc: Path, elf: Path, log: str,
+                                                                     said: str) -> None:
+    """Seen in the lab: the JVM crashed and a guest CPU stalled while Firecracker kept running; the wait
+    for readiness ends when the console says so, not after the timeout (900 s in the study)."""
+    from firecracer.experiment.backend import RunFailed
+    from firecracer.experiment.backends.jvm import GuestDriver
+
+    with boot_probe(elf, fc) as vm:
+        with open(vm.serial_log, "ab") as f:  # what the real guest printed (its console, recorded in L1)
+            f.write((HERE.parent / "fixtures" / "serial" / log).read_bytes())
+        t0 = time.monotonic()
+        with pytest.raises(RunFailed, match=r"the guest broke before it was ready: " + said):
+            GuestDriver(vm.vsock_path).wait_ready(120, vm)
+        assert time.monotonic() - t0 < 5 and vm.alive()

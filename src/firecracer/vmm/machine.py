@@ -546,6 +546,21 @@ class MicroVM:
                            r"firecracer-init: .*(?:exited|rebooting|failed).*|^\w*(?:Error|Exception)\b.*",
                            re.MULTILINE)
 
+    #: a guest that is alive but will not recover: its kernel reports a stalled CPU (seen in the lab: a
+    #: vCPU that never answers again), or the JVM printed its fatal-error banner (it is writing hs_err)
+    _BROKEN_RX = re.compile(r"rcu: INFO: \w+ detected stalls on CPUs.*|watchdog: BUG: soft lockup.*|"
+                            r"Watchdog detected hard LOCKUP.*|"
+                            r"A fatal error has been detected by the Java Runtime Environment(?:.*\n)+?"
+                            r"#\s+(?P<sig>SIG\w+ \(0x\w+\) at pc.*)")
+
+    def guest_broken(self, since: int = 0) -> str | None:
+        """What the console says broke the guest after byte ``since`` (a stalled CPU, the JVM's fatal
+        error), or None."""
+        m = self._BROKEN_RX.search(self.serial_text(since))
+        if m is None:
+            return None
+        return f"the JVM crashed: {m.group('sig').strip()}" if m.group("sig") else m.group(0).strip()
+
     def guest_death(self) -> str:
         """Why the guest is gone, in one line: Firecracker's end and what the serial console said last."""
         death = (self.fc.describe_death() if self._fc else None) or "Firecracker is not running"

@@ -97,13 +97,20 @@ class GuestDriver:
         """Until the agent answers ``ping`` and the service answers 200; the ping reply. Bounded.
 
         With ``vm``, a guest that dies (kernel panic, the JVM's fatal error, a reboot) ends the wait at
-        once with what its console said, instead of after ``timeout`` with "connection refused".
+        once with what its console said, instead of after ``timeout`` with "connection refused"; so does
+        one whose console shows it cannot recover (a stalled CPU, the JVM's fatal-error banner).
         """
         deadline = time.monotonic() + timeout
         last = "nothing answered"
+        seen = 0  # console bytes already searched for a stall (less a line's worth, for split lines)
         while time.monotonic() < deadline:
-            if vm is not None and not vm.alive():
-                raise RunFailed("ready", f"the guest died before it was ready: {vm.guest_death()}")
+            if vm is not None:
+                if not vm.alive():
+                    raise RunFailed("ready", f"the guest died before it was ready: {vm.guest_death()}")
+                broken = vm.guest_broken(seen)
+                if broken:
+                    raise RunFailed("ready", f"the guest broke before it was ready: {broken}")
+                seen = max(seen, vm.serial_size() - 2048)
             try:
                 with self.agent(timeout=min(5.0, timeout)) as a:
                     ping = a.ping()
