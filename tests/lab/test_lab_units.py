@@ -28,7 +28,7 @@ from firecracer.lab.assets import (
     resolve_order,
     unpack_kernel_deb,
 )
-from firecracer.lab.machine import LAB_HOST, LabSpec, lab_env, qemu_argv
+from firecracer.lab.machine import LAB_HOST, LabSpec, lab_env, numpy_without_avx2, qemu_argv
 
 
 def _read_newc(data: bytes) -> dict[str, tuple[int, bytes, tuple[int, int]]]:
@@ -165,7 +165,18 @@ def test_qemu_argv_is_tcg_svm_with_shares_and_escaped_commas(tmp_path: Path) -> 
 def test_lab_env_drops_session_variables_and_marks_the_lab() -> None:
     env = lab_env({"FIRECRACKER": "/x/fc", "PATH": "/bin", "SSH_AUTH_SOCK": "/tmp/a", "DISPLAY": ":0",
                    "PYTEST_CURRENT_TEST": "t", "VIRTUAL_ENV": "/venv"})
-    assert env == {"FIRECRACKER": "/x/fc", "PATH": "/bin", "VIRTUAL_ENV": "/venv", "FIRECRACER_LAB": LAB_HOST}
+    assert env == {"FIRECRACKER": "/x/fc", "PATH": "/bin", "VIRTUAL_ENV": "/venv", "FIRECRACER_LAB": LAB_HOST,
+                   "NPY_DISABLE_CPU_FEATURES": numpy_without_avx2()}
+
+
+def test_lab_env_keeps_numpy_off_avx2_unless_the_caller_says() -> None:
+    """TCG's AVX2 sorts wrong; numpy in L1 must use its SSE kernels (checked with the real numpy)."""
+    env = lab_env({"PATH": os.environ["PATH"]})
+    out = subprocess.run([sys.executable, "-c", "import numpy as np; np.show_runtime()"], env=env,
+                         capture_output=True, text=True, check=True).stdout
+    found = out.split("'found':", 1)[1].split("]", 1)[0]
+    assert "AVX2" not in found and "X86_V3" not in found, out
+    assert lab_env({"NPY_DISABLE_CPU_FEATURES": ""})["NPY_DISABLE_CPU_FEATURES"] == ""
 
 
 class _Host:

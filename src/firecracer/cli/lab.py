@@ -75,7 +75,7 @@ def prepare(l1_kernel_deb: Path | None, quiet: bool) -> None:
 @cpus_option
 @click.option("--firecracker", metavar="PATH", help="Firecracker binary to judge inside L1.")
 @click.option("--cpu-model", default=None, metavar="MODEL",
-              help="QEMU -cpu for L1 (default: EPYC,+svm,+npt,-avx2; see docs/lab.md).")
+              help="QEMU -cpu for L1 (default: EPYC,+svm,+npt; see docs/lab.md).")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 def check(as_json: bool, mem: int, cpus: int, firecracker: str | None, cpu_model: str | None,
           quiet: bool) -> None:

@@ -19,7 +19,7 @@ from firecracer.lab.machine import LabMachine, LabResult, LabSpec, find_qemu
 #: what runs in L1: the doctor's checks that matter there (not Java or QEMU: a JVM start under TCG alone
 #: costs seconds)
 _L1_PROBE = """
-import json, sys
+import json, os, sys
 from firecracer import host
 fc = sys.argv[1] or None
 import numpy as np
@@ -27,7 +27,8 @@ rng = np.random.default_rng(7)
 a = rng.integers(0, 2**40, 200_000, dtype=np.uint64)
 s = a[np.argsort(a)]
 vector = {"ok": bool(np.all(s[1:] >= s[:-1])), "detail": "numpy argsort of 200,000 uint64 (SIMD paths) "
-          "under TCG", "info": {"numpy": np.__version__}}
+          "under TCG", "info": {"numpy": np.__version__,
+          "NPY_DISABLE_CPU_FEATURES": os.environ.get("NPY_DISABLE_CPU_FEATURES")}}
 print(json.dumps({"kvm": host.check_kvm().as_dict(), "kvm_caps": host.check_kvm_caps().as_dict(),
                   "userfaultfd": host.check_userfaultfd().as_dict(),
                   "firecracker": host.check_firecracker(fc).as_dict(), "vector": vector}))

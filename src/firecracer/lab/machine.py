@@ -40,12 +40,12 @@ from firecracer.lab.assets import Assets, LabError, Progress, lab_dir, prepare
 LAB_HOST = "lab (QEMU TCG, emulated SVM)"
 QEMU = "qemu-system-x86_64"
 #: QEMU's CPU model: an AMD one with SVM and nested paging (TCG has no VMX); qemu64 lacks XSAVE, which
-#: Firecracker requires. AVX2 is off: QEMU 7.2's TCG mis-emulates an AVX2 path (numpy's AVX2 argsort of
-#: uint64 returned unsorted results in L1, silently breaking the page attribution; correct without
-#: AVX2), and neither L1's tools nor the JVM in L2 (whose CPUID derives from L1's) may run on it.
-#: AVX must stay: without it (``-avx``) the guest's Python died with a MemoryError in the init at the same
-#: place in 2 boots of 2. ``FIRECRACER_LAB_CPU`` overrides the model (for trying another QEMU).
-CPU_MODEL = os.environ.get("FIRECRACER_LAB_CPU") or "EPYC,+svm,+npt,-avx2"
+#: Firecracker requires. AVX2 stays on: with ``-avx2`` the JVM in L2 crashed in C1-compiled code or its
+#: guest stalled in 5 boots of 23, and in plain TCG too (``image check``); with AVX2 no such loss was seen
+#: in the sessions before. Without AVX as well (``-avx``) the guest's Python died at once. What TCG does
+#: get wrong with AVX2 is numpy's AVX2 sort, so L1 runs numpy without its AVX2 kernels
+#: (:func:`lab_env`). ``FIRECRACER_LAB_CPU`` overrides the model (for trying another QEMU).
+CPU_MODEL = os.environ.get("FIRECRACER_LAB_CPU") or "EPYC,+svm,+npt"
 DEFAULT_MEM_MIB = 8192
 DEFAULT_CPUS = 2
 #: the caller's environment goes into L1 except what only makes sense in this host session
@@ -177,11 +177,28 @@ def qemu_argv(qemu: Path, assets: Assets, spec: LabSpec, run_dir: Path, sock: Pa
     return argv
 
 
+def numpy_without_avx2() -> str:
+    """``NPY_DISABLE_CPU_FEATURES`` that keeps numpy off AVX2 (names changed in numpy 2.3: levels)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        major, minor = (int(x) for x in version("numpy").split(".")[:2])
+    except (PackageNotFoundError, ValueError):
+        return "AVX2 AVX512F"
+    return "X86_V3 X86_V4" if (major, minor) >= (2, 3) else "AVX2 AVX512F"
+
+
 def lab_env(env: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment the command sees in L1: the caller's, minus host-session variables."""
+    """The environment the command sees in L1: the caller's, minus host-session variables.
+
+    numpy runs without its AVX2 kernels unless the caller set ``NPY_DISABLE_CPU_FEATURES`` (even empty):
+    QEMU 7.2's TCG returned *unsorted* results from numpy's AVX2 argsort of uint64, which silently
+    turned a real restore's 100 % attribution into 97.7 %; the SSE kernels are right.
+    """
     src = dict(os.environ if env is None else env)
     out = {k: v for k, v in src.items() if not _ENV_DROP.match(k)}
     out["FIRECRACER_LAB"] = LAB_HOST
+    out.setdefault("NPY_DISABLE_CPU_FEATURES", numpy_without_avx2())
     return out
 
 
