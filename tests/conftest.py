@@ -9,11 +9,18 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
 
 from firecracer.paths import bin_dir
+
+# A suite started in the background by a non-interactive shell (`cmd &`, nohup) inherits SIGINT ignored,
+# and so would every CLI it starts: the Ctrl-C tests need it delivered. A Python handler here becomes
+# SIG_DFL in children at exec, so they install their own KeyboardInterrupt handler as usual.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _all_firecracker_binaries() -> dict[str, Path]:
