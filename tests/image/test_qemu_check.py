@@ -87,3 +87,13 @@ def test_qemu_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
     if not gone:
         os.kill(pid, signal.SIGKILL)
     assert gone, "the emulator outlived the process that started it"
+
+
+def test_a_jvm_crash_on_the_console_is_recognised() -> None:
+    """What decides image check's one retry: the JVM's fatal-error lines, as recorded under TCG."""
+    from firecracer.image.check import _jvm_crash
+
+    fixtures = Path(__file__).parents[1] / "fixtures" / "serial"
+    assert _jvm_crash(fixtures / "jvm-crash.log") == "SIGSEGV (0xb) at pc=0x00007fdde1826c80, pid=38, tid=39"
+    assert _jvm_crash(fixtures / "rcu-stall.log") is None
+    assert _jvm_crash(fixtures / "absent.log") is None
