@@ -333,9 +333,10 @@ def _jvm_crash(console_log: Path) -> str | None:
         text = console_log.read_text(errors="replace")
     except OSError:
         return None
-    m = re.search(r"A fatal error has been detected by the Java Runtime Environment(?:.*\n)+?#\s+(SIG\w+.*)",
-                  text)
-    return m.group(1).strip() if m else None
+    from firecracer.vmm.machine import JVM_CRASH_RX
+
+    m = JVM_CRASH_RX.search(text)
+    return m.group("sig").strip() if m else None
 
 
 def _run_checks(con: _Console, proc: subprocess.Popen[bytes], agent_port: int, http_port: int,

@@ -100,6 +100,12 @@ def uffd_limit(version: Version, kernel_release: str | None = None) -> str | Non
     return f"{label} ({problem})"
 
 
+#: the JVM's fatal-error banner on a console, up to its signal line (``sig``): one pattern for every
+#: reader of guest consoles (readiness waits, ``image check``)
+JVM_CRASH_RX = re.compile(r"A fatal error has been detected by the Java Runtime Environment(?:.*\n)+?"
+                          r"#\s+(?P<sig>SIG\w+ \(0x\w+\) at pc.*)")
+
+
 @dataclass(frozen=True)
 class VMConfig:
     """What to boot. Paths are stored as given; ``labels`` travel into ``snapshot.json``."""
@@ -549,9 +555,7 @@ class MicroVM:
     #: a guest that is alive but will not recover: its kernel reports a stalled CPU (seen in the lab: a
     #: vCPU that never answers again), or the JVM printed its fatal-error banner (it is writing hs_err)
     _BROKEN_RX = re.compile(r"rcu: INFO: \w+ detected stalls on CPUs.*|watchdog: BUG: soft lockup.*|"
-                            r"Watchdog detected hard LOCKUP.*|"
-                            r"A fatal error has been detected by the Java Runtime Environment(?:.*\n)+?"
-                            r"#\s+(?P<sig>SIG\w+ \(0x\w+\) at pc.*)")
+                            r"Watchdog detected hard LOCKUP.*|" + JVM_CRASH_RX.pattern)
 
     def guest_broken(self, since: int = 0) -> str | None:
         """What the console says broke the guest after byte ``since`` (a stalled CPU, the JVM's fatal

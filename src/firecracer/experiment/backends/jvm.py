@@ -266,8 +266,8 @@ class JvmBackend(Backend[JvmState]):
         """Prepare; in the lab, boot once more if the guest died or hung before it was ready.
 
         QEMU 7.2's TCG running our guest under emulated nested SVM now and then loses a boot: the JVM
-        crashed in compiled code, hung silently, or the init failed with a MemoryError (seen in about
-        one boot in four on 2026-12-05, never in a guest that became ready). Such a boot measured
+        crashed in compiled code, hung silently, or the init failed with a MemoryError (5 of 23 boots
+        on 2026-12-05 with AVX2 off in L1's CPU; never in a guest that became ready). Such a boot measured
         nothing, so it is retried once and recorded in ``boot_retries``; elsewhere a failed boot is
         the answer.
         """
