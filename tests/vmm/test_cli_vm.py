@@ -108,6 +108,11 @@ def test_vm_commands_end_to_end(firecracker_bin: Path, tmp_path: Path) -> None:
         assert not Path(f"/proc/{r['pid']}/cmdline").exists() or b"firecracker" not in Path(
             f"/proc/{r['pid']}/cmdline").read_bytes()
     assert not list(Path(os.environ["FIRECRACER_STATE"]).glob("vms/*/*.sock"))
+    # a dead VM is named as dead, not reported as a missing vsock socket (the lab's crashed-JVM case)
+    for argv in (("vm", "request", "cli2", "--timeout", "1"), ("collect", "cli2", "-o", str(tmp_path / "c"))):
+        res = fcr(*argv)
+        assert res.returncode == 1 and res.stderr.count("\n") == 1, res.stderr
+        assert res.stderr.startswith("firecracer: error: cli2: the VM is not running ("), res.stderr
 
 
 @pytest.mark.firecracker

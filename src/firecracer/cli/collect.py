@@ -40,8 +40,7 @@ def collect(vm_name: str | None, port: int, local: bool, agent: str | None, pids
         from firecracer.vmm.machine import MicroVM
 
         vm = MicroVM.attach(vm_name)
-        if not vm.alive():
-            raise FirecracerError(f"VM {vm_name!r} is not running (see 'firecracer vm ls')")
+        vm.require_running()
         agent = f"vsock:{vm.vsock_path}:{port}"
         source = source or "firecracker"
     secs = tuple(s.strip() for s in sections.split(",") if s.strip())

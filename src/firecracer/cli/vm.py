@@ -364,6 +364,7 @@ def request(name: str, path: str, port: int, timeout: float, show_body: bool) ->
     rec = m.record()
     if not rec.get("vsock"):
         raise FirecracerError(f"{name}: has no vsock device")
+    m.require_running()
     reply = vsock_http(Path(rec["vsock"]), port, path, timeout=timeout)
     console.print(f"{reply.status} {human_ms(reply.latency_ms)} ms {len(reply.body):,} bytes",
                   highlight=False)

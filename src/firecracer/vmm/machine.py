@@ -254,11 +254,18 @@ class MicroVM:
 
     @property
     def api(self) -> ApiClient:
-        if self.detached and not self.alive():
-            raise FirecracerError(f"{self.name}: the VM is not running"
-                                  + (f" ({self.dead_reason})" if self.dead_reason else
-                                     f" ({self.fc.describe_death()})" if self._fc else ""))
+        if self.detached:
+            self.require_running()
         return self.fc.api
+
+    def require_running(self) -> None:
+        """Fail in one line saying why the VM is gone (instead of a missing socket further down).
+
+        :raises FirecracerError: the VM is not running, with its recorded death or the console's last word.
+        """
+        if not self.alive():
+            why = self.dead_reason or self.guest_death()
+            raise FirecracerError(f"{self.name}: the VM is not running ({why})")
 
     @property
     def version(self) -> Version:
