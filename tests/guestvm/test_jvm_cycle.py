@@ -78,6 +78,18 @@ def jvm(guest_env: tuple[Path, Path, Path], work: Path) -> Iterator[MicroVM]:
             return
 
 
+@pytest.fixture(autouse=True)
+def _guest_alive(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Name a dead guest in the tests that meet it: its console's last word (e.g. the JVM's fatal-error
+    line) rather than a missing vsock socket; ``tests/lab`` reads it to tell TCG's crashes from ours."""
+    vm: MicroVM | None = request.getfixturevalue("jvm") if "jvm" in request.fixturenames else None
+    if vm is not None and not vm.alive():
+        pytest.fail(f"the JVM's guest is gone: {vm.guest_death()}")
+    yield
+    if vm is not None and not vm.alive():
+        print(f"the JVM's guest died during this test: {vm.guest_death()}")
+
+
 def _restore(snap: Path, run_dir: Path, fc: Path, **kw: Any) -> MicroVM:
     return MicroVM.restore(snap, firecracker=fc, run_dir=run_dir, **kw)
 

@@ -19,7 +19,7 @@ from firecracer.image.check import app_of, kernel_cmdline, qemu_argv, run_check
 def test_qemu_command_line_is_microvm_tcg_restricted(tmp_path: Path) -> None:
     argv = qemu_argv("qemu", tmp_path / "vmlinux", tmp_path / "r.ext4", 4000, 4001, 8080)
     joined = " ".join(argv)
-    assert "microvm,accel=tcg,acpi=off" in joined and "restrict=on" in joined
+    assert "-accel tcg,thread=single -M microvm,acpi=off" in joined and "restrict=on" in joined
     assert "hostfwd=tcp:127.0.0.1:4000-:5252" in joined and "hostfwd=tcp:127.0.0.1:4001-:8080" in joined
     assert "readonly=on" in joined
     cmdline = kernel_cmdline()

@@ -264,8 +264,7 @@ class MicroVM:
         :raises FirecracerError: the VM is not running, with its recorded death or the console's last word.
         """
         if not self.alive():
-            why = self.dead_reason or self.guest_death()
-            raise FirecracerError(f"{self.name}: the VM is not running ({why})")
+            raise FirecracerError(f"{self.name}: the VM is not running ({self.guest_death(self.dead_reason)})")
 
     @property
     def version(self) -> Version:
@@ -572,9 +571,10 @@ class MicroVM:
             return None
         return f"the JVM crashed: {m.group('sig').strip()}" if m.group("sig") else m.group(0).strip()
 
-    def guest_death(self) -> str:
-        """Why the guest is gone, in one line: Firecracker's end and what the serial console said last."""
-        death = (self.fc.describe_death() if self._fc else None) or "Firecracker is not running"
+    def guest_death(self, death: str | None = None) -> str:
+        """Why the guest is gone, in one line: Firecracker's end (or ``death``, e.g. the recorded reason)
+        and what the serial console said last."""
+        death = death or (self.fc.describe_death() if self._fc else None) or "Firecracker is not running"
         tail = self.serial_text(max(0, self.serial_size() - 64 * 1024))
         said = [(m.group('sig') or m.group(0)).strip() for m in self._DEATH_RX.finditer(tail)]
         if not said:
