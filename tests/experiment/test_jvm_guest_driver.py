@@ -230,3 +230,38 @@ def test_a_boot_lost_before_ready_is_retried_once_in_the_lab_only(
         facts = be._prepare_with_lab_retry(spec.variants[0], tmp_path, tmp_path / "snap", lab)
         assert facts == {"boot_to_ready_ms": 1.0,
                          "boot_retries": ["the guest died before it was ready (boot 2)"]}
+
+
+@pytest.mark.parametrize(("phase", "why", "retried"), [
+    ("snapshot", "the guest was lost after it was ready: it died: Firecracker exited; the guest said: "
+                 "SIGSEGV (0xb) at pc=0x7f", True),
+    ("collect", "no NMT report of the JVM: jcmd failed", False),
+    ("warmup", "warm-up request 1 answered HTTP 500", False)])
+def test_in_the_lab_only_a_guest_lost_before_the_snapshot_is_booted_again(
+        tmp_path: Path, phase: str, why: str, retried: bool) -> None:
+    """A JVM that TCG crashed after readiness measured nothing yet: one more boot. Our own failures
+    (no NMT, a 500) are the answer at once, in the lab too."""
+    from firecracer.experiment.backend import RunFailed
+    from firecracer.experiment.backends.jvm import AFTER_READY
+
+    assert why.startswith(AFTER_READY) == retried
+    spec = parse_spec('[study]\nname = "j"\nbackend = "jvm"\nstrategies = ["file"]\n'
+                      '[guest]\nkernel = "vmlinux"\nrootfs = "rootfs.ext4"\n[[variant]]\nname = "v"\n',
+                      tmp_path / "s.toml")
+    be = JvmBackend(spec)
+    calls: list[int] = []
+
+    def prepare(variant: object, workdir: Path, snap: Path) -> dict[str, object]:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RunFailed(phase, why)
+        return {"boot_to_ready_ms": 1.0}
+
+    be._prepare_variant = prepare  # type: ignore[method-assign]
+    if retried:
+        facts = be._prepare_with_lab_retry(spec.variants[0], tmp_path, tmp_path / "snap", True)
+        assert facts["boot_retries"] == [why] and len(calls) == 2
+    else:
+        with pytest.raises(RunFailed, match=phase):
+            be._prepare_with_lab_retry(spec.variants[0], tmp_path, tmp_path / "snap", True)
+        assert len(calls) == 1

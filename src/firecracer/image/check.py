@@ -118,7 +118,8 @@ def qemu_argv(qemu: str, kernel: Path, rootfs: Path, host_agent_port: int, host_
     net = (f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{host_agent_port}-:{GUEST_AGENT_PORT},"
            f"hostfwd=tcp:127.0.0.1:{host_http_port}-:{app_port}")
     return [
-        qemu, "-accel", TCG_ACCEL, "-M", "microvm,acpi=off", "-cpu", TCG_CPU, "-m", str(mem_mib), "-smp", str(cpus),
+        qemu, "-accel", TCG_ACCEL, "-M", "microvm,acpi=off", "-cpu", TCG_CPU, "-m", str(mem_mib),
+        "-smp", str(cpus),
         "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
         "-kernel", str(kernel), "-append", kernel_cmdline(extra=extra_args),
         "-drive", f"id=root,file={rootfs},format=raw,if=none,readonly=on",

@@ -264,7 +264,8 @@ class MicroVM:
         :raises FirecracerError: the VM is not running, with its recorded death or the console's last word.
         """
         if not self.alive():
-            raise FirecracerError(f"{self.name}: the VM is not running ({self.guest_death(self.dead_reason)})")
+            why = self.guest_death(self.dead_reason)
+            raise FirecracerError(f"{self.name}: the VM is not running ({why})")
 
     @property
     def version(self) -> Version:

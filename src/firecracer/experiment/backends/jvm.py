@@ -58,6 +58,10 @@ from firecracer.vmm.network import vsock_http
 AGENT_PORT = 52
 
 
+#: how a preparation failure caused by the guest itself (not by us) begins
+AFTER_READY = "the guest was lost after it was ready: "
+
+
 @dataclass(frozen=True)
 class HttpTiming:
     """One HTTP exchange over vsock: status, seconds to the first response byte and to EOF, bytes."""
@@ -267,9 +271,9 @@ class JvmBackend(Backend[JvmState]):
 
         QEMU 7.2's TCG running our guest under emulated nested SVM now and then loses a boot: the JVM
         crashed in compiled code, hung silently, or the init failed with a MemoryError (5 of 23 boots
-        on 2026-12-05 with AVX2 off in L1's CPU; never in a guest that became ready). Such a boot measured
-        nothing, so it is retried once and recorded in ``boot_retries``; elsewhere a failed boot is
-        the answer.
+        on 2026-12-05 with AVX2 off in L1's CPU), and once a JVM crashed after it was ready (docs/lab.md).
+        Before the snapshot such a boot measured nothing, so it is retried once and recorded in
+        ``boot_retries``; elsewhere a failed boot is the answer.
         """
         retries: list[str] = []
         while True:
@@ -277,7 +281,7 @@ class JvmBackend(Backend[JvmState]):
                 facts = self._prepare_variant(variant, workdir, snap)
                 return {**facts, "boot_retries": retries}
             except RunFailed as exc:
-                if not lab or exc.phase != "ready" or retries:
+                if not lab or retries or not (exc.phase == "ready" or exc.why.startswith(AFTER_READY)):
                     raise
                 retries.append(exc.why)
                 print(f"firecracer: variant {variant.name}: {exc.why}; booting once more (the lab's "
@@ -306,12 +310,21 @@ class JvmBackend(Backend[JvmState]):
                 guest = GuestDriver(vm.vsock_path, app_port=wl.port, path=wl.path)
                 ping = guest.wait_ready(wl.ready_timeout_s, vm)
                 ready_ms = (time.monotonic() - t0) * 1e3
-                warm = guest.warm_up(wl.warmup_requests, self.spec.timeout_s)
-                facts = guest.prepare_and_collect(list(wl.prepare), workdir, self.spec.timeout_s)
+                phase = "warmup"
                 try:
+                    warm = guest.warm_up(wl.warmup_requests, self.spec.timeout_s)
+                    phase = "collect"
+                    facts = guest.prepare_and_collect(list(wl.prepare), workdir, self.spec.timeout_s)
+                    phase = "snapshot"
                     s = vm.snapshot(snap, labels={"variant": variant.name})
                 except FirecracerError as exc:
-                    raise RunFailed("snapshot", str(exc)) from None
+                    # a guest that died (or broke) meanwhile is the answer, not the socket error it caused
+                    broken = vm.guest_broken() if vm.alive() else f"it died: {vm.guest_death()}"
+                    if broken:
+                        raise RunFailed(phase, f"{AFTER_READY}{broken}") from None
+                    if isinstance(exc, RunFailed):
+                        raise
+                    raise RunFailed(phase, str(exc)) from None
                 return {"boot_to_ready_ms": ready_ms, "ping": ping, "warmup_ms": warm,
                         "snapshot_ms": s.timings_ms.get("create"), **facts}
         finally:
