@@ -334,6 +334,24 @@ def test_attach_by_name_and_kill(fc_any: Path, elf: Path) -> None:
         MicroVM.attach("never-was")
 
 
+def test_a_dead_vm_killed_again_spares_the_next_vm_of_its_name(fc_any: Path, elf: Path) -> None:
+    """Before: the lab's boot retry lost its second VM to a SIGKILL 5 s into its boot — the first VM's
+    object, collected later, ran ``kill()`` again and swept the run directory both share."""
+    if not _can_boot(fc_any):
+        pytest.skip(BRAND_OLD_FC)
+    first = MicroVM(fc_any, name="again")
+    with first:
+        first.boot(probe_config(elf), start=False)
+    with MicroVM(fc_any, name="again") as second:
+        second.boot(probe_config(elf), start=False)
+        assert second.run_dir == first.run_dir
+        first.kill()
+        first.__del__()
+        assert second.alive(), "the dead VM's second kill() took its successor with it"
+        assert second.api.get("/machine-config")["vcpu_count"] == 1
+    assert_clean(second)
+
+
 # -- networking -------------------------------------------------------------------------------------
 @pytest.mark.root
 def test_tap_in_own_namespace_for_vm_and_clones(fc_any: Path, elf: Path, tmp_path: Path) -> None:

@@ -174,6 +174,7 @@ class MicroVM:
         self._fc: FirecrackerProcess | None = None
         self._supervisor: subprocess.Popen[bytes] | None = None
         self._supervisor_pid: int | None = None  # of an attached VM
+        self._killed = False  # kill() ran to the end: never again (the run dir may be another VM's now)
         self._owner = (os.getpid(), start_time(os.getpid()))
 
     @classmethod
@@ -810,6 +811,8 @@ class MicroVM:
     def kill(self) -> None:
         """Kill Firecracker, the page server and anything else started for this VM; remove sockets and
         the namespace. Idempotent."""
+        if self._killed:
+            return
         if self._supervisor_pid is not None:  # attached: its supervisor must not race our cleanup
             kill_all([self._supervisor_pid])
             self._supervisor_pid = None
@@ -819,7 +822,7 @@ class MicroVM:
             # with Firecracker gone the server ends its session and writes trace/metrics itself
             self.page_server.stop(natural=2.0 if self._fc is not None else 0.0)
         self._release_supervisor()
-        if self.state != "new" and self.run_dir.is_dir():
+        if self.state != "new" and self.run_dir.is_dir() and self._owns_run_dir():
             left = processes_in(self.run_dir)
             if left:
                 kill_all(left)
@@ -828,10 +831,18 @@ class MicroVM:
                     time.sleep(0.01)
         if self.netns is not None:
             self.netns.delete()
-        if self._fc is not None or self.state != "new":
+        if (self._fc is not None or self.state != "new") and self._owns_run_dir():
             self.state = "dead"
             with contextlib.suppress(OSError):
                 self._write_record()
+        self._killed = True
+
+    def _owns_run_dir(self) -> bool:
+        """False once a newer VM of the same name recorded itself in the run directory (its processes
+        and ``vm.json`` are not ours to sweep)."""
+        rec = read_record(self.run_dir) or {}
+        pid = rec.get("pid")
+        return pid is None or self.pid is None or pid == self.pid
 
     def detach(self) -> None:
         """Leave the VM running after this object is gone (the state dir's vm.json describes it).
