@@ -8,6 +8,7 @@ live there too while they run. ``vm ls --all`` also lists dead ones; ``vm prune`
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -333,8 +334,15 @@ def prune(keep: int, dry_run: bool, as_json: bool) -> None:
 
     from firecracer.vmm.supervisor import cleanup_run_dir
 
+    def last_change(r: dict[str, Any]) -> int:  # ns: age_s is rounded to 0.1 s, VMs die closer together
+        d = state_dir() / "vms" / r["name"]
+        for f in (d / "vm.json", d):
+            with contextlib.suppress(OSError):
+                return int(f.stat().st_mtime_ns)
+        return 0
+
     dead = sorted((r for r in _records() if r["state"] == "dead" and not r["processes"]),
-                  key=lambda r: r["age_s"])
+                  key=last_change, reverse=True)
     kept, gone = dead[:keep], dead[keep:]
     removed = []
     for r in gone:
