@@ -254,6 +254,9 @@ def test_in_the_lab_only_a_guest_lost_before_the_snapshot_is_booted_again(
     def prepare(variant: object, workdir: Path, snap: Path) -> dict[str, object]:
         calls.append(1)
         if len(calls) == 1:
+            (workdir / "smaps").mkdir()
+            (workdir / "smaps" / "34.txt").write_text("the lost JVM's\n")
+            (workdir / "nmt.txt").write_text("the lost JVM's\n")
             raise RunFailed(phase, why)
         return {"boot_to_ready_ms": 1.0}
 
@@ -261,6 +264,7 @@ def test_in_the_lab_only_a_guest_lost_before_the_snapshot_is_booted_again(
     if retried:
         facts = be._prepare_with_lab_retry(spec.variants[0], tmp_path, tmp_path / "snap", True)
         assert facts["boot_retries"] == [why] and len(calls) == 2
+        assert not (tmp_path / "smaps").exists() and not (tmp_path / "nmt.txt").exists()  # not mixed in
     else:
         with pytest.raises(RunFailed, match=phase):
             be._prepare_with_lab_retry(spec.variants[0], tmp_path, tmp_path / "snap", True)

@@ -86,7 +86,7 @@ def _guest_alive(request: pytest.FixtureRequest) -> Iterator[None]:
     if vm is not None and not vm.alive():
         pytest.fail(f"the JVM's guest is gone: {vm.guest_death()}")
     yield
-    if vm is not None and not vm.alive():
+    if vm is not None and not vm.alive() and not vm._killed:  # killed on purpose is not dying
         print(f"the JVM's guest died during this test: {vm.guest_death()}")
 
 

@@ -265,3 +265,45 @@ def test_lab_run_refuses_a_missing_qemu(tmp_path: Path) -> None:
                          capture_output=True, text=True, env=env, timeout=60, check=False)
     assert res.returncode == 1
     assert "qemu-system-x86_64 not found" in res.stderr and "Traceback" not in res.stderr
+
+
+_LOST = """
+import pytest
+@pytest.fixture
+def said():
+    yield
+    print(WORD)
+def test_lost(said):
+    assert 0, "vsock: No such file or directory"
+def test_fine():
+    pass
+"""
+
+
+@pytest.mark.parametrize(("word", "other_failure", "rerun"), [
+    ("the JVM's guest died during this test: Firecracker exited; the guest said: SIGSEGV (0xb) at pc=0x7f",
+     False, True),
+    ("the JVM's guest died during this test: Firecracker exited; the guest said: "
+     "rcu: INFO: rcu_sched detected stalls on CPUs/tasks", False, True),
+    ("the JVM's guest died during this test: Firecracker exited; the guest said: Kernel panic", False, False),
+    ("", False, False),
+    ("the JVM's guest died during this test: Firecracker exited; the guest said: SIGILL (0x4) at pc=0x1",
+     True, False)])
+def test_guest_vm_tests_rerun_in_the_lab_only_when_tcg_broke_every_failure(
+        tmp_path: Path, word: str, other_failure: bool, rerun: bool) -> None:
+    """tests/lab reruns the guest-VM tests once only if each failed test met a guest whose console shows
+    TCG's crash (a JVM fatal signal, a stalled vCPU); one failure of ours, or a panic, is the answer."""
+    from tests.lab.test_lab import _lost_to_tcg
+
+    src = f"WORD = {word!r}\n" + _LOST
+    if other_failure:
+        src += "def test_ours():\n    assert 1 == 2\n"
+    (tmp_path / "test_g.py").write_text(src)
+    junit = tmp_path / "j.xml"
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o",
+                    "junit_logging=system-out", f"--junitxml={junit}", str(tmp_path / "test_g.py")],
+                   capture_output=True, cwd=tmp_path, timeout=120, check=False)
+    lost = _lost_to_tcg(junit)
+    assert (lost is not None) == rerun, lost
+    if rerun:
+        assert lost is not None and "Firecracker exited" in lost

@@ -334,21 +334,30 @@ def test_attach_by_name_and_kill(fc_any: Path, elf: Path) -> None:
         MicroVM.attach("never-was")
 
 
-def test_a_dead_vm_killed_again_spares_the_next_vm_of_its_name(fc_any: Path, elf: Path) -> None:
+@pytest.mark.parametrize("first_kill", ["before", "after"])
+def test_a_dead_vm_spares_the_next_vm_of_its_name(fc_any: Path, elf: Path, first_kill: str) -> None:
     """Before: the lab's boot retry lost its second VM to a SIGKILL 5 s into its boot — the first VM's
-    object, collected later, ran ``kill()`` again and swept the run directory both share."""
+    object, collected later, ran ``kill()`` (again) and swept the run directory both share, sockets too.
+    ``after``: the first VM died by itself and its object is killed only once the second one runs."""
     if not _can_boot(fc_any):
         pytest.skip(BRAND_OLD_FC)
     first = MicroVM(fc_any, name="again")
-    with first:
-        first.boot(probe_config(elf), start=False)
+    first.boot(probe_config(elf), start=False)
+    if first_kill == "before":
+        first.kill()
+    else:
+        assert first.pid is not None
+        os.kill(first.pid, signal.SIGKILL)
+        assert first.fc.wait(10) is not None
     with MicroVM(fc_any, name="again") as second:
         second.boot(probe_config(elf), start=False)
         assert second.run_dir == first.run_dir
         first.kill()
         first.__del__()
-        assert second.alive(), "the dead VM's second kill() took its successor with it"
-        assert second.api.get("/machine-config")["vcpu_count"] == 1
+        assert second.alive(), "the dead VM's kill() took its successor with it"
+        assert second.api.get("/machine-config")["vcpu_count"] == 1  # its API socket is still there
+        assert MicroVM.attach("again").pid == second.pid  # and so is its record
+        assert first.state == "dead"
     assert_clean(second)
 
 

@@ -176,6 +176,7 @@ class MicroVM:
         self._supervisor_pid: int | None = None  # of an attached VM
         self._killed = False  # kill() ran to the end: never again (the run dir may be another VM's now)
         self._owner = (os.getpid(), start_time(os.getpid()))
+        self._instance: str | None = uuid.uuid4().hex  # in vm.json: whose run directory it is now
 
     @classmethod
     def attach(cls, name: str) -> MicroVM:
@@ -209,6 +210,7 @@ class MicroVM:
         vm.timings_ms = dict(rec.get("timings_ms") or {})
         if isinstance(rec.get("owner"), list) and len(rec["owner"]) == 2:
             vm._owner = (int(rec["owner"][0]), rec["owner"][1])
+        vm._instance = rec.get("instance")
         if rec.get("pid"):
             pid = int(rec["pid"])
             started = rec.get("pid_start")
@@ -810,19 +812,25 @@ class MicroVM:
 
     def kill(self) -> None:
         """Kill Firecracker, the page server and anything else started for this VM; remove sockets and
-        the namespace. Idempotent."""
+        the namespace. Idempotent.
+
+        Once a newer VM of the same name took the run directory over (its ``vm.json`` names another
+        instance), only this VM's own processes are killed: the sockets, the record and whatever else
+        runs there are the newer VM's.
+        """
         if self._killed:
             return
+        owns = self.state == "new" or self._owns_run_dir()
         if self._supervisor_pid is not None:  # attached: its supervisor must not race our cleanup
             kill_all([self._supervisor_pid])
             self._supervisor_pid = None
         if self._fc is not None:
-            self._fc.kill()
+            self._fc.kill(cleanup=owns)
         if self.page_server is not None:
             # with Firecracker gone the server ends its session and writes trace/metrics itself
-            self.page_server.stop(natural=2.0 if self._fc is not None else 0.0)
+            self.page_server.stop(natural=2.0 if self._fc is not None else 0.0, cleanup=owns)
         self._release_supervisor()
-        if self.state != "new" and self.run_dir.is_dir() and self._owns_run_dir():
+        if owns and self.state != "new" and self.run_dir.is_dir():
             left = processes_in(self.run_dir)
             if left:
                 kill_all(left)
@@ -831,18 +839,18 @@ class MicroVM:
                     time.sleep(0.01)
         if self.netns is not None:
             self.netns.delete()
-        if (self._fc is not None or self.state != "new") and self._owns_run_dir():
+        if self._fc is not None or self.state != "new":
             self.state = "dead"
-            with contextlib.suppress(OSError):
-                self._write_record()
+            if owns:
+                with contextlib.suppress(OSError):
+                    self._write_record()
         self._killed = True
 
     def _owns_run_dir(self) -> bool:
-        """False once a newer VM of the same name recorded itself in the run directory (its processes
-        and ``vm.json`` are not ours to sweep)."""
-        rec = read_record(self.run_dir) or {}
-        pid = rec.get("pid")
-        return pid is None or self.pid is None or pid == self.pid
+        """Whether ``vm.json`` is still this VM's (a newer VM of the same name writes its own instance
+        there before it starts anything; a missing record is nobody's to sweep)."""
+        rec = read_record(self.run_dir)
+        return rec is not None and rec.get("instance") == self._instance
 
     def detach(self) -> None:
         """Leave the VM running after this object is gone (the state dir's vm.json describes it).
@@ -901,7 +909,8 @@ class MicroVM:
                 "page_server_pid": ps.pid if ps else None,
                 "page_server_start": start_time(ps.pid) if ps and ps.pid else None,
                 "supervisor_pid": sup_pid, "supervisor_start": start_time(sup_pid) if sup_pid else None,
-                "owner": list(self._owner), "lifeline": self.lifeline, "detached": self.detached,
+                "owner": list(self._owner), "instance": self._instance, "lifeline": self.lifeline,
+                "detached": self.detached,
                 "purpose": self.purpose, "dead_reason": self.dead_reason,
                 "dirty_tracking": self.dirty_tracking,
                 "restored_from": str(self.restored_from.dir) if self.restored_from else None,

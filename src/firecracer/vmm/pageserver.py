@@ -188,10 +188,10 @@ class PageServer:
             return False
         return self.proc is not None and self.proc.poll() is None
 
-    def stop(self, grace: float = 15.0, natural: float = 0.0) -> int | None:
+    def stop(self, grace: float = 15.0, natural: float = 0.0, cleanup: bool = True) -> int | None:
         """Wait ``natural`` s for it to exit by itself (it does once Firecracker is gone), then
         SIGTERM (it writes its trace and metrics), SIGKILL after ``grace`` s; reap; remove the
-        socket. Returns the exit status."""
+        socket (unless ``cleanup`` is False: another VM's now). Returns the exit status."""
         rc: int | None = None
         if self._attached_pid is not None and self.alive():
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -221,5 +221,6 @@ class PageServer:
             rc = self.proc.returncode
         self.close_pidfd()
         self._stopped = True
-        self.socket_path.unlink(missing_ok=True)
+        if cleanup:
+            self.socket_path.unlink(missing_ok=True)
         return rc

@@ -228,8 +228,9 @@ class FirecrackerProcess:
         self._cleanup_files()
         return rc
 
-    def kill(self) -> None:
-        """SIGKILL the whole process group, reap it, remove sockets and the FIFO. Idempotent."""
+    def kill(self, cleanup: bool = True) -> None:
+        """SIGKILL the whole process group, reap it, remove sockets and the FIFO (unless ``cleanup`` is
+        False: the run directory is another VM's now). Idempotent."""
         if self._attached_pid is not None and self.alive():
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self._attached_pid, signal.SIGKILL)
@@ -244,13 +245,15 @@ class FirecrackerProcess:
                     self.proc.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=10)
-        self._cleanup_files()
+        self._cleanup_files(unlink=cleanup)
 
-    def _cleanup_files(self) -> None:
+    def _cleanup_files(self, unlink: bool = True) -> None:
         if self._stdin_fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._stdin_fd)
             self._stdin_fd = None
+        if not unlink:
+            return
         self.api_sock.unlink(missing_ok=True)
         self.serial_in.unlink(missing_ok=True)
         for sock in self.run_dir.glob("v.sock*"):

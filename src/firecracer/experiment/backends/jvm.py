@@ -60,6 +60,12 @@ AGENT_PORT = 52
 
 #: how a preparation failure caused by the guest itself (not by us) begins
 AFTER_READY = "the guest was lost after it was ready: "
+#: what a variant's collect writes into its work directory (firecracer.guest.recording)
+COLLECTED = ("recording.json", "memmap.npz", "memmap.txt", "nmt.txt", "smaps")
+
+
+def _unlink(path: Path) -> None:
+    path.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -291,6 +297,8 @@ class JvmBackend(Backend[JvmState]):
                 shutil.rmtree(lost, ignore_errors=True)
                 with contextlib.suppress(OSError):
                     (workdir / "boot").rename(lost)  # its console, for whoever wants to know why
+                for name in COLLECTED:  # a guest lost after collect: the next boot's JVM may differ
+                    (shutil.rmtree if (workdir / name).is_dir() else _unlink)(workdir / name)
 
     def _prepare_variant(self, variant: Variant, workdir: Path, snap: Path) -> dict[str, Any]:
         wl = self.spec.workload
@@ -310,6 +318,7 @@ class JvmBackend(Backend[JvmState]):
                 guest = GuestDriver(vm.vsock_path, app_port=wl.port, path=wl.path)
                 ping = guest.wait_ready(wl.ready_timeout_s, vm)
                 ready_ms = (time.monotonic() - t0) * 1e3
+                ready_at = vm.serial_size()  # what the console said before readiness is not news
                 phase = "warmup"
                 try:
                     warm = guest.warm_up(wl.warmup_requests, self.spec.timeout_s)
@@ -319,9 +328,9 @@ class JvmBackend(Backend[JvmState]):
                     s = vm.snapshot(snap, labels={"variant": variant.name})
                 except FirecracerError as exc:
                     # a guest that died (or broke) meanwhile is the answer, not the socket error it caused
-                    broken = vm.guest_broken() if vm.alive() else f"it died: {vm.guest_death()}"
+                    broken = vm.guest_broken(ready_at) if vm.alive() else f"it died: {vm.guest_death()}"
                     if broken:
-                        raise RunFailed(phase, f"{AFTER_READY}{broken}") from None
+                        raise RunFailed(phase, f"{AFTER_READY}{broken} ({exc})") from None
                     if isinstance(exc, RunFailed):
                         raise
                     raise RunFailed(phase, str(exc)) from None
