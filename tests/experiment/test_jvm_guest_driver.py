@@ -198,6 +198,13 @@ def test_jvm_backend_refuses_pvm_hosts_and_missing_images(tmp_path: Path) -> Non
     assert "FC_NMT=detail" in args and "FC_JAVA_OPTIONS=\"-XX:+UseTransparentHugePages '-Da=b c'\"" in args
 
 
+def _one_variant_backend(tmp_path: Path) -> JvmBackend:
+    """A jvm backend for a one-variant study whose ``_prepare_variant`` the test replaces."""
+    return JvmBackend(parse_spec('[study]\nname = "j"\nbackend = "jvm"\nstrategies = ["file"]\n'
+                                 '[guest]\nkernel = "vmlinux"\nrootfs = "rootfs.ext4"\n[[variant]]\n'
+                                 'name = "v"\n', tmp_path / "s.toml"))
+
+
 @pytest.mark.parametrize("lab", [True, False])
 def test_a_boot_lost_before_ready_is_retried_once_in_the_lab_only(
         tmp_path: Path, lab: bool, capsys: pytest.CaptureFixture[str]) -> None:
@@ -205,10 +212,8 @@ def test_a_boot_lost_before_ready_is_retried_once_in_the_lab_only(
     recorded in ``boot_retries`` with the lost boot's logs kept; anywhere else the failure is the answer."""
     from firecracer.experiment.backend import RunFailed
 
-    spec = parse_spec('[study]\nname = "j"\nbackend = "jvm"\nstrategies = ["file"]\n'
-                      '[guest]\nkernel = "vmlinux"\nrootfs = "rootfs.ext4"\n[[variant]]\nname = "v"\n',
-                      tmp_path / "s.toml")
-    be = JvmBackend(spec)
+    be = _one_variant_backend(tmp_path)
+    spec = be.spec
     calls: list[int] = []
 
     def prepare(variant: object, workdir: Path, snap: Path) -> dict[str, object]:
@@ -245,10 +250,8 @@ def test_in_the_lab_only_a_guest_lost_before_the_snapshot_is_booted_again(
     from firecracer.experiment.backends.jvm import AFTER_READY
 
     assert why.startswith(AFTER_READY) == retried
-    spec = parse_spec('[study]\nname = "j"\nbackend = "jvm"\nstrategies = ["file"]\n'
-                      '[guest]\nkernel = "vmlinux"\nrootfs = "rootfs.ext4"\n[[variant]]\nname = "v"\n',
-                      tmp_path / "s.toml")
-    be = JvmBackend(spec)
+    be = _one_variant_backend(tmp_path)
+    spec = be.spec
     calls: list[int] = []
 
     def prepare(variant: object, workdir: Path, snap: Path) -> dict[str, object]:
