@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ import pytest
 
 from firecracer.paths import cache_dir, images_dir
 from firecracer.vmm.binary import Version, installed_binaries
+from firecracer.vmm.lifeline import set_pdeathsig
 
 USER_CACHE = cache_dir()
 USER_IMAGES = Path(os.environ.get("FIRECRACER_IMAGE_DIR") or images_dir())
@@ -56,9 +58,12 @@ class Lab:
 
     def run(self, *args: str, timeout: float = 900, cwd: Path | None = None,
             extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        # SIGTERM when this test session dies (a killed pytest left 'lab run' and L1 running until the
+        # run's own --timeout): 'lab run' then stops its command and powers L1 off
         return subprocess.run([sys.executable, "-m", "firecracer", "lab", *args], cwd=cwd or self.cwd,
                               env={**self.env, **(extra_env or {})}, capture_output=True, text=True,
-                              timeout=timeout, check=False)
+                              timeout=timeout, check=False,
+                              preexec_fn=lambda: set_pdeathsig(signal.SIGTERM))
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
         return subprocess.Popen([sys.executable, "-m", "firecracer", "lab", *args], cwd=self.cwd,
