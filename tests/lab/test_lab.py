@@ -145,10 +145,12 @@ def _lost_to_tcg(junit: Path) -> str | None:
     return words[0] if words else None
 
 
-def _guest_suite(lab: Lab, tmp_path: Path, select: str | None, timeout: float,
+def _guest_suite(lab: Lab, tmp_path: Path, select: str | None, timeout: float, budget: float,
                  fc: Path | None = None) -> ET.Element:
-    """Run tests/guestvm in L1 (each attempt bounded by ``timeout``); once more, said aloud, if every
-    failure was a guest whose JVM TCG crashed (the caller's pytest timeout allows two attempts)."""
+    """Run tests/guestvm in L1 (an attempt bounded by ``timeout``); once more, said aloud, if every
+    failure was a guest whose JVM TCG crashed and ``budget`` (s, within the test's pytest timeout)
+    leaves a second attempt at least 10 minutes."""
+    t0 = time.monotonic()
     fc = fc or firecracker()
     built_image()
     junit = lab.cwd / "junit.xml"
@@ -159,11 +161,13 @@ def _guest_suite(lab: Lab, tmp_path: Path, select: str | None, timeout: float,
         argv += ["-k", select]
     for attempt in (1, 2):
         junit.unlink(missing_ok=True)
-        res = lab.run(*argv, timeout=timeout + 300,
+        bound = min(timeout, budget - (time.monotonic() - t0) - 300)
+        argv[2] = str(int(bound))  # run --timeout
+        res = lab.run(*argv, timeout=bound + 300,
                       extra_env={"FIRECRACKER": str(fc), "FIRECRACER_IMAGE_DIR": str(USER_IMAGES),
                                  "FIRECRACER_TEST_KEEP": str(lab.cwd)})
         lost = _lost_to_tcg(junit) if res.returncode != 0 and junit.exists() else None
-        if attempt == 2 or lost is None:
+        if attempt == 2 or lost is None or budget - (time.monotonic() - t0) - 300 < 600:
             break
         warnings.warn(f"guest-VM tests in L1: TCG broke the guest ({lost[:300]}); running them once more",
                       stacklevel=1)
@@ -177,7 +181,8 @@ def _guest_suite(lab: Lab, tmp_path: Path, select: str | None, timeout: float,
 @pytest.mark.timeout(2700)
 def test_jvm_smoke_in_the_lab(lab: Lab, tmp_path: Path) -> None:
     """CI's bounded JVM cycle: boot → collect → Full snapshot → Uffd restore → first request 200."""
-    suite = _guest_suite(lab, tmp_path, "boots or hooks_prepare or ondemand", timeout=1000)
+    suite = _guest_suite(lab, tmp_path, "boots or hooks_prepare or ondemand", timeout=1800,
+                         budget=2600)
     assert int(suite.get("tests", 0)) == 3
     assert int(suite.get("skipped", 0)) == 0 and int(suite.get("failures", 0)) == 0
 
@@ -186,7 +191,8 @@ def test_jvm_smoke_in_the_lab(lab: Lab, tmp_path: Path) -> None:
 @pytest.mark.timeout(2500)
 def test_image_boots_on_firecracker_1_7_in_the_lab(lab: Lab, tmp_path: Path) -> None:
     """v1.7 passes no ACPI tables: the kernel must still find its devices (MP table, virtio-mmio)."""
-    suite = _guest_suite(lab, tmp_path, "boots", timeout=900, fc=firecracker(exact=(1, 7)))
+    suite = _guest_suite(lab, tmp_path, "boots", timeout=1800, budget=2400,
+                         fc=firecracker(exact=(1, 7)))
     assert int(suite.get("tests", 0)) == 1 and int(suite.get("failures", 0)) == 0
     assert int(suite.get("skipped", 0)) == 0
 
@@ -195,7 +201,7 @@ def test_image_boots_on_firecracker_1_7_in_the_lab(lab: Lab, tmp_path: Path) -> 
 @pytest.mark.timeout(7500)
 def test_jvm_cycle_in_the_lab(lab: Lab, tmp_path: Path) -> None:
     """Every guest-VM test in L1: File, Diff, ondemand, fault-around, prefetch, balloon, analysis."""
-    suite = _guest_suite(lab, tmp_path, None, timeout=3300)
+    suite = _guest_suite(lab, tmp_path, None, timeout=3300, budget=7400)
     assert int(suite.get("skipped", 0)) == 0 and int(suite.get("failures", 0)) == 0
     assert int(suite.get("tests", 0)) >= 9
     assert (lab.cwd / "recording" / "trace.npz").exists()
