@@ -322,7 +322,7 @@ def run_check(kernel: Path | None = None, rootfs: Path | None = None, *, timeout
         crash = _jvm_crash(console_log)
         if retried or crash is None or (checks and all(c.ok for c in checks)):
             break
-        # QEMU 7.2's TCG now and then runs a JIT-compiled method wrong (docs/lab.md): one more boot, said
+        # TCG now and then runs a JIT-compiled method wrong (docs/lab.md): one more boot, said aloud
         lost = console_log.with_name(console_log.name + ".lost")
         with contextlib.suppress(OSError):
             console_log.replace(lost)
