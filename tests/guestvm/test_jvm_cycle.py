@@ -69,6 +69,7 @@ def jvm(guest_env: tuple[Path, Path, Path], work: Path) -> Iterator[MicroVM]:
                 GuestDriver(vm.vsock_path, path=PATH).wait_ready(BOOT_TIMEOUT, vm)
             except RunFailed as exc:
                 # the lab's TCG loses a boot now and then (the JVM crashes or hangs): one more, said aloud
+                _keep_console(vm, f"boot{attempt}")
                 if attempt == 2 or not host.in_lab():
                     raise
                 print(f"boot {attempt} lost in the lab, booting once more: {exc}")
@@ -78,15 +79,24 @@ def jvm(guest_env: tuple[Path, Path, Path], work: Path) -> Iterator[MicroVM]:
             return
 
 
+def _keep_console(vm: MicroVM, label: str) -> None:
+    """Copy a lost guest's console out of L1 (whose /tmp dies with it), where the lab test keeps files."""
+    keep = os.environ.get("FIRECRACER_TEST_KEEP")
+    if keep and vm.serial_log.exists():
+        shutil.copyfile(vm.serial_log, Path(keep) / f"console-{label}.log")
+
+
 @pytest.fixture(autouse=True)
 def _guest_alive(request: pytest.FixtureRequest) -> Iterator[None]:
     """Name a dead guest in the tests that meet it: its console's last word (e.g. the JVM's fatal-error
     line) rather than a missing vsock socket; ``tests/lab`` reads it to tell TCG's crashes from ours."""
     vm: MicroVM | None = request.getfixturevalue("jvm") if "jvm" in request.fixturenames else None
     if vm is not None and not vm.alive():
+        _keep_console(vm, "jvm")
         pytest.fail(f"the JVM's guest is gone: {vm.guest_death()}")
     yield
     if vm is not None and not vm.alive() and not vm._killed:  # killed on purpose is not dying
+        _keep_console(vm, "jvm")
         print(f"the JVM's guest died during this test: {vm.guest_death()}")
 
 

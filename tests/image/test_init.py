@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -83,3 +86,36 @@ def test_training_mode_stops_a_long_run_with_sigterm() -> None:
     res = subprocess.run([sys.executable, str(INIT), "--train", "30", "--", sys.executable, "-c",
                           "raise SystemExit(3)"], timeout=60)
     assert res.returncode == 3
+
+
+def test_how_the_jvm_ended_names_the_signal() -> None:
+    """The console's last line tells a SIGKILL (the OOM killer) from a crash and from an exit code."""
+    def status_of(sig: int | None = None) -> int:
+        pid = os.fork()
+        if pid == 0:
+            if sig is not None:
+                os.kill(os.getpid(), sig)
+            os._exit(3)
+        return os.waitpid(pid, 0)[1]
+
+    assert init.how_it_ended(status_of()) == "exited with status 3"
+    assert init.how_it_ended(status_of(signal.SIGKILL)) == "was killed by SIGKILL"
+    assert init.how_it_ended(status_of(signal.SIGTERM)) == "was killed by SIGTERM"
+
+
+def test_drain_console_returns_on_a_pipe_and_a_terminal() -> None:
+    """Not a terminal (a pipe) or a terminal with output queued: bounded either way."""
+    import pty
+
+    r, w = os.pipe()
+    master, slave = pty.openpty()
+    try:
+        init.drain_console(w, timeout=2)
+        os.write(slave, b"firecracer-init: jvm pid=1 was killed by SIGKILL; rebooting\n")
+        t0 = time.monotonic()
+        init.drain_console(slave, timeout=2)
+        assert time.monotonic() - t0 < 3
+        assert b"SIGKILL" in os.read(master, 200)
+    finally:
+        for fd in (r, w, master, slave):
+            os.close(fd)

@@ -497,3 +497,20 @@ def test_wait_ready_ends_at_once_when_the_live_guest_cannot_recover(fc: Path, el
         with pytest.raises(RunFailed, match=r"the guest broke before it was ready: " + said):
             GuestDriver(vm.vsock_path).wait_ready(120, vm)
         assert time.monotonic() - t0 < 5 and vm.alive()
+
+
+@pytest.mark.parametrize(("console", "said"), [
+    # the OOM killer's line is the verdict, whatever the init printed after it
+    ("[  88.1] Out of memory: Killed process 212 (java) total-vm:2816000kB\n"
+     "firecracer-init: jvm pid=212 was killed by SIGKILL; rebooting\n",
+     "Out of memory: Killed process 212 (java) total-vm:2816000kB / "
+     "firecracer-init: jvm pid=212 was killed by SIGKILL; rebooting"),
+    # no verdict: the last three lines, since one cut line ("firecrace") says nothing
+    ("a\nb\nPetClinic: started\nfirecrace", "b / PetClinic: started / firecrace"),
+])
+def test_guest_death_quotes_the_verdict_or_the_last_lines(fc: Path, tmp_path: Path, console: str,
+                                                          said: str) -> None:
+    vm = MicroVM(fc, name="dead", run_dir=tmp_path / "dead")
+    vm.run_dir.mkdir()
+    vm.serial_log.write_text(console)
+    assert vm.guest_death("gone") == f"gone; the guest said: {said}"

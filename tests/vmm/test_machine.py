@@ -130,6 +130,9 @@ def test_restore_paused_then_resume_and_guest_reset(fc_any: Path, elf: Path, tmp
         assert trigger(r).errors == 0
         r.send_serial(b"q")  # the probe resets via the i8042: Firecracker exits by itself
         assert r.wait_exit(30) is not None
+        # a reboot is named as such, not blamed on an old warning of Firecracker's log
+        assert r.fc.describe_death() == (f"Firecracker (pid {r.fc.pid}) exited with status 0 "
+                                         "(the guest rebooted)")
     assert_clean(r)
 
 

@@ -559,7 +559,8 @@ class MicroVM:
     #: verdict, a Python exception in the init
     _DEATH_RX = re.compile(r"Kernel panic.*|A fatal error has been detected.*|"
                            r"^#\s+(?P<sig>SIG\w+ \(0x\w+\) at pc.*)|"
-                           r"firecracer-init: .*(?:exited|rebooting|failed).*|^\w*(?:Error|Exception)\b.*",
+                           r"firecracer-init: .*(?:exited|rebooting|failed).*|^\w*(?:Error|Exception)\b.*|"
+                           r"Out of memory: Killed process.*",
                            re.MULTILINE)
 
     #: a guest that is alive but will not recover: its kernel reports a stalled CPU (seen in the lab: a
@@ -581,9 +582,8 @@ class MicroVM:
         death = death or (self.fc.describe_death() if self._fc else None) or "Firecracker is not running"
         tail = self.serial_text(max(0, self.serial_size() - 64 * 1024))
         said = [(m.group('sig') or m.group(0)).strip() for m in self._DEATH_RX.finditer(tail)]
-        if not said:
-            lines = [ln.strip() for ln in tail.splitlines() if ln.strip()]
-            said = lines[-1:]
+        if not said:  # no verdict: its last words (a cut line alone says little)
+            said = [ln.strip() for ln in tail.splitlines() if ln.strip()][-3:]
         return death + (f"; the guest said: {' / '.join(dict.fromkeys(said[-3:]))}" if said else "")
 
     def wait_serial(self, pattern: str, timeout: float = 30.0, *,

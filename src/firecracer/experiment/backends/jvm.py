@@ -131,7 +131,11 @@ class GuestDriver:
             except FirecracerError as exc:
                 last = str(exc)
             time.sleep(0.2)
-        raise RunFailed("ready", f"guest not ready within {timeout:g} s: {last}")
+        said = ""
+        if vm is not None:
+            lines = [ln.strip() for ln in vm.serial_text(max(0, vm.serial_size() - 4096)).splitlines()]
+            said = next((f"; the console's last line: {ln[:200]}" for ln in reversed(lines) if ln), "")
+        raise RunFailed("ready", f"guest not ready within {timeout:g} s: {last}{said}")
 
     def warm_up(self, n: int, timeout: float) -> list[float]:
         """``n`` requests (each must be 200); their total times in ms."""

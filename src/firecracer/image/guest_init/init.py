@@ -29,6 +29,7 @@ stripped), which is how all of the above is configured. Other modes, for the ima
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
 import json
@@ -39,6 +40,8 @@ import socket
 import struct
 import subprocess
 import sys
+import termios
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -298,10 +301,35 @@ def start_jvm(cfg: InitConfig, env: dict[str, str]) -> subprocess.Popen[bytes]:
     return proc
 
 
+def how_it_ended(status: int) -> str:
+    """A wait status in words: the signal by name, since a SIGKILL (the OOM killer) reads unlike a crash."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        return f"was killed by {name}" + (" (core dumped)" if os.WCOREDUMP(status) else "")
+    return f"exited with status {os.waitstatus_to_exitcode(status)}"
+
+
+def drain_console(fd: int = 1, timeout: float = 10.0) -> None:
+    """Wait (bounded) until the console has sent what is queued: reboot(2) does not, and the reason the
+    VM ends was seen cut to "firecrace" on a slow (emulated) UART."""
+    def drain() -> None:
+        with contextlib.suppress(OSError, termios.error):  # not a terminal: nothing is queued
+            termios.tcdrain(fd)
+
+    t = threading.Thread(target=drain, daemon=True)
+    t.start()
+    t.join(timeout)
+
+
 def reboot(why: str) -> None:
     """Leave the VM: sync and reboot(2) — Firecracker (reboot=k) and QEMU (-no-reboot) then exit."""
     log(f"{why}; rebooting")
     os.sync()
+    drain_console()
     _libc.reboot(RB_AUTOBOOT)
     time.sleep(5)  # reboot(2) only returns on error
     os._exit(1)
@@ -343,8 +371,7 @@ def run_pid1(env: dict[str, str]) -> None:
         except InterruptedError:
             continue
         if jvm is not None and pid == jvm.pid:
-            code = os.waitstatus_to_exitcode(status)
-            reboot(f"jvm pid={pid} exited with status {code}")
+            reboot(f"jvm pid={pid} {how_it_ended(status)}")
 
 
 def run_training(seconds: float, argv: list[str]) -> int:
