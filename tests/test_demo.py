@@ -84,3 +84,19 @@ def test_demo_json_and_verbose(tmp_path: Path) -> None:
                               "--verbose", "-o", str(tmp_path)], capture_output=True, text=True, timeout=600,
                              check=False, env={**os.environ, "COLUMNS": "200"})
     assert verbose.returncode == 0 and "Java Heap" in verbose.stdout
+
+
+@pytest.mark.parametrize(("lab", "vcpus"), [("", 2), ("L1 under QEMU TCG", 1)])
+def test_the_jvm_demo_boots_one_vcpu_in_the_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                lab: str, vcpus: int) -> None:
+    """L2 on two of L1's TCG threads loses guests now and then (docs/lab.md): one vCPU there."""
+    from firecracer.demo import write_jvm_spec
+    from firecracer.experiment.spec import load_spec
+
+    for name in ("vmlinux", "rootfs.ext4"):
+        (tmp_path / name).write_bytes(b"x")
+    monkeypatch.setattr("firecracer.image.kernel.latest_kernel", lambda: tmp_path / "vmlinux")
+    monkeypatch.setattr("firecracer.image.rootfs.latest_rootfs", lambda: tmp_path / "rootfs.ext4")
+    monkeypatch.setenv("FIRECRACER_LAB", lab)
+    spec = load_spec(write_jvm_spec(tmp_path / "demo" / "jvm-study.toml"))
+    assert spec.guest.vcpus == vcpus

@@ -145,11 +145,20 @@ def _lost_to_tcg(junit: Path) -> str | None:
     return words[0] if words else None
 
 
+#: a rerun of the guest-VM tests needs this much of the budget left (a whole smoke takes 270-330 s in L1)
+RERUN_MIN = 420.0
+
+
 def _guest_suite(lab: Lab, tmp_path: Path, select: str | None, timeout: float, budget: float,
                  fc: Path | None = None) -> ET.Element:
-    """Run tests/guestvm in L1 (an attempt bounded by ``timeout``); once more, said aloud, if every
-    failure was a guest whose JVM TCG crashed and ``budget`` (s, within the test's pytest timeout)
-    leaves a second attempt at least 10 minutes."""
+    """Run tests/guestvm in L1 (an attempt bounded by ``timeout``, s); once more, said aloud, if every
+    failure was a guest whose JVM TCG crashed and ``budget`` (s, all attempts, within the test's pytest
+    timeout less 3 minutes) leaves RERUN_MIN.
+
+    The guest boots one vCPU: nothing of L2 then runs on two of L1's TCG threads at once, which is
+    where TCG's lost guests came from (C1 code run stale after the JIT patched it on the other vCPU;
+    docs/lab.md). Its boots are retried inside (the module fixture) within a 600 s boot budget.
+    """
     t0 = time.monotonic()
     fc = fc or firecracker()
     built_image()
@@ -161,13 +170,14 @@ def _guest_suite(lab: Lab, tmp_path: Path, select: str | None, timeout: float, b
         argv += ["-k", select]
     for attempt in (1, 2):
         junit.unlink(missing_ok=True)
-        bound = min(timeout, budget - (time.monotonic() - t0) - 300)
-        argv[2] = str(int(bound))  # run --timeout
-        res = lab.run(*argv, timeout=bound + 300,
+        bound = min(timeout, budget - (time.monotonic() - t0) - 60)
+        argv[2] = str(int(bound))  # run --timeout; L1's boot and power-off take about a minute more
+        res = lab.run(*argv, timeout=bound + 120,
                       extra_env={"FIRECRACKER": str(fc), "FIRECRACER_IMAGE_DIR": str(USER_IMAGES),
-                                 "FIRECRACER_TEST_KEEP": str(lab.cwd)})
+                                 "FIRECRACER_TEST_KEEP": str(lab.cwd), "FIRECRACER_TEST_VCPUS": "1",
+                                 "FIRECRACER_TEST_BOOT_BUDGET": "600"})
         lost = _lost_to_tcg(junit) if res.returncode != 0 and junit.exists() else None
-        if attempt == 2 or lost is None or budget - (time.monotonic() - t0) - 300 < 600:
+        if attempt == 2 or lost is None or budget - (time.monotonic() - t0) < RERUN_MIN:
             break
         warnings.warn(f"guest-VM tests in L1: TCG broke the guest ({lost[:300]}); running them once more",
                       stacklevel=1)
@@ -178,11 +188,14 @@ def _guest_suite(lab: Lab, tmp_path: Path, select: str | None, timeout: float, b
     return suite
 
 
-@pytest.mark.timeout(2700)
+@pytest.mark.timeout(1320)
 def test_jvm_smoke_in_the_lab(lab: Lab, tmp_path: Path) -> None:
-    """CI's bounded JVM cycle: boot → collect → Full snapshot → Uffd restore → first request 200."""
-    suite = _guest_suite(lab, tmp_path, "boots or hooks_prepare or ondemand", timeout=1800,
-                         budget=2600)
+    """CI's bounded JVM cycle: boot → collect → Full snapshot → Uffd restore → first request 200.
+
+    Bounded for CI (30 min in all): 270-330 s normally; a lost boot or two, or one rerun, fit 19 min.
+    """
+    suite = _guest_suite(lab, tmp_path, "boots or hooks_prepare or ondemand", timeout=1020,
+                         budget=1140)
     assert int(suite.get("tests", 0)) == 3
     assert int(suite.get("skipped", 0)) == 0 and int(suite.get("failures", 0)) == 0
 
@@ -217,7 +230,7 @@ timeout_s = 600
 
 [guest]
 mem_size_mib = 1024
-vcpus = 2
+vcpus = 1  # steadier in the lab (docs/lab.md)
 kernel = "{kernel}"
 rootfs = "{rootfs}"
 
