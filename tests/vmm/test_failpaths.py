@@ -288,6 +288,29 @@ def test_prune_removes_dead_run_directories_and_keeps_the_newest(fc: Path,
         fcr("vm", "kill", "alive")
 
 
+def test_prune_acts_on_run_directories_not_on_the_names_their_records_give(
+        fc: Path, snaps: dict[str, Snapshot]) -> None:
+    """A dead VM's record naming another VM (a copied or hand-edited run directory) must not make
+    prune sweep that other, live VM."""
+    with MicroVM.restore(snaps["full"], firecracker=fc, name="dead1"):
+        pass
+    live = MicroVM.restore(snaps["full"], firecracker=fc, name="live1", lifeline=False)
+    live.detach()
+    try:
+        rec = state() / "vms" / "dead1" / "vm.json"
+        rec.write_text(json.dumps({**json.loads(rec.read_text()), "name": "live1"}))
+        listed = {r["name"]: r for r in json.loads(fcr("vm", "ls", "--all", "--json").stdout)}
+        assert listed["dead1"]["record_name"] == "live1" and listed["live1"]["state"] == "running"
+        res = fcr("vm", "prune", "--keep", "0", "--json")
+        assert res.returncode == 0, res.stderr
+        assert json.loads(res.stdout)["removed"] == ["dead1"]
+        assert sorted(p.name for p in (state() / "vms").iterdir()) == ["live1"]
+        assert (live.run_dir / "api.sock").exists()
+        assert fcr("vm", "ls", "--json").stdout.count('"running"') == 1
+    finally:
+        fcr("vm", "kill", "live1")
+
+
 # -- wrong input --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("backend", [MemBackend.FILE, MemBackend.UFFD])
 @pytest.mark.parametrize("size", [2 << 30, 1 << 40])

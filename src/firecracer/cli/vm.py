@@ -155,7 +155,9 @@ def _records() -> list[dict[str, Any]]:
         if not d.is_dir():
             continue
         rec = read_record(d) or {"name": d.name, "state": "unknown", "run_dir": str(d)}
-        rec["name"] = str(rec.get("name") or d.name)
+        if rec.get("name") not in (None, d.name):  # copied or hand-edited: the directory is what we act on
+            rec["record_name"] = rec["name"]
+        rec["name"] = d.name
         running = sorted(procs.get(os.path.realpath(d), []))
         fc = alive(rec.get("pid"), rec.get("pid_start"))
         ps = alive(rec.get("page_server_pid"), rec.get("page_server_start"))
