@@ -145,15 +145,17 @@ def _lost_to_tcg(junit: Path) -> str | None:
     return words[0] if words else None
 
 
-#: a rerun of the guest-VM tests needs this much of the budget left (a whole smoke takes 270-330 s in L1)
-RERUN_MIN = 420.0
+#: a rerun of the guest-VM tests needs this much of the budget left (the one-vCPU smoke took 333 s idle,
+#: 475 s under two busy loops)
+RERUN_MIN = 600.0
 
 
 def _guest_suite(lab: Lab, tmp_path: Path, select: str | None, timeout: float, budget: float,
                  fc: Path | None = None) -> ET.Element:
     """Run tests/guestvm in L1 (an attempt bounded by ``timeout``, s); once more, said aloud, if every
-    failure was a guest whose JVM TCG crashed and ``budget`` (s, all attempts, within the test's pytest
-    timeout less 3 minutes) leaves RERUN_MIN.
+    failure was a guest whose JVM TCG crashed and ``budget`` (s, all attempts) leaves RERUN_MIN. The
+    last attempt may end up to 60 s after ``budget`` (its run's grace and L1's power-off): the test's
+    pytest timeout allows for that.
 
     The guest boots one vCPU: nothing of L2 then runs on two of L1's TCG threads at once, which is
     where TCG's lost guests came from (C1 code run stale after the JIT patched it on the other vCPU;
@@ -171,7 +173,7 @@ def _guest_suite(lab: Lab, tmp_path: Path, select: str | None, timeout: float, b
     for attempt in (1, 2):
         junit.unlink(missing_ok=True)
         bound = min(timeout, budget - (time.monotonic() - t0) - 60)
-        argv[2] = str(int(bound))  # run --timeout; L1's boot and power-off take about a minute more
+        argv[2] = str(int(bound))  # run --timeout counts from QEMU's start; its grace and power-off follow
         res = lab.run(*argv, timeout=bound + 120,
                       extra_env={"FIRECRACKER": str(fc), "FIRECRACER_IMAGE_DIR": str(USER_IMAGES),
                                  "FIRECRACER_TEST_KEEP": str(lab.cwd), "FIRECRACER_TEST_VCPUS": "1",
@@ -192,7 +194,8 @@ def _guest_suite(lab: Lab, tmp_path: Path, select: str | None, timeout: float, b
 def test_jvm_smoke_in_the_lab(lab: Lab, tmp_path: Path) -> None:
     """CI's bounded JVM cycle: boot → collect → Full snapshot → Uffd restore → first request 200.
 
-    Bounded for CI (30 min in all): 270-330 s normally; a lost boot or two, or one rerun, fit 19 min.
+    Bounded for CI (30 min in all): 5-8 min normally (one vCPU in L2); lost boots and a rerun stay
+    within 1140 s plus L1's power-off.
     """
     suite = _guest_suite(lab, tmp_path, "boots or hooks_prepare or ondemand", timeout=1020,
                          budget=1140)
@@ -201,7 +204,7 @@ def test_jvm_smoke_in_the_lab(lab: Lab, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2500)
+@pytest.mark.timeout(2600)
 def test_image_boots_on_firecracker_1_7_in_the_lab(lab: Lab, tmp_path: Path) -> None:
     """v1.7 passes no ACPI tables: the kernel must still find its devices (MP table, virtio-mmio)."""
     suite = _guest_suite(lab, tmp_path, "boots", timeout=1800, budget=2400,
@@ -211,7 +214,7 @@ def test_image_boots_on_firecracker_1_7_in_the_lab(lab: Lab, tmp_path: Path) -> 
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(7500)
+@pytest.mark.timeout(7600)
 def test_jvm_cycle_in_the_lab(lab: Lab, tmp_path: Path) -> None:
     """Every guest-VM test in L1: File, Diff, ondemand, fault-around, prefetch, balloon, analysis."""
     suite = _guest_suite(lab, tmp_path, None, timeout=3300, budget=7400)

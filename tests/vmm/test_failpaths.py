@@ -522,6 +522,20 @@ def test_wait_ready_ends_at_once_when_the_live_guest_cannot_recover(fc: Path, el
         assert time.monotonic() - t0 < 5 and vm.alive()
 
 
+def test_wait_ready_timeout_says_where_the_console_got_to(fc: Path, elf: Path) -> None:
+    """A guest alive but not ready in time: the message says what its console printed last."""
+    from firecracer.experiment.backend import RunFailed
+    from firecracer.experiment.backends.jvm import GuestDriver
+
+    vm = boot_probe(elf, fc)
+    with vm:
+        with open(vm.serial_log, "ab") as f:
+            f.write(b"\nfirecracer-init: jvm started pid=212\n  \n")
+        with pytest.raises(RunFailed, match=r"guest not ready within 0.5 s: .*; the console's last line: "
+                                            r"firecracer-init: jvm started pid=212$"):
+            GuestDriver(vm.vsock_path).wait_ready(0.5, vm)
+
+
 @pytest.mark.parametrize(("console", "said"), [
     # the OOM killer's line is the verdict, whatever the init printed after it
     ("[  88.1] Out of memory: Killed process 212 (java) total-vm:2816000kB\n"

@@ -11,6 +11,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from firecracer.vmm.lifeline import processes_in, spawn
 
 
@@ -76,3 +78,35 @@ def test_processes_in_finds_children_by_their_mark_only(tmp_path: Path) -> None:
             p.kill()
             p.wait()
     assert processes_in(run_dir) == []
+
+
+@pytest.mark.root
+def test_cleanup_keeps_a_network_namespace_something_runs_in(tmp_path: Path) -> None:
+    """A dead VM's record naming a namespace in use (a copied or hand-edited record) must not make
+    cleanup (vm kill/prune) delete it; an unused one is deleted."""
+    import json
+    import shutil
+
+    from firecracer.vmm.supervisor import cleanup_run_dir
+
+    if os.geteuid() != 0 or not shutil.which("ip"):
+        pytest.skip("needs root and iproute2 (ip netns)")
+    name = f"fcr-t{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+    user = subprocess.Popen(["ip", "netns", "exec", name, "sleep", "60"])
+    try:
+        (tmp_path / "vm.json").write_text(json.dumps({"name": "x", "state": "dead", "netns": name}))
+        deadline = time.monotonic() + 10
+        pids = ["ip", "netns", "pids", name]
+        while not subprocess.run(pids, capture_output=True, text=True, check=False).stdout.strip():
+            assert time.monotonic() < deadline, "sleep never entered the namespace"
+            time.sleep(0.05)
+        cleanup_run_dir(tmp_path)
+        assert Path("/run/netns", name).exists()
+        user.kill()
+        user.wait()
+        cleanup_run_dir(tmp_path)
+        assert not Path("/run/netns", name).exists()
+    finally:
+        user.kill()
+        subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)

@@ -132,7 +132,7 @@ def test_restore_paused_then_resume_and_guest_reset(fc_any: Path, elf: Path, tmp
         assert r.wait_exit(30) is not None
         # a reboot is named as such, not blamed on an old warning of Firecracker's log
         assert r.fc.describe_death() == (f"Firecracker (pid {r.fc.pid}) exited with status 0 "
-                                         "(the guest rebooted)")
+                                         "(the guest reset the VM)")
     assert_clean(r)
 
 

@@ -581,9 +581,9 @@ class MicroVM:
         and what the serial console said last."""
         death = death or (self.fc.describe_death() if self._fc else None) or "Firecracker is not running"
         tail = self.serial_text(max(0, self.serial_size() - 64 * 1024))
-        said = [(m.group('sig') or m.group(0)).strip() for m in self._DEATH_RX.finditer(tail)]
+        said = [(m.group('sig') or m.group(0)).strip()[:200] for m in self._DEATH_RX.finditer(tail)]
         if not said:  # no verdict: its last words (a cut line alone says little)
-            said = [ln.strip() for ln in tail.splitlines() if ln.strip()][-3:]
+            said = [ln.strip()[:200] for ln in tail.splitlines() if ln.strip()][-3:]
         return death + (f"; the guest said: {' / '.join(dict.fromkeys(said[-3:]))}" if said else "")
 
     def wait_serial(self, pattern: str, timeout: float = 30.0, *,

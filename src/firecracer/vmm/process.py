@@ -195,7 +195,7 @@ class FirecrackerProcess:
         if rc is None:
             return None
         if rc == 0:  # Firecracker ends well only when the guest resets the VM; its log's warnings are older
-            return f"Firecracker (pid {self.proc.pid}) exited with status 0 (the guest rebooted)"
+            return f"Firecracker (pid {self.proc.pid}) exited with status 0 (the guest reset the VM)"
         how = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exited with status {rc}"
         line = last_error_line(self.log_path, self.stderr_path)
         return f"Firecracker (pid {self.proc.pid}) {how}" + (f": {line}" if line else "")

@@ -94,7 +94,12 @@ def cleanup_run_dir(run_dir: Path) -> None:
     netns = rec.get("netns")
     if isinstance(netns, str) and netns and Path("/run/netns", netns).exists():
         with contextlib.suppress(OSError, subprocess.SubprocessError):
-            subprocess.run(["ip", "netns", "delete", netns], capture_output=True, timeout=10, check=False)
+            # a namespace something still runs in is not this dead VM's (a copied or edited record)
+            used = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True,
+                                  timeout=10, check=False)
+            if used.returncode == 0 and not used.stdout.strip():
+                subprocess.run(["ip", "netns", "delete", netns], capture_output=True, timeout=10,
+                               check=False)
 
 
 def last_line(path: Path) -> str | None:

@@ -108,7 +108,8 @@ class GuestDriver:
 
         With ``vm``, a guest that dies (kernel panic, the JVM's fatal error, a reboot) ends the wait at
         once with what its console said, instead of after ``timeout`` with "connection refused"; so does
-        one whose console shows it cannot recover (a stalled CPU, the JVM's fatal-error banner).
+        one whose console shows it cannot recover (a stalled CPU, the JVM's fatal-error banner). A guest
+        that is merely not ready in time is reported with its console's last line (where it got to).
         """
         deadline = time.monotonic() + timeout
         last = "nothing answered"
