@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from firecracer.experiment.spec import example_spec_path
 
 from .conftest import spec_text
@@ -108,3 +110,26 @@ def test_missing_firecracker_stops_the_study_with_one_line(tmp_path: Path) -> No
     err = out.stderr.strip()
     assert err.count("\n") == 0 and err.startswith("firecracer: error:"), err
     assert "/nonexistent/firecracker" in err or "/dev/kvm" in err
+
+
+@pytest.mark.parametrize(("vcpus", "warned"), [(2, True), (1, False)])
+def test_a_jvm_study_routed_to_the_lab_warns_about_two_vcpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str], vcpus: int,
+                                                             warned: bool) -> None:
+    """Two vCPUs on TCG's threads lose a guest now and then (docs/lab.md): the user is told so."""
+    from firecracer.cli.experiment import _route_to_lab
+    from firecracer.experiment.spec import load_spec
+
+    for name in ("vmlinux", "rootfs.ext4"):
+        (tmp_path / name).write_bytes(b"x")
+    p = tmp_path / "jvm.toml"
+    p.write_text(f'[study]\nname = "j"\nbackend = "jvm"\nstrategies = ["ondemand"]\n\n[guest]\n'
+                 f'mem_size_mib = 1024\nvcpus = {vcpus}\nkernel = "{tmp_path / "vmlinux"}"\n'
+                 f'rootfs = "{tmp_path / "rootfs.ext4"}"\n\n[[variant]]\nname = "default"\n')
+    monkeypatch.delenv("FIRECRACER_LAB", raising=False)
+    monkeypatch.setattr("firecracer.lab.route.why_lab", lambda: "this host's KVM is PVM-nested")
+    monkeypatch.setattr("firecracer.lab.route.lab_or_error", lambda why: None)
+    assert _route_to_lab(load_spec(p), None) is True
+    err = " ".join(capsys.readouterr().err.split())  # rich wraps at the terminal's width
+    assert "running the study in the lab" in err
+    assert ("vcpus = 1 is steadier" in err) is warned

@@ -164,8 +164,12 @@ def _route_to_lab(spec: Spec, use_lab: bool | None) -> bool:
         lab_or_error(f"the jvm backend needs a KVM that boots Linux guests ({why})")
         err_console.print(f"[yellow]{why}: running the study in the lab (QEMU TCG, emulated SVM); timings "
                           "will be TCG timings, counts are real[/]", highlight=False)
-        return True
-    lab_or_error("--lab asked for")
+    else:
+        lab_or_error("--lab asked for")
+    if spec.backend == "jvm" and spec.guest.vcpus > 1:
+        err_console.print(f"[yellow]the guest has {spec.guest.vcpus} vCPUs: in the lab two of them on TCG's "
+                          "threads lose a guest now and then (a lost boot is retried, a lost restore fails "
+                          "its run); vcpus = 1 is steadier (docs/lab.md)[/]", highlight=False)
     return True
 
 
