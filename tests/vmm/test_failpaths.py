@@ -289,7 +289,7 @@ def test_prune_removes_dead_run_directories_and_keeps_the_newest(fc: Path,
 
 
 def test_prune_acts_on_run_directories_not_on_the_names_their_records_give(
-        fc: Path, snaps: dict[str, Snapshot]) -> None:
+        fc: Path, snaps: dict[str, Snapshot], monkeypatch: pytest.MonkeyPatch) -> None:
     """A dead VM's record naming another VM (a copied or hand-edited run directory) must not make
     prune sweep that other, live VM."""
     with MicroVM.restore(snaps["full"], firecracker=fc, name="dead1"):
@@ -301,6 +301,8 @@ def test_prune_acts_on_run_directories_not_on_the_names_their_records_give(
         rec.write_text(json.dumps({**json.loads(rec.read_text()), "name": "live1"}))
         listed = {r["name"]: r for r in json.loads(fcr("vm", "ls", "--all", "--json").stdout)}
         assert listed["dead1"]["record_name"] == "live1" and listed["live1"]["state"] == "running"
+        monkeypatch.setenv("COLUMNS", "400")  # the table on one line per VM
+        assert "dead1 (its vm.json says live1)" in fcr("vm", "ls", "--all").stdout
         res = fcr("vm", "prune", "--keep", "0", "--json")
         assert res.returncode == 0, res.stderr
         assert json.loads(res.stdout)["removed"] == ["dead1"]

@@ -203,7 +203,8 @@ def ls_cmd(show_all: bool, as_json: bool) -> None:
     t.add_column("purpose / why", overflow="fold", max_width=60)
     for r in recs:
         why = r.get("dead_reason") if r["state"] in ("dead", "broken", "leftover", "orphaned") else None
-        t.add_row(r["name"], r["state"], str(r.get("pid") or "-"), str(r.get("firecracker_version") or "-"),
+        name = r["name"] + (f" (its vm.json says {r['record_name']})" if r.get("record_name") else "")
+        t.add_row(name, r["state"], str(r.get("pid") or "-"), str(r.get("firecracker_version") or "-"),
                   r.get("api_sock") or "-", r.get("vsock") or "-", r.get("restored_from") or "-",
                   str(why or r.get("purpose") or ""))
     print_table(t)
