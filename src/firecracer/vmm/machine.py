@@ -583,8 +583,15 @@ class MicroVM:
         tail = self.serial_text(max(0, self.serial_size() - 64 * 1024))
         said = [(m.group('sig') or m.group(0)).strip()[:200] for m in self._DEATH_RX.finditer(tail)]
         if not said:  # no verdict: its last words (a cut line alone says little)
-            said = [ln.strip()[:200] for ln in tail.splitlines() if ln.strip()][-3:]
+            said = self.console_last_lines(3, tail)
         return death + (f"; the guest said: {' / '.join(dict.fromkeys(said[-3:]))}" if said else "")
+
+    def console_last_lines(self, n: int, tail: str | None = None) -> list[str]:
+        """The console's last ``n`` non-empty lines (of ``tail``, else of its last 64 KiB), each cut at
+        200 characters: where a guest got to, for one-line errors."""
+        if tail is None:
+            tail = self.serial_text(max(0, self.serial_size() - 64 * 1024))
+        return [ln.strip()[:200] for ln in tail.splitlines() if ln.strip()][-n:]
 
     def wait_serial(self, pattern: str, timeout: float = 30.0, *,
                     since: int = 0) -> tuple[re.Match[str], int]:

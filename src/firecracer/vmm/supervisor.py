@@ -94,9 +94,15 @@ def cleanup_run_dir(run_dir: Path) -> None:
     netns = rec.get("netns")
     if isinstance(netns, str) and netns and Path("/run/netns", netns).exists():
         with contextlib.suppress(OSError, subprocess.SubprocessError):
-            # a namespace something still runs in is not this dead VM's (a copied or edited record)
-            used = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True,
-                                  timeout=10, check=False)
+            # a namespace something still runs in is not this dead VM's (a copied or edited record);
+            # a Firecracker just killed may take a moment to leave it
+            deadline = time.monotonic() + 2
+            while True:
+                used = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True,
+                                      timeout=10, check=False)
+                if used.returncode != 0 or not used.stdout.strip() or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
             if used.returncode == 0 and not used.stdout.strip():
                 subprocess.run(["ip", "netns", "delete", netns], capture_output=True, timeout=10,
                                check=False)

@@ -132,10 +132,7 @@ class GuestDriver:
             except FirecracerError as exc:
                 last = str(exc)
             time.sleep(0.2)
-        said = ""
-        if vm is not None:
-            lines = [ln.strip() for ln in vm.serial_text(max(0, vm.serial_size() - 4096)).splitlines()]
-            said = next((f"; the console's last line: {ln[:200]}" for ln in reversed(lines) if ln), "")
+        said = "".join(f"; the console's last line: {ln}" for ln in (vm.console_last_lines(1) if vm else []))
         raise RunFailed("ready", f"guest not ready within {timeout:g} s: {last}{said}")
 
     def warm_up(self, n: int, timeout: float) -> list[float]:
