@@ -10,7 +10,8 @@ Protocol: one JSON object per line each way. Request ``{"cmd": NAME, "args": {..
 ``{"id": ..., "ok": false, "error": {"code": CODE, "message": ONE_LINE}}``. Requests are at most
 ``--max-request`` bytes, replies at most ``--max-reply`` bytes (a larger reply becomes a
 ``reply-too-large`` error). Commands: ``ping``, ``collect-memmap``, ``nmt``, ``smaps``, ``exec``,
-``prepare``, ``after-restore``, ``help``. The handler never raises: any failure is an error reply.
+``prepare``, ``after-restore``, ``criu-check``, ``checkpoint``, ``restore``, ``help``. The handler never
+raises: any failure is an error reply.
 
 Standard library only: this file is copied into the guest image.
 """
@@ -38,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from firecracer.guest import jvm, memmap
+from firecracer.guest import crac, jvm, memmap
 
 AGENT_VERSION = 1
 DEFAULT_PORT = 52
@@ -443,6 +444,121 @@ def cmd_after_restore(cfg: AgentConfig, args: dict[str, Any]) -> dict[str, Any]:
     return {"steps": report, "ok": all(e.get("ok") or e.get("skipped") for e in report)}
 
 
+# ------------------------------------------------------------- process checkpoint/restore (CRIU, CRaC)
+
+#: what ``checkpoint`` runs before the dump: the app's hooks (beforeCheckpoint), then a full GC and a
+#: native trim, as CRaC's JDK does before it calls CRIU (smaller images)
+CHECKPOINT_STEPS = ("hooks", "gc", "trim")
+_lazy_daemons: list[crac.LazyDaemon] = []
+
+
+def _crac_error(exc: crac.CracError) -> RequestError:
+    return RequestError(exc.code, exc.message)
+
+
+def _failed_steps(rep: dict[str, Any]) -> str:
+    """One line naming each failed prepare/hook step and why."""
+    out = []
+    for s in rep.get("steps", []):
+        if s.get("ok") or s.get("skipped"):
+            continue
+        hooks = [h for h in s.get("hooks", []) if not h.get("ok")]
+        why = "; ".join(str(h.get("answer") or h.get("error") or h.get("output") or "failed").strip()
+                        for h in hooks) or str(s.get("detail") or "failed")
+        out.append(f"{s.get('step')}: {why}")
+    return "; ".join(out)[:1000]
+
+
+def cmd_criu_check(cfg: AgentConfig, args: dict[str, Any]) -> dict[str, Any]:
+    """``criu check``: whether this guest's kernel has what CRIU needs (``ok``, CRIU's words)."""
+    try:
+        return crac.criu_check(timeout=float(_arg(args, "timeout", (int, float), 60.0)))
+    except crac.CracError as exc:
+        raise _crac_error(exc) from None
+
+
+def cmd_checkpoint(cfg: AgentConfig, args: dict[str, Any]) -> dict[str, Any]:
+    """Checkpoint the JVM with CRIU onto the scratch drive: its hooks, GC, trim, then ``criu dump``.
+
+    args: ``name`` (default ``jvm``), ``pid`` (default: the only JVM), ``steps`` (default
+    CHECKPOINT_STEPS), ``device`` (``/dev/vdb``), ``leave_running``, ``timeout``. A failed hook stops
+    before the dump; a failed dump runs the after-restore hooks (CRaC does: the JVM goes on) and quotes
+    CRIU. Reply: images' bytes and pages, seconds, the steps' report.
+    """
+    name = crac.check_name(_arg(args, "name", str, "jvm"))
+    pid = _pid_arg(args)
+    steps = _arg(args, "steps", list, list(CHECKPOINT_STEPS))
+    timeout = float(_arg(args, "timeout", (int, float), 600.0))
+    t0 = time.monotonic()
+    rep = cmd_prepare(cfg, {"steps": steps, "pid": pid})
+    if not rep["ok"]:
+        after = _run_hooks(cfg, "after-restore", {"FIRECRACER_GENERATION": "0"}) if "hooks" in steps else {}
+        raise RequestError("checkpoint-hooks-failed", f"before the checkpoint of pid {pid}: "
+                           f"{_failed_steps(rep)}; no checkpoint was made, the JVM goes on"
+                           + ("" if after.get("ok", True) else " (its after-restore hooks failed too)"))
+    prepared = time.monotonic() - t0
+    try:
+        facts = crac.dump(pid, name, device=_arg(args, "device", str, crac.SCRATCH_DEVICE), timeout=timeout,
+                          leave_running=bool(_arg(args, "leave_running", bool, False)))
+    except crac.CracError as exc:
+        if "hooks" in steps and os.path.exists(f"/proc/{pid}"):
+            _run_hooks(cfg, "after-restore", {"FIRECRACER_GENERATION": "0"})
+        raise _crac_error(exc) from None
+    return {**facts, "prepare": rep, "prepare_seconds": round(prepared, 6)}
+
+
+def _reap_lazy_daemons() -> None:
+    for d in list(_lazy_daemons):
+        if d.proc.poll() is not None:
+            _lazy_daemons.remove(d)
+
+
+def cmd_restore(cfg: AgentConfig, args: dict[str, Any]) -> dict[str, Any]:
+    """Restore a CRIU checkpoint of the scratch drive: ``criu restore``, eager or ``lazy``, then the
+    after-restore hooks, then (``request``: ``{"port", "path", "timeout"}``) the first request from
+    inside the guest, timed from the restore command.
+
+    A lazy restore's reply carries the faults CRIU's lazy-pages daemon logged until the response
+    (``faults``: ``t_s`` in the daemon's clock, ``pid``, ``addr``, ``zero``), the clock's offsets, and
+    when its background push of the remaining pages began (``background_start_s``).
+    """
+    _reap_lazy_daemons()
+    name = crac.check_name(_arg(args, "name", str, "jvm"))
+    lazy = bool(_arg(args, "lazy", bool, False))
+    hooks = bool(_arg(args, "hooks", bool, True))
+    request = _arg(args, "request", dict)
+    t0 = time.monotonic()
+    try:
+        facts, daemon = crac.restore(name, device=_arg(args, "device", str, crac.SCRATCH_DEVICE), lazy=lazy,
+                                     timeout=float(_arg(args, "timeout", (int, float), 600.0)))
+    except crac.CracError as exc:
+        raise _crac_error(exc) from None
+    if daemon is not None:
+        _lazy_daemons.append(daemon)
+    try:
+        if hooks:
+            h0 = time.monotonic()
+            facts["hooks"] = _run_hooks(cfg, "after-restore", {"FIRECRACER_GENERATION": "1"})
+            facts["hooks_seconds"] = round(time.monotonic() - h0, 6)
+        facts["running_seconds"] = round(time.monotonic() - t0, 6)
+        if request is not None:
+            port = _arg(request, "port", int, 8080)
+            path = _arg(request, "path", str, "/")
+            fr = crac.first_request(port, path, float(_arg(request, "timeout", (int, float), 120.0)))
+            t_resp = time.monotonic()
+            facts["first_request"] = fr
+            facts["first_response_seconds"] = round(t_resp - t0, 6)
+            if daemon is not None:
+                cut = t_resp - daemon.started
+                faults = crac.parse_lazy_log(daemon.log.read_text(errors="replace"))
+                facts["faults"] = faults.until(cut).to_json()
+                facts["faults_total_so_far"] = len(faults.t_s)
+                facts["response_daemon_s"] = round(cut, 6)
+    except crac.CracError as exc:
+        raise _crac_error(exc) from None
+    return facts
+
+
 COMMANDS: dict[str, Callable[[AgentConfig, dict[str, Any]], dict[str, Any]]] = {
     "help": cmd_help,
     "ping": cmd_ping,
@@ -453,6 +569,9 @@ COMMANDS: dict[str, Callable[[AgentConfig, dict[str, Any]], dict[str, Any]]] = {
     "exec": cmd_exec,
     "prepare": cmd_prepare,
     "after-restore": cmd_after_restore,
+    "criu-check": cmd_criu_check,
+    "checkpoint": cmd_checkpoint,
+    "restore": cmd_restore,
 }
 
 

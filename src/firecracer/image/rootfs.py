@@ -50,7 +50,8 @@ from firecracer.paths import images_dir
 
 SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
-BASE_PACKAGES = ("python3", "procps", "iproute2")
+#: criu: process checkpoint/restore of the JVM inside the guest (CRaC's engine; docs/crac.md)
+BASE_PACKAGES = ("python3", "procps", "iproute2", "criu")
 DEBIAN_JDK_PACKAGE = "openjdk-17-jdk-headless"
 DEBIAN_JDK_HOME = "/usr/lib/jvm/java-17-openjdk-amd64"
 HOST_PACKAGES = ("debootstrap", "e2fsprogs", "util-linux", "tar")

@@ -114,6 +114,9 @@ class VMConfig:
     boot_args: str = DEFAULT_BOOT_ARGS
     rootfs: str | None = None
     rootfs_read_only: bool = True
+    #: more block devices after the root (vdb, vdc, … in this order): ``{"path": P, "read_only": bool}``;
+    #: e.g. the scratch drive a CRIU checkpoint is written to and restored from in a later boot
+    drives: list[dict[str, Any]] = field(default_factory=list)
     initrd: str | None = None
     vcpu_count: int = 1
     mem_size_mib: int = 128
@@ -410,6 +413,12 @@ class MicroVM:
         if c.rootfs:
             api.put("/drives/rootfs", cfg.Drive("rootfs", _fc_path(c.rootfs), is_root_device=True,
                                                 is_read_only=c.rootfs_read_only).body(v))
+        for i, d in enumerate(c.drives):
+            path = d.get("path")
+            if not isinstance(path, str) or not Path(path).is_file():
+                raise FirecracerError(f"drive {i + 1}: {path!r} is not a file")
+            api.put(f"/drives/drive{i + 1}", cfg.Drive(f"drive{i + 1}", _fc_path(path), is_root_device=False,
+                                                      is_read_only=bool(d.get("read_only", False))).body(v))
         if c.vsock_cid is not None:
             # relative: resolved against the run dir (Firecracker's cwd), also after restore
             api.put("/vsock", cfg.Vsock(c.vsock_cid, VSOCK_NAME).body(v))

@@ -18,8 +18,11 @@ What it does, in order (each step prints one ``firecracer-init:`` line on the co
    kernel command line gives two options. The app comes from ``/opt/firecracer/app.json`` (written by
    ``firecracer image rootfs``) unless ``FC_JAVA_CMD`` names a jar or a main class. Its pid, argv and
    start time (guest uptime) are written to ``/run/firecracer/jvm.json``.
-5. Reap children; when the JVM exits, sync and reboot, so Firecracker (``reboot=k``) or QEMU
-   (``-no-reboot``) exits instead of the kernel panicking because PID 1 died.
+   With ``FC_CRAC=on`` the JVM is one that CRIU can checkpoint (docs/crac.md): its pids start above
+   ``CRAC_MIN_PID``, ``-XX:-UsePerfData``, stdin ``/dev/null`` and its output in ``/run/firecracer/jvm.log``
+   (CRIU cannot dump the serial console), which init copies to the console as it grows.
+5. Reap children; when the JVM exits (not after a CRIU checkpoint), sync and reboot, so Firecracker
+   (``reboot=k``) or QEMU (``-no-reboot``) exits instead of the kernel panicking because PID 1 died.
 
 Linux hands unknown ``key=value`` kernel arguments to init as environment variables (double quotes
 stripped), which is how all of the above is configured. Other modes, for the image build:
@@ -47,6 +50,15 @@ from pathlib import Path
 APP_JSON = Path("/opt/firecracer/app.json")
 JAVA = "/opt/jdk/bin/java"
 RUN_DIR = Path("/run/firecracer")
+#: FC_CRAC=on: the JVM's stdout+stderr (CRIU cannot checkpoint a process holding the serial console, so
+#: the JVM writes here and init copies it to the console); same path as firecracer.guest.crac.JVM_LOG
+JVM_LOG = RUN_DIR / "jvm.log"
+#: written by the guest agent before ``criu dump``: the JVM ending then is a checkpoint, not a reason to
+#: reboot (firecracer.guest.crac.CHECKPOINTED)
+CHECKPOINTED = RUN_DIR / "jvm-checkpointed"
+#: FC_CRAC=on: the JVM's pid and thread ids start above this, so that a CRIU restore in a later boot (which
+#: needs the same ids) finds them free: a fresh boot's own processes stay far below
+CRAC_MIN_PID = 20000
 AGENT_PATH = "/opt/firecracer"
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -83,6 +95,7 @@ class InitConfig:
     appcds: bool = False
     java: bool = True
     shell: bool = False
+    crac: bool = False  # FC_CRAC=on: a JVM that CRIU can checkpoint (docs/crac.md)
 
     @classmethod
     def from_env(cls, env: dict[str, str]) -> InitConfig:
@@ -116,6 +129,7 @@ class InitConfig:
             appcds=env.get("FC_APPCDS", "").lower() in ("1", "on", "yes", "true"),
             java=env.get("FC_JAVA", "on").lower() not in ("off", "0", "no"),
             shell=env.get("FC_INIT", "") == "shell",
+            crac=env.get("FC_CRAC", "").lower() in ("1", "on", "yes", "true"),
         )
 
 
@@ -127,6 +141,8 @@ def java_argv(cfg: InitConfig, app: dict[str, object], java: str = JAVA) -> list
     with ``-jar``, anything else is split with shell rules (e.g. ``-cp /x.jar Main``).
     """
     argv = [java]
+    if cfg.crac:  # hsperfdata is an mmap'ed file in /tmp, which a later boot (the restore) does not have
+        argv.append("-XX:-UsePerfData")
     if cfg.nmt:
         argv.append(f"-XX:NativeMemoryTracking={cfg.nmt}")
     appcds = app.get("appcds")
@@ -290,7 +306,15 @@ def start_jvm(cfg: InitConfig, env: dict[str, str]) -> subprocess.Popen[bytes]:
     argv = java_argv(cfg, app)
     cwd = str(app.get("workdir") or "/")
     started = uptime_s()
-    proc = subprocess.Popen(argv, env=env, cwd=cwd, start_new_session=True)
+    if cfg.crac:
+        # CRIU restores the exact pids (and tids): keep them clear of what a fresh boot uses
+        Path("/proc/sys/kernel/ns_last_pid").write_text(f"{CRAC_MIN_PID}\n")
+        RUN_DIR.mkdir(parents=True, exist_ok=True)
+        with open(os.devnull, "rb") as null, open(JVM_LOG, "ab") as out:
+            proc = subprocess.Popen(argv, env=env, cwd=cwd, start_new_session=True, stdin=null,
+                                    stdout=out, stderr=subprocess.STDOUT)
+    else:
+        proc = subprocess.Popen(argv, env=env, cwd=cwd, start_new_session=True)
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     (RUN_DIR / "jvm.json").write_text(json.dumps({
         "pid": proc.pid, "argv": argv, "start_uptime_s": round(started, 6), "start_time": time.time()}))
@@ -365,16 +389,63 @@ def run_pid1(env: dict[str, str]) -> None:
     except (InitError, OSError, ValueError) as exc:
         reboot(f"FATAL: {exc}")
         return
+    # without a JVM of our own, the log that appears is a checkpoint's copy put back for a restore: its
+    # old lines were shown in the boot that wrote them
+    tail = LogTail(JVM_LOG, skip_existing=jvm is None) if cfg.crac else None
     while True:  # PID 1 reaps every orphan
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            time.sleep(1)
-            continue
-        except InterruptedError:
-            continue
+        if tail is None:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                time.sleep(1)
+                continue
+            except InterruptedError:
+                continue
+        else:  # poll, so that the JVM's log reaches the console as it is written
+            tail.copy()
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = 0, 0
+            except InterruptedError:
+                continue
+            if pid == 0:
+                time.sleep(0.2)
+                continue
         if jvm is not None and pid == jvm.pid:
+            if tail is not None:
+                tail.copy()
+            if CHECKPOINTED.exists():
+                log(f"jvm pid={pid} {how_it_ended(status)} after a CRIU checkpoint; the VM stays up")
+                jvm = None
+                continue
             reboot(f"jvm pid={pid} {how_it_ended(status)}")
+
+
+class LogTail:
+    """Copies what is appended to a file to the console (the JVM's log under FC_CRAC=on); the file may
+    appear later (a JVM restored by CRIU in this boot writes to the same path)."""
+
+    def __init__(self, path: Path, skip_existing: bool = False) -> None:
+        self.path = path
+        self.pos = -1 if skip_existing else 0
+
+    def copy(self, limit: int = 1 << 20) -> None:
+        try:
+            with open(self.path, "rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                if self.pos < 0:
+                    self.pos = size
+                if size < self.pos:
+                    self.pos = 0  # replaced (a restore put the checkpoint's copy back)
+                fh.seek(self.pos)
+                data = fh.read(limit)
+        except OSError:
+            return
+        if data:
+            self.pos += len(data)
+            sys.stdout.buffer.write(data)
+            sys.stdout.flush()
 
 
 def run_training(seconds: float, argv: list[str]) -> int:
