@@ -40,14 +40,16 @@ under Firecracker (bare-metal KVM hosts); ``host-replay``: no VM at all, the wor
 against a memory file on the host (tests and dry runs of the machinery; never a VM result)."""
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
-_STRATEGY_RE = re.compile(r"^(file|ondemand|eager|prefetch|fault-around:(\d+))$")
+_STRATEGY_RE = re.compile(r"^(file|ondemand|eager|prefetch|fault-around:(\d+)|criu|criu-lazy)$")
+#: restore kinds that bring back the JVM *process* with CRIU in a fresh boot (jvm backend; docs/crac.md)
+PROCESS_KINDS = ("criu", "criu-lazy")
 
 _STUDY_KEYS = {"name", "description", "backend", "repetitions", "strategies", "timeout_s", "firecracker",
                "keep_snapshots", "viewer"}
 _GUEST_KEYS = {"mem_size_mib", "vcpus", "kernel", "rootfs", "boot_args"}
 _WORKLOAD_KEYS = {"port", "path", "warmup_requests", "prepare", "ready_timeout_s"}
 _VARIANT_KEYS = {"name", "description", "working_set_pages", "mean_run_pages", "seed", "trace",
-                 "jvm_options", "huge_pages"}
+                 "jvm_options", "huge_pages", "rootfs"}
 HUGE_PAGES = ("None", "2M")
 """``huge_pages`` values, as Firecracker's ``machine-config`` takes them: ``None`` (4 KiB pages, the default)
 or ``2M`` (2 MiB hugetlbfs pages; such snapshots restore only through Uffd, so ``file`` is not run for
@@ -56,13 +58,19 @@ them: see :func:`firecracer.experiment.plan.plan_runs`)."""
 
 @dataclass(frozen=True)
 class Strategy:
-    """A restore strategy: ``file`` (Firecracker's File backend) or a uffd page-server strategy."""
+    """A restore strategy: ``file`` (Firecracker's File backend), a uffd page-server strategy, or a process
+    restore of the JVM alone (``criu``, ``criu-lazy``: CRIU in a fresh boot, jvm backend only)."""
 
     name: str
 
     @property
     def uses_uffd(self) -> bool:
-        return self.name != "file"
+        return self.name != "file" and not self.is_process
+
+    @property
+    def is_process(self) -> bool:
+        """A CRIU restore of the JVM process (no VM snapshot involved)."""
+        return self.name in PROCESS_KINDS
 
     @property
     def slug(self) -> str:
@@ -90,6 +98,7 @@ class Variant:
     trace: Path | None = None
     jvm_options: tuple[str, ...] = ()
     huge_pages: str | None = None  # "2M": guest memory in 2 MiB hugetlbfs pages
+    rootfs: Path | None = None  # jvm: this variant's own image (e.g. another JDK); else guest.rootfs
 
     @property
     def huge(self) -> bool:
@@ -109,6 +118,8 @@ class Variant:
             d["jvm_options"] = list(self.jvm_options)
         if self.huge:  # only when set, so the digest of every existing study stays what it was
             d["huge_pages"] = self.huge_pages
+        if self.rootfs is not None:
+            d["rootfs"] = str(self.rootfs)
         return d
 
 
@@ -285,14 +296,16 @@ class _Checker:
 
 
 def parse_strategy(name: str) -> Strategy:
-    """``file``, ``ondemand``, ``fault-around:N`` (N a power of two, 2–512), ``prefetch`` or ``eager``.
+    """``file``, ``ondemand``, ``fault-around:N`` (N a power of two, 2–512), ``prefetch``, ``eager``, or the
+    process restores ``criu`` and ``criu-lazy``.
 
     ``prefetch`` in a study records its trace on a first restore of each variant, then replays it.
     Raises ValueError with the reason.
     """
     m = _STRATEGY_RE.match(name)
     if not m:
-        raise ValueError(f"unknown strategy {name!r} (file, ondemand, fault-around:N, prefetch, eager)")
+        raise ValueError(f"unknown strategy {name!r} (file, ondemand, fault-around:N, prefetch, eager, criu, "
+                         "criu-lazy)")
     if m.group(2) is not None:
         n = int(m.group(2))
         if n < 2 or n > 512 or n & (n - 1):
@@ -400,6 +413,9 @@ def parse_spec(text: str, path: Path | str = "<spec>") -> Spec:
                                                     "strategy in study.strategies")
         if backend == "jvm" and (ws is not None or trace is not None):
             raise c.fail(f"{where}.working_set_pages", "jvm variants are JVM option sets (jvm_options)")
+        v_rootfs = c.filepath(vt, "rootfs", where, base)
+        if v_rootfs is not None and backend != "jvm":
+            raise c.fail(f"{where}.rootfs", "a variant's own image needs the jvm backend")
         variants.append(Variant(
             name=name,
             description=c.string(vt, "description", where, ""),
@@ -409,7 +425,12 @@ def parse_spec(text: str, path: Path | str = "<spec>") -> Spec:
             trace=trace,
             jvm_options=jvm_options,
             huge_pages="2M" if huge_pages == "2M" else None,
+            rootfs=v_rootfs,
         ))
+    process = [st.name for st in strategies if st.is_process]
+    if process and backend != "jvm":
+        raise c.fail("study.strategies",
+                     f"{', '.join(process)}: process restores (CRIU) need the jvm backend")
     if backend == "jvm":
         for key in ("kernel", "rootfs"):
             if getattr(guest, key) is None:

@@ -34,6 +34,7 @@ from typing import Any
 
 from firecracer.errors import FirecracerError
 from firecracer.experiment.backend import Backend, RunFailed, RunOutcome
+from firecracer.experiment.backends import process as crac
 from firecracer.experiment.backends._common import (
     check_uffd_strategies,
     drop_cache,
@@ -186,6 +187,7 @@ class JvmState:
     workdir: Path
     snapdir: Path
     prefetch_trace: Path | None = None
+    scratch: Path | None = None  # the CRIU checkpoint's drive, when the study has process restores
 
 
 class JvmBackend(Backend[JvmState]):
@@ -213,6 +215,9 @@ class JvmBackend(Backend[JvmState]):
             if p is None or not p.is_file():
                 raise FirecracerError(f"{self.spec.path}: {label} {p} is not a file (build it with "
                                       "'firecracer image kernel' / 'firecracer image rootfs')")
+        if self.process_kinds and not (shutil.which("mkfs.ext4") or Path("/sbin/mkfs.ext4").exists()):
+            raise FirecracerError(f"{self.spec.path}: criu restores need mkfs.ext4 on this host for the "
+                                  "checkpoint's scratch drive (apt-get install e2fsprogs)")
         self._fc = find_firecracker(self.spec.firecracker)
         version = firecracker_version(self._fc)
         self._fc_version = str(version)
@@ -226,15 +231,38 @@ class JvmBackend(Backend[JvmState]):
         return {"firecracker": self._fc_version, "backend": "JVM image under Firecracker",
                 "kernel_image": str(self.spec.guest.kernel), "rootfs": str(self.spec.guest.rootfs)}
 
-    def boot_args(self, variant: Variant) -> str:
-        """Kernel command line: Firecracker's defaults, the spec's, NMT detail and the JVM options."""
+    @property
+    def process_kinds(self) -> bool:
+        """The study restores the JVM process too (``criu``, ``criu-lazy``): every boot is CRIU-ready."""
+        return any(s.is_process for s in self.spec.strategies)
+
+    def rootfs(self, variant: Variant) -> Path:
+        """The variant's own image, else the study's."""
+        p = variant.rootfs or self.spec.guest.rootfs
+        assert p is not None, "parse_spec requires guest.rootfs for the jvm backend"
+        return p
+
+    def boot_args(self, variant: Variant, java: bool = True) -> str:
+        """Kernel command line: Firecracker's defaults, the spec's, NMT detail and the JVM options.
+
+        A study with process restores boots every JVM CRIU-ready (``FC_CRAC=on``), so VM and process
+        restores see the same JVM; ``java=False`` is a process restore's boot (no JVM of its own).
+        """
         opts = " ".join(shlex.quote(o) for o in variant.jvm_options)
-        args = with_image_init(f"{DEFAULT_BOOT_ARGS} {self.spec.guest.boot_args} FC_NMT=detail".strip(),
-                               self.spec.guest.rootfs)
+        extra = " FC_CRAC=on" if self.process_kinds else ""
+        if not java:
+            extra += " FC_JAVA=off"
+        base = f"{DEFAULT_BOOT_ARGS} {self.spec.guest.boot_args} FC_NMT=detail{extra}".strip()
+        args = with_image_init(base, self.rootfs(variant))
         if '"' in opts:
             raise RunFailed("boot", f"variant {variant.name}: JVM options may not contain '\"' (kernel "
                                     "command lines cannot quote it)")
-        return f'{args} FC_JAVA_OPTIONS="{opts}"' if opts else args
+        return f'{args} FC_JAVA_OPTIONS="{opts}"' if opts and java else args
+
+    def scratch_path(self, workdir: Path) -> Path:
+        """The CRIU checkpoint's drive: beside the variant's snapshot (in L1's tmpfs in the lab)."""
+        snap = self.snapshot_dir(workdir)
+        return snap.with_name(snap.name + "-checkpoint.ext4")
 
     @staticmethod
     def snapshot_dir(workdir: Path) -> Path:
@@ -257,14 +285,17 @@ class JvmBackend(Backend[JvmState]):
 
         assert self._fc is not None, "check() first"
         snap = self.snapshot_dir(workdir)
+        scratch = self.scratch_path(workdir) if self.process_kinds else None
         marker = workdir / "variant.json"
-        if not (marker.exists() and (snap / "snapshot.json").exists()):
+        have_checkpoint = scratch is None or (scratch.exists()
+                                              and (workdir / crac.CRAC_DIR / "checkpoint.json").exists())
+        if not (marker.exists() and (snap / "snapshot.json").exists() and have_checkpoint):
             shutil.rmtree(snap, ignore_errors=True)
             forget_prefetch_trace(workdir)
             facts = self._prepare_with_lab_retry(variant, workdir, snap, host.in_lab())
             marker.write_text(json.dumps({"created": now_iso(), "snapshot": str(snap), **facts}, indent=1,
                                          default=str))
-        state = JvmState(variant, workdir, snap)
+        state = JvmState(variant, workdir, snap, scratch=scratch)
         if (workdir / "prefetch-trace.npz").exists():
             state.prefetch_trace = workdir / "prefetch-trace.npz"
         try:
@@ -272,6 +303,8 @@ class JvmBackend(Backend[JvmState]):
         finally:
             if host.in_lab():
                 shutil.rmtree(snap, ignore_errors=True)
+                if scratch is not None:
+                    scratch.unlink(missing_ok=True)
 
     def _prepare_with_lab_retry(self, variant: Variant, workdir: Path, snap: Path,
                                 lab: bool) -> dict[str, Any]:
@@ -305,12 +338,14 @@ class JvmBackend(Backend[JvmState]):
     def _prepare_variant(self, variant: Variant, workdir: Path, snap: Path) -> dict[str, Any]:
         wl = self.spec.workload
         g = self.spec.guest
+        scratch = crac.make_scratch(self.scratch_path(workdir)) if self.process_kinds else None
+        drives = [{"path": str(scratch), "read_only": False}] if scratch else []
         vm = MicroVM(self._fc, name=vm_name(), purpose=f"experiment {self.spec.name}: boot {workdir.name}")
         try:
             with vm:
                 t0 = time.monotonic()
                 try:
-                    vm.boot(VMConfig(kernel=str(g.kernel), rootfs=str(g.rootfs),
+                    vm.boot(VMConfig(kernel=str(g.kernel), rootfs=str(self.rootfs(variant)), drives=drives,
                                      boot_args=self.boot_args(variant), mem_size_mib=g.mem_size_mib,
                                      vcpu_count=g.vcpus, vsock_cid=3, huge_pages=variant.huge_pages,
                                      labels={"variant": variant.name,
@@ -328,6 +363,11 @@ class JvmBackend(Backend[JvmState]):
                     facts = guest.prepare_and_collect(list(wl.prepare), workdir, self.spec.timeout_s)
                     phase = "snapshot"
                     s = vm.snapshot(snap, labels={"variant": variant.name})
+                    if scratch is not None:  # after the VM snapshot, which must not see it happen
+                        phase = "checkpoint"
+                        vm.resume()
+                        with guest.agent(timeout=self.spec.timeout_s) as a:
+                            facts["checkpoint"] = crac.checkpoint(a, workdir, max(600.0, self.spec.timeout_s))
                 except FirecracerError as exc:
                     # a guest that died (or broke) meanwhile is the answer, not the socket error it caused
                     broken = vm.guest_broken(ready_at) if vm.alive() else f"it died: {vm.guest_death()}"
@@ -344,6 +384,8 @@ class JvmBackend(Backend[JvmState]):
 
     def run(self, state: JvmState, run: Run, rundir: Path) -> RunOutcome:
         strategy = run.strategy.name
+        if run.strategy.is_process:
+            return self._process_restore(state, strategy, rundir)
         if strategy == "prefetch":
             state.prefetch_trace = ensure_prefetch_trace(
                 state.workdir, state.prefetch_trace,
@@ -375,9 +417,12 @@ class JvmBackend(Backend[JvmState]):
             with vm:
                 vm.resume()
                 t_resumed = time.perf_counter()
+                hooks_ms = None
                 try:
                     guest = GuestDriver(vm.vsock_path, app_port=wl.port, path=wl.path)
                     with vm.page_server_guard():  # a dead page server ends the request at once
+                        if self.process_kinds:  # as the process restores do: the app's afterRestore first
+                            hooks_ms = self._after_restore_hooks(guest)
                         r = guest.request(self.spec.timeout_s, retries=3)
                 except FirecracerError as exc:
                     raise RunFailed(prefix + "first-response", str(exc)) from None
@@ -389,6 +434,9 @@ class JvmBackend(Backend[JvmState]):
                 timings = {"load_snapshot": load, "resume": (t_resumed - t_loaded) * 1e3,
                            "first_byte": load + (t_req - t_loaded + r.first_byte_s) * 1e3,
                            "first_response": load + (t_done - t_loaded) * 1e3, "request": r.total_s * 1e3}
+                timings["first_response_from_vm_start"] = timings["first_response"]  # the VM starts restored
+                if hooks_ms is not None:
+                    timings["hooks"] = hooks_ms
                 metrics.update(http_status=r.status, response_bytes=r.nbytes)
                 if r.retried:  # timings then include the dropped attempts; say so
                     metrics["first_request_retried"] = list(r.retried)
@@ -403,15 +451,9 @@ class JvmBackend(Backend[JvmState]):
             metrics.update(server_metrics(metrics_out, trace_out))
             if "install" in metrics:
                 timings["install"] = metrics.pop("install")
-        from firecracer import host
-
-        (rundir / "recording.json").write_text(json.dumps({
-            "format": "firecracer-recording", "version": 1, "created": now_iso(), "source": "firecracker",
-            "host": host.host_label(), "timings_comparable_to_kvm": host.timings_comparable_to_kvm(),
-            "vmm": {"firecracker": self._fc_version},
-            "guest": {"kernel": str(self.spec.guest.kernel), "mem_size_mib": self.spec.guest.mem_size_mib},
-            "jvm": {"options": list(state.variant.jvm_options)}, "strategy": strategy,
-            "timings_ms": timings, "metrics": metrics}, indent=1, default=str))
+        if uffd and trace_out.exists():
+            metrics["snapshot_bytes"] = sum(f.stat().st_size for f in state.snapdir.iterdir() if f.is_file())
+        self._write_recording_json(state, rundir, strategy, timings, metrics, "firecracker")
         for f in ("memmap.npz", "nmt.txt"):  # the run is a complete recording (analysis, viewer)
             if (state.workdir / f).exists():
                 try:
@@ -420,3 +462,81 @@ class JvmBackend(Backend[JvmState]):
                     shutil.copyfile(state.workdir / f, rundir / f)
         return RunOutcome(timings_ms=timings, metrics=metrics,
                           pages=from_trace(trace_out) if uffd and trace_out.exists() else None)
+
+    def _write_recording_json(self, state: JvmState, rundir: Path, strategy: str, timings: dict[str, float],
+                              metrics: dict[str, Any], source: str, **extra: Any) -> None:
+        from firecracer import host
+
+        (rundir / "recording.json").write_text(json.dumps({
+            "format": "firecracer-recording", "version": 1, "created": now_iso(), "source": source,
+            "host": host.host_label(), "timings_comparable_to_kvm": host.timings_comparable_to_kvm(),
+            "vmm": {"firecracker": self._fc_version},
+            "guest": {"kernel": str(self.spec.guest.kernel), "rootfs": str(self.rootfs(state.variant)),
+                      "mem_size_mib": self.spec.guest.mem_size_mib},
+            "jvm": {"options": list(state.variant.jvm_options)}, "strategy": strategy,
+            "timings_ms": timings, "metrics": metrics, **extra}, indent=1, default=str))
+
+    def _after_restore_hooks(self, guest: GuestDriver) -> float:
+        """The app's after-restore hooks through the agent (CRaC's afterRestore); their milliseconds."""
+        t0 = time.perf_counter()
+        with guest.agent(timeout=self.spec.timeout_s) as a:
+            rep = a.call("after-restore", {"steps": ["hooks"], "generation": 1}, timeout=self.spec.timeout_s)
+        if not rep.get("ok"):
+            raise RunFailed("hooks", f"after-restore hooks failed: {json.dumps(rep.get('steps'))[:300]}")
+        return (time.perf_counter() - t0) * 1e3
+
+    def _process_restore(self, state: JvmState, kind: str, rundir: Path) -> RunOutcome:
+        """``criu``/``criu-lazy``: a fresh boot without a JVM restores the checkpoint (module
+        :mod:`.process`); times from the restore command (guest clock) and from the VM's start."""
+        assert state.scratch is not None, "variant() makes the checkpoint when the study has criu kinds"
+        wl = self.spec.workload
+        g = self.spec.guest
+        name = vm_name()
+        run_dir = state_dir() / "vms" / name
+        vm = MicroVM(self._fc, name=name, purpose=f"experiment {self.spec.name}: {rundir.name}")
+        try:
+            with vm:
+                t0 = time.perf_counter()
+                try:
+                    vm.boot(VMConfig(kernel=str(g.kernel), rootfs=str(self.rootfs(state.variant)),
+                                     boot_args=self.boot_args(state.variant, java=False),
+                                     mem_size_mib=g.mem_size_mib, vcpu_count=g.vcpus, vsock_cid=3,
+                                     drives=[{"path": str(state.scratch), "read_only": True}],
+                                     labels={"variant": state.variant.name, "restore": kind}))
+                except FirecracerError as exc:
+                    raise RunFailed("boot", str(exc)) from None
+                guest = GuestDriver(vm.vsock_path, app_port=wl.port, path=wl.path)
+                boot_s = crac.wait_agent(guest.agent_address, wl.ready_timeout_s, vm.alive)
+                t_cmd = time.perf_counter()
+                with guest.agent(timeout=self.spec.timeout_s) as a:
+                    reply = crac.restore_in_guest(a, lazy=kind == "criu-lazy", port=wl.port, path=wl.path,
+                                                  timeout=self.spec.timeout_s)
+                t_reply = time.perf_counter()
+                fr = reply.get("first_request") or {}
+                if fr.get("status") != 200:
+                    raise RunFailed("first-response", f"the first request answered HTTP {fr.get('status')}")
+                hooks = reply.get("hooks") or {}
+                if hooks and not hooks.get("ok", True):
+                    raise RunFailed("hooks", f"after-restore hooks failed: {json.dumps(hooks)[:300]}")
+                check = guest.request(self.spec.timeout_s, retries=3)  # the path the VM restores use
+                if check.status != 200:
+                    raise RunFailed("first-response", f"over vsock the service answered HTTP {check.status}")
+                first = float(reply.get("first_response_seconds") or 0.0) * 1e3
+                timings = {"boot_to_agent": boot_s * 1e3, "restore": float(reply.get("seconds", 0)) * 1e3,
+                           "hooks": float(reply.get("hooks_seconds") or 0) * 1e3,
+                           "first_byte": (float(reply.get("running_seconds") or 0)
+                                          + float(fr.get("first_byte_s") or 0)) * 1e3,
+                           "first_response": first, "request": float(fr.get("seconds") or 0) * 1e3,
+                           "restore_command_round_trip": (t_reply - t_cmd) * 1e3,
+                           "first_response_from_vm_start": (t_cmd - t0) * 1e3 + first}
+        finally:
+            keep_logs(run_dir, rundir / "vm")
+            shutil.rmtree(run_dir, ignore_errors=True)
+        metrics = crac.write_recording(state.workdir, rundir, reply, kind)
+        metrics.update(http_status=fr.get("status"), response_bytes=fr.get("bytes"),
+                       boot_share_of_first_response=round(timings["boot_to_agent"]
+                                                          / timings["first_response_from_vm_start"], 4))
+        self._write_recording_json(state, rundir, kind, timings, metrics, "criu",
+                                   address_space="criu-image")
+        return RunOutcome(timings_ms=timings, metrics=metrics,
+                          pages=from_trace(rundir / "trace.npz") if kind == "criu-lazy" else None)
