@@ -25,6 +25,7 @@ import numpy.typing as npt
 
 from firecracer.analysis.join import CLASS_NAMES, Attribution, OwnerClass
 from firecracer.analysis.memmap import KPF_HUGE, KPF_THP
+from firecracer.analysis.process import is_process_recording
 
 FLAG_FAULTING = 2        # trace.flags bit 1: the faulting page itself (docs/formats.md)
 
@@ -371,6 +372,8 @@ def totals(att: Attribution) -> dict[str, Any]:
         "attributed_pct": _pct(attributed, first),
         "shared_pages": int((att.phys_nrows > 1).sum()),
         "nmt_pid": rec.nmt_pid,
+        # "criu-image": a process restore, its pages laid out by virtual address (analysis.process)
+        "address_space": "criu-image" if is_process_recording(rec.meta) else "guest-physical",
     }
     if tr is not None:
         out["faults"] = int(tr.meta.get("faults", int((tr.fault >= 0).sum())))

@@ -93,7 +93,9 @@ def analyze(files: tuple[Path, ...], seed: bool, compare_with: Path | None, as_j
 
 
 def _render_totals(label: str, tot: dict[str, Any]) -> None:
-    console.print(f"[bold]{label}[/bold]: {tot['physical_pages']:,} physical pages in "
+    space = ("pages of the JVM's CRIU images (a process restore, in virtual-address order)"
+             if tot.get("address_space") == "criu-image" else "physical pages")
+    console.print(f"[bold]{label}[/bold]: {tot['physical_pages']:,} {space} in "
                   f"{tot['processes']} sections, {tot['mappings']:,} mappings; "
                   f"{tot['uffd_events']:,} uffd events ({tot['pages_loaded']:,} loaded, "
                   f"{tot['pages_zeroed']:,} zeroed); {tot['nmt_regions']} NMT regions; "

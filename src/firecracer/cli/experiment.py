@@ -240,21 +240,35 @@ def merge(dest: str, shards: tuple[str, ...], no_recordings: bool) -> None:
 @click.option("--jvm", is_flag=True,
               help="The JVM-settings study on Spring PetClinic instead (jvm backend: 5 JVM option sets × "
                    "ondemand, prefetch × 3), with guest.kernel/rootfs set to the built image.")
-def example(out: str | None, jvm: bool) -> None:
-    """Print (or copy out) a bundled spec: the probe-guest study (2 working sets × 4 strategies × 3), or
-    with --jvm the JVM-settings study on PetClinic."""
-    from firecracer.experiment.spec import example_spec_path, jvm_example_text
+@click.option("--crac", is_flag=True,
+              help="The CRaC study on Spring PetClinic instead: one JVM restored as a VM (ondemand, "
+                   "prefetch) "
+                   "and as a process with CRIU (criu, criu-lazy) × 3, with the built image's paths.")
+@click.option("--repetitions", type=click.IntRange(1, 1000), default=None,
+              help="Another repetition count than the spec's.")
+def example(out: str | None, jvm: bool, crac: bool, repetitions: int | None) -> None:
+    """Print (or copy out) a bundled spec: the probe-guest study (2 working sets × 4 strategies × 3), with
+    --jvm the JVM-settings study on PetClinic, with --crac the VM-vs-process restore study."""
+    from firecracer.experiment.spec import (
+        crac_example_spec_path,
+        example_spec_path,
+        example_spec_text,
+        jvm_example_text,
+    )
 
-    if jvm:
+    if jvm and crac:
+        raise click.UsageError("--jvm or --crac, not both")
+    if jvm or crac:
         from firecracer.image.kernel import latest_kernel
         from firecracer.image.rootfs import latest_rootfs
         from firecracer.paths import images_dir
 
         images = images_dir()  # not built yet: where 'image kernel' / 'image rootfs' will put them
         text = jvm_example_text(latest_kernel() or images / "vmlinux",
-                                latest_rootfs("petclinic") or images / "rootfs.ext4")
+                                latest_rootfs("petclinic") or images / "rootfs.ext4",
+                                crac_example_spec_path() if crac else None, repetitions)
     else:
-        text = example_spec_path().read_text()
+        text = example_spec_text(repetitions) if repetitions else example_spec_path().read_text()
     if out:
         Path(out).write_text(text)
         console.print(f"wrote {out}")

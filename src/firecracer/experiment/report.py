@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from firecracer.experiment import svgplot
+from firecracer.experiment.spec import PROCESS_KINDS
 from firecracer.experiment.store import ResultStore, RunRecord, StudyInfo, now_iso
 from firecracer.experiment.workingset import jaccard
 
@@ -161,6 +162,10 @@ def _render(info: StudyInfo, runs: list[RunRecord], results_dir: Path, out_dir: 
     parts.append("<h2>Restored MiB per NMT category</h2>")
     parts.append(_nmt_plot(variants, strategies, by_cell))
 
+    if any(s in PROCESS_KINDS for s in strategies):
+        parts.append("<h2>VM restore vs process restore (CRaC)</h2>")
+        parts.append(_kinds_table(variants, strategies, by_cell))
+
     parts.append("<h2>Working-set similarity across repetitions</h2>")
     parts.append(_jaccard_section(variants, strategies, by_cell))
 
@@ -237,6 +242,52 @@ def _summary_table(variants: list[str], strategies: list[str],
                         f"<td>{_num(_median(fa), 0)}</td><td>{_num(_median(mb), 2)}</td>"
                         f"<td>{_num(_median(off), 3) if jv else '–'}</td></tr>")
     return head + "".join(rows) + "</table>"
+
+
+def _kinds_table(variants: list[str], strategies: list[str],
+                 by_cell: dict[tuple[str, str], list[RunRecord]]) -> str:
+    """Per variant × restore kind (medians): what the first request needed, per NMT category, what lies on
+    storage, and the time to the first response from the restore command and from the VM's start."""
+    cats: list[str] = []
+    for rs in by_cell.values():
+        for r in rs:
+            for c, b in (r.categories or {}).items():
+                if b and c not in cats:
+                    cats.append(c)
+    head = ('<table><tr><th class="l">variant</th><th class="l">restore</th><th>pages loaded</th><th>MiB</th>'
+            + "".join(f"<th>{escape(c)} MiB</th>" for c in cats)
+            + "<th>on storage MiB</th><th>first response ms (from restore)</th>"
+              "<th>from VM start ms</th><th>boot share</th></tr>")
+    rows = []
+    for v in variants:
+        for s in strategies:
+            cell = by_cell[(v, s)]
+            if not cell:
+                continue
+            pages = _median([float(r.metrics["pages"]) for r in cell if "pages" in r.metrics])
+            mib = _median([r.metrics["bytes"] / 2**20 for r in cell if "bytes" in r.metrics])
+            per = [_median([float((r.categories or {}).get(c, 0)) / 2**20 for r in cell if r.categories])
+                   for c in cats]
+            stored = _median([float(r.metrics.get("checkpoint_bytes") or r.metrics.get("snapshot_bytes") or 0)
+                              / 2**20 for r in cell if r.metrics.get("checkpoint_bytes")
+                              or r.metrics.get("snapshot_bytes")])
+            fr = _median([r.timings["first_response"] for r in cell if "first_response" in r.timings])
+            fv = _median([r.timings["first_response_from_vm_start"] for r in cell
+                          if "first_response_from_vm_start" in r.timings])
+            boot = _median([float(r.metrics["boot_share_of_first_response"]) for r in cell
+                            if "boot_share_of_first_response" in r.metrics])
+            rows.append(f'<tr><td class="l">{escape(v)}</td><td class="l">{escape(s)}</td>'
+                        f"<td>{_num(pages, 0)}</td><td>{_num(mib, 1)}</td>"
+                        + "".join(f"<td>{_num(x, 1)}</td>" for x in per)
+                        + f"<td>{_num(stored, 0)}</td><td>{_num(fr)}</td><td>{_num(fv)}</td>"
+                          f"<td>{_num(boot * 100, 0) + ' %' if boot == boot else '–'}</td></tr>")
+    note = ('<p class="muted">VM kinds load pages of the snapshot\'s memory file through the page server '
+            "(<code>ondemand</code>, <code>prefetch</code>); process kinds restore the JVM alone from CRIU's "
+            "images in a fresh boot: <code>criu</code> reads every page before the JVM runs, "
+            "<code>criu-lazy</code> loads them on demand (CRIU's lazy-pages daemon; pages until the first "
+            "response). Private file pages a process restore maps from the image's files again are not in "
+            "CRIU's images and not counted. <i>From VM start</i> includes a process restore's boot.</p>")
+    return note + head + "".join(rows) + "</table>"
 
 
 def _speedup(base: float, x: float) -> str:

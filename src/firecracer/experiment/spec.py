@@ -515,11 +515,24 @@ def jvm_example_spec_path() -> Path:
     return Path(__file__).with_name("examples") / "petclinic-jvm-settings.toml"
 
 
-def jvm_example_text(kernel: Path, rootfs: Path) -> str:
-    """The JVM-settings study with ``guest.kernel``/``guest.rootfs`` set to these (e.g. the built image)."""
-    text = jvm_example_spec_path().read_text(encoding="utf-8")
+def crac_example_spec_path() -> Path:
+    """The bundled CRaC study: PetClinic restored as a VM (ondemand, prefetch) and as a process (criu,
+    criu-lazy) × 3."""
+    return Path(__file__).with_name("examples") / "petclinic-crac.toml"
+
+
+def jvm_example_text(kernel: Path, rootfs: Path, spec_path: Path | None = None,
+                     repetitions: int | None = None) -> str:
+    """A bundled jvm study (default: the JVM-settings one) with ``guest.kernel``/``guest.rootfs`` set to
+    these (e.g. the built image), and optionally another repetition count."""
+    spec_path = spec_path or jvm_example_spec_path()
+    text = spec_path.read_text(encoding="utf-8")
     for key, value in (("kernel", kernel), ("rootfs", rootfs)):
         text, n = re.subn(rf'(?m)^{key} = "[^"\n]*"', f"{key} = {json.dumps(str(value))}", text, count=1)
         if n != 1:
-            raise FormatError(jvm_example_spec_path(), 0, f"guest.{key}: no line to fill in")
+            raise FormatError(spec_path, 0, f"guest.{key}: no line to fill in")
+    if repetitions is not None:
+        if repetitions < 1:
+            raise ValueError(f"repetitions must be >= 1, got {repetitions}")
+        text = re.sub(r"(?m)^repetitions = \d+", f"repetitions = {repetitions}", text, count=1)
     return text

@@ -53,6 +53,7 @@ import numpy as np
 import numpy.typing as npt
 
 from firecracer.analysis.join import CLASS_NAMES, Attribution, OwnerClass
+from firecracer.analysis.process import is_process_recording
 from firecracer.analysis.recording import Recording
 from firecracer.analysis.tables import tables, totals
 
@@ -326,7 +327,7 @@ def pack(att: Attribution, label: str | None = None) -> Packed:
     summary = {k: {"title": tabs[k].title, "columns": tabs[k].columns, "rows": tabs[k].rows}
                for k in SUMMARY_TABLES if k in tabs and tabs[k].columns}
     facts = {k: rec.meta[k] for k in ("source", "created", "vmm", "guest", "jvm", "strategy", "timings_ms",
-                                      "host") if k in rec.meta}
+                                      "host", "address_space") if k in rec.meta}
     meta: dict[str, Any] = {
         "label": label or rec.label, "path": str(rec.path) if rec.path else None, "facts": facts,
         "page_size": ps, "slots": int(slots), "phys_bytes": int(phys_bytes) or int(slots) * ps,
@@ -334,5 +335,7 @@ def pack(att: Attribution, label: str | None = None) -> Packed:
         "owners": owners, "map_names": list(names), "nmt": nmt, "trace": trace_meta,
         "totals": totals(att), "tables": summary, "chart": chart_series(att),
         "arrays": blob.directory, "classes": list(CLASS_NAMES), "no_memmap": no_memmap_reason(rec),
+        # a process restore (CRIU) has no physical pages: its grid is the JVM's image, in address order
+        "space": "process" if is_process_recording(rec.meta) else "physical",
     }
     return Packed(meta=meta, blobs=blob.compressed(), raw_bytes=blob.size, arrays=blob.arrays)

@@ -215,7 +215,8 @@ class Panel {
     h.title = rec.m.label; // a long label is cut with an ellipsis to fit the window
     const t = rec.m.totals;
     h.appendChild(el("span", "sub", (rec.m.no_memmap ? "no memory map" : `${fmtInt(t.physical_pages)} pages`) +
-      `, ${fmtInt(t.uffd_events)} events`));
+      `, ${fmtInt(t.uffd_events)} events` +
+      (rec.m.space === "process" ? " · the JVM process image (CRIU), in virtual-address order" : "")));
     this.root.appendChild(h);
     this.view = el("div", "view");
     this.scroller = el("div", "scroller"); this.sizer = el("div", "sizer");
@@ -657,7 +658,7 @@ function renderSummary() {
     const t = m.totals;
     const facts = Object.entries(m.facts).map(([k, v]) => `${k}: ${typeof v === "object" ? JSON.stringify(v) : v}`).join(" · ");
     h += `<div class="col"><h3>${esc(m.label)}</h3><div class="facts">${esc(facts)}</div>`;
-    h += `<p>${fmtInt(t.physical_pages)} physical pages, ${t.processes} owners, ${fmtInt(t.uffd_events)} uffd events ` +
+    h += `<p>${fmtInt(t.physical_pages)} ${m.space === "process" ? "pages of the JVM's CRIU images (virtual-address order)" : "physical pages"}, ${t.processes} owners, ${fmtInt(t.uffd_events)} uffd events ` +
       `(${fmtInt(t.pages_loaded)} pages / ${kb(t.pages_loaded * m.page_size)} kB loaded, ${fmtInt(t.pages_zeroed)} pages / ${kb(t.pages_zeroed * m.page_size)} kB zeroed), ` +
       `${t.nmt_regions} NMT regions; restored ${kb(t.restored_kb * 1024)} kB, ${t.attributed_pct ?? "–"} % attributed.</p>`;
     h += `<h4>Restored MiB over time per category</h4>` + chartSVG(m.chart, 640, Math.max(220, 40 + 15 * m.chart.series.length));
