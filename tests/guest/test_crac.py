@@ -100,8 +100,8 @@ def test_init_starts_a_criu_ready_jvm_only_when_asked() -> None:
     assert init.JVM_LOG == crac.JVM_LOG and init.CHECKPOINTED == crac.CHECKPOINTED
 
 
-def test_log_tail_copies_what_is_appended_and_skips_a_restored_copy(tmp_path: Path,
-                                                                    capfdbinary: pytest.CaptureFixture[bytes]) -> None:
+def test_log_tail_copies_what_is_appended_and_skips_a_restored_copy(
+        tmp_path: Path, capfdbinary: pytest.CaptureFixture[bytes]) -> None:
     log = tmp_path / "jvm.log"
     fresh = init.LogTail(log)
     fresh.copy()  # no file yet: nothing, no error
