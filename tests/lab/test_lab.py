@@ -203,6 +203,18 @@ def test_jvm_smoke_in_the_lab(lab: Lab, tmp_path: Path) -> None:
     assert int(suite.get("skipped", 0)) == 0 and int(suite.get("failures", 0)) == 0
 
 
+@pytest.mark.timeout(1320)
+def test_crac_in_the_lab(lab: Lab, tmp_path: Path) -> None:
+    """CRaC's half in CI (tests/guestvm/test_crac.py in L1): criu check in the guest, a checkpoint CRIU
+    refuses (the JVM goes on), a checkpoint onto the scratch drive, eager and lazy restores in another
+    boot answering 200, the lazy restore's pages attributed. One JVM boot: 6-10 min, bounded like the
+    smoke."""
+    suite = _guest_suite(lab, tmp_path, "crac", timeout=1020, budget=1140)
+    assert int(suite.get("tests", 0)) == 6
+    assert int(suite.get("skipped", 0)) == 0 and int(suite.get("failures", 0)) == 0
+    assert (lab.cwd / "crac-lazy-recording" / "trace.npz").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(2600)
 def test_image_boots_on_firecracker_1_7_in_the_lab(lab: Lab, tmp_path: Path) -> None:
@@ -307,3 +319,38 @@ def test_demo_picks_jvm_in_the_lab(lab: Lab) -> None:
         assert json.loads((Path(r) / "recording.json").read_text())["source"] == "firecracker"
     od = data["summary"]["variants"]["default"]
     assert od["ondemand"]["faults"] > 500 and od["attributed_pct"] >= 99.0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(5400)
+def test_crac_study_goes_to_the_lab(lab: Lab, tmp_path: Path) -> None:
+    """``experiment example --crac`` with one repetition, end to end: ondemand, prefetch, criu, criu-lazy
+    all ok; the report puts the restore kinds side by side."""
+    from firecracer import host
+    from firecracer.experiment.store import ResultStore
+
+    if host.check_linux_guests().ok:
+        pytest.skip("this host's KVM boots Linux guests: the study runs natively, not in the lab")
+    fc = firecracker()
+    built_image()
+    spec = tmp_path / "crac.toml"
+    ex = subprocess.run([sys.executable, "-m", "firecracer", "experiment", "example", "--crac",
+                         "--repetitions", "1", "-o", str(spec)], env=lab.env, capture_output=True, text=True,
+                        timeout=120, check=False)
+    assert ex.returncode == 0, ex.stderr
+    results = lab.cwd / "results"
+    res = subprocess.run([sys.executable, "-m", "firecracer", "experiment", "run", str(spec), "-o",
+                          str(results), "--firecracker", str(fc)], cwd=lab.cwd, env=lab.env,
+                         capture_output=True, text=True, timeout=5000, check=False)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    with ResultStore.open(results) as store:
+        runs = store.runs()
+    assert sorted(r.strategy for r in runs) == ["criu", "criu-lazy", "ondemand", "prefetch"]
+    assert all(r.ok for r in runs), [(r.run_id, r.reason) for r in runs]
+    lazy = next(r for r in runs if r.strategy == "criu-lazy")
+    assert lazy.metrics["faults"] > 100 and lazy.categories, lazy.metrics
+    rep = subprocess.run([sys.executable, "-m", "firecracer", "experiment", "report", str(results)],
+                         env=lab.env, capture_output=True, text=True, timeout=300, check=False)
+    assert rep.returncode == 0, rep.stderr
+    html = (results / "report.html").read_text()
+    assert "VM restore vs process restore" in html and "not comparable to KVM" in html

@@ -61,6 +61,23 @@ INIT_PATH = "/sbin/firecracer-init"
 KERNEL_ARGS = f"root=/dev/vda ro init={INIT_PATH}"
 
 
+def jdk_feature_version(home: Path) -> int:
+    """The JDK's feature release (17, 25, …) from its ``release`` file; 0 when unknown."""
+    try:
+        text = (home / "release").read_text(errors="replace")
+    except OSError:
+        return 0
+    m = re.search(r'^JAVA_VERSION="?(\d+)', text, re.M)
+    return int(m.group(1)) if m else 0
+
+
+def jdk_has_crac(home: Path, release: dict[str, str]) -> bool:
+    """Whether a JDK has CRaC built in: its ``release`` lists the ``jdk.crac`` module, or it bundles CRIU
+    (``lib/criu``, where CRaC builds keep theirs)."""
+    modules = release.get("MODULES", "").split()
+    return "jdk.crac" in modules or (home / "lib" / "criu").exists()
+
+
 @dataclass(frozen=True)
 class JdkSpec:
     """``debian`` (openjdk-17-jdk-headless from the mirror), a JDK directory, or a JDK tarball."""
@@ -489,9 +506,23 @@ def _install_app(root: Path, app: AppSpec, jdk: JdkSpec, log: Path, rep: Reporte
               log, "AppCDS training run", rep, timeout=train_seconds + 300)
     if not (app_dir / "app-cds.jsa").is_file():
         raise ImageError(f"the AppCDS training run of {app.main} wrote no archive (see {log})")
+    aot = None
+    jdk_link = root / "opt" / "jdk"  # Debian's: a link to an absolute path inside the image
+    jdk_home = root / os.readlink(jdk_link).lstrip("/") if jdk_link.is_symlink() else jdk_link
+    if jdk_feature_version(jdk_home) >= 25:
+        # JEP 483/514: an AOT cache (classes loaded and linked, method profiles) from one training run;
+        # the JVM takes it with -XX:AOTCache (a study's variant: docs/crac.md, "The JVM's other answer")
+        rep.step(f"AOT cache training run of {app.main} ({how})")
+        in_chroot(root, ["/usr/bin/python3", "-I", INIT_PATH, "--train", str(train_seconds), "--", java,
+                         "-XX:AOTCacheOutput=/opt/app/app.aot", "-cp", ":".join(classpath), app.main,
+                         *train_args],
+                  log, "AOT cache training run", rep, timeout=train_seconds + 600)
+        if not (app_dir / "app.aot").is_file():
+            raise ImageError(f"the AOT cache training run of {app.main} wrote no cache (see {log})")
+        aot = "/opt/app/app.aot"
     info: dict[str, object] = {
         "name": app.kind, "classpath": classpath, "main": app.main, "jar": jar, "args": list(app.args),
-        "appcds": "/opt/app/app-cds.jsa", "workdir": "/opt/app",
+        "appcds": "/opt/app/app-cds.jsa", "aotcache": aot, "workdir": "/opt/app",
         "port": APP_PORT if app.bundled else None,
         "debian_packages": list(app.packages),
     }
@@ -523,7 +554,10 @@ def _manifest(root: Path, jdk: JdkSpec, jdk_home: str, app: AppSpec, app_info: d
         "jdk": {"source": jdk.kind, "path": str(jdk.path) if jdk.path else DEBIAN_JDK_PACKAGE,
                 "home": jdk_home,
                 "version": release.get("JAVA_RUNTIME_VERSION") or release.get("JAVA_VERSION"),
-                "has_jcmd": (home / "bin" / "jcmd").exists()},
+                "has_jcmd": (home / "bin" / "jcmd").exists(),
+                # a CRaC JDK checkpoints itself (JDK.checkpoint, -XX:CRaCRestoreFrom, its own criu):
+                # docs/crac.md; recorded so a study can say which engine its process restores used
+                "crac": jdk_has_crac(home, release)},
         "app": app_info | {"source": str(app.jar) if app.jar else f"bundled:{app.kind}"},
         "archives": archives,
         "init": INIT_PATH, "kernel_args": KERNEL_ARGS,

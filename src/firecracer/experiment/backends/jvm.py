@@ -421,7 +421,8 @@ class JvmBackend(Backend[JvmState]):
                 try:
                     guest = GuestDriver(vm.vsock_path, app_port=wl.port, path=wl.path)
                     with vm.page_server_guard():  # a dead page server ends the request at once
-                        if self.process_kinds:  # as the process restores do: the app's afterRestore first
+                        if "hooks" in wl.prepare or self.process_kinds:
+                            # the snapshot ran the app's beforeCheckpoint: its afterRestore comes first
                             hooks_ms = self._after_restore_hooks(guest)
                         r = guest.request(self.spec.timeout_s, retries=3)
                 except FirecracerError as exc:
