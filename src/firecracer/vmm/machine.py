@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from firecracer.errors import FirecracerError, FirecrackerError
-from firecracer.paths import state_dir
+from firecracer.paths import open_private, private_run_dir, state_dir
 from firecracer.vmm import config as cfg
 from firecracer.vmm import hugepages
 from firecracer.vmm.api import ApiClient, Unsupported, Watch
@@ -307,7 +307,7 @@ class MicroVM:
                       "uffd.log", "supervisor.log"):
                 (self.run_dir / f).unlink(missing_ok=True)
         try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            private_run_dir(self.run_dir)
         except OSError as exc:
             raise FirecracerError(f"{self.run_dir}: cannot create the VM's run directory "
                                   f"({exc.strerror or exc})") from None
@@ -332,7 +332,7 @@ class MicroVM:
 
     def _start_supervisor(self) -> None:
         """Start the keeper of a VM that will outlive this process (see :mod:`firecracer.vmm.supervisor`)."""
-        with open(self.run_dir / "supervisor.log", "ab") as log:
+        with open(open_private(self.run_dir / "supervisor.log"), "ab") as log:
             self._supervisor = spawn([sys.executable, "-m", "firecracer.vmm.supervisor", str(self.run_dir)],
                                      lifeline=False, run_dir=self.run_dir, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=log)
