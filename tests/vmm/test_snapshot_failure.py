@@ -86,8 +86,8 @@ def test_snapshot_onto_a_full_file_system_resumes_the_vm(fc: Path, small_fs: Pat
         assert fc_state("full1") == "Running"
         line = one_line_error(fcr("vm", "snapshot", "full1", str(small_fs / "snap")))
         assert "No space left on device" in line, line  # Firecracker's own error, relayed
+        assert fc_state("full1") == "Running", line
         assert line.endswith("; the VM full1 is running again (resumed after the failed snapshot)"), line
-        assert fc_state("full1") == "Running"
         listed = json.loads(fcr("vm", "ls", "--json").stdout)
         assert [(r["name"], r["state"]) for r in listed] == [("full1", "running")]
         assert list(small_fs.iterdir()) == []  # neither the snapshot nor its partial directory
@@ -137,10 +137,10 @@ def test_interrupted_snapshot_resumes_the_vm(fc: Path, tmp_path: Path, sig: sign
                 proc.kill()
                 proc.wait()
         assert proc.returncode == 128 + sig, (proc.returncode, out, err)
+        assert fc_state(name) == "Running", err
         word = "terminated" if sig == signal.SIGTERM else "interrupted"
         assert f"firecracer: {word}; the VM {name} is running again (resumed after the failed snapshot)" \
             in err, err
-        assert fc_state(name) == "Running"
         assert json.loads(fcr("vm", "ls", "--json").stdout)[0]["state"] == "running"
         assert not dest.exists() and not list(tmp_path.glob(".snap.partial-*"))
     finally:
