@@ -743,13 +743,17 @@ class MicroVM:
             return f"the VM {self.name} is not running"
         with deferred_signals() as deferred:
             try:
-                running = self._fc_state() == "Running"
-                if running and not paused_here:
+                # Firecracker answers only once it is done with a create we stopped waiting for: allow the
+                # create's own bound
+                running = self._fc_state(timeout=600) == "Running"
+                if running:
+                    if self.state == "paused":  # a pause that failed half-way: our record must agree
+                        self.state = "running"
+                        self._write_record()
                     return f"the VM {self.name} is running"
                 if not paused_here:
                     return f"the VM {self.name} is paused (as it was before the snapshot)"
-                if not running:
-                    self.resume(timeout=600)  # the bound of the create it may be waiting behind
+                self.resume(timeout=600)
                 state = self._fc_state()
                 if state != "Running":
                     return (f"the VM {self.name} is still paused: Firecracker says {state!r} after the "
@@ -764,9 +768,9 @@ class MicroVM:
                 if isinstance(exc, KeyboardInterrupt | SystemExit):
                     deferred.pending.clear()
 
-    def _fc_state(self) -> str:
+    def _fc_state(self, timeout: float | None = None) -> str:
         """Firecracker's own word on the VM (``GET /``: ``Running``, ``Paused``, ``Not started``)."""
-        info = self.api.get("/")
+        info = self.api.request("GET", "/", timeout=timeout)
         state = info.get("state") if isinstance(info, dict) else None
         if not isinstance(state, str):
             raise FirecrackerError(f"GET /: no state in Firecracker's answer {info!r}", method="GET",
