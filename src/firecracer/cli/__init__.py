@@ -1,7 +1,8 @@
 """The ``firecracer`` command: one module per command group, each thin over the library.
 
-Every ``FirecracerError`` becomes one line on stderr and exit status 1; Ctrl-C exits 130 after the
-library's own cleanup (context managers) has run.
+Every ``FirecracerError`` becomes one line on stderr and exit status 1; Ctrl-C exits 130 (SIGTERM 143)
+after the library's own cleanup (context managers) has run, with what that cleanup noted on the
+interrupt (e.g. the state a VM was left in) on the same line.
 """
 
 from __future__ import annotations
@@ -46,19 +47,31 @@ for _module in (demo, doctor, install, image, vm, selftest, uffd, collect, analy
         cli.add_command(_cmd)
 
 
+def _notes(exc: BaseException) -> str:
+    """What the library added to an interrupt on its way out (e.g. the state a VM was left in)."""
+    return "".join(f"; {n}" for n in getattr(exc, "__notes__", ()) if isinstance(n, str))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     try:
         cli.main(args=argv, prog_name="firecracer", standalone_mode=False)
-    except click.exceptions.Abort:
-        err_console.print("firecracer: interrupted")
+    except click.exceptions.Abort as exc:  # click's wrapping of KeyboardInterrupt
+        err_console.print("firecracer: interrupted" + _notes(exc.__cause__ or exc), markup=False,
+                          highlight=False, soft_wrap=True)
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        err_console.print("firecracer: interrupted")
+    except KeyboardInterrupt as exc:
+        err_console.print("firecracer: interrupted" + _notes(exc), markup=False, highlight=False,
+                          soft_wrap=True)
         sys.exit(130)
+    except SystemExit as exc:  # SIGTERM unwinds as SystemExit(143) (term_runs_cleanup)
+        if getattr(exc, "__notes__", None):
+            err_console.print("firecracer: terminated" + _notes(exc), markup=False, highlight=False,
+                              soft_wrap=True)
+        raise
     except FirecracerError as exc:
         err_console.print(f"firecracer: error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(1)

@@ -8,7 +8,7 @@ from firecracer.cli._render import console, err_console, print_json
 from firecracer.errors import FirecracerError
 from firecracer.guest import memmap, recording
 from firecracer.guest.agent import DEFAULT_PORT as AGENT_PORT
-from firecracer.guest.client import AgentClient
+from firecracer.guest.client import AgentClient, AgentError
 
 
 @click.command()
@@ -18,7 +18,9 @@ from firecracer.guest.client import AgentClient
 @click.option("--local", "local", is_flag=True, help="Collect this host (needs root).")
 @click.option("--agent", "agent", metavar="ADDR",
               help="Collect a guest through its agent: vsock:UDS_PATH:PORT, tcp:HOST:PORT or unix:PATH.")
-@click.option("--pid", "pids", type=int, multiple=True, help="Only walk these processes (repeatable).")
+@click.option("--pid", "pids", type=int, multiple=True,
+              help="Only walk these processes (repeatable). None of them existing is an error; some "
+                   "missing among several (or exiting meanwhile) is a note.")
 @click.option("--jvm", "jvm_pid", type=int, help="The JVM for nmt.txt/smaps (default: the only java).")
 @click.option("--sections", default=",".join(memmap.SECTIONS), show_default=True,
               help="Comma-separated memmap sections to collect.")
@@ -53,6 +55,13 @@ def collect(vm_name: str | None, port: int, local: bool, agent: str | None, pids
             with AgentClient.connect(agent, timeout=timeout, retries=3) as client:
                 summary = recording.collect_agent(client, out, pids=list(pids) or None, jvm_pid=jvm_pid,
                                                   seed=fmt == "seed", source=source, sections=list(secs))
+    except memmap.NoSuchProcess as exc:  # the user named it: one line, nothing written
+        raise FirecracerError(str(exc)) from None
+    except AgentError as exc:
+        if exc.code != "no-such-process":
+            raise
+        said = str(exc).removeprefix("agent 'collect-memmap' failed: ")
+        raise FirecracerError(f"{said} in the guest" + (f" of VM {vm_name}" if vm_name else "")) from None
     except memmap.CollectError as exc:
         raise FirecracerError(f"collect: {exc}") from None
     except OSError as exc:

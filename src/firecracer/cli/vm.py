@@ -232,7 +232,10 @@ def resume(name: str) -> None:
 @click.argument("dest", type=click.Path(file_okay=False))
 @click.option("--diff", is_flag=True, help="Diff snapshot (pages dirtied since the last snapshot).")
 @click.option("--punch-holes", is_flag=True, help="Deallocate all-zero pages of the memory file.")
-@click.option("--resume", "resume_after", is_flag=True, help="Resume afterwards (default: stays paused).")
+@click.option("--resume", "resume_after", is_flag=True,
+              help="Resume afterwards (default: stays paused). A snapshot that fails or is interrupted "
+                   "always resumes a VM it paused; pause it first ('vm pause') to keep it paused whatever "
+                   "happens.")
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE")
 @click.option("--json", "as_json", is_flag=True)
 def snapshot(name: str, dest: str, diff: bool, punch_holes: bool, resume_after: bool, labels: tuple[str, ...],
@@ -250,7 +253,9 @@ def snapshot(name: str, dest: str, diff: bool, punch_holes: bool, resume_after: 
     console.print(f"{snap.type.value} snapshot of {name} in {snap.dir} (Firecracker "
                   f"{snap.firecracker_version}, format {snap.snapshot_format}, create "
                   f"{human_ms(snap.timings_ms['create'])} ms, mem {snap.mem['allocated_bytes'] / mib:.1f} of "
-                  f"{snap.mem['size'] / mib:.0f} MiB allocated{huge})", highlight=False)
+                  f"{snap.mem['size'] / mib:.0f} MiB allocated{huge}); {name} is "
+                  + ("running" if m.state == "running" else f"{m.state} ('firecracer vm resume {name}')"),
+                  highlight=False)
 
 
 @vm.command()

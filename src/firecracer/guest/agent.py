@@ -150,6 +150,8 @@ def cmd_collect_memmap(cfg: AgentConfig, args: dict[str, Any]) -> dict[str, Any]
     t0 = time.monotonic()
     try:
         mm = memmap.collect(pids, sections=tuple(sections), exclude=(os.getpid(),), source="guest")
+    except memmap.NoSuchProcess as exc:
+        raise RequestError("no-such-process", str(exc)) from None
     except memmap.CollectError as exc:
         raise RequestError("collect-error", str(exc)) from None
     data = mm.to_bytes()

@@ -34,6 +34,25 @@ class CollectError(Exception):
     """Collection cannot proceed (not root, /proc unreadable …); the message says which file and why."""
 
 
+class NoSuchProcess(CollectError):
+    """None of the processes asked for exists: ``pid N: no such process`` (``pids`` lists them)."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = list(pids)
+        which = f"pid {pids[0]}" if len(pids) == 1 else f"pids {', '.join(map(str, pids))}"
+        super().__init__(f"{which}: no such process")
+
+
+def check_pids(pids: list[int] | None) -> None:
+    """Refuse a walk of processes none of which exists (the user named them: a recording of the kernel
+    and free pages alone would answer another question). Some missing among several is a note later.
+
+    :raises NoSuchProcess: every pid in ``pids`` is missing.
+    """
+    if pids and not any(os.path.exists(f"/proc/{p}") for p in pids if p > 0):
+        raise NoSuchProcess(pids)
+
+
 @dataclass
 class Memmap:
     """The memmap columns as ``array.array``s plus the per-owner/per-mapping strings and meta."""
@@ -143,11 +162,13 @@ def collect(pids: list[int] | None = None, *, sections: tuple[str, ...] = SECTIO
     ``sections``: any of ``processes``, ``kernel``, ``pagecache``, ``free``.
     Processes that vanish or cannot be read while walking are listed in ``meta["skipped"]``.
 
-    Raises ``CollectError`` if the kpage files cannot be opened (needs root) or iomem hides addresses.
+    Raises ``CollectError`` if the kpage files cannot be opened (needs root) or iomem hides addresses,
+    ``NoSuchProcess`` (before anything is read) if ``pids`` names only processes that do not exist.
     """
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         raise CollectError(f"unknown memmap section(s) {sorted(unknown)}; known: {', '.join(SECTIONS)}")
+    check_pids(pids)
     mm = Memmap()
     mm.meta = {"phys_mem_bytes": procfs.phys_mem_bytes(), "kernel": platform.release(), "source": source,
                "collected": _now(), "sections": list(sections), "skipped": []}
@@ -184,7 +205,9 @@ def _collect_processes(mm: Memmap, kp: procfs.KPageFiles, pids: list[int] | None
         exe = procfs.exe_of(pid)
         if exe is None:
             if explicit:
-                mm.meta["skipped"].append({"pid": pid, "why": "no /proc/PID/exe (gone or kernel thread)"})
+                why = ("no such process" if not os.path.exists(f"/proc/{pid}")
+                       else "no /proc/PID/exe (gone or kernel thread)")
+                mm.meta["skipped"].append({"pid": pid, "why": why})
             continue
         try:
             _collect_process(mm, kp, pid, exe)

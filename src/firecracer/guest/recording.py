@@ -91,7 +91,9 @@ def collect_local(out: str | Path, *, pids: list[int] | None = None, jvm_pid: in
 
     ``pids``: processes to walk (default all). ``jvm_pid``: the JVM for nmt.txt/smaps (default the only
     ``java`` among ``pids``/all processes). ``restrict_output_to``: keep only these owner pids in the
-    written memmap (e.g. ``{jvm, 0}`` for a small fixture). Raises ``memmap.CollectError`` when not root.
+    written memmap (e.g. ``{jvm, 0}`` for a small fixture). Raises ``memmap.CollectError`` when not root,
+    ``memmap.NoSuchProcess`` before anything is read or written when none of ``pids`` exists (some
+    missing among several are a problem note).
     """
     t0 = time.monotonic()
     outp = Path(out)
@@ -112,8 +114,9 @@ def collect_local(out: str | Path, *, pids: list[int] | None = None, jvm_pid: in
         jvm_facts = {"pid": jvm_pid, "options": jvm.jvm_options(jvm_pid)}
         _save_text(outp, "nmt.txt", lambda: jvm.native_memory(jvm_pid, detail=True), summary)
         _save_text(outp, f"smaps/{jvm_pid}.txt", lambda: _read_smaps(jvm_pid), summary)
+    skipped = {s["pid"] for s in mm.meta.get("skipped", [])}  # already a note: no second one for smaps
     for p in pids or []:
-        if p != jvm_pid:
+        if p != jvm_pid and p not in skipped:
             _save_text(outp, f"smaps/{p}.txt", lambda p=p: _read_smaps(p), summary)  # type: ignore[misc]
     summary.seconds = round(time.monotonic() - t0, 3)
     merge_recording_json(outp, {
@@ -161,17 +164,18 @@ def collect_agent(client: Any, out: str | Path, *, pids: list[int] | None = None
     """Collect a guest through an ``AgentClient`` into recording directory ``out``.
 
     The memmap is collected first (before jcmd touches the JVM), then NMT and smaps of the JVM.
-    Agent errors for NMT/smaps are recorded as problems; a failing memmap raises ``AgentError``.
+    Agent errors for NMT/smaps are recorded as problems; a failing memmap raises ``AgentError`` (code
+    ``no-such-process`` when none of ``pids`` exists in the guest), and then nothing is written.
     """
     from firecracer.guest.client import AgentError
 
     t0 = time.monotonic()
     outp = Path(out)
-    outp.mkdir(parents=True, exist_ok=True)
     summary = CollectSummary(outp)
     ping = client.ping()
     t_mm = time.monotonic()
     data, info = client.collect_memmap_info(pids=pids, sections=sections)
+    outp.mkdir(parents=True, exist_ok=True)
     timings = {"memmap_s": round(time.monotonic() - t_mm, 3), "memmap_guest_s": info.get("seconds")}
     try:
         cols, meta = npyio.read_npz(io.BytesIO(data))

@@ -170,8 +170,8 @@ class ApiClient:
     def put(self, path: str, body: object, *, timeout: float | None = None) -> Any:
         return self.request("PUT", path, body, timeout=timeout)
 
-    def patch(self, path: str, body: object) -> Any:
-        return self.request("PATCH", path, body)
+    def patch(self, path: str, body: object, *, timeout: float | None = None) -> Any:
+        return self.request("PATCH", path, body, timeout=timeout)
 
     # -- readiness and version ---------------------------------------------------------------
     def wait_ready(self, timeout: float = 10.0, alive: Callable[[], bool] | None = None) -> None:

@@ -78,9 +78,15 @@ _spawner: _Spawner | None = None
 _spawner_lock = threading.Lock()
 
 
+#: what a process started for a VM creates is its owner's only: Firecracker's sockets and any log it
+#: creates in the run directory, its snapshot files (guest memory), the page server's socket and outputs
+CHILD_UMASK = 0o077
+
+
 def spawn(cmd: Sequence[str], *, lifeline: bool, run_dir: Path, stdin: Any = subprocess.DEVNULL,
           stdout: Any = None, stderr: Any = None, pass_fds: Sequence[int] = ()) -> subprocess.Popen[bytes]:
-    """``Popen`` in a new session (its own process group, so a kill reaches its helpers too).
+    """``Popen`` in a new session (its own process group, so a kill reaches its helpers too), with umask
+    :data:`CHILD_UMASK` (files and sockets it creates are 0600/0700).
 
     :param run_dir: its working directory and the mark in its environment (see module doc).
     :param lifeline: the child is SIGKILLed by the kernel when this process dies (see module doc).
@@ -92,6 +98,7 @@ def spawn(cmd: Sequence[str], *, lifeline: bool, run_dir: Path, stdin: Any = sub
         return subprocess.Popen(list(cmd), stdin=stdin, stdout=stdout, stderr=stderr, cwd=run_dir,
                                 env=child_env(run_dir),
                                 start_new_session=True, close_fds=True, pass_fds=tuple(pass_fds),
+                                umask=CHILD_UMASK,
                                 preexec_fn=_die_with(os.getpid()) if lifeline else None)
 
     if not lifeline or threading.current_thread() is threading.main_thread():

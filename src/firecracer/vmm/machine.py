@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from firecracer.errors import FirecracerError, FirecrackerError
-from firecracer.paths import state_dir
+from firecracer.paths import open_private, private_run_dir, state_dir
 from firecracer.vmm import config as cfg
 from firecracer.vmm import hugepages
 from firecracer.vmm.api import ApiClient, Unsupported, Watch
@@ -310,7 +310,7 @@ class MicroVM:
                       "uffd.log", "supervisor.log"):
                 (self.run_dir / f).unlink(missing_ok=True)
         try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            private_run_dir(self.run_dir)
         except OSError as exc:
             raise FirecracerError(f"{self.run_dir}: cannot create the VM's run directory "
                                   f"({exc.strerror or exc})") from None
@@ -335,7 +335,7 @@ class MicroVM:
 
     def _start_supervisor(self) -> None:
         """Start the keeper of a VM that will outlive this process (see :mod:`firecracer.vmm.supervisor`)."""
-        with open(self.run_dir / "supervisor.log", "ab") as log:
+        with open(open_private(self.run_dir / "supervisor.log"), "ab") as log:
             self._supervisor = spawn([sys.executable, "-m", "firecracer.vmm.supervisor", str(self.run_dir)],
                                      lifeline=False, run_dir=self.run_dir, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=log)
@@ -457,9 +457,11 @@ class MicroVM:
         self.state = "paused"
         self._write_record()
 
-    def resume(self) -> None:
+    def resume(self, *, timeout: float | None = None) -> None:
+        """``PATCH /vm Resumed``; ``timeout`` (s, default the API's) bounds the wait for Firecracker's answer,
+        which comes only after a request it is still busy with (e.g. a snapshot being written)."""
         t0 = time.perf_counter()
-        self.api.patch("/vm", {"state": "Resumed"})
+        self.api.patch("/vm", {"state": "Resumed"}, timeout=timeout)
         self.timings_ms["resume"] = (time.perf_counter() - t0) * 1000
         self.state = "running"
         self._write_record()
@@ -647,8 +649,16 @@ class MicroVM:
             snapshot, or the one it was restored from); its id is recorded, so the Diff is never
             merged onto another snapshot later.
         :param punch_holes: deallocate all-zero pages of the memory file afterwards.
+        :param resume: resume the VM once the snapshot is in place (else it stays paused).
         :raises FirecracerError: ``dest`` is not empty or not writable, Diff without a parent or without
             dirty-page tracking, or Firecracker refused.
+
+        A snapshot that fails or is interrupted (any exception, Ctrl-C, SIGTERM unwinding as
+        ``SystemExit``) leaves the VM as it found it: a VM this call paused is resumed (after Firecracker
+        has finished with the interrupted request), one that was paused already stays paused. The error's
+        line ends with the state the VM is in then (``the VM NAME is running again`` / ``is paused (as it
+        was before the snapshot)`` / ``is still paused: resuming it failed (…)`` / ``is not running``);
+        an interrupt carries that sentence as a note (``__notes__``), which the CLI prints.
         """
         d = Path(dest)
         if d.exists() and (not d.is_dir() or any(d.iterdir())):
@@ -669,8 +679,10 @@ class MicroVM:
             tmp.mkdir(parents=True)
         except OSError as exc:
             raise FirecracerError(f"{d}: cannot write the snapshot there ({exc.strerror or exc})") from None
+        paused_here = False
         try:
             if self.state == "running":
+                paused_here = True  # also when PATCH /vm fails half-way: the recovery asks Firecracker
                 self.pause()
             t0 = time.perf_counter()
             req = cfg.SnapshotCreate(str((tmp / "vmstate").resolve()), str((tmp / "mem").resolve()),
@@ -705,14 +717,74 @@ class MicroVM:
                 raise FirecracerError(f"{d}: cannot move the finished snapshot into place "
                                       f"({exc.strerror or exc})") from None
             snap = Snapshot.load(d)
-        except BaseException:
+        except BaseException as exc:
+            # resume first: Firecracker answers only once it is done with an interrupted create, so the
+            # partial directory is removed after its last write
+            said = self._recover_from_failed_snapshot(paused_here, exc)
             shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, OSError):
+                raise FirecracerError(f"{d}: cannot write the snapshot ({exc.strerror or exc}); "
+                                      f"{said}") from None
+            if isinstance(exc, FirecracerError) and len(exc.args) == 1 and str(exc) == exc.args[0]:
+                exc.args = (f"{exc.args[0]}; {said}",)  # the same typed error, one line that says it all
+            else:
+                exc.add_note(said)
             raise
         self.last_snapshot = snap
         self._write_record()
         if resume:
-            self.resume()
+            try:
+                self.resume()
+            except FirecracerError as exc:
+                raise FirecracerError(f"{self.name}: the snapshot in {d} is complete, but the VM is still "
+                                      f"paused: resuming it failed ({exc})") from None
         return snap
+
+    def _recover_from_failed_snapshot(self, paused_here: bool, exc: BaseException) -> str:
+        """Resume a VM that :meth:`snapshot` paused before it failed; the sentence naming its state now.
+
+        Signals are held back meanwhile (a second Ctrl-C must not leave the VM paused half-way); when the
+        failure was itself an interrupt they are dropped, as the process is ending anyway.
+        """
+        from firecracer.vmm.process import deferred_signals
+
+        if not self.alive():
+            return f"the VM {self.name} is not running"
+        with deferred_signals() as deferred:
+            try:
+                # Firecracker answers only once it is done with a create we stopped waiting for: allow the
+                # create's own bound
+                running = self._fc_state(timeout=600) == "Running"
+                if running:
+                    if self.state == "paused":  # a pause that failed half-way: our record must agree
+                        self.state = "running"
+                        self._write_record()
+                    return f"the VM {self.name} is running"
+                if not paused_here:
+                    return f"the VM {self.name} is paused (as it was before the snapshot)"
+                self.resume(timeout=600)
+                state = self._fc_state()
+                if state != "Running":
+                    return (f"the VM {self.name} is still paused: Firecracker says {state!r} after the "
+                            f"resume; 'firecracer vm resume {self.name}'")
+                return f"the VM {self.name} is running again (resumed after the failed snapshot)"
+            except FirecracerError as why:
+                if not self.alive():
+                    return f"the VM {self.name} is not running"
+                return (f"the VM {self.name} is still paused: resuming it failed ({why}); "
+                        f"'firecracer vm resume {self.name}'")
+            finally:
+                if isinstance(exc, KeyboardInterrupt | SystemExit):
+                    deferred.pending.clear()
+
+    def _fc_state(self, timeout: float | None = None) -> str:
+        """Firecracker's own word on the VM (``GET /``: ``Running``, ``Paused``, ``Not started``)."""
+        info = self.api.request("GET", "/", timeout=timeout)
+        state = info.get("state") if isinstance(info, dict) else None
+        if not isinstance(state, str):
+            raise FirecrackerError(f"GET /: no state in Firecracker's answer {info!r}", method="GET",
+                                   path="/")
+        return state
 
     @classmethod
     def restore(cls, snapshot: Snapshot | str | os.PathLike[str], *,

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from firecracer.errors import FirecracerError
+from firecracer.paths import open_private
 from firecracer.vmm.lifeline import spawn, start_time
 from firecracer.vmm.process import deferred_signals, last_error_line
 
@@ -149,7 +150,7 @@ class PageServer:
         self.socket_path.unlink(missing_ok=True)
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with deferred_signals() as deferred:
-            with open(self.log, "ab") as out:
+            with open(open_private(self.log), "ab") as out:
                 try:
                     self.proc = spawn(self.command, lifeline=self.lifeline, run_dir=self.log.parent,
                                       stdout=out, stderr=out)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from firecracer.errors import FirecrackerError
+from firecracer.paths import open_private, private_dir
 from firecracer.vmm.api import ApiClient, connect_unix
 from firecracer.vmm.binary import Version, firecracker_version
 from firecracer.vmm.lifeline import spawn
@@ -137,14 +138,14 @@ class FirecrackerProcess:
 
         :raises FirecrackerError: the socket is in use, Firecracker exited, or the API never came up.
         """
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.run_dir)
         if socket_in_use(self.api_sock):
             raise FirecrackerError(f"{self.api_sock}: socket path in use by another process; "
                                    "pick another VM name or kill that VM first")
         for stale in (self.api_sock, self.serial_in):
             stale.unlink(missing_ok=True)
-        for f in (self.log_path, self.metrics_path):
-            f.write_bytes(b"")
+        for f in (self.log_path, self.metrics_path):  # created here (0600): Firecracker only opens them
+            os.close(open_private(f, os.O_WRONLY | os.O_TRUNC))
         os.mkfifo(self.serial_in, 0o600)
         # O_RDWR: Firecracker never sees EOF on its stdin, and opening does not block.
         self._stdin_fd = os.open(self.serial_in, os.O_RDWR | os.O_CLOEXEC)
@@ -157,7 +158,8 @@ class FirecrackerProcess:
         if self.netns:
             cmd = ["ip", "netns", "exec", self.netns, *cmd]
         with deferred_signals() as deferred:
-            with open(self.serial_log, "ab") as out, open(self.stderr_path, "ab") as err:
+            with open(open_private(self.serial_log), "ab") as out, \
+                    open(open_private(self.stderr_path), "ab") as err:
                 try:
                     self.proc = spawn(cmd, lifeline=self.lifeline, run_dir=self.run_dir, stdin=self._stdin_fd,
                                       stdout=out, stderr=err)

@@ -258,6 +258,7 @@ def merge_diff(base_mem: Path, diff_mem: Path, out: Path) -> None:
     with atomic_output(out, "merged memory file") as tmp, open(base_mem, "rb") as b, \
             open(diff_mem, "rb") as d, open(tmp, "wb") as o:
         size = max(os.fstat(b.fileno()).st_size, os.fstat(d.fileno()).st_size)
+        os.fchmod(o.fileno(), os.fstat(b.fileno()).st_mode & 0o777)  # guest memory: as private as its base
         o.truncate(size)
         for src in (b, d):
             fd = src.fileno()

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from firecracer.paths import open_private
 from firecracer.vmm.lifeline import is_zombie, kill_all, processes_in, start_time
 
 RECORD = "vm.json"
@@ -68,7 +69,8 @@ def write_record(run_dir: Path, rec: dict[str, Any]) -> None:
     """Replace ``vm.json`` atomically (temporary file + rename)."""
     tmp = run_dir / f"{RECORD}.{os.getpid()}.tmp"
     try:
-        tmp.write_text(json.dumps(rec, indent=2, default=str) + "\n")
+        with open(open_private(tmp, os.O_WRONLY | os.O_TRUNC), "w", encoding="utf-8") as f:  # 0600
+            f.write(json.dumps(rec, indent=2, default=str) + "\n")
         os.replace(tmp, run_dir / RECORD)
     finally:
         tmp.unlink(missing_ok=True)
