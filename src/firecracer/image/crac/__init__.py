@@ -3,9 +3,10 @@
 Two Java source trees live here (standard Java, no dependencies):
 
 * ``agent/``: the Java agent ``firecracer-crac-agent.jar`` (``-javaagent:``). Its ``jdk.crac`` package (Core,
-  Context, Resource, CheckpointException, RestoreException) goes on the boot class path through the
-  manifest's ``Boot-Class-Path`` (the jar itself), so CRaC's ``org.crac`` library, which looks for
-  ``jdk.crac.Core`` by reflection, finds it with no ``-D`` option. At ``premain`` it listens on
+  Context, Resource, CheckpointException, RestoreException) goes on the boot class path at ``premain``
+  (``Instrumentation.appendToBootstrapClassLoaderSearch``; not the manifest's ``Boot-Class-Path``, which
+  JDK 17's AppCDS archives made without the agent refuse), so CRaC's ``org.crac`` library, which looks
+  for ``jdk.crac.Core`` by reflection, finds it with no ``-D`` option. At ``premain`` it listens on
   ``<notify dir>/crac.sock`` (:data:`SOCKET_NAME`), where the guest agent's ``before-snapshot N`` /
   ``after-restore N`` lines run the global context's hooks. On a JDK with CRaC built in (a ``jdk.crac``
   module) it provides nothing and drives the JDK's own global context.
@@ -31,7 +32,7 @@ from pathlib import Path
 
 from firecracer.image._build import ImageError
 
-#: the agent jar's file name: its manifest's Boot-Class-Path names it (relative to the jar's directory)
+#: the agent jar's file name
 AGENT_JAR = "firecracer-crac-agent.jar"
 #: where the image keeps the agent jar and its sources (``source/``)
 IMAGE_DIR = "/opt/firecracer/crac"
@@ -87,7 +88,7 @@ def agent_build_script(source_dir: str, out_dir: str, jdk_bin: str = "/opt/jdk/b
     manifest = f"{out_dir}/agent.mf"
     return (f"set -e; rm -rf {classes}; {jdk_bin}/javac -encoding UTF-8 -d {classes} "
             f"{_javac_files(source_dir, 'agent')}; "
-            f"printf 'Premain-Class: {PREMAIN_CLASS}\\nBoot-Class-Path: {AGENT_JAR}\\n"
+            f"printf 'Premain-Class: {PREMAIN_CLASS}\\n"
             f"Can-Redefine-Classes: false\\nCan-Retransform-Classes: false\\n' > {manifest}; "
             f"{jdk_bin}/jar --create --file {out_dir}/{AGENT_JAR} --manifest {manifest} -C {classes} .; "
             f"rm -rf {classes} {manifest}")
@@ -121,5 +122,6 @@ def compile_on_host(workdir: Path, jdk_bin: str | None = None) -> CracJars:
               + library_build_script(str(src), str(workdir / LIBRARY_JAR), bin_dir))
     res = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, timeout=600, check=False)
     if res.returncode != 0:
-        raise ImageError(f"compiling the CRaC agent/library failed: {(res.stderr or res.stdout).strip()[-2000:]}")
+        why = (res.stderr or res.stdout).strip()[-2000:]
+        raise ImageError(f"compiling the CRaC agent/library failed: {why}")
     return CracJars(workdir / AGENT_JAR, workdir / LIBRARY_JAR)

@@ -9,14 +9,19 @@ import java.util.jar.JarFile;
  * {@code -javaagent:firecracer-crac-agent.jar}: makes an unmodified application's CRaC resources run on a
  * stock JDK.
  *
- * <p>The jar's {@code Boot-Class-Path} (itself) puts its {@code jdk.crac} package on the boot class path,
- * so CRaC's {@code org.crac} library, which looks for {@code jdk.crac.Core} by reflection, finds it
- * without any {@code -D} option, and code written against {@code jdk.crac} links. Then the control socket
- * (see {@link Control}) lets firecracer's guest agent run the hooks around a checkpoint or snapshot.
+ * <p>{@code premain} appends the agent's own jar to the boot class path
+ * ({@link Instrumentation#appendToBootstrapClassLoaderSearch}), so its {@code jdk.crac} package is visible
+ * to every class loader: CRaC's {@code org.crac} library, which looks for {@code jdk.crac.Core} by
+ * reflection, finds it without any {@code -D} option (it looks when the application first touches it,
+ * after {@code premain}), and code written against {@code jdk.crac} links. Not the manifest's
+ * {@code Boot-Class-Path}: that appends at VM start, and JDK 17 then refuses an AppCDS archive dumped
+ * without it ("BOOT classpath mismatch"); appended at {@code premain}, the archive made without the agent
+ * stays usable. Then the control socket (see {@link Control}) lets firecracer's guest agent run the hooks
+ * around a checkpoint or snapshot.
  *
- * <p>On a JDK with CRaC built in (a {@code jdk.crac} module in the boot layer) nothing is shadowed: classes
- * of a package that belongs to a named module are never loaded from the boot class path's appended
- * entries, and the control socket drives the JDK's own global context.
+ * <p>On a JDK with CRaC built in (a {@code jdk.crac} module in the boot layer) nothing is appended or
+ * shadowed (classes of a package in a named module never come from the boot class path's appended
+ * entries anyway), and the control socket drives the JDK's own global context.
  */
 public final class Agent {
     private Agent() {
@@ -27,12 +32,11 @@ public final class Agent {
         if (jdkHasCrac) {
             Log.info("this JDK has CRaC (module jdk.crac): not providing jdk.crac; bridging the control "
                 + "socket to the JDK's own global context");
-        } else if (Agent.class.getClassLoader() != null) {
-            // Boot-Class-Path names the jar by its file name: a renamed jar lands here
+        }
+        if (Agent.class.getClassLoader() != null) {  // not already on the boot path (-Xbootclasspath/a)
             String jar = Paths.get(Agent.class.getProtectionDomain().getCodeSource().getLocation().toURI())
                 .toString();
             inst.appendToBootstrapClassLoaderSearch(new JarFile(jar));
-            Log.info("appended " + jar + " to the boot class path (its Boot-Class-Path did not name it)");
         }
         // the boot loader's copy: the one jdk.crac.Core sees
         Class<?> control = Class.forName("io.firecracer.crac.Control", true, null);
