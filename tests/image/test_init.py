@@ -55,6 +55,23 @@ def test_java_cmd_overrides_the_app() -> None:
                                                                                             "Main"]
 
 
+def test_crac_agent_is_added_when_the_image_has_it(tmp_path: Path) -> None:
+    """-javaagent after NMT/AppCDS and before the user's options (their -D can configure it); off with
+    FC_CRAC_AGENT=off; absent when the image has no agent jar (a JDK without javac)."""
+    jar = tmp_path / "firecracer-crac-agent.jar"
+    jar.write_bytes(b"PK")
+    cfg = InitConfig.from_env({"FC_APPCDS": "1", "FC_JAVA_OPTIONS": "-Dfirecracer.crac.notifyDir=/x"})
+    assert java_argv(cfg, APP, crac_agent=str(jar))[1:4] == [
+        "-XX:SharedArchiveFile=/opt/app/app-cds.jsa", f"-javaagent:{jar}", "-Dfirecracer.crac.notifyDir=/x"]
+    user_jar = InitConfig.from_env({"FC_JAVA_CMD": "/x/app.jar"})
+    assert java_argv(user_jar, APP, crac_agent=str(jar))[1:] == [f"-javaagent:{jar}", "-jar", "/x/app.jar"]
+    off = InitConfig.from_env({"FC_CRAC_AGENT": "off"})
+    assert not off.crac_agent and InitConfig().crac_agent
+    assert not any(a.startswith("-javaagent") for a in java_argv(off, APP, crac_agent=str(jar)))
+    missing = java_argv(InitConfig(), APP, crac_agent=str(tmp_path / "none.jar"))
+    assert not any(a.startswith("-javaagent") for a in missing)
+
+
 def test_bad_values_name_the_variable() -> None:
     with pytest.raises(InitError, match="FC_NMT"):
         InitConfig.from_env({"FC_NMT": "full"})

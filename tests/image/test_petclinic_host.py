@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 
 from firecracer.experiment.spec import jvm_example_text, load_spec, parse_spec
+from firecracer.guest import agent
+from firecracer.image import crac
 from firecracer.image.apps import PETCLINIC, TINY, BundledApp, compile_on_host, missing_host_jars
 from firecracer.image.check import http_fetch, page_checks
 
@@ -191,6 +193,30 @@ def test_owners_knob_and_seeded_data_are_deterministic(petclinic: Built, start: 
         assert sa[0] == sb[0] == 200 and sa[2] == sb[2], path
     assert json.loads(a.get("/api/owners/250")[2])["pets"], "generated owners have pets"
     assert a.get(f"/api/owners/{OWNERS + 1}")[0] == 404
+
+
+@pytest.mark.timeout(300)
+def test_datasource_is_a_crac_resource_with_the_agent_and_appcds(petclinic: Built, start: Start,
+                                                                 tmp_path: Path) -> None:
+    """PetClinic ships the org.crac library; with the CRaC agent its pool is closed by the guest agent's
+    before-snapshot and reopened by after-restore, and it answers before and after. The image's AppCDS
+    archive (trained without the agent) still maps with the agent (-Xshare:on fails otherwise)."""
+    assert crac.LIBRARY_JAR in petclinic.classpath()
+    jars = crac.compile_on_host(tmp_path / "crac")
+    notify = tmp_path / "notify"
+    app = start(petclinic, ["-Xshare:on", f"-XX:SharedArchiveFile={petclinic.appcds}",
+                            f"-javaagent:{jars.agent}", f"-D{crac.DIR_PROPERTY}={notify}"])
+    assert app.get("/owners/1")[0] == 200
+    cfg = agent.AgentConfig(hooks_dir=str(tmp_path / "hooks"), notify_dir=str(notify))
+    r = agent.cmd_prepare(cfg, {"steps": ["hooks"]})
+    assert r["ok"], r
+    assert re.search(r"^crac: beforeCheckpoint datasource: closed the H2 pool", app.text(), re.M)
+    r = agent.cmd_after_restore(cfg, {"steps": ["hooks"], "generation": 1})
+    assert r["ok"], r
+    lines = re.findall(r"^crac: (\w+) datasource", app.text(), re.M)
+    assert lines == ["beforeCheckpoint", "afterRestore"]
+    status, _, body = app.get("/owners/1")
+    assert status == 200 and b"Franklin" in body  # the in-memory database outlived its pool
 
 
 @pytest.mark.timeout(300)

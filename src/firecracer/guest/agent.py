@@ -295,7 +295,10 @@ def _run_hooks(cfg: AgentConfig, event: str, env_extra: dict[str, str]) -> dict[
     """Run ``<hooks_dir>/<event>.d/*`` executables and notify ``<notify_dir>/*.sock`` listeners.
 
     Order follows CRaC (and the seed's FirecrackerContext): ``after-restore`` in name order,
-    ``before-snapshot`` in reverse name order. Each hook gets 60 s and 64 KiB of output.
+    ``before-snapshot`` in reverse name order. Each hook gets 60 s and 64 KiB of output; each listener
+    60 s to answer (a JVM's resources closing pools under emulation). ``detail`` is one line naming what
+    failed and why (a listener's own ``error …`` answer), first in the dict so a caller quoting the
+    step's start shows it.
     """
     results: list[dict[str, Any]] = []
     hook_dir = Path(cfg.hooks_dir) / f"{event}.d"
@@ -316,15 +319,31 @@ def _run_hooks(cfg: AgentConfig, event: str, env_extra: dict[str, str]) -> dict[
     line = (event + " " + env_extra.get("FIRECRACER_GENERATION", "0")).encode() + b"\n"
     for s in socks:
         results.append(_notify(str(s), line))
-    return {"hooks": results, "ok": all(r["ok"] for r in results)}
+    failed = []
+    for r in results:
+        if not r["ok"]:
+            who = Path(r.get("hook") or r.get("notify") or "?").name
+            why = r.get("answer") or r.get("error") or f"exit status {r.get('rc')}: {r.get('output', '')}"
+            failed.append(f"{who}: {' '.join(str(why).split())}")
+    ok = not failed
+    detail = f"{len(results)} notified" if ok else "; ".join(failed)[:1000]
+    return {"ok": ok, "detail": detail, "hooks": results}
 
 
-def _notify(path: str, line: bytes) -> dict[str, Any]:
-    """Send one event line to an app's Unix socket and wait (10 s) for its one-line answer."""
+def _notify(path: str, line: bytes, timeout: float = 60.0, eof_wait: float = 2.0) -> dict[str, Any]:
+    """Send one event line to an app's Unix socket and wait (``timeout`` s) for its one-line answer.
+
+    After the answer, wait up to ``eof_wait`` s for the app to close its end (``eof``): the firecracer
+    CRaC agent does, so that no established connection is left in the JVM when it is checkpointed
+    right after this returns. A socket file nobody listens on (refused: its process is gone) is skipped.
+    """
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(10.0)
+    sock.settimeout(timeout)
     try:
-        sock.connect(path)
+        try:
+            sock.connect(path)
+        except ConnectionRefusedError:
+            return {"notify": path, "ok": True, "skipped": True, "detail": "nobody listens (stale socket)"}
         sock.sendall(line)
         answer = b""
         while not answer.endswith(b"\n") and len(answer) < 4096:
@@ -333,7 +352,14 @@ def _notify(path: str, line: bytes) -> dict[str, Any]:
                 break
             answer += got
         text = answer.decode(errors="replace").strip()
-        return {"notify": path, "ok": text.lower().startswith("ok"), "answer": text[:500]}
+        eof = not answer.endswith(b"\n")  # the app closed without (finishing) a line
+        if not eof:
+            sock.settimeout(eof_wait)
+            try:
+                eof = sock.recv(1) == b""
+            except OSError:  # timeout: the app keeps its end open
+                eof = False
+        return {"notify": path, "ok": text.lower().startswith("ok"), "answer": text[:1000], "eof": eof}
     except OSError as exc:
         return {"notify": path, "ok": False, "error": f"{exc.strerror or exc}"}
     finally:

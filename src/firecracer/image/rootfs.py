@@ -31,6 +31,7 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
+from firecracer.image import crac
 from firecracer.image._build import (
     BUILDER_VERSION,
     DiskFull,
@@ -338,7 +339,7 @@ def build_rootfs(jdk: str = "debian", app: str = DEFAULT_APP, main: str | None =
     base_key = short_hash(["base", BUILDER_VERSION, SUITE, mirror_url, *packages])
     key = short_hash(["rootfs", base_key, jdk_spec.identity, app_spec.identity, app_spec.main,
                       *app_spec.args, str(app_spec.train_seconds), _init_script().read_bytes(),
-                      _tree_hash(_guest_package()), str(size_bytes)])
+                      _tree_hash(_guest_package()), _tree_hash(crac.sources()), str(size_bytes)])
     final = images / f"rootfs-{key}"
     if (final / "rootfs.ext4").is_file() and (final / "image.json").is_file() and not force:
         rep.step(f"rootfs {key} is cached: {final / 'rootfs.ext4'}")
@@ -358,8 +359,10 @@ def build_rootfs(jdk: str = "debian", app: str = DEFAULT_APP, main: str | None =
         _base_system(root, images, base_key, packages, mirror_url, log, rep)
         jdk_home = _install_jdk(root, jdk_spec, work, log, rep)
         _install_project_files(root)
+        crac_agent = _install_crac_agent(root, jdk_spec, log, rep)
         app_info = _install_app(root, app_spec, jdk_spec, log, rep)
         info = _manifest(root, jdk_spec, jdk_home, app_spec, app_info, mirror_url, key)
+        info["crac_agent"] = crac_agent
         (root / "opt" / "firecracer" / "image.json").write_text(json.dumps(info, indent=2) + "\n")
         final_tmp = images / f".rootfs-{key}.tmp"
         remove_tree(final_tmp)
@@ -463,6 +466,23 @@ def _install_project_files(root: Path) -> None:
     (root / "etc" / "hostname").write_text("firecracer\n")
 
 
+def _install_crac_agent(root: Path, jdk: JdkSpec, log: Path, rep: Reporter) -> str | None:
+    """The CRaC agent jar (and the org.crac sources apps build against) under /opt/firecracer/crac.
+
+    Compiled with the image's javac, like the bundled apps (class files the image's JDK runs, no JDK
+    needed on the host). A JDK without javac gets no agent (None; init then starts the JVM without it).
+    """
+    home = root / crac.IMAGE_DIR.lstrip("/")
+    crac.write_sources(home / "source")
+    if jdk.kind != "debian" and not (root / "opt" / "jdk" / "bin" / "javac").exists():  # debian: a link
+        rep.step("the JDK has no javac: no CRaC agent in this image (org.crac hooks will not run)")
+        return None
+    rep.step("compiling the CRaC agent (jdk.crac for a stock JDK + its control socket) inside the image")
+    in_chroot(root, ["/bin/sh", "-c", crac.agent_build_script(f"{crac.IMAGE_DIR}/source", crac.IMAGE_DIR)],
+              log, "compiling the CRaC agent (javac)", rep)
+    return crac.IMAGE_AGENT_JAR
+
+
 def _install_app(root: Path, app: AppSpec, jdk: JdkSpec, log: Path, rep: Reporter) -> dict[str, object]:
     """Install (and for a bundled app, compile) the workload; make the default and AppCDS archives."""
     app_dir = root / "opt" / "app"
@@ -482,7 +502,8 @@ def _install_app(root: Path, app: AppSpec, jdk: JdkSpec, log: Path, rep: Reporte
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
         rep.step(f"compiling {b.name} ({b.summary}) with javac inside the image")
-        in_chroot(root, ["/bin/sh", "-c", build_script(b, "/opt/app/source", "/opt/app")], log,
+        script = build_script(b, "/opt/app/source", "/opt/app", crac_source_dir=f"{crac.IMAGE_DIR}/source")
+        in_chroot(root, ["/bin/sh", "-c", script], log,
                   f"compiling {b.name} (javac)", rep)
         jar = f"/opt/app/{b.jar_name()}"
         classpath = b.classpath(jar)

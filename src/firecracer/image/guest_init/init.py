@@ -13,7 +13,10 @@ What it does, in order (each step prints one ``firecracer-init:`` line on the co
    ``FC_AGENT`` is a comma-separated list of listen addresses (``vsock:52,tcp:0.0.0.0:5252``; default:
    the agent's own, vsock port 52). ``FC_AGENT_FORWARD`` lists ``LISTEN=[HOST:]PORT`` forwards; by
    default, with the agent on vsock, ``vsock:8080=127.0.0.1:8080`` reaches the app's HTTP port.
-4. Start the JVM: ``/opt/jdk/bin/java [NMT] FC_JAVA_OPTIONS <app> FC_JAVA_ARGS``. Option strings are split
+4. Start the JVM: ``/opt/jdk/bin/java [NMT] [AppCDS] [CRaC agent] FC_JAVA_OPTIONS <app> FC_JAVA_ARGS``.
+   The CRaC agent (``-javaagent:/opt/firecracer/crac/firecracer-crac-agent.jar``, when the image has it)
+   makes the app's ``org.crac``/``jdk.crac`` resources run when the guest agent notifies
+   ``/run/firecracer/notify/crac.sock``; ``FC_CRAC_AGENT=off`` leaves it out. Option strings are split
    with shell rules (``shlex``), so ``FC_JAVA_OPTIONS="-Dgreeting='hello world' -Xmx64m"`` on the
    kernel command line gives two options. The app comes from ``/opt/firecracer/app.json`` (written by
    ``firecracer image rootfs``) unless ``FC_JAVA_CMD`` names a jar or a main class. Its pid, argv and
@@ -49,6 +52,8 @@ from pathlib import Path
 
 APP_JSON = Path("/opt/firecracer/app.json")
 JAVA = "/opt/jdk/bin/java"
+#: built by ``image rootfs`` (firecracer.image.crac.IMAGE_AGENT_JAR); absent when the JDK had no javac
+CRAC_AGENT = "/opt/firecracer/crac/firecracer-crac-agent.jar"
 RUN_DIR = Path("/run/firecracer")
 #: FC_CRAC=on: the JVM's stdout+stderr (CRIU cannot checkpoint a process holding the serial console, so
 #: the JVM writes here and init copies it to the console); same path as firecracer.guest.crac.JVM_LOG
@@ -93,6 +98,7 @@ class InitConfig:
     java_args: list[str] = field(default_factory=list)
     nmt: str = ""  # "", "summary" or "detail"
     appcds: bool = False
+    crac_agent: bool = True
     java: bool = True
     shell: bool = False
     crac: bool = False  # FC_CRAC=on: a JVM that CRIU can checkpoint (docs/crac.md)
@@ -127,14 +133,17 @@ class InitConfig:
             java_args=split("FC_JAVA_ARGS"),
             nmt=nmt,
             appcds=env.get("FC_APPCDS", "").lower() in ("1", "on", "yes", "true"),
+            crac_agent=env.get("FC_CRAC_AGENT", "on").lower() not in ("off", "0", "no"),
             java=env.get("FC_JAVA", "on").lower() not in ("off", "0", "no"),
             shell=env.get("FC_INIT", "") == "shell",
             crac=env.get("FC_CRAC", "").lower() in ("1", "on", "yes", "true"),
         )
 
 
-def java_argv(cfg: InitConfig, app: dict[str, object], java: str = JAVA) -> list[str]:
-    """The JVM command line: java, NMT, AppCDS, user options, the app (jar or main class), its args.
+def java_argv(cfg: InitConfig, app: dict[str, object], java: str = JAVA,
+              crac_agent: str = CRAC_AGENT) -> list[str]:
+    """The JVM command line: java, NMT, AppCDS, CRaC agent, user options, the app (jar or main class), its
+    args. The CRaC agent is added when ``cfg.crac_agent`` and the jar ``crac_agent`` exists.
 
     ``app`` is ``/opt/firecracer/app.json``: ``{"classpath": [...], "main": CLASS, "jar": PATH|null,
     "args": [...], "appcds": PATH|null}``. ``FC_JAVA_CMD`` overrides it: a path ending in ``.jar`` runs
@@ -148,6 +157,8 @@ def java_argv(cfg: InitConfig, app: dict[str, object], java: str = JAVA) -> list
     appcds = app.get("appcds")
     if cfg.appcds and isinstance(appcds, str):
         argv.append(f"-XX:SharedArchiveFile={appcds}")
+    if cfg.crac_agent and os.path.isfile(crac_agent):
+        argv.append(f"-javaagent:{crac_agent}")
     argv += cfg.java_options
     if cfg.java_cmd:
         if cfg.java_cmd.endswith(".jar"):

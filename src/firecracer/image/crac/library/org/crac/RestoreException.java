@@ -1,0 +1,14 @@
+package org.crac;
+
+/** A restore notification failed; the causes are the suppressed exceptions. */
+public class RestoreException extends Exception {
+    private static final long serialVersionUID = 1L;
+
+    public RestoreException() {
+        super();
+    }
+
+    public RestoreException(String message) {
+        super(message);
+    }
+}
