@@ -15,6 +15,7 @@ from firecracer import __version__
 from firecracer.cli import (
     analyze,
     collect,
+    crac,
     demo,
     doctor,
     experiment,
@@ -41,8 +42,8 @@ def cli() -> None:
     """
 
 
-for _module in (demo, doctor, install, image, vm, selftest, uffd, collect, analyze, view, experiment,
-                lab, samples):
+for _module in (demo, doctor, install, image, vm, selftest, uffd, collect, crac, analyze, view,
+                experiment, lab, samples):
     for _cmd in _module.COMMANDS:
         cli.add_command(_cmd)
 

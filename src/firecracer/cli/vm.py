@@ -81,6 +81,9 @@ def _show(m: MicroVM, as_json: bool) -> None:
 @click.option("--replay-limit", type=click.IntRange(1), help="Replay only the first N faulting pages.")
 @click.option("--rootfs", type=click.Path(dir_okay=False), help="Root file system image.")
 @click.option("--rw", is_flag=True, help="Attach the root file system read-write (default read-only).")
+@click.option("--drive", "drives", multiple=True, metavar="FILE[:ro]",
+              help="Another block device (vdb, vdc … in order), e.g. a CRIU scratch drive "
+                   "('firecracer crac scratch'); ':ro' attaches it read-only.")
 @click.option("--boot-args", default=DEFAULT_BOOT_ARGS, show_default=True)
 @click.option("--vcpus", default=1, show_default=True, type=click.IntRange(1, 32))
 @click.option("--mem", "mem_mib", default=128, show_default=True, type=click.IntRange(16), help="MiB.")
@@ -95,8 +98,14 @@ def _show(m: MicroVM, as_json: bool) -> None:
 def boot(name: str | None, firecracker: str | None, kernel: str | None, probe: bool, replay: str | None,
          replay_limit: int | None, rootfs: str | None, rw: bool, boot_args: str, vcpus: int, mem_mib: int,
          track_dirty_pages: bool, huge_pages: str | None, net: bool, no_vsock: bool, labels: tuple[str, ...],
-         as_json: bool) -> None:
+         as_json: bool, drives: tuple[str, ...] = ()) -> None:
     """Boot a microVM and leave it running (see 'vm ls', 'vm kill')."""
+    extra = []
+    for d in drives:
+        path, ro = (d[:-3], True) if d.endswith(":ro") else (d, False)
+        if not Path(path).is_file():
+            raise click.UsageError(f"--drive {d}: {path} is not a file")
+        extra.append({"path": str(Path(path).resolve()), "read_only": ro})
     if probe == (kernel is not None):
         raise click.UsageError("give exactly one of --kernel or --probe")
     if replay and not probe:
@@ -132,7 +141,8 @@ def boot(name: str | None, firecracker: str | None, kernel: str | None, probe: b
         boot_args = with_image_init(boot_args, rootfs)
     config = VMConfig(kernel=kernel, boot_args=boot_args, rootfs=rootfs, rootfs_read_only=not rw,
                       vcpu_count=vcpus, mem_size_mib=mem_mib, track_dirty_pages=track_dirty_pages,
-                      huge_pages=huge_pages, vsock_cid=None if no_vsock else 3, network=net, labels=lab)
+                      huge_pages=huge_pages, vsock_cid=None if no_vsock else 3, network=net, labels=lab,
+                      drives=extra)
     m = MicroVM(firecracker, name=name, lifeline=False)
     with m:
         m.boot(config)
