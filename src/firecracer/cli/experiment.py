@@ -244,21 +244,26 @@ def merge(dest: str, shards: tuple[str, ...], no_recordings: bool) -> None:
               help="The CRaC study on Spring PetClinic instead: one JVM restored as a VM (ondemand, "
                    "prefetch) "
                    "and as a process with CRIU (criu, criu-lazy) × 3, with the built image's paths.")
+@click.option("--jdks", is_flag=True,
+              help="JDK 17 + AppCDS against JDK 25 + its AOT cache (a variant with its own image), each "
+                   "restored as a VM and as a process (ondemand, criu-lazy) × 3.")
 @click.option("--repetitions", type=click.IntRange(1, 1000), default=None,
               help="Another repetition count than the spec's.")
-def example(out: str | None, jvm: bool, crac: bool, repetitions: int | None) -> None:
+def example(out: str | None, jvm: bool, crac: bool, jdks: bool, repetitions: int | None) -> None:
     """Print (or copy out) a bundled spec: the probe-guest study (2 working sets × 4 strategies × 3), with
-    --jvm the JVM-settings study on PetClinic, with --crac the VM-vs-process restore study."""
+    --jvm the JVM-settings study on PetClinic, with --crac the VM-vs-process restore study, with --jdks
+    the JDK 17 + AppCDS vs JDK 25 + AOT cache study."""
     from firecracer.experiment.spec import (
         crac_example_spec_path,
         example_spec_path,
         example_spec_text,
+        jdks_example_spec_path,
         jvm_example_text,
     )
 
-    if jvm and crac:
-        raise click.UsageError("--jvm or --crac, not both")
-    if jvm or crac:
+    if jvm + crac + jdks > 1:
+        raise click.UsageError("one of --jvm, --crac, --jdks")
+    if jvm or crac or jdks:
         from firecracer.image.kernel import latest_kernel
         from firecracer.image.rootfs import latest_rootfs
         from firecracer.paths import images_dir
@@ -266,7 +271,8 @@ def example(out: str | None, jvm: bool, crac: bool, repetitions: int | None) -> 
         images = images_dir()  # not built yet: where 'image kernel' / 'image rootfs' will put them
         text = jvm_example_text(latest_kernel() or images / "vmlinux",
                                 latest_rootfs("petclinic") or images / "rootfs.ext4",
-                                crac_example_spec_path() if crac else None, repetitions)
+                                crac_example_spec_path() if crac else jdks_example_spec_path() if jdks
+                                else None, repetitions)
     else:
         text = example_spec_text(repetitions) if repetitions else example_spec_path().read_text()
     if out:

@@ -521,6 +521,11 @@ def crac_example_spec_path() -> Path:
     return Path(__file__).with_name("examples") / "petclinic-crac.toml"
 
 
+def jdks_example_spec_path() -> Path:
+    """The bundled JDK comparison: JDK 17 + AppCDS vs JDK 25 + AOT cache, ondemand and criu-lazy × 3."""
+    return Path(__file__).with_name("examples") / "petclinic-jdks.toml"
+
+
 def jvm_example_text(kernel: Path, rootfs: Path, spec_path: Path | None = None,
                      repetitions: int | None = None) -> str:
     """A bundled jvm study (default: the JVM-settings one) with ``guest.kernel``/``guest.rootfs`` set to

@@ -284,6 +284,10 @@ class JvmBackend(Backend[JvmState]):
         from firecracer import host
 
         assert self._fc is not None, "check() first"
+        if variant.rootfs is not None and not variant.rootfs.is_file():
+            # e.g. a JDK 25 image on a machine that has no JDK 25 to build it from: the study goes on
+            raise RunFailed("skipped", f"variant {variant.name}: its image {variant.rootfs} is not there "
+                                       "(build it: firecracer image rootfs --jdk DIR -o THAT_PATH)")
         snap = self.snapshot_dir(workdir)
         scratch = self.scratch_path(workdir) if self.process_kinds else None
         marker = workdir / "variant.json"
