@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from firecracer.analysis.join import CLASS_NAMES, Attribution, OwnerClass
+from firecracer.analysis.process import is_process_recording
 from firecracer.analysis.tables import Table, nmt_categories_table, owner_classes_table
 
 
@@ -104,15 +105,19 @@ def compare(a: Attribution, b: Attribution) -> dict[str, Table]:
     gpa_b = b.trace.gpa[b.trace_first] if b.trace is not None else np.zeros(0, dtype=np.uint64)
     ids: dict[str, int] = {}
     gva_a, gva_b = _gva_keys(a, ids), _gva_keys(b, ids)
+    same_space = is_process_recording(a.recording.meta) == is_process_recording(b.recording.meta)
     sim: list[list[Any]] = []
     for name in dict.fromkeys([*ga, *gb]):
         ma = ga.get(name, np.zeros(gpa_a.size, dtype=bool))
         mb = gb.get(name, np.zeros(gpa_b.size, dtype=bool))
         if not (ma.any() or mb.any()):
             continue
-        inter = np.intersect1d(gpa_a[ma], gpa_b[mb]).size
-        sim.append([name, int(ma.sum()), int(mb.sum()), inter, jaccard(gpa_a[ma], gpa_b[mb]),
-                    jaccard(gva_a[ma], gva_b[mb])])
+        if same_space:
+            inter: int | None = np.intersect1d(gpa_a[ma], gpa_b[mb]).size
+            jg = jaccard(gpa_a[ma], gpa_b[mb])
+        else:  # a VM restore's guest-physical pages and a process restore's image pages: no common key
+            inter, jg = None, None
+        sim.append([name, int(ma.sum()), int(mb.sum()), inter, jg, jaccard(gva_a[ma], gva_b[mb])])
     similarity = Table("similarity", "Working-set similarity of the restored pages",
                        ["group", "pages_a", "pages_b", "common_gpa", "jaccard_gpa", "jaccard_gva"], sim)
     return {"categories": cats, "similarity": similarity}

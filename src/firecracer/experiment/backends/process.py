@@ -111,12 +111,18 @@ def restore_in_guest(agent: AgentClient, *, lazy: bool, port: int, path: str,
 
 
 def jvm_exe(workdir: Path, pid: int) -> str:
-    """The JVM's executable as the variant's memmap names it (so VM and process recordings compare)."""
+    """The JVM's executable as the variant's memmap names it (so VM and process recordings compare by
+    virtual address), else the ``…/bin/java`` mapping of its maps."""
     with contextlib.suppress(FirecracerError, OSError):
         mm = load_memmap(workdir / "memmap.npz")
         hits = np.flatnonzero(mm.owner_pid == pid)
         if hits.size:
             return mm.owner_exe[int(hits[0])]
+    with contextlib.suppress(OSError):
+        for line in (workdir / CRAC_DIR / "maps.txt").read_text().splitlines():
+            name = line.split(None, 5)[5] if len(line.split(None, 5)) == 6 else ""
+            if name.endswith("/bin/java"):
+                return name
     return "java"
 
 
