@@ -19,14 +19,13 @@ import numpy as np
 import pytest
 
 from firecracer.analysis.join import attribute
-from firecracer.analysis.memmap import save_memmap
+from firecracer.analysis.memmap import is_process_recording, save_memmap
 from firecracer.analysis.nmt import parse_nmt_text
 from firecracer.analysis.process import (
     ADDRESS_SPACE,
     eager_trace,
     expand_ranges,
     fault_trace,
-    is_process_recording,
     parse_maps,
     process_image,
 )

@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from firecracer.analysis.join import CLASS_NAMES, Attribution, OwnerClass
-from firecracer.analysis.process import is_process_recording
+from firecracer.analysis.memmap import is_process_recording
 from firecracer.analysis.tables import Table, nmt_categories_table, owner_classes_table
 
 

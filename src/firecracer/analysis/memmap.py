@@ -28,6 +28,14 @@ import numpy.typing as npt
 from firecracer.errors import FormatError
 
 FORMAT = "firecracer-memmap"
+#: ``meta.address_space`` of a process restore's recording (analysis.process): the JVM's CRIU images laid
+#: out by virtual address, not guest-physical memory
+ADDRESS_SPACE_PROCESS = "criu-image"
+
+
+def is_process_recording(meta: dict[str, Any]) -> bool:
+    """A recording (or memmap) in image space, a process restore, rather than guest-physical memory."""
+    return meta.get("address_space") == ADDRESS_SPACE_PROCESS
 PID_KERNEL = 0
 PID_PAGECACHE = -1
 PID_FREE = -2

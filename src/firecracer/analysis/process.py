@@ -26,6 +26,9 @@ import numpy as np
 import numpy.typing as npt
 
 from firecracer.analysis.memmap import (
+    ADDRESS_SPACE_PROCESS as ADDRESS_SPACE,
+)
+from firecracer.analysis.memmap import (
     FORMAT as MEMMAP_FORMAT,
 )
 from firecracer.analysis.memmap import (
@@ -41,7 +44,6 @@ from firecracer.errors import FormatError
 from firecracer.uffd.trace import FLAG_FAULTING, FLAG_ZERO, Action, Trace, make_trace
 
 PAGE = 4096
-ADDRESS_SPACE = "criu-image"
 _MAPS = re.compile(r"^([0-9a-f]+)-([0-9a-f]+)\s+([r-][w-][x-][ps])\s+([0-9a-f]+)\s+\S+\s+\d+\s*(.*)$")
 
 
@@ -179,7 +181,3 @@ def eager_trace(image: ProcessImage, strategy: str, meta: dict[str, Any] | None 
                       {"strategy": strategy, "vmm": "criu", "address_space": ADDRESS_SPACE,
                        "page_size": PAGE, "pid": image.pid, **(meta or {})})
 
-
-def is_process_recording(meta: dict[str, Any]) -> bool:
-    """A recording in image space (a process restore) rather than guest-physical memory."""
-    return meta.get("address_space") == ADDRESS_SPACE

@@ -24,8 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from firecracer.analysis.join import CLASS_NAMES, Attribution, OwnerClass
-from firecracer.analysis.memmap import KPF_HUGE, KPF_THP
-from firecracer.analysis.process import is_process_recording
+from firecracer.analysis.memmap import KPF_HUGE, KPF_THP, is_process_recording
 
 FLAG_FAULTING = 2        # trace.flags bit 1: the faulting page itself (docs/formats.md)
 

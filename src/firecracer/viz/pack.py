@@ -53,7 +53,7 @@ import numpy as np
 import numpy.typing as npt
 
 from firecracer.analysis.join import CLASS_NAMES, Attribution, OwnerClass
-from firecracer.analysis.process import is_process_recording
+from firecracer.analysis.memmap import is_process_recording
 from firecracer.analysis.recording import Recording
 from firecracer.analysis.tables import tables, totals
 
