@@ -136,11 +136,23 @@ def test_jdk21_wording_spaces_details_first_and_mb_scale() -> None:
      "inverted"),
     ("1:\nNative Memory Tracking:\nVirtual memory map:\n[0x1000 - 0x3000] reserved 8KB for X from\n"
      "[0x2000 - 0x3000] reserved 4KB for Y from\n", "overlaps"),
+    ("1:\nNative Memory Tracking:\nVirtual memory map:\n[0x2000 - 0x3000] reserved 4KB for Y from\n"
+     "[0x1000 - 0x3000] reserved 8KB for X from\n", "0x2000 overlaps the one at 0x1000 \\(line 5\\)"),
 ])
 def test_malformed(text: str, why: str) -> None:
     with pytest.raises(FormatError, match=why) as ei:
         parse_nmt_text(text, "x.txt")
     assert str(ei.value).startswith("x.txt")
+
+
+def test_the_map_may_come_in_descending_address_order() -> None:
+    """OpenJDK 17.0.19 in our guest printed its virtual memory map from the highest address down."""
+    r = parse_nmt_text("1:\nNative Memory Tracking:\nVirtual memory map:\n"
+                       "[0x5000 - 0x6000] reserved and committed 4KB for Code from\n"
+                       "[0x1000 - 0x3000] reserved 8KB for Java Heap from\n"
+                       "\t[0x1000 - 0x2000] committed 4KB from\n", "x.txt")
+    assert [(g.start, g.category, g.committed) for g in r.sorted_regions()] == [
+        (0x1000, "Java Heap", [(0x1000, 0x2000)]), (0x5000, "Code", [(0x5000, 0x6000)])]
 
 
 def test_unreadable_file(tmp_path: Path) -> None:

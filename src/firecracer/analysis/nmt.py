@@ -22,6 +22,7 @@ Public API: ``parse_nmt(path) -> NmtReport``, ``parse_nmt_text(text, path="<nmt>
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -213,6 +214,13 @@ class _Parser:
             raise self.fail(0, "not NMT output: no 'Native Memory Tracking:' header "
                                "(was the JVM started with -XX:NativeMemoryTracking=detail?)")
         self.finish_region()
+        # jcmd prints the map in address order, ascending or (seen with OpenJDK 17.0.19 in our guest)
+        # descending; regions must not overlap whatever the order
+        by_start = sorted(self.regions, key=lambda r: r.start)
+        for prev, cur in itertools.pairwise(by_start):
+            if cur.start < prev.end:
+                raise self.fail(cur.line, f"reserved region {cur.start:#x} overlaps the one at "
+                                          f"{prev.start:#x} (line {prev.line})")
         tr, tc = self.total or (0, 0)
         return NmtReport(self.pid, self.regions, self.summary, tr, tc, self.has_map)
 
@@ -252,8 +260,6 @@ class _Parser:
                 raise self.fail(no, "unrecognised reserved-region line in the virtual memory map")
             start, end = int(m.group(1), 16), int(m.group(2), 16)
             self.check_range(no, start, end, _size(m.group(4), m.group(5)), m.group(5))
-            if self.regions and start < self.regions[-1].end:  # jcmd prints the map in address order
-                raise self.fail(no, f"reserved region {start:#x} overlaps the previous one")
             self.finish_region()
             self.regions.append(NmtRegion(start, end, m.group(6).strip(), [],
                                           m.group(3) == "reserved and committed",
