@@ -64,6 +64,7 @@ class VsockEmulator:
         self.sock.listen(16)
         self.sock.settimeout(0.2)
         self.stop = threading.Event()
+        self.drop = 0  # connections still to close right after "OK", as a restore's vsock reset does
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
@@ -89,6 +90,11 @@ class VsockEmulator:
             conn.close()  # what Firecracker does when nothing listens in the guest
             return
         kind, addr = self.targets[port]
+        if self.drop > 0:
+            self.drop -= 1
+            conn.sendall(b"OK 1073741824\n")
+            conn.close()
+            return
         peer = socket.socket(socket.AF_UNIX if kind == "unix" else socket.AF_INET, socket.SOCK_STREAM)
         peer.connect(addr)  # type: ignore[arg-type]
         conn.sendall(b"OK 1073741824\n")
@@ -100,6 +106,9 @@ class VsockEmulator:
         self.stop.set()
         self.sock.close()
         self.thread.join(timeout=5)
+
+
+EMULATORS: dict[Path, VsockEmulator] = {}
 
 
 @pytest.fixture
@@ -121,6 +130,7 @@ def guest(tmp_path: Path) -> Iterator[tuple[GuestDriver, type[_Handler]]]:
             time.sleep(0.05)
         vs = VsockEmulator(tmp_path / "v.sock", {52: ("unix", str(agent_sock)),
                                                  8080: ("tcp", ("127.0.0.1", httpd.server_address[1]))})
+        EMULATORS[tmp_path / "v.sock"] = vs
         yield GuestDriver(tmp_path / "v.sock", app_port=8080, path="/owners"), handler
     finally:
         if vs is not None:
@@ -177,6 +187,24 @@ def test_prepare_and_collect_a_real_jvm(guest: tuple[GuestDriver, type[_Handler]
     assert nmt.pid == jvm.pid and any("Heap" in r.category for r in nmt.regions)
     mm = load_memmap(out / "memmap.npz")
     assert jvm.pid in mm.owner_pid.tolist() and mm.n_pages > 1000
+
+
+def test_after_restore_hooks_survive_the_vsock_reset_of_a_restore(
+        guest: tuple[GuestDriver, type[_Handler]], tmp_path: Path) -> None:
+    """The agent's connection right after a restore can be dropped before any reply (the lab's CRaC
+    study lost its VM restores so): the hooks call tries again, up to three times."""
+    drv, _ = guest
+    spec = parse_spec(f'[study]\nname = "x"\nbackend = "jvm"\nstrategies = ["ondemand", "criu"]\n'
+                      f'[guest]\nkernel = "{tmp_path}/k"\nrootfs = "{tmp_path}/r"\n[[variant]]\nname = "v"\n',
+                      tmp_path / "x.toml")
+    backend = JvmBackend(spec)
+    emu = EMULATORS[drv.uds]
+    emu.drop = 2
+    assert backend._after_restore_hooks(drv) > 0
+    assert emu.drop == 0
+    emu.drop = 3
+    with pytest.raises(FirecracerError, match="closed the connection|Broken pipe|reset by peer"):
+        backend._after_restore_hooks(drv)
 
 
 def test_jvm_backend_refuses_pvm_hosts_and_missing_images(tmp_path: Path) -> None:

@@ -481,11 +481,24 @@ class JvmBackend(Backend[JvmState]):
             "jvm": {"options": list(state.variant.jvm_options)}, "strategy": strategy,
             "timings_ms": timings, "metrics": metrics, **extra}, indent=1, default=str))
 
-    def _after_restore_hooks(self, guest: GuestDriver) -> float:
-        """The app's after-restore hooks through the agent (CRaC's afterRestore); their milliseconds."""
+    def _after_restore_hooks(self, guest: GuestDriver, attempts: int = 3) -> float:
+        """The app's after-restore hooks through the agent (CRaC's afterRestore); their milliseconds.
+
+        Right after a restore the guest resets its vsock transport, and a connection racing that reset is
+        closed before any reply (as the first request's): such a drop is retried. A repeat is harmless:
+        the app's resources are restored once (the Java agent notifies nobody the second time).
+        """
         t0 = time.perf_counter()
-        with guest.agent(timeout=self.spec.timeout_s) as a:
-            rep = a.call("after-restore", {"steps": ["hooks"], "generation": 1}, timeout=self.spec.timeout_s)
+        for attempt in range(1, attempts + 1):
+            try:
+                with guest.agent(timeout=self.spec.timeout_s) as a:
+                    rep = a.call("after-restore", {"steps": ["hooks"], "generation": 1},
+                                 timeout=self.spec.timeout_s)
+                break
+            except AgentError as exc:
+                if exc.code != "connection" or attempt == attempts:
+                    raise
+                time.sleep(0.2)
         if not rep.get("ok"):
             raise RunFailed("hooks", f"after-restore hooks failed: {json.dumps(rep.get('steps'))[:300]}")
         return (time.perf_counter() - t0) * 1e3
