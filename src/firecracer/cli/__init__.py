@@ -25,6 +25,7 @@ from firecracer.cli import (
     uffd,
     view,
     vm,
+    worker,
 )
 from firecracer.cli._render import err_console
 from firecracer.errors import FirecracerError
@@ -41,7 +42,7 @@ def cli() -> None:
 
 
 for _module in (demo, doctor, install, image, vm, selftest, uffd, collect, analyze, view, experiment,
-                lab, samples):
+                lab, samples, worker):
     for _cmd in _module.COMMANDS:
         cli.add_command(_cmd)
 

@@ -27,8 +27,10 @@ from firecracer.experiment.store import ResultsLock, ResultStore, RunRecord, now
 
 @dataclass(frozen=True)
 class Event:
-    """Progress: ``kind`` is ``start`` (study; ``total``/``skipped`` set), ``variant`` (preparing),
-    ``run`` (starting a run), ``done`` (a run was recorded; ``record`` set) or ``end``."""
+    """Progress: ``kind`` is ``start`` (study; ``total``/``skipped`` set), ``variant`` (preparing;
+    on a cluster ``host`` says which machine), ``run`` (starting a run), ``done`` (a run was recorded;
+    ``record`` set), ``lost`` (a cluster worker died running ``variant``: ``total`` runs of it unrecorded,
+    ``reason`` says what happened and whether they are queued again) or ``end``."""
 
     kind: str
     run: Run | None = None
@@ -36,6 +38,8 @@ class Event:
     total: int = 0
     skipped: int = 0
     variant: str = ""
+    host: str = ""
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -142,7 +146,7 @@ def run_variant(spec: Spec, be: Backend[Any], variant: Variant, runs: list[Run],
     except Exception as exc:  # the variant cannot be prepared: every run of it fails, go on
         phase = exc.phase if isinstance(exc, RunFailed) else "prepare"
         for run in runs:
-            yield _record(spec_all, spec, run, shard, host, versions, be.name, t_var, None,
+            yield make_record(spec_all, spec, run, shard, host, versions, be.name, t_var, None,
                           phase=phase, reason=f"variant not prepared: {describe_exception(exc)}")
         return
     try:
@@ -157,7 +161,7 @@ def run_variant(spec: Spec, be: Backend[Any], variant: Variant, runs: list[Run],
                 raise
             except Exception as exc:
                 phase = exc.phase if isinstance(exc, RunFailed) else "run"
-                rec = _record(spec_all, spec, run, shard, host, versions, be.name, t0, None,
+                rec = make_record(spec_all, spec, run, shard, host, versions, be.name, t0, None,
                               phase=phase, reason=describe_exception(exc), rundir=rundir,
                               results_dir=results_dir)
             else:
@@ -169,7 +173,7 @@ def run_variant(spec: Spec, be: Backend[Any], variant: Variant, runs: list[Run],
                     why = _viewer(rundir, f"{spec.name}: {run.run_id}")
                     if why:
                         outcome.metrics["viewer_error"] = why
-                rec = _record(spec_all, spec, run, shard, host, versions, be.name, t0, outcome,
+                rec = make_record(spec_all, spec, run, shard, host, versions, be.name, t0, outcome,
                               rundir=rundir, results_dir=results_dir)
             yield rec
     finally:
@@ -219,11 +223,12 @@ def _viewer(rundir: Path, title: str) -> str | None:
     return None
 
 
-def _record(spec_all: dict[str, Any], spec: Spec, run: Run, shard: Shard | None, host: dict[str, str],
-            versions: dict[str, Any], backend: str, t0: tuple[float, str], outcome: RunOutcome | None, *,
-            phase: str | None = None, reason: str | None = None, rundir: Path | None = None,
-            results_dir: Path | None = None) -> RunRecord:
-    """Build the row: the run's full spec (study + this variant + strategy + repetition) and versions."""
+def make_record(spec_all: dict[str, Any], spec: Spec, run: Run, shard: Shard | None, host: dict[str, str],
+                versions: dict[str, Any], backend: str, t0: tuple[float, str], outcome: RunOutcome | None, *,
+                phase: str | None = None, reason: str | None = None, rundir: Path | None = None,
+                results_dir: Path | None = None) -> RunRecord:
+    """Build the row (a failed one when ``outcome`` is None): the run's full spec (study + this variant +
+    strategy + repetition) and versions."""
     run_spec = {**{k: v for k, v in spec_all.items() if k != "variants"},
                 "variant": run.variant.as_dict(), "strategy": run.strategy.name,
                 "repetition": run.repetition, "spec_digest": spec.digest}
