@@ -122,7 +122,9 @@ def test_a_node_killed_mid_study_costs_one_rerun(cluster: LocalRayCluster, tmp_p
     assert not cluster.pids(vm=True)
 
 
-def test_driver_ctrl_c_cancels_tasks_and_a_rerun_resumes(cluster: LocalRayCluster, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_driver_signal_cancels_tasks_and_a_rerun_resumes(cluster: LocalRayCluster, tmp_path: Path,
+                                                          sig: signal.Signals) -> None:
     res = tmp_path / "res"
     drv = subprocess.Popen(_cmd(res, "--cluster", cluster.address), stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
@@ -134,7 +136,7 @@ def test_driver_ctrl_c_cancels_tasks_and_a_rerun_resumes(cluster: LocalRayCluste
                 return len(st.statuses())
 
         _wait(lambda: recorded() >= 2 and cluster.pids(vm=True), 180, "two recorded runs and a VM running")
-        drv.send_signal(signal.SIGINT)
+        drv.send_signal(sig)
         _out, err = drv.communicate(timeout=120)
     finally:
         if drv.poll() is None:

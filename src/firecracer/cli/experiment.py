@@ -149,6 +149,8 @@ def run(spec_file: str | None, example: bool, out: str | None, dry_run: bool, sh
                     progress.console.print(f"[red]failed[/] {e.record.run_id}{where}: {e.record.reason}",
                                            markup=True, highlight=False)
                 progress.update(task, advance=1, failed=nfail)
+                if e.host:  # a cluster: no per-run start events, say what was done where
+                    progress.update(task, description=f"{spec.name}: {e.record.run_id} on {e.host}")
 
         try:
             if ray_cluster is not None:

@@ -338,7 +338,8 @@ class _Driver:
         del self.inflight[name]
         if kind in ("finished", "cancelled") and not att.runs:
             return
-        why = describe_exception(payload) if payload is not None else f"the task ended after {kind}"
+        why = (describe_exception(payload) if payload is not None
+               else f"the task was {kind} with {len(att.runs)} runs not done")
         if kind == "lost" and name not in self.lost:
             self.lost.add(name)
             self.emit(Event("lost", variant=name, total=len(att.runs), host=_where(att.host),
