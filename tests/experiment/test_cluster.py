@@ -145,6 +145,10 @@ def test_driver_signal_cancels_tasks_and_a_rerun_resumes(cluster: LocalRayCluste
     assert drv.returncode != 0
     assert "tasks are cancelled" in err, err[-3000:]
     _wait(lambda: not cluster.pids(vm=True), 15, "no Firecracker or page server left")
+    from firecracer.paths import state_dir
+
+    vms = state_dir() / "vms"  # the workers' (same env): a cancelled task's backend removed its VM's run dir,
+    assert not (vms.exists() and any(vms.iterdir())), list(vms.iterdir())  # which a killed one leaves
     done = recorded()
     assert 2 <= done < 24
     rerun = subprocess.run(_cmd(res, "--cluster", cluster.address), capture_output=True, text=True,
@@ -173,3 +177,24 @@ def test_a_study_no_node_can_run_is_refused_up_front(cluster: LocalRayCluster, t
     assert len(run.stderr.strip().splitlines()) == 1, run.stderr
     assert not res.exists()
     assert os.environ.get("FIRECRACKER")  # (the fixture's; the refusal did not depend on a missing binary)
+
+
+def test_worker_offers_what_doctor_finds(firecracker_bin: Path) -> None:
+    """``firecracer worker`` (dry run): the resources are the doctor's verdicts, passed to ``ray start``."""
+    from firecracer import host
+
+    base = [sys.executable, "-m", "firecracer", "worker", "--firecracker", str(firecracker_bin), "--dry-run"]
+    run = subprocess.run([*base, "--address", "127.0.0.2:6379", "--slots", "2", "--num-cpus", "1"],
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 0, run.stderr
+    start = next(line for line in run.stdout.splitlines() if " start " in line)
+    res = json.loads(start.split("--resources ", 1)[1].split("}", 1)[0] + "}")
+    checks = host.run_all(str(firecracker_bin))
+    assert res["firecracer"] == 2
+    assert ("firecracker_probe" in res) == (not host.missing_for("uffd", checks))
+    assert ("firecracker_kvm" in res) == (not host.missing_for("uffd", checks) and checks["linux_guests"].ok)
+    assert ("firecracker_lab" in res) == (not host.missing_for("lab", checks))
+    assert start.endswith("--address=127.0.0.2:6379 --num-cpus 1")  # the rest goes to ray start as is
+    both = subprocess.run([*base, "--head", "--address", "x:1"], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert both.returncode == 2 and "not both" in both.stderr
