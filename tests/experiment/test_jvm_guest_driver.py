@@ -203,7 +203,7 @@ def test_after_restore_hooks_survive_the_vsock_reset_of_a_restore(
     assert backend._after_restore_hooks(drv) > 0
     assert emu.drop == 0
     emu.drop = 3
-    with pytest.raises(FirecracerError, match="closed the connection|Broken pipe|reset by peer"):
+    with pytest.raises(FirecracerError, match=r"closed the connection|Broken pipe|reset by peer"):
         backend._after_restore_hooks(drv)
 
 

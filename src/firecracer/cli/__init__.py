@@ -27,6 +27,7 @@ from firecracer.cli import (
     uffd,
     view,
     vm,
+    worker,
 )
 from firecracer.cli._render import err_console
 from firecracer.errors import FirecracerError
@@ -43,7 +44,7 @@ def cli() -> None:
 
 
 for _module in (demo, doctor, install, image, vm, selftest, uffd, collect, crac, analyze, view,
-                experiment, lab, samples):
+                experiment, lab, samples, worker):
     for _cmd in _module.COMMANDS:
         cli.add_command(_cmd)
 

@@ -52,16 +52,20 @@ def _load(spec_file: str | None, example: bool) -> Spec:
                    "host's KVM cannot boot Linux guests).")
 @click.option("--lab-mem", type=click.IntRange(2048), default=8192, show_default=True, metavar="MIB",
               help="L1's RAM with --lab.")
+@click.option("--cluster", "cluster", metavar="HEAD:PORT|auto|none",
+              help="Run each variant as a task on a Ray cluster (overrides study.cluster; 'none': here). "
+                   "Needs the cluster extra: pip install 'firecracer[cluster]'.")
 def run(spec_file: str | None, example: bool, out: str | None, dry_run: bool, shard: str | None,
         retry_failed: bool, as_json: bool, firecracker: str | None, keep_going: bool, use_lab: bool | None,
-        lab_mem: int) -> None:
+        lab_mem: int, cluster: str | None) -> None:
     """Run a study spec: every variant × strategy × repetition, recorded in RESULTS/results.sqlite.
 
     Interrupt it any time (Ctrl-C); running the same command again skips every recorded run. A run
     that fails is recorded with its reason and the study goes on; the command then exits 1 (unless
     --keep-going). One command writes a results directory at a time: a second one refuses at once.
     A jvm study on a host whose KVM cannot boot Linux guests (PVM-nested, none) runs in the lab (QEMU
-    TCG): its timings are then TCG timings, its counts real.
+    TCG): its timings are then TCG timings, its counts real. With --cluster each variant runs on a
+    machine of a Ray cluster that has what it needs; this command alone writes RESULTS.
     """
     from firecracer.experiment.plan import Shard, plan_runs
     from firecracer.experiment.runner import Event, make_backend, run_study
@@ -101,12 +105,20 @@ def run(spec_file: str | None, example: bool, out: str | None, dry_run: bool, sh
                       + (f", shard {sh}" if sh else "") + f"); {todo} to run; results in {results}")
         return
 
-    if _route_to_lab(spec, use_lab):
+    address = cluster or spec.cluster
+    ray_cluster = None
+    if address and address != "none":
+        from firecracer.experiment.cluster import Cluster
+
+        ray_cluster = Cluster(address)  # before any output: no Ray, no cluster, nobody able: one line
+        ray_cluster.check(spec)
+    if ray_cluster is None and _route_to_lab(spec, use_lab):
         with ResultsLock(results):  # 9p locks in L1 are no-ops in QEMU: the host holds the lock
             _run_in_lab(spec_file, example, results, shard, retry_failed, firecracker, lab_mem, keep_going)
         return
-    backend = make_backend(spec)
-    backend.check()  # before any output: a host that cannot run the study is one line, nothing else
+    backend = make_backend(spec) if ray_cluster is None else None
+    if backend is not None:
+        backend.check()  # before any output: a host that cannot run the study is one line, nothing else
     # the lock before any output too: a second run into the same directory refuses at once, in one line
     with ResultsLock(results), Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                         TimeElapsedColumn(), TextColumn("[red]{task.fields[failed]} failed"),
@@ -121,23 +133,40 @@ def run(spec_file: str | None, example: bool, out: str | None, dry_run: bool, sh
                 if e.skipped:
                     progress.console.print(f"resuming: {e.skipped} runs already recorded in {results}")
             elif e.kind == "variant":
-                progress.update(task, description=f"{spec.name}: preparing {e.variant}")
+                progress.update(task, description=f"{spec.name}: preparing {e.variant}"
+                                + (f" on {e.host}" if e.host else ""))
+                if e.host:
+                    progress.console.print(f"{e.variant}: on {e.host}", highlight=False)
+            elif e.kind == "lost":
+                progress.console.print(f"[yellow]lost[/] {e.variant} on {e.host or 'a worker'}: {e.reason}",
+                                       markup=True, highlight=False)
             elif e.kind == "run" and e.run is not None:
                 progress.update(task, description=f"{spec.name}: {e.run.run_id}")
             elif e.kind == "done" and e.record is not None:
                 if not e.record.ok:
                     nfail += 1
-                    progress.console.print(f"[red]failed[/] {e.record.run_id}: {e.record.reason}",
+                    where = f" on {e.host}" if e.host else ""
+                    progress.console.print(f"[red]failed[/] {e.record.run_id}{where}: {e.record.reason}",
                                            markup=True, highlight=False)
                 progress.update(task, advance=1, failed=nfail)
+                if e.host:  # a cluster: no per-run start events, say what was done where
+                    progress.update(task, description=f"{spec.name}: {e.record.run_id} on {e.host}")
 
         try:
-            summary = run_study(spec, results, backend=backend, shard=sh, retry_failed=retry_failed,
-                                on_event=on_event)
-        except KeyboardInterrupt:
+            if ray_cluster is not None:
+                with ray_cluster:
+                    summary = ray_cluster.run_study(spec, results, shard=sh, retry_failed=retry_failed,
+                                                    on_event=on_event)
+            else:
+                summary = run_study(spec, results, backend=backend, shard=sh, retry_failed=retry_failed,
+                                    on_event=on_event)
+        except (KeyboardInterrupt, SystemExit) as exc:
+            if isinstance(exc, SystemExit) and ray_cluster is None:
+                raise
             progress.stop()
-            err_console.print(f"interrupted: finished runs are kept in {results}; run the same command again "
-                              "to resume")
+            what = "; the cluster's tasks are cancelled" if ray_cluster is not None else ""
+            err_console.print(f"interrupted{what}: finished runs are kept in {results}; run the same command "
+                              "again to resume")
             raise
     console.print(f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} already recorded; "
                   f"results in {results}  (report: firecracer experiment report {results})", highlight=False)

@@ -13,7 +13,7 @@ import platform
 import shutil
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,14 +21,16 @@ from typing import Any
 from firecracer import __version__
 from firecracer.experiment.backend import Backend, RunFailed, RunOutcome, describe_exception
 from firecracer.experiment.plan import Run, Shard, group_by_variant, plan_runs
-from firecracer.experiment.spec import Spec
+from firecracer.experiment.spec import Spec, Variant
 from firecracer.experiment.store import ResultsLock, ResultStore, RunRecord, now_iso
 
 
 @dataclass(frozen=True)
 class Event:
-    """Progress: ``kind`` is ``start`` (study; ``total``/``skipped`` set), ``variant`` (preparing),
-    ``run`` (starting a run), ``done`` (a run was recorded; ``record`` set) or ``end``."""
+    """Progress: ``kind`` is ``start`` (study; ``total``/``skipped`` set), ``variant`` (preparing;
+    on a cluster ``host`` says which machine), ``run`` (starting a run), ``done`` (a run was recorded;
+    ``record`` set), ``lost`` (a cluster worker died running ``variant``: ``total`` runs of it unrecorded,
+    ``reason`` says what happened and whether they are queued again) or ``end``."""
 
     kind: str
     run: Run | None = None
@@ -36,6 +38,8 @@ class Event:
     total: int = 0
     skipped: int = 0
     variant: str = ""
+    host: str = ""
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -98,62 +102,19 @@ def run_study(spec: Spec, results_dir: Path | str, *, backend: Backend[Any] | No
         emit(Event("start", total=len(todo) + skipped, skipped=skipped))
         versions = {"firecracer": __version__, **be.versions()}
         host = host_facts()
-        spec_all = spec.as_dict()
         for variant, runs in group_by_variant(todo):
             emit(Event("variant", variant=variant.name))
-            vdir = results_dir / "variants" / variant.name
-            t_var = (time.monotonic(), now_iso())
-            try:
-                vdir.mkdir(parents=True, exist_ok=True)
-                cm = be.variant(variant, vdir)
-                state = cm.__enter__()
-            except KeyboardInterrupt:
-                raise
-            except Exception as exc:  # the variant cannot be prepared: every run of it fails, go on
-                phase = exc.phase if isinstance(exc, RunFailed) else "prepare"
-                for run in runs:
-                    rec = _record(spec_all, spec, run, shard, host, versions, be.name, t_var, None,
-                                  phase=phase, reason=f"variant not prepared: {describe_exception(exc)}")
-                    store.record(rec)
+            for rec in run_variant(spec, be, variant, runs, results_dir, shard=shard, host=host,
+                                   versions=versions, on_run=lambda r: emit(Event("run", run=r))):
+                store.record(rec)
+                if rec.ok:
+                    ok += 1
+                else:
                     failed += 1
-                    failed_ids.append(run.run_id)
-                    emit(Event("done", run=run, record=rec))
-                continue
-            try:
-                for run in runs:
-                    emit(Event("run", run=run))
-                    rundir = results_dir / "runs" / run.run_id
-                    t0 = (time.monotonic(), now_iso())
-                    try:
-                        _fresh_dir(rundir)  # leftovers of an interrupted or failed attempt go
-                        outcome = be.run(state, run, rundir)
-                    except KeyboardInterrupt:
-                        raise
-                    except Exception as exc:
-                        phase = exc.phase if isinstance(exc, RunFailed) else "run"
-                        rec = _record(spec_all, spec, run, shard, host, versions, be.name, t0, None,
-                                      phase=phase, reason=describe_exception(exc), rundir=rundir,
-                                      results_dir=results_dir)
-                        failed += 1
-                        failed_ids.append(run.run_id)
-                    else:
-                        if outcome.categories is None:
-                            outcome.categories, why = _categories(rundir, vdir)
-                            if why:
-                                outcome.metrics["attribution_error"] = why
-                        if spec.viewer:
-                            why = _viewer(rundir, f"{spec.name}: {run.run_id}")
-                            if why:
-                                outcome.metrics["viewer_error"] = why
-                        rec = _record(spec_all, spec, run, shard, host, versions, be.name, t0, outcome,
-                                      rundir=rundir, results_dir=results_dir)
-                        ok += 1
-                    store.record(rec)
-                    emit(Event("done", run=run, record=rec))
-            finally:
-                cm.__exit__(None, None, None)
+                    failed_ids.append(rec.run_id)
+                emit(Event("done", run=next(r for r in runs if r.run_id == rec.run_id), record=rec))
             if not spec.keep_snapshots and all(r.run_id in store.statuses() for r in runs):
-                shutil.rmtree(vdir, ignore_errors=True)
+                shutil.rmtree(results_dir / "variants" / variant.name, ignore_errors=True)
         emit(Event("end"))
         done_now = {r.run_id for r in todo}
         statuses = store.statuses()
@@ -161,6 +122,62 @@ def run_study(spec: Spec, results_dir: Path | str, *, backend: Backend[Any] | No
                             if r.run_id not in done_now and statuses.get(r.run_id) == "failed")
     return StudySummary(planned=len(todo) + skipped, skipped=skipped, ok=ok, failed=failed,
                         results_dir=results_dir, failed_runs=tuple(failed_ids), failed_before=failed_before)
+
+
+def run_variant(spec: Spec, be: Backend[Any], variant: Variant, runs: list[Run], results_dir: Path, *,
+                shard: Shard | None, host: dict[str, str], versions: dict[str, Any],
+                on_run: Callable[[Run], None] = lambda r: None) -> Iterator[RunRecord]:
+    """Prepare ``variant`` in ``results_dir/variants/<name>`` and execute ``runs`` (all of that variant)
+    into ``results_dir/runs/<id>``, yielding each run's row as it is done; the caller records it.
+
+    A variant that cannot be prepared yields every run as failed with the reason. Ctrl-C (or closing the
+    generator) leaves the backend's variant context, which releases whatever still runs. Used by
+    :func:`run_study` here and by a cluster worker (:mod:`firecracer.experiment.cluster`).
+    """
+    spec_all = spec.as_dict()
+    vdir = results_dir / "variants" / variant.name
+    t_var = (time.monotonic(), now_iso())
+    try:
+        vdir.mkdir(parents=True, exist_ok=True)
+        cm = be.variant(variant, vdir)
+        state = cm.__enter__()
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # the variant cannot be prepared: every run of it fails, go on
+        phase = exc.phase if isinstance(exc, RunFailed) else "prepare"
+        for run in runs:
+            yield make_record(spec_all, spec, run, shard, host, versions, be.name, t_var, None,
+                          phase=phase, reason=f"variant not prepared: {describe_exception(exc)}")
+        return
+    try:
+        for run in runs:
+            on_run(run)
+            rundir = results_dir / "runs" / run.run_id
+            t0 = (time.monotonic(), now_iso())
+            try:
+                _fresh_dir(rundir)  # leftovers of an interrupted or failed attempt go
+                outcome = be.run(state, run, rundir)
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:
+                phase = exc.phase if isinstance(exc, RunFailed) else "run"
+                rec = make_record(spec_all, spec, run, shard, host, versions, be.name, t0, None,
+                              phase=phase, reason=describe_exception(exc), rundir=rundir,
+                              results_dir=results_dir)
+            else:
+                if outcome.categories is None:
+                    outcome.categories, why = _categories(rundir, vdir)
+                    if why:
+                        outcome.metrics["attribution_error"] = why
+                if spec.viewer:
+                    why = _viewer(rundir, f"{spec.name}: {run.run_id}")
+                    if why:
+                        outcome.metrics["viewer_error"] = why
+                rec = make_record(spec_all, spec, run, shard, host, versions, be.name, t0, outcome,
+                              rundir=rundir, results_dir=results_dir)
+            yield rec
+    finally:
+        cm.__exit__(None, None, None)
 
 
 def _fresh_dir(d: Path) -> None:
@@ -206,11 +223,12 @@ def _viewer(rundir: Path, title: str) -> str | None:
     return None
 
 
-def _record(spec_all: dict[str, Any], spec: Spec, run: Run, shard: Shard | None, host: dict[str, str],
-            versions: dict[str, Any], backend: str, t0: tuple[float, str], outcome: RunOutcome | None, *,
-            phase: str | None = None, reason: str | None = None, rundir: Path | None = None,
-            results_dir: Path | None = None) -> RunRecord:
-    """Build the row: the run's full spec (study + this variant + strategy + repetition) and versions."""
+def make_record(spec_all: dict[str, Any], spec: Spec, run: Run, shard: Shard | None, host: dict[str, str],
+                versions: dict[str, Any], backend: str, t0: tuple[float, str], outcome: RunOutcome | None, *,
+                phase: str | None = None, reason: str | None = None, rundir: Path | None = None,
+                results_dir: Path | None = None) -> RunRecord:
+    """Build the row (a failed one when ``outcome`` is None): the run's full spec (study + this variant +
+    strategy + repetition) and versions."""
     run_spec = {**{k: v for k, v in spec_all.items() if k != "variants"},
                 "variant": run.variant.as_dict(), "strategy": run.strategy.name,
                 "repetition": run.repetition, "spec_digest": spec.digest}

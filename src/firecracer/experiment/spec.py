@@ -45,7 +45,7 @@ _STRATEGY_RE = re.compile(r"^(file|ondemand|eager|prefetch|fault-around:(\d+)|cr
 PROCESS_KINDS = ("criu", "criu-lazy")
 
 _STUDY_KEYS = {"name", "description", "backend", "repetitions", "strategies", "timeout_s", "firecracker",
-               "keep_snapshots", "viewer"}
+               "keep_snapshots", "viewer", "cluster"}
 _GUEST_KEYS = {"mem_size_mib", "vcpus", "kernel", "rootfs", "boot_args"}
 _WORKLOAD_KEYS = {"port", "path", "warmup_requests", "prepare", "ready_timeout_s"}
 _VARIANT_KEYS = {"name", "description", "working_set_pages", "mean_run_pages", "seed", "trace",
@@ -163,6 +163,7 @@ class Spec:
     firecracker: str | None = None
     keep_snapshots: bool = True
     viewer: bool = True
+    cluster: str | None = None  # a Ray cluster's address (where, not what: not in as_dict or the digest)
 
     @property
     def digest(self) -> str:
@@ -450,6 +451,7 @@ def parse_spec(text: str, path: Path | str = "<spec>") -> Spec:
         firecracker=c.string(st, "firecracker", "study") if "firecracker" in st else None,
         keep_snapshots=c.boolean(st, "keep_snapshots", "study", True),
         viewer=c.boolean(st, "viewer", "study", True),
+        cluster=c.string(st, "cluster", "study") if "cluster" in st else None,
     )
 
 
