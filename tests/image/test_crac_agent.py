@@ -225,3 +225,21 @@ def test_ping_and_unknown_requests(probe: Any, cfg: agent.AgentConfig) -> None:
     assert agent._notify(path, b"ping\n")["answer"] == "ok firecracer-crac jdk.crac provided by the agent"
     bad = agent._notify(path, b"checkpoint-now\n")
     assert not bad["ok"] and bad["answer"].startswith("error unknown request 'checkpoint-now'")
+
+
+def test_a_checkpoint_stops_at_a_failing_hook_before_criu_with_its_message(
+        probe: Any, cfg: agent.AgentConfig) -> None:
+    """The guest agent's ``checkpoint`` command: a throwing beforeCheckpoint ends it before any dump
+    (CRIU never runs; this host has none to run anyway), in one line that quotes the hook, and the JVM,
+    whose afterRestore ran, goes on."""
+    p = probe(["org:good", "org:bad!before"])
+    with pytest.raises(agent.RequestError) as exc:
+        agent.cmd_checkpoint(cfg, {"pid": p.proc.pid, "steps": ["hooks"]})
+    assert exc.value.code == "checkpoint-hooks-failed"
+    msg = exc.value.message
+    assert "\n" not in msg and f"pid {p.proc.pid}" in msg, msg
+    assert "OrgResource[bad]: java.lang.IllegalStateException: bad refuses" in msg, msg
+    assert msg.endswith("no checkpoint was made, the JVM goes on"), msg
+    assert p.proc.poll() is None
+    assert p.hook_lines() == ["beforeCheckpoint bad", "beforeCheckpoint good",
+                              "afterRestore good", "afterRestore bad"]
