@@ -61,11 +61,11 @@ CATEGORIES = ("Java Heap", "Class", "Metaspace", "Shared class space", "Code", "
 
 
 def _run_study(results: Path, reps: int, firecracker: str | None) -> None:
+    from firecracer import hugepages
     from firecracer.experiment.runner import run_study
     from firecracer.experiment.spec import load_spec
     from firecracer.image.kernel import latest_kernel
     from firecracer.image.rootfs import latest_rootfs
-    from firecracer.vmm import hugepages
 
     kernel, rootfs = latest_kernel(), latest_rootfs()
     if kernel is None or rootfs is None:

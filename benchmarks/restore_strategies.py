@@ -616,7 +616,8 @@ def main() -> None:
     ap.add_argument("--json-out", help="also write the JSON summary to this file")
     args = ap.parse_args()
 
-    from firecracer.vmm.binary import firecracker_version, installed_binaries
+    from firecracer.fcversion import firecracker_version
+    from firecracer.vmm.binary import installed_binaries
     from firecracer.vmm.probe import build_probe
     from firecracer.vmm.probe.run import boot_probe
 
@@ -642,7 +643,7 @@ def main() -> None:
     pool_touch: float | None = None
     try:
         if huge:  # the pool for one 2 MiB guest at a time (boot, then each restore), given back at the end
-            from firecracer.vmm.hugepages import Reservation, pages_for
+            from firecracer.hugepages import Reservation, pages_for
 
             reservation = Reservation(pages_for(args.mem_mib) + 16)  # margin: other users of the pool
             pool_touch = warm_pool(pages_for(args.mem_mib) + 16)

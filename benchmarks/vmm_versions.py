@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from firecracer.errors import FirecracerError
+from firecracer.fcversion import Version, firecracker_version
 from firecracer.paths import bin_dir
-from firecracer.vmm.binary import Version, firecracker_version
 from firecracer.vmm.config import MemBackend, SnapshotType
 from firecracer.vmm.machine import MicroVM
 from firecracer.vmm.probe import build_probe

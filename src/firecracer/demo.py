@@ -94,7 +94,8 @@ class DemoResult:
 
 def _uffd_capable(version_text: str | None, kernel_release: str) -> str | None:
     """Why this Firecracker cannot serve Uffd restores on that kernel (None: it can)."""
-    from firecracer.vmm.binary import Version, uffd_restore_problem
+    from firecracer.fcversion import Version
+    from firecracer.vmm.binary import uffd_restore_problem
 
     if version_text is None:
         return "no Firecracker binary ('firecracer install-firecracker FILE')"
@@ -103,9 +104,9 @@ def _uffd_capable(version_text: str | None, kernel_release: str) -> str | None:
 
 def choose_mode(firecracker: str | None = None, forced: str | None = None) -> Choice:
     """Pick the richest mode this host supports; ``forced`` must be supported or it is an error."""
+    from firecracer.fcversion import Version
     from firecracer.image.kernel import latest_kernel
     from firecracer.image.rootfs import latest_rootfs
-    from firecracer.vmm.binary import Version
 
     kvm = host.check_kvm()
     native = host.check_linux_guests()

@@ -18,8 +18,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from firecracer.errors import FirecracerError
+from firecracer.fcversion import Version, firecracker_version
 from firecracer.paths import cache_dir
-from firecracer.vmm.binary import Version, find_firecracker, firecracker_version, uffd_restore_problem
+from firecracer.vmm.binary import find_firecracker, uffd_restore_problem
 
 KVM_GET_API_VERSION = 0xAE00
 KVM_CREATE_VM = 0xAE01
@@ -282,7 +283,7 @@ def check_lab() -> Check:
                  {"mem_available_mib": avail, "assets_cached": assets is not None})
 def check_huge_pages() -> Check:
     """The 2 MiB hugetlbfs pool (``vm boot --huge-pages 2M``): what is free, how to reserve more."""
-    from firecracer.vmm import hugepages
+    from firecracer import hugepages
 
     try:
         ok, sentence, facts = hugepages.summary()

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from firecracer.fcversion import Version
 from firecracer.vmm import config as cfg
 from firecracer.vmm.api import Unsupported
-from firecracer.vmm.binary import Version
 
 V14, V17, V112, V113, V114 = (Version(1, 4), Version(1, 7), Version(1, 12), Version(1, 13), Version(1, 14, 2))
 

@@ -178,7 +178,7 @@ def _expand_ranges(first: np.ndarray[Any, Any], count: np.ndarray[Any, Any]) -> 
 
 
 def _pool_exhausted(hva: int, off: int) -> str:
-    from firecracer.vmm import hugepages
+    from firecracer import hugepages
 
     try:
         p = hugepages.pool()
@@ -827,7 +827,7 @@ class Session:
                 return bool(int.from_bytes(entry, "little") >> 63)
         except OSError:
             pass
-        from firecracer.vmm import hugepages
+        from firecracer import hugepages
 
         try:
             return hugepages.pool().free > 0
@@ -1055,7 +1055,7 @@ class Session:
         """The peer's Firecracker version (``--version`` of its executable), None if it is not one."""
         if not self.peer_exe or "firecracker" not in Path(self.peer_exe).name:
             return None
-        from firecracer.vmm.binary import firecracker_version
+        from firecracer.fcversion import firecracker_version
 
         try:
             return str(firecracker_version(self.peer_exe.removesuffix(" (deleted)")))

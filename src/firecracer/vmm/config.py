@@ -28,8 +28,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from firecracer.fcversion import Version
 from firecracer.vmm.api import Unsupported
-from firecracer.vmm.binary import Version
 
 
 class SnapshotType(enum.Enum):

@@ -46,12 +46,13 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from firecracer import hugepages
 from firecracer.errors import FirecracerError, FirecrackerError
+from firecracer.fcversion import Version, firecracker_version
 from firecracer.paths import state_dir
 from firecracer.vmm import config as cfg
-from firecracer.vmm import hugepages
 from firecracer.vmm.api import ApiClient, Unsupported, Watch
-from firecracer.vmm.binary import Version, find_firecracker, firecracker_version, uffd_restore_problem
+from firecracer.vmm.binary import find_firecracker, uffd_restore_problem
 from firecracer.vmm.config import MemBackend, SnapshotType
 from firecracer.vmm.lifeline import is_zombie, kill_all, processes_in, spawn, start_time
 from firecracer.vmm.network import GUEST_MAC, NetNamespace, kernel_ip_arg

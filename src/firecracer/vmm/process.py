@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from firecracer.errors import FirecrackerError
+from firecracer.fcversion import Version, firecracker_version
 from firecracer.vmm.api import ApiClient, connect_unix
-from firecracer.vmm.binary import Version, firecracker_version
 from firecracer.vmm.lifeline import spawn
 
 _ID_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")

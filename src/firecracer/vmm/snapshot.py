@@ -36,10 +36,10 @@ from typing import Any
 import numpy as np
 
 from firecracer.errors import FirecracerError, FormatError
+from firecracer.fcversion import Version, firecracker_version
 from firecracer.fsio import atomic_output, read_json
 from firecracer.paths import cache_dir
 from firecracer.uffd.memfile import scan_data
-from firecracer.vmm.binary import Version, firecracker_version
 from firecracer.vmm.config import SnapshotType
 
 FORMAT = "firecracer-snapshot"

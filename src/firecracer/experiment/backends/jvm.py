@@ -200,7 +200,8 @@ class JvmBackend(Backend[JvmState]):
 
     def check(self) -> None:
         from firecracer import host
-        from firecracer.vmm.binary import find_firecracker, firecracker_version
+        from firecracer.fcversion import firecracker_version
+        from firecracer.vmm.binary import find_firecracker
 
         if not os.access("/dev/kvm", os.R_OK | os.W_OK):
             raise FirecracerError("the jvm backend needs a usable /dev/kvm (see 'firecracer doctor')")
@@ -218,7 +219,7 @@ class JvmBackend(Backend[JvmState]):
         self._fc_version = str(version)
         check_uffd_strategies(self._fc, version, self.spec.strategies)
         if any(v.huge for v in self.spec.variants):
-            from firecracer.vmm.hugepages import check_pool
+            from firecracer.hugepages import check_pool
 
             check_pool(self.spec.guest.mem_size_mib, f"{self.spec.path}: 2 MiB variants")
 
