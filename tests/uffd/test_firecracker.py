@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from firecracer.fcversion import firecracker_version
-from firecracer.uffd.strategies import ws_path_for
 from firecracer.uffd.trace import FLAG_FAULTING, Action, load_trace
+from firecracer.uffd.workingset import ws_path_for
 from firecracer.vmm.binary import installed_binaries
 from firecracer.vmm.config import MemBackend
 from firecracer.vmm.machine import MicroVM
@@ -198,7 +198,7 @@ def test_every_strategy_restores_the_probe_correctly_with_2mib_pages(
     # (a fault can repeat for a page already served when the host is loaded: count pages, not faults)
     assert 32 <= len(touched) < 64 and od["faults"] >= len(touched) and od["pages"]["zero"] > 0
     ws_file = ws_path_for(runs["ondemand"].trace)
-    from firecracer.uffd.strategies import WorkingSet
+    from firecracer.uffd.workingset import WorkingSet
 
     ws = WorkingSet(ws_file, populate=False)
     try:

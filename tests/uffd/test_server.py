@@ -14,8 +14,8 @@ from tests.uffd.fakefc import Peer, PeerSpec, digest
 
 from firecracer.uffd import abi
 from firecracer.uffd.server import Server, ServeResult
-from firecracer.uffd.strategies import WorkingSet, ws_path_for
 from firecracer.uffd.trace import FLAG_FAULTING, FLAG_WRITE, FLAG_ZERO, Action, load_trace
+from firecracer.uffd.workingset import WorkingSet, ws_path_for
 
 PS = 4096
 NPAGES = 64

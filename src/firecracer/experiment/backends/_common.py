@@ -16,7 +16,7 @@ import numpy as np
 from firecracer.errors import FirecracerError
 from firecracer.experiment.spec import Strategy
 from firecracer.fcversion import Version
-from firecracer.uffd.strategies import ws_path_for
+from firecracer.uffd.workingset import ws_path_for
 from firecracer.vmm.binary import uffd_restore_problem
 
 
