@@ -79,7 +79,7 @@ def test_vsock_http_protocol(tmp_path: Path) -> None:
     import threading
 
     from firecracer.errors import FirecracerError
-    from firecracer.vmm.network import vsock_http
+    from firecracer.vmm.vsock import vsock_http
 
     path = tmp_path / "v.sock"
     srv = socket.socket(socket.AF_UNIX)

@@ -53,7 +53,7 @@ from firecracer.image.manifest import with_image_init
 from firecracer.paths import state_dir
 from firecracer.vmm.config import MemBackend
 from firecracer.vmm.machine import DEFAULT_BOOT_ARGS, MicroVM, VMConfig
-from firecracer.vmm.network import vsock_http
+from firecracer.vmm.vsock import vsock_http
 
 AGENT_PORT = 52
 
