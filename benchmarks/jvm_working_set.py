@@ -183,7 +183,7 @@ def main() -> int:
     args = ap.parse_args()
     results = args.output.resolve()
     if not args.report_only:
-        from firecracer.lab.route import why_lab
+        from firecracer.placement import why_lab
 
         why = why_lab()
         if why:

@@ -252,7 +252,7 @@ def run_jvm_in_lab(out: Path, firecracker: str | None, *, mem_mib: int = 8192,
                    stderr: Callable[[bytes], None] | None = None) -> DemoResult:
     """``demo --mode jvm`` inside one L1; its JSON (paths valid here: ``out`` is shared) comes back."""
     from firecracer.lab.machine import LabSpec
-    from firecracer.lab.route import run_cli
+    from firecracer.placement import run_cli
 
     out = out.resolve()
     args = ["demo", "--mode", "jvm", "--json", "--no-browser", "-o", str(out)]

@@ -22,7 +22,7 @@ made the file 16 times larger); the server assembles each page in a zeroed stagi
 
 from __future__ import annotations
 
-import hashlib
+import ctypes
 import json
 import os
 import struct
@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from firecracer.errors import FirecracerError, FormatError
-from firecracer.fsio import atomic_output, open_regular
+from firecracer.fsio import atomic_output, file_sha256, open_regular
 from firecracer.uffd import abi
 from firecracer.uffd.memfile import MemoryFile, identity_mismatch
 from firecracer.uffd.trace import Trace, load_trace
@@ -93,11 +93,7 @@ def _data_blocks(mem: MemoryFile, off: int, ps: int) -> npt.NDArray[np.bool_]:
 def trace_identity(path: str | Path) -> dict[str, object]:
     """Path, size and SHA-256 of a trace file: which recording a working set was built from."""
     p = Path(path)
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return {"path": str(p.resolve()), "size": p.stat().st_size, "sha256": h.hexdigest()}
+    return {"path": str(p.resolve()), "size": p.stat().st_size, "sha256": file_sha256(p)}
 
 
 def check_trace_matches(trace: Trace, mem: MemoryFile, trace_path: str | Path) -> None:
@@ -330,8 +326,6 @@ class WorkingSet:
 
 def ctypes_bytes(addr: int, length: int) -> bytes:
     """Copy ``length`` bytes at ``addr`` in our address space."""
-    import ctypes
-
     return ctypes.string_at(addr, length)
 
 
