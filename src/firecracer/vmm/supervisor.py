@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from firecracer.errors import FormatError
+from firecracer.fsio import read_json
 from firecracer.vmm.lifeline import is_zombie, kill_all, processes_in, start_time
 
 RECORD = "vm.json"
@@ -39,9 +41,6 @@ _SOCKETS = ("api.sock", "serial.in", "uffd.sock")
 # -- vm.json, shared with MicroVM ---------------------------------------------------------------------
 def read_record(run_dir: Path) -> dict[str, Any] | None:
     """The run directory's ``vm.json`` (None if missing, unreadable, or not a regular file of <= 1 MiB)."""
-    from firecracer.errors import FormatError
-    from firecracer.fsio import read_json
-
     try:
         data = read_json(run_dir / RECORD, limit=1 << 20, what="VM record")
     except FormatError:
