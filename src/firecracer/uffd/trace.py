@@ -29,7 +29,7 @@ import re
 import struct
 import zipfile
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -485,10 +485,3 @@ def _decode_line(raw: bytes, path: Path, lineno: int) -> str:
     except UnicodeDecodeError:
         raise FormatError(path, lineno, "not UTF-8 text: not a seed uffd_handler log") from None
 
-
-def concat_columns(chunks: Sequence[dict[str, np.ndarray[Any, Any]]]) -> dict[str, np.ndarray[Any, Any]]:
-    """Concatenate column dicts (recorder chunks) into one, with the format dtypes."""
-    if not chunks:
-        return empty_columns()
-    return {name: np.concatenate([c[name] for c in chunks]).astype(dt, copy=False)
-            for name, dt in COLUMNS.items()}

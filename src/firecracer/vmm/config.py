@@ -154,14 +154,6 @@ class Logger:
 
 
 @dataclass(frozen=True)
-class Metrics:
-    metrics_path: str
-
-    def body(self, version: Version) -> dict[str, Any]:
-        return {"metrics_path": self.metrics_path}
-
-
-@dataclass(frozen=True)
 class MmdsConfig:
     network_interfaces: tuple[str, ...]
     version: str = "V2"
