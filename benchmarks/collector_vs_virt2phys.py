@@ -89,7 +89,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--smoke", action="store_true", help="one round (the test suite runs this so the script "
+                    "cannot rot)")
     ns = ap.parse_args()
+    if ns.smoke:
+        ns.repeat = 1
     if os.geteuid() != 0:
         print("needs root (pagemap PFNs)", file=sys.stderr)
         return 1

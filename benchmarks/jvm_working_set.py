@@ -61,11 +61,11 @@ CATEGORIES = ("Java Heap", "Class", "Metaspace", "Shared class space", "Code", "
 
 
 def _run_study(results: Path, reps: int, firecracker: str | None) -> None:
+    from firecracer import hugepages
     from firecracer.experiment.runner import run_study
     from firecracer.experiment.spec import load_spec
     from firecracer.image.kernel import latest_kernel
     from firecracer.image.rootfs import latest_rootfs
-    from firecracer.vmm import hugepages
 
     kernel, rootfs = latest_kernel(), latest_rootfs()
     if kernel is None or rootfs is None:
@@ -87,6 +87,27 @@ def _run_study(results: Path, reps: int, firecracker: str | None) -> None:
             elif e.kind == "done" and e.record is not None and not e.record.ok:
                 print(f"jvm_working_set: {e.record.run_id} FAILED: {e.record.reason}", file=sys.stderr)
         run_study(spec, results, on_event=progress)
+
+
+def _smoke(reps: int) -> int:
+    """The spec this benchmark writes is valid and plans variants × strategies × repetitions runs."""
+    import tempfile
+
+    from firecracer.experiment.plan import plan_runs
+    from firecracer.experiment.spec import load_spec
+
+    with tempfile.TemporaryDirectory(prefix="fcr-jvm-ws-smoke-") as tmp:
+        d = Path(tmp)
+        (d / "vmlinux").write_bytes(b"")
+        (d / "rootfs.ext4").write_bytes(b"")
+        spec_path = d / "jvm-working-set.toml"
+        spec_path.write_text(SPEC.format(reps=reps, kernel=d / "vmlinux", rootfs=d / "rootfs.ext4"))
+        spec = load_spec(spec_path)
+        runs = plan_runs(spec)
+    print(f"jvm_working_set --smoke: spec valid, {len(spec.variants)} variants x {len(spec.strategies)} "
+          f"strategies x {reps} repetitions = {len(runs)} runs (not run: they need a Linux-booting KVM or "
+          "the lab)")
+    return 0
 
 
 def _jaccard_mean(atts: list[Any], group: str) -> float | None:
@@ -180,10 +201,15 @@ def main() -> int:
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)  # the run inside the lab
+    ap.add_argument("--smoke", action="store_true", help="seconds: validate the study spec and plan its runs "
+                    "without running them (the study needs a Linux-booting KVM or the lab: minutes); the "
+                    "test suite runs this so the script cannot rot")
     args = ap.parse_args()
+    if args.smoke:
+        return _smoke(args.repetitions)
     results = args.output.resolve()
     if not args.report_only:
-        from firecracer.lab.route import why_lab
+        from firecracer.placement import why_lab
 
         why = why_lab()
         if why:

@@ -26,7 +26,8 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 def _all_firecracker_binaries() -> dict[str, Path]:
     """Versions installed in the *user's* cache (before tests isolate it), plus $FIRECRACKER/PATH."""
     from firecracer.errors import FirecracerError
-    from firecracer.vmm.binary import firecracker_version, installed_binaries
+    from firecracer.fcversion import firecracker_version
+    from firecracer.vmm.binary import installed_binaries
 
     found: dict[str, Path] = dict(installed_binaries())
     for cand in (os.environ.get("FIRECRACKER"), shutil.which("firecracker")):

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from firecracer.errors import BinaryNotFound, FirecracerError
+from firecracer.fcversion import Version
 from firecracer.paths import bin_dir
-from firecracer.vmm.binary import Version, find_firecracker, install_firecracker, installed_binaries
+from firecracer.vmm.binary import find_firecracker, install_firecracker, installed_binaries
 
 
 @pytest.mark.parametrize(("text", "expected", "gen"), [

@@ -95,8 +95,8 @@ def test_the_jvm_demo_boots_one_vcpu_in_the_lab(tmp_path: Path, monkeypatch: pyt
 
     for name in ("vmlinux", "rootfs.ext4"):
         (tmp_path / name).write_bytes(b"x")
-    monkeypatch.setattr("firecracer.image.kernel.latest_kernel", lambda: tmp_path / "vmlinux")
-    monkeypatch.setattr("firecracer.image.rootfs.latest_rootfs", lambda: tmp_path / "rootfs.ext4")
+    monkeypatch.setattr("firecracer.demo.latest_kernel", lambda: tmp_path / "vmlinux")
+    monkeypatch.setattr("firecracer.demo.latest_rootfs", lambda: tmp_path / "rootfs.ext4")
     monkeypatch.setenv("FIRECRACER_LAB", lab)
     spec = load_spec(write_jvm_spec(tmp_path / "demo" / "jvm-study.toml"))
     assert spec.guest.vcpus == vcpus

@@ -12,7 +12,8 @@ import pytest
 
 from conftest import FC_BINARIES
 from firecracer import host
-from firecracer.vmm.binary import Version, kernel_version, uffd_restore_problem
+from firecracer.fcversion import Version
+from firecracer.vmm.binary import kernel_version, uffd_restore_problem
 
 
 def test_kvm_probe_matches_dev_kvm() -> None:
@@ -90,7 +91,7 @@ def test_doctor_need_uffd_judges_the_binary_it_will_use() -> None:
         _, data = doctor(new[-1])
         assert data["uffd_restore"]["ok"] is True, data["uffd_restore"]
 def test_huge_pages_probe_reads_the_real_pool() -> None:
-    from firecracer.vmm import hugepages
+    from firecracer import hugepages
 
     c = host.check_huge_pages()
     assert c.ok is hugepages.supported()

@@ -24,7 +24,22 @@ from pathlib import Path
 from typing import Any
 
 from firecracer import host
+from firecracer.analysis import attribute, load_recording
+from firecracer.analysis.tables import totals
 from firecracer.errors import FirecracerError
+from firecracer.experiment.report import write_report
+from firecracer.experiment.runner import run_study
+from firecracer.experiment.spec import load_spec
+from firecracer.experiment.store import ResultStore
+from firecracer.fcversion import Version
+from firecracer.image.kernel import latest_kernel
+from firecracer.image.rootfs import latest_rootfs
+from firecracer.lab.machine import LabSpec
+from firecracer.placement import run_cli
+from firecracer.uffd.trace import FLAG_FAULTING, load_trace
+from firecracer.viz.html import ViewOptions
+from firecracer.viz.html import write_report as write_view
+from firecracer.vmm.binary import uffd_restore_problem
 
 MODES = ("jvm", "jvm-lab", "probe", "sample")
 
@@ -94,8 +109,6 @@ class DemoResult:
 
 def _uffd_capable(version_text: str | None, kernel_release: str) -> str | None:
     """Why this Firecracker cannot serve Uffd restores on that kernel (None: it can)."""
-    from firecracer.vmm.binary import Version, uffd_restore_problem
-
     if version_text is None:
         return "no Firecracker binary ('firecracer install-firecracker FILE')"
     return uffd_restore_problem(Version.parse(version_text), kernel_release)
@@ -103,10 +116,6 @@ def _uffd_capable(version_text: str | None, kernel_release: str) -> str | None:
 
 def choose_mode(firecracker: str | None = None, forced: str | None = None) -> Choice:
     """Pick the richest mode this host supports; ``forced`` must be supported or it is an error."""
-    from firecracer.image.kernel import latest_kernel
-    from firecracer.image.rootfs import latest_rootfs
-    from firecracer.vmm.binary import Version
-
     kvm = host.check_kvm()
     native = host.check_linux_guests()
     fc = host.check_firecracker(firecracker)
@@ -158,9 +167,6 @@ def choose_mode(firecracker: str | None = None, forced: str | None = None) -> Ch
 
 def jvm_spec_text() -> str:
     """The JVM demo study for the newest built kernel and rootfs."""
-    from firecracer.image.kernel import latest_kernel
-    from firecracer.image.rootfs import latest_rootfs
-
     kernel, rootfs = latest_kernel(), latest_rootfs()
     if kernel is None or rootfs is None:
         raise FirecracerError("no built image: run 'firecracer image kernel' and 'firecracer image rootfs'")
@@ -176,8 +182,6 @@ def write_jvm_spec(dest: Path) -> Path:
 
 
 def _trace_counts(rundir: Path) -> dict[str, Any]:
-    from firecracer.uffd.trace import FLAG_FAULTING, load_trace
-
     tr = load_trace(rundir / "trace.npz")
     faults = int(((tr.flags & FLAG_FAULTING) != 0).sum())
     return {"pages": len(tr), "mib": round(len(tr) * tr.page_size / 2**20, 1), "faults": faults,
@@ -186,10 +190,6 @@ def _trace_counts(rundir: Path) -> dict[str, Any]:
 
 def jvm_summary(results: Path) -> tuple[dict[str, Any], list[Path]]:
     """Per variant: the ondemand restore's pages/MiB/faults and attributed share, prefetch's faults."""
-    from firecracer.analysis import attribute, load_recording
-    from firecracer.analysis.tables import totals
-    from firecracer.experiment.store import ResultStore
-
     out: dict[str, Any] = {"variants": {}}
     recordings: list[Path] = []
     with ResultStore.open(results) as store:
@@ -221,13 +221,6 @@ def jvm_summary(results: Path) -> tuple[dict[str, Any], list[Path]]:
 def run_jvm(out: Path, firecracker: str | None,
             on_event: Callable[[Any], None] | None = None) -> DemoResult:
     """The JVM study on this host's KVM (natively, or as the inner half of ``jvm-lab``)."""
-    from firecracer.analysis import load_recording
-    from firecracer.experiment.report import write_report
-    from firecracer.experiment.runner import run_study
-    from firecracer.experiment.spec import load_spec
-    from firecracer.viz.html import ViewOptions
-    from firecracer.viz.html import write_report as write_view
-
     spec_path = write_jvm_spec(out / "jvm-study.toml")
     spec = load_spec(spec_path)
     if firecracker:
@@ -250,9 +243,6 @@ def run_jvm_in_lab(out: Path, firecracker: str | None, *, mem_mib: int = 8192,
                    progress: Callable[[str], None] | None = None,
                    stderr: Callable[[bytes], None] | None = None) -> DemoResult:
     """``demo --mode jvm`` inside one L1; its JSON (paths valid here: ``out`` is shared) comes back."""
-    from firecracer.lab.machine import LabSpec
-    from firecracer.lab.route import run_cli
-
     out = out.resolve()
     args = ["demo", "--mode", "jvm", "--json", "--no-browser", "-o", str(out)]
     if firecracker:

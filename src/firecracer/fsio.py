@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -129,3 +130,22 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str, what: str = "f
         else:
             tmp.write_bytes(data)
     return Path(path)
+
+
+def short_hash(parts: Iterable[bytes | str]) -> str:
+    """16 hex digits of SHA-256 over length-prefixed parts (so ``("ab","c")`` ≠ ``("a","bc")``)."""
+    h = hashlib.sha256()
+    for p in parts:
+        b = p.encode() if isinstance(p, str) else p
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+    return h.hexdigest()[:16]
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

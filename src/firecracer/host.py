@@ -17,9 +17,13 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from firecracer import hugepages
 from firecracer.errors import FirecracerError
+from firecracer.fcversion import Version, firecracker_version
+from firecracer.lab.assets import LabError, cached_assets, current_kernel_package
+from firecracer.lab.machine import DEFAULT_MEM_MIB, mem_available_mib
 from firecracer.paths import cache_dir
-from firecracer.vmm.binary import Version, find_firecracker, firecracker_version, uffd_restore_problem
+from firecracer.vmm.binary import find_firecracker, uffd_restore_problem
 
 KVM_GET_API_VERSION = 0xAE00
 KVM_CREATE_VM = 0xAE01
@@ -259,9 +263,6 @@ def timings_comparable_to_kvm() -> bool:
 
 def check_lab() -> Check:
     """Whether ``firecracer lab`` can start here (without booting it: ``lab check`` does that)."""
-    from firecracer.lab.assets import LabError, cached_assets, current_kernel_package
-    from firecracer.lab.machine import DEFAULT_MEM_MIB, mem_available_mib
-
     if not shutil.which("qemu-system-x86_64"):
         return Check(False, "needs qemu-system-x86_64 (apt-get install qemu-system-x86)")
     avail = mem_available_mib()
@@ -282,8 +283,6 @@ def check_lab() -> Check:
                  {"mem_available_mib": avail, "assets_cached": assets is not None})
 def check_huge_pages() -> Check:
     """The 2 MiB hugetlbfs pool (``vm boot --huge-pages 2M``): what is free, how to reserve more."""
-    from firecracer.vmm import hugepages
-
     try:
         ok, sentence, facts = hugepages.summary()
     except FirecracerError as exc:

@@ -38,7 +38,8 @@ BOOT = [("boot params (zero page)", 0x7000, 0x8000), ("boot page tables", 0x9000
 
 def main() -> int:
     from firecracer.analysis.memmap import FORMAT, Memmap, save_memmap
-    from firecracer.vmm.binary import firecracker_version, installed_binaries
+    from firecracer.fcversion import firecracker_version
+    from firecracer.vmm.binary import installed_binaries
     from firecracer.vmm.config import MemBackend
     from firecracer.vmm.machine import MicroVM
     from firecracer.vmm.probe import build_probe, probe_info

@@ -127,8 +127,8 @@ def test_a_jvm_study_routed_to_the_lab_warns_about_two_vcpus(tmp_path: Path, mon
                  f'mem_size_mib = 1024\nvcpus = {vcpus}\nkernel = "{tmp_path / "vmlinux"}"\n'
                  f'rootfs = "{tmp_path / "rootfs.ext4"}"\n\n[[variant]]\nname = "default"\n')
     monkeypatch.delenv("FIRECRACER_LAB", raising=False)
-    monkeypatch.setattr("firecracer.lab.route.why_lab", lambda: "this host's KVM is PVM-nested")
-    monkeypatch.setattr("firecracer.lab.route.lab_or_error", lambda why: None)
+    monkeypatch.setattr("firecracer.placement.why_lab", lambda: "this host's KVM is PVM-nested")
+    monkeypatch.setattr("firecracer.placement.lab_or_error", lambda why: None)
     assert _route_to_lab(load_spec(p), None) is True
     err = " ".join(capsys.readouterr().err.split())  # rich wraps at the terminal's width
     assert "running the study in the lab" in err

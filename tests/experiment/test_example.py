@@ -19,7 +19,7 @@ pytestmark = pytest.mark.firecracker
 
 
 def test_bundled_example_end_to_end(firecracker_bin: Path, tmp_path: Path) -> None:
-    from firecracer.vmm.binary import firecracker_version
+    from firecracer.fcversion import firecracker_version
 
     if not firecracker_version(firecracker_bin).at_least(1, 8):
         pytest.skip("the example's uffd strategies need Firecracker >= 1.8 on this host kernel")

@@ -124,7 +124,7 @@ def test_restore_error_is_recorded_and_the_study_goes_on(firecracker_bin: Path, 
 
 def test_probe_study_all_strategies(firecracker_bin: Path, tmp_path: Path) -> None:
     """Every strategy through the real page server; counts that must hold whatever the timing."""
-    from firecracer.vmm.binary import firecracker_version
+    from firecracer.fcversion import firecracker_version
 
     if not firecracker_version(firecracker_bin).at_least(1, 8):
         pytest.skip("uffd restores need Firecracker >= 1.8 on this host kernel")
@@ -226,7 +226,7 @@ def test_sigint_mid_probe_study_leaves_nothing_running_and_resumes(firecracker_b
 def test_trace_replay_variant(firecracker_bin: Path, tmp_path: Path) -> None:
     """A variant replays a recorded restore's page order (here: a probe ondemand trace, whose image and
     page-table pages the replaying probe cannot own and drops)."""
-    from firecracer.vmm.binary import firecracker_version
+    from firecracer.fcversion import firecracker_version
 
     if not firecracker_version(firecracker_bin).at_least(1, 8):
         pytest.skip("uffd restores need Firecracker >= 1.8 on this host kernel")
@@ -252,8 +252,8 @@ def test_trace_replay_variant(firecracker_bin: Path, tmp_path: Path) -> None:
 def test_probe_study_with_a_2mib_variant(firecracker_bin: Path, tmp_path: Path) -> None:
     """``huge_pages = "2M"`` per variant: the 2 MiB variant boots and restores with 2 MiB pages (its traces
     say so), ``file`` is not planned for it, and its working set is reported in 4 KiB pages."""
-    from firecracer.vmm.binary import firecracker_version
-    from firecracer.vmm.hugepages import HugePagesError, Reservation
+    from firecracer.fcversion import firecracker_version
+    from firecracer.hugepages import HugePagesError, Reservation
 
     if not firecracker_version(firecracker_bin).at_least(1, 8):
         pytest.skip("uffd restores need Firecracker >= 1.8 on this host kernel")

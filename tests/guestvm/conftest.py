@@ -15,8 +15,9 @@ import pytest
 
 from firecracer import host
 from firecracer.errors import FirecracerError
+from firecracer.fcversion import Version, firecracker_version
 from firecracer.paths import images_dir
-from firecracer.vmm.binary import Version, firecracker_version, installed_binaries
+from firecracer.vmm.binary import installed_binaries
 
 IMAGES = Path(os.environ.get("FIRECRACER_IMAGE_DIR") or images_dir())
 

@@ -6,7 +6,8 @@ import os
 import time
 from pathlib import Path
 
-from firecracer.image._build import link_latest, prune, short_hash
+from firecracer.fsio import short_hash
+from firecracer.image._build import link_latest, prune
 
 
 def test_short_hash_separates_parts() -> None:

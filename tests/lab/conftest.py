@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from firecracer.fcversion import Version
 from firecracer.paths import cache_dir, images_dir
-from firecracer.vmm.binary import Version, installed_binaries
+from firecracer.vmm.binary import installed_binaries
 from firecracer.vmm.lifeline import set_pdeathsig
 
 USER_CACHE = cache_dir()

@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from firecracer.uffd.strategies import ws_path_for
+from firecracer.fcversion import firecracker_version
 from firecracer.uffd.trace import FLAG_FAULTING, Action, load_trace
-from firecracer.vmm.binary import firecracker_version, installed_binaries
+from firecracer.uffd.workingset import ws_path_for
+from firecracer.vmm.binary import installed_binaries
 from firecracer.vmm.config import MemBackend
 from firecracer.vmm.machine import MicroVM
 from firecracer.vmm.probe import ProbeResult, build_probe
@@ -142,7 +143,7 @@ def probe_snapshot_2m(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tupl
     """The same probe booted with ``huge_pages="2M"`` (128 MiB: 64 pages of 2 MiB), snapshotted with holes.
 
     The pool is grown for the module's tests and put back afterwards; skipped when it cannot be."""
-    from firecracer.vmm.hugepages import HugePagesError, Reservation
+    from firecracer.hugepages import HugePagesError, Reservation
 
     if FC is None:
         pytest.skip("no Firecracker >= 1.8 installed (Uffd needs it on host kernels >= 6.6)")
@@ -197,7 +198,7 @@ def test_every_strategy_restores_the_probe_correctly_with_2mib_pages(
     # (a fault can repeat for a page already served when the host is loaded: count pages, not faults)
     assert 32 <= len(touched) < 64 and od["faults"] >= len(touched) and od["pages"]["zero"] > 0
     ws_file = ws_path_for(runs["ondemand"].trace)
-    from firecracer.uffd.strategies import WorkingSet
+    from firecracer.uffd.workingset import WorkingSet
 
     ws = WorkingSet(ws_file, populate=False)
     try:

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from firecracer.errors import FormatError
-from firecracer.uffd.strategies import WorkingSet
 from firecracer.uffd.trace import FLAG_FAULTING, import_seed_log, load_trace, make_trace, save_trace
+from firecracer.uffd.workingset import WorkingSet
 
 PS = 4096
 

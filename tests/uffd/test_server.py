@@ -14,8 +14,8 @@ from tests.uffd.fakefc import Peer, PeerSpec, digest
 
 from firecracer.uffd import abi
 from firecracer.uffd.server import Server, ServeResult
-from firecracer.uffd.strategies import WorkingSet, ws_path_for
 from firecracer.uffd.trace import FLAG_FAULTING, FLAG_WRITE, FLAG_ZERO, Action, load_trace
+from firecracer.uffd.workingset import WorkingSet, ws_path_for
 
 PS = 4096
 NPAGES = 64
@@ -304,7 +304,7 @@ HUGE = 2 << 20
 def huge_pool() -> Iterator[None]:
     """Free 2 MiB pages for the test — 8 it uses, 8 of margin for other users of the pool on a shared
     host (the pool grows if needed and is put back) — else a skip."""
-    from firecracer.vmm.hugepages import HugePagesError, Reservation
+    from firecracer.hugepages import HugePagesError, Reservation
 
     try:
         res = Reservation(8 + 8)
@@ -385,7 +385,7 @@ def test_2mib_pool_exhausted_is_one_clear_error(sock: str, tmp_path: Path, huge_
                                                 mem2m: Path) -> None:
     """hugetlbfs answers UFFDIO_COPY with EEXIST (not ENOMEM) when its pool is empty; the server must say so
     and kill the peer, not take the page as present and leave the vCPU faulting on it forever."""
-    from firecracer.vmm.hugepages import pool
+    from firecracer.hugepages import pool
 
     keep = 1  # leave one free page: the first install works, the second finds the pool empty
     hog_pages = pool().available - keep

@@ -12,7 +12,8 @@ import pytest
 
 from firecracer.errors import FormatError
 from firecracer.uffd.memfile import MemoryFile
-from firecracer.uffd.strategies import (
+from firecracer.uffd.trace import FLAG_FAULTING, Trace, make_trace
+from firecracer.uffd.workingset import (
     KIND_DATA,
     KIND_HOLE,
     WS_MAGIC,
@@ -21,7 +22,6 @@ from firecracer.uffd.strategies import (
     write_working_set,
     ws_page_size,
 )
-from firecracer.uffd.trace import FLAG_FAULTING, Trace, make_trace
 
 PS = 4096
 HUGE = 2 << 20

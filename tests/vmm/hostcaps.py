@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from firecracer.vmm.binary import firecracker_version
+from firecracer.fcversion import firecracker_version
 from firecracer.vmm.machine import uffd_limit
 
 

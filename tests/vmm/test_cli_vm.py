@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from tests.vmm.hostcaps import can_boot, uffd_unsupported
 
-from firecracer.vmm.binary import firecracker_version
+from firecracer.fcversion import firecracker_version
 from firecracer.vmm.machine import BRAND_OLD_FC
 
 
@@ -154,7 +154,7 @@ def test_sigterm_mid_selftest_leaves_nothing_running(firecracker_bin: Path) -> N
 def test_vm_commands_with_2mib_pages(firecracker_bin: Path, tmp_path: Path) -> None:
     """``vm boot --huge-pages 2M`` → snapshot → File restore refused in one line → ``restore --uffd`` works;
     a guest larger than the free pool is refused before Firecracker starts."""
-    from firecracer.vmm.hugepages import HugePagesError, Reservation, pool
+    from firecracer.hugepages import HugePagesError, Reservation, pool
 
     if not firecracker_version(firecracker_bin).at_least(1, 8):
         pytest.skip("Uffd restores need Firecracker >= 1.8 on this kernel")

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from firecracer.fcversion import Version
 from firecracer.vmm import config as cfg
 from firecracer.vmm.api import Unsupported
-from firecracer.vmm.binary import Version
 
 V14, V17, V112, V113, V114 = (Version(1, 4), Version(1, 7), Version(1, 12), Version(1, 13), Version(1, 14, 2))
 
@@ -79,7 +79,7 @@ def test_vsock_http_protocol(tmp_path: Path) -> None:
     import threading
 
     from firecracer.errors import FirecracerError
-    from firecracer.vmm.network import vsock_http
+    from firecracer.vmm.vsock import vsock_http
 
     path = tmp_path / "v.sock"
     srv = socket.socket(socket.AF_UNIX)

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from firecracer.errors import FirecracerError
-from firecracer.vmm.network import read_http_response
+from firecracer.vmm.vsock import read_http_response
 
 
 @pytest.fixture

@@ -18,8 +18,8 @@ import pytest
 from tests.vmm.hostcaps import can_boot, uffd_unsupported
 
 from firecracer.errors import FirecracerError, FirecrackerError, FormatError
+from firecracer.fcversion import Version, firecracker_version
 from firecracer.vmm.api import Unsupported
-from firecracer.vmm.binary import Version, firecracker_version
 from firecracer.vmm.config import MemBackend, SnapshotType
 from firecracer.vmm.machine import BRAND_OLD_FC, UFFD_OLD_FC, UFFD_V14_FC, MicroVM, VMConfig
 from firecracer.vmm.probe import build_probe, probe_info

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -32,9 +31,7 @@ import numpy.typing as npt
 from firecracer.analysis.memmap import PID_FREE, PID_KERNEL, PID_PAGECACHE
 from firecracer.analysis.nmt import NmtArrays, NmtRegion
 from firecracer.analysis.recording import Recording
-
-if TYPE_CHECKING:
-    from firecracer.uffd.trace import Trace
+from firecracer.uffd.trace import Trace
 
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]

@@ -26,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from firecracer.errors import FormatError
+from firecracer.fsio import open_regular
 
 FORMAT = "firecracer-memmap"
 #: ``meta.address_space`` of a process restore's recording (analysis.process): the JVM's CRIU images laid
@@ -140,8 +141,6 @@ def empty_memmap(meta: dict[str, Any] | None = None) -> Memmap:
 
 def load_memmap(path: str | Path) -> Memmap:
     """Load and validate ``memmap.npz``; every defect is a ``FormatError`` naming the file."""
-    from firecracer.fsio import open_regular
-
     p = Path(path)
     fh = os.fdopen(open_regular(p, "memmap"), "rb")
     try:

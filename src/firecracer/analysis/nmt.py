@@ -32,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from firecracer.errors import FormatError
+from firecracer.fsio import read_bytes
 
 _UNITS = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}
 _SIZE = r"(\d+)(B|KB|MB|GB)"
@@ -161,8 +162,6 @@ class NmtReport:
 
 def parse_nmt(path: str | Path) -> NmtReport:
     """Parse an NMT report file; ``FormatError`` naming the file and line when it is not one."""
-    from firecracer.fsio import read_bytes
-
     p = Path(path)
     data = read_bytes(p, limit=1 << 30, what="NMT file")
     try:

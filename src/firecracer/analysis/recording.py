@@ -18,17 +18,19 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import shutil
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from firecracer.analysis.memmap import Memmap, empty_memmap, load_memmap, save_memmap
 from firecracer.analysis.nmt import NmtReport, parse_nmt
 from firecracer.analysis.seedmemmap import parse_seed_memmap
 from firecracer.errors import FormatError
-
-if TYPE_CHECKING:
-    from firecracer.uffd.trace import Trace
+from firecracer.fsio import read_json
+from firecracer.uffd.trace import Action, Trace, import_seed_log, save_trace
+from firecracer.uffd.trace import load_trace as _load
 
 __all__ = ["ACTION_NAMES", "Recording", "Trace", "assemble_from_seed", "load_recording", "load_trace",
            "save_recording"]
@@ -36,19 +38,12 @@ __all__ = ["ACTION_NAMES", "Recording", "Trace", "assemble_from_seed", "load_rec
 RECORDING_FORMAT = "firecracer-recording"
 
 # Trace files belong to the uffd stage: one reader, one seed-log parser (firecracer.uffd.trace).
-# It is imported inside the functions below, because firecracer.uffd.trace imports analysis.addr.
-ACTION_LOAD, ACTION_ZERO, ACTION_PREFETCH, ACTION_AROUND, ACTION_EAGER = range(5)
-ACTION_NAMES = ("load", "zero", "prefetch", "around", "eager")
+ACTION_NAMES = tuple(a.name.lower() for a in Action)
 
 
 def load_trace(path: str | Path) -> Trace:
     """``firecracer.uffd.trace.load_trace`` (validated ``trace.npz``); any decoding failure of a damaged
     file (zlib, struct) also becomes a ``FormatError``."""
-    import struct
-    import zlib
-
-    from firecracer.uffd.trace import load_trace as _load
-
     try:
         return _load(path)
     except (zlib.error, struct.error, KeyError, NotImplementedError, MemoryError) as exc:
@@ -92,8 +87,6 @@ def load_recording(path: str | Path) -> Recording:
     meta: dict[str, Any] = {}
     rj = d / "recording.json"
     if rj.exists() or rj.is_symlink():
-        from firecracer.fsio import read_json
-
         meta = read_json(rj, limit=16 << 20, what="recording.json")
         if not isinstance(meta, dict):
             raise FormatError(rj, 0, "recording.json must hold a JSON object")
@@ -107,8 +100,6 @@ def load_recording(path: str | Path) -> Recording:
     if (d / "trace.npz").exists():
         trace = load_trace(d / "trace.npz")
     elif (d / "uffd.log").exists():                 # a seed uffd_handler log dropped into the directory
-        from firecracer.uffd.trace import import_seed_log
-
         trace = import_seed_log(d / "uffd.log")
     nmt = parse_nmt(d / "nmt.txt") if (d / "nmt.txt").exists() else None
     if not rj.exists() and memmap.n_pages == 0 and trace is None and nmt is None:
@@ -120,8 +111,6 @@ def assemble_from_seed(memmap_txt: str | Path, uffd_log: str | Path | None,
                        nmt_txt: str | Path | None = None) -> Recording:
     """A recording from the seed's files: ``mem_mapping.sh`` output, uffd_handler log, jcmd NMT."""
     memmap = parse_seed_memmap(memmap_txt)
-    from firecracer.uffd.trace import import_seed_log
-
     trace = import_seed_log(uffd_log) if uffd_log is not None else None
     nmt = parse_nmt(nmt_txt) if nmt_txt is not None else None
     meta: dict[str, Any] = {
@@ -144,8 +133,6 @@ def save_recording(rec: Recording, out: str | Path) -> Path:
     (d / "recording.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     save_memmap(rec.memmap, d / "memmap.npz")
     if rec.trace is not None:
-        from firecracer.uffd.trace import save_trace
-
         save_trace(rec.trace, d / "trace.npz")
     seed = rec.meta.get("seed_files")
     nmt_src = seed.get("nmt") if isinstance(seed, dict) else None

@@ -31,6 +31,7 @@ import numpy.typing as npt
 
 from firecracer.analysis.memmap import FORMAT, PID_KERNEL, PM_EXCLUSIVE, PM_FILE, Memmap
 from firecracer.errors import FormatError
+from firecracer.fsio import atomic_output, open_regular
 
 CHUNK = 32 << 20
 BATCH = 1 << 17
@@ -75,8 +76,6 @@ class _Acc:
 
 def parse_seed_memmap(path: str | Path) -> Memmap:
     """Parse a seed ``= / v / p`` memory map into a ``Memmap`` (``meta.source = "seed-import"``)."""
-    from firecracer.fsio import open_regular
-
     p = Path(path)
     acc = _Acc()
     try:
@@ -365,7 +364,6 @@ def write_seed_memmap(mm: Memmap, path: str | Path) -> None:
     owner_s, map_s = mm.page_owner[order], mm.page_map[order]
     va, pa, pm, kf = mm.page_vaddr[order], mm.page_paddr[order], mm.page_pm[order], mm.page_kflags[order]
     bounds = np.searchsorted(owner_s, np.arange(len(mm.owner_pid) + 1))
-    from firecracer.fsio import atomic_output
 
     with atomic_output(path, "seed memory map") as tmp, tmp.open("w", encoding="utf-8", newline="\n") as out:
         for o, pid in enumerate(mm.owner_pid.tolist()):

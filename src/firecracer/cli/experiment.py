@@ -182,7 +182,7 @@ def run(spec_file: str | None, example: bool, out: str | None, dry_run: bool, sh
 
 def _route_to_lab(spec: Spec, use_lab: bool | None) -> bool:
     from firecracer import host
-    from firecracer.lab.route import lab_or_error, why_lab
+    from firecracer.placement import lab_or_error, why_lab
 
     if host.in_lab() or use_lab is False:
         return False
@@ -207,7 +207,7 @@ def _run_in_lab(spec_file: str | None, example: bool, results: Path, shard: str 
     """The same ``experiment run`` inside one L1 for the whole study; results land in RESULTS here."""
     from firecracer.experiment.spec import example_spec_path
     from firecracer.lab.machine import LabSpec
-    from firecracer.lab.route import run_cli
+    from firecracer.placement import run_cli
 
     spec_path = Path(example_spec_path() if example or spec_file is None else spec_file).resolve()
     results = results.resolve()

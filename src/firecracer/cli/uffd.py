@@ -149,7 +149,7 @@ def working_set(trace: str, mem_file: str, output: str | None, mem_id: str | Non
     existing output file unless --force.
     """
     from firecracer.uffd.memfile import MemoryFile
-    from firecracer.uffd.strategies import WorkingSet, write_working_set, ws_path_for
+    from firecracer.uffd.workingset import WorkingSet, write_working_set, ws_path_for
 
     out = Path(output) if output else ws_path_for(trace)
     if (out.exists() or out.is_symlink()) and not force:

@@ -24,9 +24,9 @@ from firecracer.paths import state_dir
 from firecracer.vmm.config import MemBackend, SnapshotType
 from firecracer.vmm.lifeline import alive, kill_all, processes_by_run_dir, processes_in
 from firecracer.vmm.machine import DEFAULT_BOOT_ARGS, MicroVM, VMConfig
-from firecracer.vmm.network import vsock_http
 from firecracer.vmm.process import socket_in_use
 from firecracer.vmm.supervisor import read_record
+from firecracer.vmm.vsock import vsock_http
 
 
 @click.group()

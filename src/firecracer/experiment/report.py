@@ -18,10 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from firecracer.errors import FirecracerError
 from firecracer.experiment import svgplot
 from firecracer.experiment.spec import PROCESS_KINDS
 from firecracer.experiment.store import ResultStore, RunRecord, StudyInfo, now_iso
 from firecracer.experiment.workingset import jaccard
+from firecracer.viz.html import save_html
 
 #: timings drawn as stacked phases (in this order); the rest of first_response is "until response".
 PHASES = ("load_snapshot", "resume", "install")
@@ -84,8 +86,6 @@ def build_report(results_dir: Path | str, out_path: Path | str | None = None) ->
 
 
 def write_report(results_dir: Path | str, out_path: Path | str) -> Path:
-    from firecracer.viz.html import save_html
-
     out = Path(out_path)
     return save_html(build_report(results_dir, out), out)
 
@@ -188,7 +188,6 @@ def _render(info: StudyInfo, runs: list[RunRecord], results_dir: Path, out_dir: 
 
 
 def _planned(info: StudyInfo) -> int:
-    from firecracer.errors import FirecracerError
     from firecracer.experiment.spec import parse_spec
 
     try:

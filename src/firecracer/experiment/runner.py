@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from firecracer import __version__
+from firecracer import __version__, host
+from firecracer.errors import FirecracerError
 from firecracer.experiment.backend import Backend, RunFailed, RunOutcome, describe_exception
 from firecracer.experiment.plan import Run, Shard, group_by_variant, plan_runs
 from firecracer.experiment.spec import Spec, Variant
@@ -70,8 +71,6 @@ def make_backend(spec: Spec) -> Backend[Any]:
 def host_facts() -> dict[str, str]:
     """Where the runs ran; ``environment`` says "lab (QEMU TCG, emulated SVM)" for lab runs, whose
     timings are TCG timings (``timings_comparable_to_kvm``: "no") while their counts are real."""
-    from firecracer import host
-
     return {"hostname": socket.gethostname(), "kernel": platform.release(), "machine": platform.machine(),
             "cpus": str(os.cpu_count() or 0), "environment": host.host_label(),
             "timings_comparable_to_kvm": "yes" if host.timings_comparable_to_kvm() else "no"}
@@ -195,7 +194,6 @@ def _categories(rundir: Path, vdir: Path) -> tuple[dict[str, int] | None, str | 
     A malformed memmap/NMT does not fail a run whose restore worked: the reason is returned (and stored
     in the run's metrics as ``attribution_error``) and the categories stay empty.
     """
-    from firecracer.errors import FirecracerError
     from firecracer.experiment.attribution import restored_by_category
 
     try:
@@ -209,8 +207,6 @@ def _viewer(rundir: Path, title: str) -> str | None:
 
     Returns why it could not (kept in the run's metrics as ``viewer_error``), else None.
     """
-    from firecracer.errors import FirecracerError
-
     if not any((rundir / f).exists() for f in ("trace.npz", "memmap.npz")):
         return None
     try:

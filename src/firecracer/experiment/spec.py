@@ -32,7 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from firecracer.errors import FormatError
+from firecracer.errors import FirecracerError, FormatError
+from firecracer.fsio import read_text
+from firecracer.vmm.probe import min_mem_mib
 
 BACKENDS = ("probe", "jvm", "host-replay")
 """``probe``: the probe guest under Firecracker (any KVM host, PVM included); ``jvm``: the JVM image
@@ -457,9 +459,7 @@ def parse_spec(text: str, path: Path | str = "<spec>") -> Spec:
 
 def _check_trace_fits(c: Any, where: str, trace: Path, mem_size_mib: int) -> None:
     """A trace variant's pages must exist in the spec's guest (else the study fails only at run time)."""
-    from firecracer.errors import FirecracerError
     from firecracer.experiment.workingset import from_trace
-    from firecracer.vmm.probe import min_mem_mib
 
     try:
         pages = from_trace(trace)
@@ -475,8 +475,6 @@ def _check_trace_fits(c: Any, where: str, trace: Path, mem_size_mib: int) -> Non
 
 def load_spec(path: Path | str) -> Spec:
     """Read and validate a spec file (``FormatError`` naming the file and key on any problem)."""
-    from firecracer.fsio import read_text
-
     path = Path(path)
     if not path.exists() and not path.is_symlink():
         raise FormatError(path, 0, "spec file not found")

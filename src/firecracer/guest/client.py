@@ -1,4 +1,4 @@
-"""Host-side client of the guest agent (standard library only, like the agent).
+"""Host-side client of the guest agent (runs on the host only; the transport is ``firecracer.vmm.vsock``).
 
 Addresses:
   ``vsock:UDS:PORT``  Firecracker's host end of the guest vsock (``uds_path`` of ``PUT /vsock``): connect
@@ -12,8 +12,8 @@ Usage::
         agent.ping()
         res = agent.exec(["uname", "-a"], timeout_s=10)   # for `firecracer vm exec`
 
-Errors raise :class:`AgentError` (a ``FirecracerError`` when the firecracer package is importable), one
-line naming the address/command and what went wrong.
+Errors raise :class:`AgentError` (a ``FirecracerError``), one line naming the address/command and what went
+wrong.
 """
 
 from __future__ import annotations
@@ -25,16 +25,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-try:  # typed errors on the host; plain Exception when this file runs alone in a guest
-    from firecracer.errors import FirecracerError as _Base
-except ImportError:  # pragma: no cover
-    _Base = Exception  # type: ignore[misc,assignment]
+from firecracer.errors import FirecracerError
+from firecracer.vmm.vsock import VsockError, open_stream
 
 MAX_REPLY = 512 << 20
-HANDSHAKE_MAX = 128
 
 
-class AgentError(_Base):
+class AgentError(FirecracerError):
     """The agent could not be reached, or answered with an error (``code`` says which kind)."""
 
     def __init__(self, message: str, code: str = "connection") -> None:
@@ -50,62 +47,6 @@ class ExecResult:
     stdout: str
     stderr: str
     seconds: float
-
-
-def open_stream(address: str, timeout: float) -> socket.socket:
-    """A connected stream to ``vsock:UDS:PORT`` (Firecracker's CONNECT handshake done), ``tcp:HOST:PORT`` or
-    ``unix:PATH``; :class:`AgentError` naming the address otherwise. The project's one vsock handshake."""
-    return _connect_raw(address, timeout)
-
-
-def _connect_raw(address: str, timeout: float) -> socket.socket:
-    kind, _, rest = address.partition(":")
-    if kind == "vsock":
-        uds, sep, port = rest.rpartition(":")
-        if not sep or not uds or not port.isdigit():
-            raise AgentError(f"bad agent address {address!r}: expected vsock:UDS_PATH:PORT")
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(timeout)
-        try:
-            s.connect(uds)
-            s.sendall(f"CONNECT {int(port)}\n".encode())
-            line = b""
-            while not line.endswith(b"\n"):
-                got = s.recv(1)
-                if not got:
-                    raise AgentError(f"{address}: Firecracker closed the vsock connection after CONNECT "
-                                     f"(nothing listens on guest port {port}?)")
-                line += got
-                if len(line) > HANDSHAKE_MAX:
-                    raise AgentError(f"{address}: vsock handshake answer too long: {line[:60]!r}")
-            if not line.startswith(b"OK "):
-                raise AgentError(f"{address}: vsock handshake answered {line.strip()!r}, "
-                                 "expected 'OK <port>'")
-        except OSError as exc:
-            s.close()
-            raise AgentError(f"{address}: {exc.strerror or exc}") from None
-        except AgentError:
-            s.close()
-            raise
-        return s
-    if kind == "tcp":
-        host, sep, port = rest.rpartition(":")
-        if not sep or not port.isdigit():
-            raise AgentError(f"bad agent address {address!r}: expected tcp:HOST:PORT")
-        try:
-            return socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout)
-        except OSError as exc:
-            raise AgentError(f"{address}: {exc.strerror or exc}") from None
-    if kind == "unix" and rest:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(timeout)
-        try:
-            s.connect(rest)
-        except OSError as exc:
-            s.close()
-            raise AgentError(f"{address}: {exc.strerror or exc}") from None
-        return s
-    raise AgentError(f"bad agent address {address!r}: expected vsock:UDS:PORT, tcp:HOST:PORT or unix:PATH")
 
 
 class AgentClient:
@@ -125,9 +66,9 @@ class AgentClient:
         last: AgentError | None = None
         for attempt in range(retries + 1):
             try:
-                return cls(_connect_raw(address, timeout), address)
-            except AgentError as exc:
-                last = exc
+                return cls(open_stream(address, timeout), address)
+            except VsockError as exc:
+                last = AgentError(str(exc))
                 if attempt < retries:
                     time.sleep(retry_delay)
         assert last is not None

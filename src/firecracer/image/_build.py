@@ -6,7 +6,6 @@ Errors are ``ImageError``: one line naming the step and what went wrong, with th
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 import shutil
@@ -47,25 +46,6 @@ class NullReporter:
 
     def line(self, text: str) -> None:
         pass
-
-
-def short_hash(parts: Iterable[bytes | str]) -> str:
-    """16 hex digits of SHA-256 over length-prefixed parts (so ``("ab","c")`` ≠ ``("a","bc")``)."""
-    h = hashlib.sha256()
-    for p in parts:
-        b = p.encode() if isinstance(p, str) else p
-        h.update(len(b).to_bytes(8, "little"))
-        h.update(b)
-    return h.hexdigest()[:16]
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def need_free(path: Path, need_bytes: int, what: str) -> None:

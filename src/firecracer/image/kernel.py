@@ -20,18 +20,17 @@ from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 
+from firecracer.fsio import file_sha256, short_hash
 from firecracer.image._build import (
     BUILDER_VERSION,
     ImageError,
     NullReporter,
     Reporter,
     ensure_packages,
-    file_sha256,
     link_latest,
     need_free,
     prune,
     run_logged,
-    short_hash,
 )
 from firecracer.paths import images_dir
 

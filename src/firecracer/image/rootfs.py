@@ -31,6 +31,7 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
+from firecracer.fsio import file_sha256, short_hash
 from firecracer.image import crac
 from firecracer.image._build import (
     BUILDER_VERSION,
@@ -39,12 +40,10 @@ from firecracer.image._build import (
     NullReporter,
     Reporter,
     ensure_packages,
-    file_sha256,
     link_latest,
     need_free,
     prune,
     run_logged,
-    short_hash,
 )
 from firecracer.image.apps import BUNDLED, DEFAULT_APP, BundledApp, build_script, source_files
 from firecracer.paths import images_dir

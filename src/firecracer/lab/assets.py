@@ -32,6 +32,7 @@ from importlib import resources
 from pathlib import Path
 
 from firecracer.errors import FirecracerError
+from firecracer.fsio import short_hash
 from firecracer.paths import cache_dir
 
 #: the meta package whose dependency names the current Debian kernel
@@ -452,8 +453,6 @@ def build_initramfs(kernel: L1Kernel, bb: Path, dest: Path) -> Path:
 
 def prepare(deb: Path | None = None, progress: Progress = _quiet, *, offline: bool = False) -> Assets:
     """Kernel, busybox and initramfs, fetched or built once and cached."""
-    from firecracer.image._build import short_hash
-
     kernel = l1_kernel(deb, progress, offline=offline)
     bb = busybox(progress)
     key = short_hash([ASSETS_VERSION, kernel.version, init_script(), bb.read_bytes()[:1 << 20],

@@ -29,7 +29,7 @@ import re
 import struct
 import zipfile
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -38,9 +38,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from firecracer.analysis.addr import AddressError, Layout
 from firecracer.errors import FormatError
 from firecracer.fsio import atomic_output, open_regular
+from firecracer.ramlayout import AddressError, Layout
 
 FORMAT = "firecracer-trace"
 VERSION = 1
@@ -286,7 +286,7 @@ def validate_addresses(trace: Trace) -> str | None:
 # gpa
 
 def gpa_of(file_off: npt.NDArray[np.uint64], mem_bytes: int, arch: str = "x86_64") -> npt.NDArray[np.uint64]:
-    """Guest-physical addresses of memory-file offsets (``firecracer.analysis.addr`` owns the layout).
+    """Guest-physical addresses of memory-file offsets (``firecracer.ramlayout`` owns the layout).
 
     Offsets past the end of RAM (a memory file larger than the handshake said) map to themselves
     rather than failing a whole trace.
@@ -355,7 +355,7 @@ def parse_seed_log(lines: Iterable[str], path: str | Path = "<seed log>", *, pag
     Each PAGEFAULT line becomes one faulting row (action load or zero); ``t_ns`` and ``service_ns``
     are 0 (the seed logged no times), ``fault`` is the line's event index. The guest range is taken
     as ``address`` (``file_off``: what the seed printed; ``gpa``: what :func:`export_seed_log`
-    writes by default); the other column is derived with ``firecracer.analysis.addr`` for a guest of
+    writes by default); the other column is derived with ``firecracer.ramlayout`` for a guest of
     ``mem_bytes`` (default: the regions' total if the log has them, else the highest address seen).
     Unrelated lines (``Mapping memory file …``, ``Segment …``, ``Connected to PID …``) are skipped;
     a line that starts like an event but does not parse is a ``FormatError`` naming the line.
@@ -485,10 +485,3 @@ def _decode_line(raw: bytes, path: Path, lineno: int) -> str:
     except UnicodeDecodeError:
         raise FormatError(path, lineno, "not UTF-8 text: not a seed uffd_handler log") from None
 
-
-def concat_columns(chunks: Sequence[dict[str, np.ndarray[Any, Any]]]) -> dict[str, np.ndarray[Any, Any]]:
-    """Concatenate column dicts (recorder chunks) into one, with the format dtypes."""
-    if not chunks:
-        return empty_columns()
-    return {name: np.concatenate([c[name] for c in chunks]).astype(dt, copy=False)
-            for name, dt in COLUMNS.items()}

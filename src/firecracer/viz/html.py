@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from firecracer import __version__
+from firecracer.analysis import attribute, compare
+from firecracer.errors import FirecracerError
+from firecracer.fsio import atomic_write
 from firecracer.viz.pack import Packed, pack
 from firecracer.viz.png import PALETTE
 
@@ -94,8 +97,6 @@ class Report:
 def build_report(recordings: list[Recording], options: ViewOptions | None = None,
                  labels: list[str | None] | None = None) -> Report:
     """Attribute each recording (``firecracer.analysis``), pack it, and build the page."""
-    from firecracer.analysis import attribute, compare
-
     atts = [attribute(r) for r in recordings]
     labs = labels or [None] * len(atts)
     packs = [pack(a, lab) for a, lab in zip(atts, labs, strict=True)]
@@ -111,9 +112,6 @@ def save_html(html: str, out: str | Path) -> Path:
 
     :raises FirecracerError: the directory cannot be made or the file cannot be written (one line).
     """
-    from firecracer.errors import FirecracerError
-    from firecracer.fsio import atomic_write
-
     p = Path(out)
     try:
         p.parent.mkdir(parents=True, exist_ok=True)

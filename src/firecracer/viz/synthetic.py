@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from firecracer.analysis.memmap import Memmap, save_memmap
+from firecracer.ramlayout import Layout
 from firecracer.uffd.trace import make_trace, save_trace
 
 PS = 4096
@@ -92,7 +93,9 @@ def make_recording(out: str | Path, mem_bytes: int = 256 << 20, seed: int = 1,
     chunks = np.arange(n // chunk)
     rng.shuffle(chunks)
     pool = (chunks[:, None] * chunk + np.arange(chunk)[None, :]).reshape(-1)
-    pool = pool[pool_mask[pool]].astype(np.uint64) * np.uint64(PS)
+    # as Firecracker lays guest RAM out: memory-file offsets above 3 GiB are guest-physical 4 GiB and up
+    layout = Layout.for_guest(mem_bytes)
+    pool = layout.file_off_to_gpa(pool[pool_mask[pool]].astype(np.uint64) * np.uint64(PS))
     taken = 0
 
     def take(count: int) -> U64:
@@ -225,7 +228,8 @@ def make_recording(out: str | Path, mem_bytes: int = 256 << 20, seed: int = 1,
     action = np.zeros(len(order), dtype=np.uint8)
     action[rng.random(len(order)) < 0.01] = 1
     flags = (rng.random(len(order)) < 0.3).astype(np.uint8) | np.uint8(2)
-    trace = make_trace({"t_ns": t_ns, "hva": order + np.uint64(0x7F00_0000_0000), "file_off": order,
+    file_off = layout.gpa_to_file_off(order)
+    trace = make_trace({"t_ns": t_ns, "hva": file_off + np.uint64(0x7F00_0000_0000), "file_off": file_off,
                         "gpa": order, "flags": flags, "action": action,
                         "fault": np.arange(len(order), dtype=np.int32),
                         "service_ns": np.full(len(order), 45_000, dtype=np.uint32)},

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from firecracer.errors import FirecrackerError
-from firecracer.vmm.binary import Version
+from firecracer.fcversion import Version
 
 _SUN_PATH_MAX = 107  # sizeof(sun_path) - 1 on Linux
 

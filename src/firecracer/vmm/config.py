@@ -28,8 +28,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from firecracer.fcversion import Version
 from firecracer.vmm.api import Unsupported
-from firecracer.vmm.binary import Version
 
 
 class SnapshotType(enum.Enum):
@@ -151,14 +151,6 @@ class Logger:
             level = {"Trace": "Debug", "Off": "Error"}[level]
         return _drop_none({"log_path": self.log_path, "level": level, "show_level": self.show_level,
                            "show_log_origin": self.show_log_origin})
-
-
-@dataclass(frozen=True)
-class Metrics:
-    metrics_path: str
-
-    def body(self, version: Version) -> dict[str, Any]:
-        return {"metrics_path": self.metrics_path}
 
 
 @dataclass(frozen=True)

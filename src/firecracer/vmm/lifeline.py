@@ -130,20 +130,7 @@ def child_env(run_dir: Path) -> dict[str, str]:
 def processes_in(run_dir: Path) -> list[int]:
     """Pids (not zombies, not this process) started for ``run_dir``: its path in their environment's
     ``FIRECRACER_RUN_DIR`` (see module doc)."""
-    mark = f"{ENV_MARK}={os.path.realpath(run_dir)}".encode()
-    me = os.getpid()
-    out = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == me:
-            continue
-        try:
-            with open(f"/proc/{entry.name}/environ", "rb") as f:
-                env = f.read()
-        except OSError:
-            continue
-        if mark in env.split(b"\0") and not is_zombie(int(entry.name)):
-            out.append(int(entry.name))
-    return sorted(out)
+    return sorted(processes_by_run_dir().get(os.path.realpath(run_dir), []))
 
 
 def processes_by_run_dir() -> dict[str, list[int]]:

@@ -46,12 +46,13 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from firecracer import hugepages
 from firecracer.errors import FirecracerError, FirecrackerError
+from firecracer.fcversion import Version, firecracker_version
 from firecracer.paths import open_private, private_run_dir, state_dir
 from firecracer.vmm import config as cfg
-from firecracer.vmm import hugepages
 from firecracer.vmm.api import ApiClient, Unsupported, Watch
-from firecracer.vmm.binary import Version, find_firecracker, firecracker_version, uffd_restore_problem
+from firecracer.vmm.binary import find_firecracker, uffd_restore_problem
 from firecracer.vmm.config import MemBackend, SnapshotType
 from firecracer.vmm.lifeline import is_zombie, kill_all, processes_in, spawn, start_time
 from firecracer.vmm.network import GUEST_MAC, NetNamespace, kernel_ip_arg
@@ -79,11 +80,6 @@ UFFD_OLD_FC = "Firecracker < 1.8 on host kernel ≥ 6.6"
 UFFD_V14_FC = "Firecracker < 1.5 on host kernel ≥ 5.11"
 BRAND_OLD_FC = ("Firecracker < 1.5 cannot start a vCPU on this host: its CPUID brand string has no "
                 "frequency (fixed in v1.5)")
-
-
-def _kernel_tuple(release: str) -> tuple[int, int]:
-    m = re.match(r"(\d+)\.(\d+)", release)
-    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
 
 def uffd_limit(version: Version, kernel_release: str | None = None) -> str | None:
@@ -358,16 +354,17 @@ class MicroVM:
 
     def _watch_page_server(self) -> None:
         """Abort any API request at once when the page server dies (:class:`~firecracer.vmm.api.Watch`)."""
-        ps = self.page_server
-        if ps is None or self._fc is None:
+        server = self.page_server
+        if server is None or self._fc is None:
             return
-        self._fc.api.watches = [Watch(fd=ps.pidfd,
+        self._fc.api.watches = [Watch(fd=server.pidfd,
                                       fire=lambda what: self._page_server_died(f"during {what}"))]
 
     def _page_server_died(self, when: str) -> str:
         """Kill the VM whose page server died; the sentence that says so (with the server's last log line)."""
-        ps = self.page_server
-        why = (ps.describe_death(when) if ps is not None else None) or f"the page server is gone {when}"
+        server = self.page_server
+        why = (server.describe_death(when) if server is not None else None) or \
+            f"the page server is gone {when}"
         pid = self.pid
         self.dead_reason = why
         self.kill()
@@ -505,8 +502,8 @@ class MicroVM:
         Without its server Firecracker hangs forever on the next missing page, so this is an error
         whatever the server's exit status; the message carries the server's last log line.
         """
-        ps = self.page_server
-        if ps is None or ps.alive() or not self.alive():
+        server = self.page_server
+        if server is None or server.alive() or not self.alive():
             return
         raise FirecrackerError(self._page_server_died(when))
 
@@ -515,9 +512,9 @@ class MicroVM:
         """Within the block, a page-server death kills Firecracker at once (so a blocking wait on the guest,
         e.g. an HTTP request over vsock, ends instead of running into its timeout), and the block raises
         that death, named with the server's last log line, instead of whatever the wait saw."""
-        ps = self.page_server
-        fd = ps.pidfd() if ps is not None else -1
-        if ps is None or fd < 0 or self._fc is None:
+        server = self.page_server
+        fd = server.pidfd() if server is not None else -1
+        if server is None or fd < 0 or self._fc is None:
             yield
             return
         stop = os.eventfd(0, os.EFD_CLOEXEC)
@@ -624,10 +621,10 @@ class MicroVM:
             self.check_page_server()
             if not self.alive():
                 death = self.fc.describe_death() if self._fc else None
-                ps_line = self.page_server.describe_death() if self.page_server else None
+                server_line = self.page_server.describe_death() if self.page_server else None
                 raise FirecrackerError(f"{self.name}: serial output never matched {pattern!r}: "
                                        f"{death or 'Firecracker is not running'}"
-                                       + (f"; {ps_line}" if ps_line else ""))
+                                       + (f"; {server_line}" if server_line else ""))
             if time.monotonic() > deadline:
                 tail = text[-200:].strip().replace("\n", " | ")
                 raise FirecrackerError(f"{self.name}: serial output did not match {pattern!r} within "
@@ -869,9 +866,9 @@ class MicroVM:
                                       f"with userfaultfd on kernel {os.uname().release}; fixed in v1.8)",
                                       method=exc.method, path=exc.path, status=exc.status,
                                       fault_message=exc.fault_message, body=exc.body) from exc
-                ps = vm.page_server
-                if ps is not None and str(ps.pid) not in str(exc):  # the server's own words say why
-                    why = ps.describe_death() or _server_said(ps)
+                server = vm.page_server
+                if server is not None and str(server.pid) not in str(exc):  # the server's own words say why
+                    why = server.describe_death() or _server_said(server)
                     if why:
                         raise FirecrackerError(f"{exc}; {why}", method=exc.method, path=exc.path,
                                                status=exc.status, fault_message=exc.fault_message,
@@ -955,9 +952,9 @@ class MicroVM:
         if sup is None or sup.stdin is None or sup.stdout is None:
             return
         fc_pid = self.pid or 0
-        ps_pid = (self.page_server.pid or 0) if self.page_server else 0
-        ps_start = (start_time(ps_pid) or 0) if ps_pid else 0
-        line = f"detach {fc_pid} {start_time(fc_pid) or 0} {ps_pid} {ps_start}\n"
+        server_pid = (self.page_server.pid or 0) if self.page_server else 0
+        server_start = (start_time(server_pid) or 0) if server_pid else 0
+        line = f"detach {fc_pid} {start_time(fc_pid) or 0} {server_pid} {server_start}\n"
         answer = ""
         try:
             sup.stdin.write(line.encode())
@@ -984,7 +981,7 @@ class MicroVM:
             raise FirecrackerError(f"{self.name}: could not hand the VM over to its supervisor: {why}")
 
     def record(self) -> dict[str, Any]:
-        ps = self.page_server
+        server = self.page_server
         sup_pid = self._supervisor.pid if self._supervisor is not None else self._supervisor_pid
         return {"name": self.name, "state": self.state, "pid": self.pid,
                 "pid_start": start_time(self.pid) if self.pid else None,
@@ -994,8 +991,8 @@ class MicroVM:
                 "vsock": None if self.config and self.config.vsock_cid is None else str(self.vsock_path),
                 "serial_log": str(self.serial_log), "serial_in": str(self.run_dir / "serial.in"),
                 "netns": self.netns.name if self.netns else None,
-                "page_server_pid": ps.pid if ps else None,
-                "page_server_start": start_time(ps.pid) if ps and ps.pid else None,
+                "page_server_pid": server.pid if server else None,
+                "page_server_start": start_time(server.pid) if server and server.pid else None,
                 "supervisor_pid": sup_pid, "supervisor_start": start_time(sup_pid) if sup_pid else None,
                 "owner": list(self._owner), "instance": self._instance, "lifeline": self.lifeline,
                 "detached": self.detached,
@@ -1023,8 +1020,8 @@ def _partial_dir(dest: Path) -> Path:
     return dest.parent / f".{dest.name}.partial-{os.getpid()}"
 
 
-def _server_said(ps: PageServer) -> str | None:
+def _server_said(server: PageServer) -> str | None:
     from firecracer.vmm.process import last_error_line
 
-    line = last_error_line(ps.log)
+    line = last_error_line(server.log)
     return f"the page server's last log line: {line}" if line else None

@@ -95,12 +95,12 @@ class PageServer:
         ``started`` is its recorded start time (:func:`~firecracer.vmm.lifeline.start_time`): a
         different process that reuses the pid is then never taken for it.
         """
-        ps = cls([], socket_path, log)
-        ps._attached_pid = pid
+        server = cls([], socket_path, log)
+        server._attached_pid = pid
         if started is not None and start_time(pid) != started:
-            ps._attached_pid = None  # gone; its pid belongs to someone else now
-            ps._gone_pid = pid
-        return ps
+            server._attached_pid = None  # gone; its pid belongs to someone else now
+            server._gone_pid = pid
+        return server
 
     def pidfd(self) -> int:
         """A pidfd of the server (readable once it exited), or -1 if it is gone already or was stopped

@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from firecracer.errors import FirecrackerError
+from firecracer.fcversion import Version, firecracker_version
 from firecracer.paths import open_private, private_dir
 from firecracer.vmm.api import ApiClient, connect_unix
-from firecracer.vmm.binary import Version, firecracker_version
-from firecracer.vmm.lifeline import spawn
+from firecracer.vmm.lifeline import is_zombie, spawn
 
 _ID_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 
@@ -285,18 +285,10 @@ def wait_for_exit(pid: int, timeout: float) -> bool:
             os.kill(pid, 0)
         except ProcessLookupError:
             return True
-        if not pid_is_firecracker(pid) and _is_zombie(pid):
+        if not pid_is_firecracker(pid) and is_zombie(pid):
             return True
         time.sleep(0.02)
     return False
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[-1].split()[0:1] == [b"Z"]
-    except OSError:
-        return True
 
 
 class _Deferred:

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from firecracer.errors import FirecracerError
+from firecracer.fcversion import firecracker_version
 from firecracer.paths import state_dir
 from firecracer.vmm.api import Unsupported
-from firecracer.vmm.binary import find_firecracker, firecracker_version
+from firecracer.vmm.binary import find_firecracker
 from firecracer.vmm.config import MemBackend, SnapshotType
 from firecracer.vmm.machine import MicroVM
 from firecracer.vmm.probe import build_probe

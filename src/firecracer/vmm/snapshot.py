@@ -36,10 +36,10 @@ from typing import Any
 import numpy as np
 
 from firecracer.errors import FirecracerError, FormatError
+from firecracer.fcversion import firecracker_version
 from firecracer.fsio import atomic_output, read_json
 from firecracer.paths import cache_dir
 from firecracer.uffd.memfile import scan_data
-from firecracer.vmm.binary import Version, firecracker_version
 from firecracer.vmm.config import SnapshotType
 
 FORMAT = "firecracer-snapshot"
@@ -385,6 +385,3 @@ def check_loadable(snap: Snapshot, binary: Path) -> None:
         raise FirecracerError(f"{snap.vmstate}: state file says format {actual}, snapshot.json says "
                               f"{snap.snapshot_format}: the directory was modified")
 
-
-def version_from_record(snap: Snapshot) -> Version:
-    return Version.parse(snap.firecracker_version)

@@ -30,8 +30,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from firecracer.errors import FormatError
+from firecracer.fsio import read_json
 from firecracer.paths import open_private
 from firecracer.vmm.lifeline import is_zombie, kill_all, processes_in, start_time
+from firecracer.vmm.process import last_error_line
 
 RECORD = "vm.json"
 _SOCKETS = ("api.sock", "serial.in", "uffd.sock")
@@ -40,9 +43,6 @@ _SOCKETS = ("api.sock", "serial.in", "uffd.sock")
 # -- vm.json, shared with MicroVM ---------------------------------------------------------------------
 def read_record(run_dir: Path) -> dict[str, Any] | None:
     """The run directory's ``vm.json`` (None if missing, unreadable, or not a regular file of <= 1 MiB)."""
-    from firecracer.errors import FormatError
-    from firecracer.fsio import read_json
-
     try:
         data = read_json(run_dir / RECORD, limit=1 << 20, what="VM record")
     except FormatError:
@@ -110,12 +110,6 @@ def cleanup_run_dir(run_dir: Path) -> None:
                                check=False)
 
 
-def last_line(path: Path) -> str | None:
-    from firecracer.vmm.process import last_error_line
-
-    return last_error_line(path)
-
-
 # -- the two phases -------------------------------------------------------------------------------------
 def abandon(run_dir: Path, owner: str) -> None:
     """Kill everything still running for ``run_dir`` (twice, to catch a child forked just before)."""
@@ -147,36 +141,37 @@ def _gone(fd: int) -> bool:
     return fd < 0 or bool(select.select([fd], [], [], 0)[0])
 
 
-def supervise(run_dir: Path, fc_fd: int, fc_pid: int, ps_fd: int, ps_pid: int) -> str:
+def supervise(run_dir: Path, fc_fd: int, fc_pid: int, server_fd: int, server_pid: int) -> str:
     """Watch until Firecracker or the page server ends (or SIGTERM); returns why it ended."""
     rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wfd)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: None)
-    watch = [fd for fd in (fc_fd, ps_fd, rfd) if fd >= 0]
+    watch = [fd for fd in (fc_fd, server_fd, rfd) if fd >= 0]
     while True:
         ready, _, _ = select.select(watch, [], [])
         if rfd in ready:
-            kill_all([fc_pid] + ([ps_pid] if ps_fd >= 0 else []))
+            kill_all([fc_pid] + ([server_pid] if server_fd >= 0 else []))
             return "killed on request (SIGTERM to its supervisor)"
-        if ps_fd >= 0 and ps_fd in ready and not _gone(fc_fd):
+        if server_fd >= 0 and server_fd in ready and not _gone(fc_fd):
             kill_all([fc_pid])
-            line = last_line(run_dir / "uffd.log")
-            return (f"the page server (pid {ps_pid}) died while the VM ran; Firecracker (pid {fc_pid}) was "
-                    f"killed, as it would hang on its next fault"
+            line = last_error_line(run_dir / "uffd.log")
+            return (f"the page server (pid {server_pid}) died while the VM ran; Firecracker (pid {fc_pid}) "
+                    f"was killed, as it would hang on its next fault"
                     + (f"; the page server's last log line: {line}" if line else ""))
         if fc_fd in ready:
-            if ps_fd >= 0 and not _gone(ps_fd):
-                kill_all([ps_pid], signal.SIGTERM)  # it writes its trace and metrics, then exits
+            if server_fd >= 0 and not _gone(server_fd):
+                kill_all([server_pid], signal.SIGTERM)  # it writes its trace and metrics, then exits
                 deadline = time.monotonic() + 15
-                while not _gone(ps_fd) and time.monotonic() < deadline:
-                    select.select([ps_fd], [], [], 0.5)
-                kill_all([ps_pid])
-            line = last_line(run_dir / "firecracker.log") or last_line(run_dir / "firecracker.err")
+                while not _gone(server_fd) and time.monotonic() < deadline:
+                    select.select([server_fd], [], [], 0.5)
+                kill_all([server_pid])
+            line = last_error_line(run_dir / "firecracker.log") or \
+                last_error_line(run_dir / "firecracker.err")
             return f"Firecracker (pid {fc_pid}) exited" + (f": {line}" if line else "")
-        if ps_fd in ready:  # page server ended after Firecracker: nothing left to watch for it
-            watch.remove(ps_fd)
-            ps_fd = -1
+        if server_fd in ready:  # page server ended after Firecracker: nothing left to watch for it
+            watch.remove(server_fd)
+            server_fd = -1
 
 
 def main(argv: list[str]) -> int:
@@ -190,12 +185,12 @@ def main(argv: list[str]) -> int:
     if len(line) != 5 or line[0] != "detach":
         abandon(run_dir, owner)
         return 0
-    fc_pid, fc_start, ps_pid, ps_start = (int(x) for x in line[1:])
+    fc_pid, fc_start, server_pid, server_start = (int(x) for x in line[1:])
     fc_fd = _pidfd(fc_pid, fc_start)
-    ps_fd = _pidfd(ps_pid, ps_start) if ps_pid else -1
-    if _gone(fc_fd) or (ps_pid and _gone(ps_fd)):
-        why = "Firecracker is gone" if _gone(fc_fd) else f"the page server (pid {ps_pid}) is gone"
-        kill_all([fc_pid, ps_pid] if ps_pid else [fc_pid])
+    server_fd = _pidfd(server_pid, server_start) if server_pid else -1
+    if _gone(fc_fd) or (server_pid and _gone(server_fd)):
+        why = "Firecracker is gone" if _gone(fc_fd) else f"the page server (pid {server_pid}) is gone"
+        kill_all([fc_pid, server_pid] if server_pid else [fc_pid])
         cleanup_run_dir(run_dir)
         mark_dead(run_dir, f"{why} at hand-over")
         with contextlib.suppress(OSError):
@@ -210,7 +205,7 @@ def main(argv: list[str]) -> int:
         os.dup2(devnull, 0)
         os.dup2(devnull, 1)
         os.close(devnull)
-    reason = supervise(run_dir, fc_fd, fc_pid, ps_fd, ps_pid)
+    reason = supervise(run_dir, fc_fd, fc_pid, server_fd, server_pid)
     for pid in processes_in(run_dir):  # helpers of either (e.g. 'ip netns exec' children)
         kill_all([pid])
     cleanup_run_dir(run_dir)

@@ -15,8 +15,9 @@ import numpy as np
 
 from firecracer.errors import FirecracerError
 from firecracer.experiment.spec import Strategy
-from firecracer.uffd.strategies import ws_path_for
-from firecracer.vmm.binary import Version, uffd_restore_problem
+from firecracer.fcversion import Version
+from firecracer.uffd.workingset import ws_path_for
+from firecracer.vmm.binary import uffd_restore_problem
 
 
 def check_uffd_strategies(binary: Path, version: Version, strategies: Sequence[Strategy]) -> None:

@@ -54,7 +54,7 @@ from firecracer.image.manifest import with_image_init
 from firecracer.paths import state_dir
 from firecracer.vmm.config import MemBackend
 from firecracer.vmm.machine import DEFAULT_BOOT_ARGS, MicroVM, VMConfig
-from firecracer.vmm.network import vsock_http
+from firecracer.vmm.vsock import vsock_http
 
 AGENT_PORT = 52
 
@@ -202,7 +202,8 @@ class JvmBackend(Backend[JvmState]):
 
     def check(self) -> None:
         from firecracer import host
-        from firecracer.vmm.binary import find_firecracker, firecracker_version
+        from firecracer.fcversion import firecracker_version
+        from firecracer.vmm.binary import find_firecracker
 
         if not os.access("/dev/kvm", os.R_OK | os.W_OK):
             raise FirecracerError("the jvm backend needs a usable /dev/kvm (see 'firecracer doctor')")
@@ -223,7 +224,7 @@ class JvmBackend(Backend[JvmState]):
         self._fc_version = str(version)
         check_uffd_strategies(self._fc, version, self.spec.strategies)
         if any(v.huge for v in self.spec.variants):
-            from firecracer.vmm.hugepages import check_pool
+            from firecracer.hugepages import check_pool
 
             check_pool(self.spec.guest.mem_size_mib, f"{self.spec.path}: 2 MiB variants")
 

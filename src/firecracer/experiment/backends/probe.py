@@ -44,8 +44,9 @@ from firecracer.experiment.backends._common import (
 from firecracer.experiment.plan import Run
 from firecracer.experiment.spec import Variant
 from firecracer.experiment.store import now_iso
+from firecracer.fcversion import firecracker_version
 from firecracer.paths import state_dir
-from firecracer.vmm.binary import find_firecracker, firecracker_version
+from firecracer.vmm.binary import find_firecracker
 from firecracer.vmm.config import MemBackend
 from firecracer.vmm.machine import MicroVM, VMConfig
 from firecracer.vmm.probe import ProbeReady, ProbeResult, build_probe, min_mem_mib, parse_line, probe_info
@@ -94,7 +95,7 @@ class ProbeBackend(Backend[ProbeState]):
         self._fc_version = str(version)
         check_uffd_strategies(self._fc, version, self.spec.strategies)
         if any(v.huge for v in self.spec.variants):
-            from firecracer.vmm.hugepages import check_pool
+            from firecracer.hugepages import check_pool
 
             check_pool(self.spec.guest.mem_size_mib, f"{self.spec.path}: 2 MiB variants")
         if shutil.which("as") is None or shutil.which("ld") is None:

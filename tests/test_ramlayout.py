@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from firecracer.analysis.addr import AddressError, GiB, Layout, Region, file_off_to_gpa, gpa_to_file_off
+from firecracer.ramlayout import AddressError, GiB, Layout, Region, file_off_to_gpa, gpa_to_file_off
 
 PAGE = 4096
 

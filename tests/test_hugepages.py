@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from firecracer.vmm import hugepages
-from firecracer.vmm.hugepages import HugePagesError, Reservation, check_pool, pool
+from firecracer import hugepages
+from firecracer.hugepages import HugePagesError, Reservation, check_pool, pool
 
 
 def _fake_sysfs(tmp_path: Path, total: int, free: int, resv: int = 0) -> Path:
@@ -85,7 +85,7 @@ def test_reservation_removes_only_its_own_pages_when_others_changed_the_pool() -
 @needs_pool
 def test_sigkill_of_the_reserving_process_still_puts_the_pool_back() -> None:
     before = _nr()
-    code = ("import sys, time\nfrom firecracer.vmm.hugepages import Reservation, pool\n"
+    code = ("import sys, time\nfrom firecracer.hugepages import Reservation, pool\n"
             "r = Reservation(pool().available + 2)\nprint(r.added, flush=True)\ntime.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:

@@ -1,15 +1,6 @@
-"""Restore strategies (what to install, when) and the working-set file prefetch installs from.
+"""The working-set file ``prefetch`` installs from: a recorded trace's pages as a FaaSnap-style loading set.
 
-Strategies, chosen per restore (the string is what ``--strategy`` takes and traces record):
-
-* ``ondemand`` — one page per fault.
-* ``fault-around:N`` — on a fault, the aligned block of N pages around it, missing pages only.
-* ``prefetch:TRACE`` — REAP-style record and replay: before resume, install the working set recorded in
-  TRACE (from its ``.ws`` file: one sequential read, contiguous runs per ioctl), then serve misses on
-  demand. ``prefetch-background:TRACE`` installs it from a thread racing the vCPUs instead.
-* ``eager`` — copy all of memory at the hand-off (Firecracker's ``fault_all`` example).
-
-Working-set file (``TRACE`` with suffix ``.ws``), a FaaSnap-style *loading set*, little-endian::
+The file sits beside its trace (``TRACE`` with suffix ``.ws``), little-endian::
 
     header   64 B  magic b"FCRWSET3", u64 page_size, u64 n, u64 mem_size, u64 n_blocks, u64 data_offset,
                    u64 index_offset, u64 blocks_per_page
@@ -31,11 +22,10 @@ made the file 16 times larger); the server assembles each page in a zeroed stagi
 
 from __future__ import annotations
 
-import hashlib
+import ctypes
 import json
 import os
 import struct
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,68 +33,16 @@ import numpy as np
 import numpy.typing as npt
 
 from firecracer.errors import FirecracerError, FormatError
-from firecracer.fsio import atomic_output, open_regular
+from firecracer.fsio import atomic_output, file_sha256, open_regular
 from firecracer.uffd import abi
 from firecracer.uffd.memfile import MemoryFile, identity_mismatch
 from firecracer.uffd.trace import Trace, load_trace
 
-KINDS = ("ondemand", "fault-around", "prefetch", "eager")
 WS_MAGIC = b"FCRWSET3"
 BLOCK = 4096
 _WS_HEADER = struct.Struct("<8sQQQQQQQ")
 KIND_DATA = 0
 KIND_HOLE = 1
-
-
-@dataclass(frozen=True)
-class Strategy:
-    """A parsed ``--strategy`` value."""
-
-    kind: str
-    around: int = 1
-    trace: Path | None = None
-    background: bool = False
-
-    def __str__(self) -> str:
-        if self.kind == "fault-around":
-            return f"fault-around:{self.around}"
-        if self.kind == "prefetch":
-            return f"prefetch{'-background' if self.background else ''}:{self.trace}"
-        return self.kind
-
-    @property
-    def family(self) -> str:
-        """The name without parameters (``fault-around:16`` → ``fault-around``)."""
-        return self.kind
-
-
-def parse_strategy(text: str) -> Strategy:
-    """Parse ``ondemand`` | ``fault-around:N`` | ``prefetch[-background]:TRACE`` | ``eager``.
-
-    Raises ``FirecracerError`` naming the accepted forms; a prefetch TRACE must exist.
-    """
-    kind, _, arg = text.partition(":")
-    if kind == "ondemand" and not arg:
-        return Strategy("ondemand")
-    if kind == "eager" and not arg:
-        return Strategy("eager")
-    if kind == "fault-around":
-        try:
-            n = int(arg) if arg else 16
-        except ValueError:
-            n = 0
-        if n < 1 or n > 1 << 18:
-            raise FirecracerError(f"fault-around needs a block size 1..262144 pages, got {arg!r}")
-        return Strategy("fault-around", around=n)
-    if kind in ("prefetch", "prefetch-background"):
-        if not arg:
-            raise FirecracerError(f"{kind} needs a recorded trace: {kind}:TRACE")
-        path = Path(arg)
-        if not path.exists():
-            raise FirecracerError(f"prefetch trace {path} does not exist (record one with --trace first)")
-        return Strategy("prefetch", trace=path, background=kind == "prefetch-background")
-    raise FirecracerError(f"unknown strategy {text!r} (use ondemand, fault-around:N, prefetch:TRACE, "
-                          "prefetch-background:TRACE or eager)")
 
 
 def ws_path_for(trace_path: str | Path) -> Path:
@@ -155,11 +93,7 @@ def _data_blocks(mem: MemoryFile, off: int, ps: int) -> npt.NDArray[np.bool_]:
 def trace_identity(path: str | Path) -> dict[str, object]:
     """Path, size and SHA-256 of a trace file: which recording a working set was built from."""
     p = Path(path)
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return {"path": str(p.resolve()), "size": p.stat().st_size, "sha256": h.hexdigest()}
+    return {"path": str(p.resolve()), "size": p.stat().st_size, "sha256": file_sha256(p)}
 
 
 def check_trace_matches(trace: Trace, mem: MemoryFile, trace_path: str | Path) -> None:
@@ -392,6 +326,35 @@ class WorkingSet:
 
 def ctypes_bytes(addr: int, length: int) -> bytes:
     """Copy ``length`` bytes at ``addr`` in our address space."""
-    import ctypes
-
     return ctypes.string_at(addr, length)
+
+
+def prepare_working_set(trace_path: Path, mem: MemoryFile) -> Path:
+    """The working-set file prefetch installs from ``trace_path``, checked against ``mem`` (built if it is
+    missing or of an older format); its path.
+
+    :raises FirecracerError: the trace, or the working set, was recorded on another memory file (one
+        line naming both), or the working set's pages differ from this memory file's.
+    """
+    check_trace_matches(load_trace(trace_path), mem, trace_path)
+    ws_path = ws_path_for(trace_path)
+    if ws_page_size(ws_path) is None:  # missing, or an older format: (re)build it
+        write_working_set(trace_path, mem, ws_path)
+        return ws_path
+    ws = WorkingSet(ws_path, mem_size=mem.size, populate=False)
+    try:
+        why = identity_mismatch(ws.meta.get("mem"), mem.identity)
+        if why:
+            raise FirecracerError(f"working set {ws_path} does not belong to memory file "
+                                  f"{mem.path}: {why}; rebuild it with 'firecracer uffd "
+                                  f"working-set {trace_path} {mem.path} --force'")
+        made_from = ws.meta.get("trace")
+        if isinstance(made_from, dict) and \
+                made_from.get("sha256") != trace_identity(trace_path)["sha256"]:
+            raise FirecracerError(f"working set {ws_path} was built from another trace than {trace_path} "
+                                  f"({made_from.get('path')}); rebuild it with 'firecracer uffd "
+                                  f"working-set {trace_path} {mem.path} --force'")
+        ws.verify_against(mem, samples=16)
+    finally:
+        ws.close()
+    return ws_path
