@@ -23,6 +23,7 @@ from firecracer.analysis.memmap import is_process_recording, save_memmap
 from firecracer.analysis.nmt import parse_nmt_text
 from firecracer.analysis.process import (
     ADDRESS_SPACE,
+    eager_pages,
     eager_trace,
     expand_ranges,
     fault_trace,
@@ -34,7 +35,7 @@ from firecracer.analysis.tables import nmt_categories_table, totals
 from firecracer.errors import FormatError
 from firecracer.guest import jvm as guest_jvm
 from firecracer.guest import workload
-from firecracer.uffd.trace import save_trace
+from firecracer.uffd.trace import Action, save_trace
 
 MAPS = """\
 00400000-00401000 r-xp 00000000 fe:00 123 /opt/jdk/bin/java
@@ -68,6 +69,20 @@ def test_zero_fault_pages_get_a_slot_and_unknown_pages_fail() -> None:
     assert mm.meta["address_space"] == ADDRESS_SPACE and mm.page_paddr.tolist() == [0, 0x1000, 0x2000]
     with pytest.raises(FormatError, match="lies in no mapping"):
         process_image(7, "java", MAPS, [[0x7F0000020000, 1]]).memmap()
+
+
+def test_pages_criu_restores_eagerly_come_first_in_a_lazy_trace() -> None:
+    """A lazy restore still installs non-lazy pages (a thread's stack page, non-anonymous memory) before
+    the process runs: they are rows of the trace (EAGER, t = 0), not faults."""
+    dumped = [[0x7F0000000000, 2, 1], [0x7F0000002000, 1, 0], [0x400000, 1, 0]]
+    eager = eager_pages(dumped)
+    assert eager is not None and eager.tolist() == [0x400000, 0x7F0000002000]
+    assert eager_pages([[0x7F0000000000, 2]]) is None  # ranges from before the flags were kept
+    img = process_image(7, "java", MAPS, dumped)
+    tr = fault_trace(img, [0.2], [0x7F0000001000], [False], "criu-lazy", eager=eager)
+    assert tr.action.tolist() == [Action.EAGER, Action.EAGER, Action.LOAD]
+    assert tr.fault.tolist() == [-1, -1, 0] and tr.t_ns.tolist() == [0, 0, 200_000_000]
+    assert tr.working_set().tolist() == [0x2000]  # image address of the one faulted page
 
 
 @pytest.fixture(scope="module")

@@ -137,11 +137,19 @@ class ProcessImage:
             page_kflags=np.zeros(n, dtype=np.uint64), page_kcount=np.ones(n, dtype=np.uint32), meta=meta)
 
 
+def eager_pages(dumped: Sequence[Sequence[int]]) -> npt.NDArray[np.uint64] | None:
+    """Pages of ``[[vaddr, n, lazy], …]`` a lazy restore installs before the process runs (``lazy`` 0);
+    None when the ranges do not say (``[vaddr, n]`` only)."""
+    if not dumped or any(len(r) < 3 for r in dumped):
+        return None
+    return expand_ranges([r[:2] for r in dumped if not int(r[2])])
+
+
 def process_image(pid: int, exe: str, maps_text: str, dumped: Sequence[Sequence[int]],
                   extra: npt.NDArray[np.uint64] | None = None) -> ProcessImage:
     """The image space of one dumped process; ``extra``: fault pages outside the dump (zero-filled)."""
     vmas = parse_maps(maps_text)
-    pages = expand_ranges(dumped)
+    pages = expand_ranges([r[:2] for r in dumped])
     if extra is not None and extra.size:
         extra = np.setdiff1d(np.asarray(extra, dtype=np.uint64), pages)
         allp = np.concatenate([pages, extra])
@@ -152,19 +160,26 @@ def process_image(pid: int, exe: str, maps_text: str, dumped: Sequence[Sequence[
 
 
 def fault_trace(image: ProcessImage, t_s: Sequence[float], addr: Sequence[int], zero: Sequence[bool],
-                strategy: str, meta: dict[str, Any] | None = None) -> Trace:
-    """The lazy restore's faults (in order; ``t_s`` since the restore began) as a trace in image space."""
+                strategy: str, meta: dict[str, Any] | None = None,
+                eager: npt.NDArray[np.uint64] | None = None) -> Trace:
+    """The lazy restore's faults (in order; ``t_s`` since the restore began) as a trace in image space,
+    after the ``eager`` pages CRIU installed before the process ran (action EAGER, t = 0)."""
     va = np.asarray(addr, dtype=np.uint64) & ~np.uint64(PAGE - 1)
-    idx = image.index_of(va)
-    n = va.size
+    ev = np.zeros(0, dtype=np.uint64) if eager is None else np.asarray(eager, dtype=np.uint64)
+    n, ne = va.size, ev.size
+    idx = image.index_of(np.concatenate([ev, va]))
     off = idx.astype(np.uint64) * np.uint64(PAGE)
-    t_ns = np.maximum(np.round(np.asarray(t_s, dtype=np.float64) * 1e9), 0).astype(np.uint64)
+    t_ns = np.concatenate([np.zeros(ne, dtype=np.uint64), np.maximum(
+        np.round(np.asarray(t_s, dtype=np.float64) * 1e9), 0).astype(np.uint64)])
     zero_arr = np.asarray(zero, dtype=bool) if n else np.zeros(0, dtype=bool)
-    flags = np.full(n, FLAG_FAULTING, dtype=np.uint8) | np.where(zero_arr, FLAG_ZERO, 0).astype(np.uint8)
-    action = np.where(zero_arr, Action.ZERO, Action.LOAD).astype(np.uint8)
-    return make_trace({"t_ns": t_ns, "hva": va, "file_off": off, "gpa": off, "flags": flags,
-                       "action": action, "fault": np.arange(n, dtype=np.int32),
-                       "service_ns": np.zeros(n, dtype=np.uint32)},
+    flags = np.concatenate([np.zeros(ne, dtype=np.uint8), np.full(n, FLAG_FAULTING, dtype=np.uint8)
+                            | np.where(zero_arr, FLAG_ZERO, 0).astype(np.uint8)])
+    action = np.concatenate([np.full(ne, Action.EAGER, dtype=np.uint8),
+                             np.where(zero_arr, Action.ZERO, Action.LOAD).astype(np.uint8)])
+    fault = np.concatenate([np.full(ne, -1, dtype=np.int32), np.arange(n, dtype=np.int32)])
+    return make_trace({"t_ns": t_ns, "hva": np.concatenate([ev, va]), "file_off": off, "gpa": off,
+                       "flags": flags, "action": action, "fault": fault,
+                       "service_ns": np.zeros(ne + n, dtype=np.uint32)},
                       {"strategy": strategy, "vmm": "criu", "address_space": ADDRESS_SPACE,
                        "page_size": PAGE, "pid": image.pid, **(meta or {})})
 

@@ -171,10 +171,22 @@ def image_stats(d: Path) -> dict[str, Any]:
     return {"bytes": total, "pages": pages, "files": files}
 
 
+PE_LAZY = 1 << 1  # pagemap entry flag: the page may be served lazily (criu/include/pagemap.h)
+
+
+def _is_lazy(flags: object) -> int:
+    """A pagemap entry's ``flags`` as crit prints them: an int, or ``"PE_LAZY | PE_PRESENT"`` (pretty)."""
+    if isinstance(flags, int):
+        return int(bool(flags & PE_LAZY))
+    return int("PE_LAZY" in str(flags))
+
+
 def dumped_ranges(d: Path, timeout: float = 120.0) -> dict[str, list[list[int]]]:
-    """Per dumped process, the pages whose contents are in the images: ``{pid: [[vaddr, nr_pages], …]}``,
-    decoded from ``pagemap-PID.img`` with CRIU's own ``crit`` (private file pages that were never
-    written are not in the images: a restore maps them from their files again)."""
+    """Per dumped process, the pages whose contents are in the images: ``{pid: [[vaddr, nr_pages, lazy],
+    …]}``, decoded from ``pagemap-PID.img`` with CRIU's own ``crit`` (private file pages that were never
+    written are not in the images: a restore maps them from their files again). ``lazy`` 0 marks pages a
+    lazy restore still installs before the process runs (CRIU's ``vma_entry_can_be_lazy``: not anonymous
+    private memory, or a thread's current stack page)."""
     out: dict[str, list[list[int]]] = {}
     for img in sorted(d.glob("pagemap-*.img")):
         pid = img.name[len("pagemap-"):-len(".img")]
@@ -185,8 +197,8 @@ def dumped_ranges(d: Path, timeout: float = 120.0) -> dict[str, list[list[int]]]
             entries = json.loads(r.stdout).get("entries", [])
         except (ValueError, AttributeError):
             raise CracError("crit-failed", f"crit decode {img.name}: not the JSON it should print") from None
-        out[pid] = [[int(str(e["vaddr"]), 0), int(e["nr_pages"])] for e in entries
-                    if isinstance(e, dict) and "vaddr" in e and "nr_pages" in e]
+        out[pid] = [[int(str(e["vaddr"]), 0), int(e["nr_pages"]), _is_lazy(e.get("flags", 0))]
+                    for e in entries if isinstance(e, dict) and "vaddr" in e and "nr_pages" in e]
     return out
 
 

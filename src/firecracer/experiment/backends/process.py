@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from firecracer.analysis.memmap import load_memmap, save_memmap
-from firecracer.analysis.process import eager_trace, fault_trace, process_image
+from firecracer.analysis.process import eager_pages, eager_trace, fault_trace, process_image
 from firecracer.errors import FirecracerError
 from firecracer.experiment.backend import RunFailed
 from firecracer.guest.client import AgentClient, AgentError
@@ -139,9 +139,10 @@ def write_recording(workdir: Path, rundir: Path, reply: dict[str, Any], kind: st
     save_memmap(image.memmap({"checkpoint_bytes": meta.get("bytes")}), rundir / "memmap.npz")
     offset = float(reply.get("lazy_daemon_start_s") or 0.0)  # daemon clock → since the restore began
     trace_meta = {"checkpoint_pages": int(image.dumped.sum())}
+    eager = eager_pages(dumped)
     if kind == "criu-lazy":
         t_s = [max(0.0, float(t) - offset) for t in faults.get("t_s", [])]
-        trace = fault_trace(image, t_s, addrs, faults.get("zero", []), kind, trace_meta)
+        trace = fault_trace(image, t_s, addrs, faults.get("zero", []), kind, trace_meta, eager=eager)
     else:
         trace = eager_trace(image, kind, trace_meta)
     save_trace(trace, rundir / "trace.npz")
@@ -151,10 +152,14 @@ def write_recording(workdir: Path, rundir: Path, reply: dict[str, Any], kind: st
         except OSError:
             shutil.copyfile(workdir / "nmt.txt", rundir / "nmt.txt")
     zero = int(np.count_nonzero(trace.is_zero()))
+    faulted = int(np.count_nonzero(trace.fault >= 0))
     metrics: dict[str, Any] = {
-        "pages": len(trace), "bytes": len(trace) * 4096, "zero_pages": zero, "faults": len(trace)
-        if kind == "criu-lazy" else 0, "checkpoint_bytes": meta.get("bytes"),
-        "checkpoint_pages": int(image.dumped.sum())}
+        "pages": len(trace), "bytes": len(trace) * 4096, "zero_pages": zero, "faults": faulted,
+        "checkpoint_bytes": meta.get("bytes"), "checkpoint_pages": int(image.dumped.sum())}
+    if kind == "criu-lazy":
+        # pages CRIU installs before the JVM runs even in a lazy restore (None: an older checkpoint's
+        # ranges do not say which; its trace then holds the faults only)
+        metrics["eager_pages"] = None if eager is None else int(eager.size)
     if kind == "criu-lazy":
         bg = faults.get("background_start_s")
         cut = reply.get("response_daemon_s")
