@@ -519,27 +519,25 @@ def _install_app(root: Path, app: AppSpec, jdk: JdkSpec, log: Path, rep: Reporte
         rep.step("creating the default CDS archive (java -Xshare:dump)")
         in_chroot(root, [java, "-Xshare:dump"], log, "java -Xshare:dump", rep)
     how = " ".join(app.bundled.train_args) if app.bundled else f"{train_seconds:.0f} s, then SIGTERM"
-    rep.step(f"AppCDS training run of {app.main} ({how})")
-    in_chroot(root, ["/usr/bin/python3", "-I", INIT_PATH, "--train", str(train_seconds), "--", java,
-                     "-XX:ArchiveClassesAtExit=/opt/app/app-cds.jsa", "-cp", ":".join(classpath), app.main,
-                     *train_args],
-              log, "AppCDS training run", rep, timeout=train_seconds + 300)
-    if not (app_dir / "app-cds.jsa").is_file():
-        raise ImageError(f"the AppCDS training run of {app.main} wrote no archive (see {log})")
+
+    def train(what: str, option: str, out: str, slack: float) -> None:
+        """One training run of the app with ``option`` (it writes ``out`` at exit), bounded."""
+        rep.step(f"{what} of {app.main} ({how})")
+        in_chroot(root, ["/usr/bin/python3", "-I", INIT_PATH, "--train", str(train_seconds), "--", java,
+                         option, "-cp", ":".join(classpath), app.main, *train_args],
+                  log, what, rep, timeout=train_seconds + slack)
+        if not (root / out.lstrip("/")).is_file():
+            raise ImageError(f"the {what} of {app.main} wrote no {out} (see {log})")
+
+    train("AppCDS training run", "-XX:ArchiveClassesAtExit=/opt/app/app-cds.jsa", "/opt/app/app-cds.jsa", 300)
     aot = None
     jdk_link = root / "opt" / "jdk"  # Debian's: a link to an absolute path inside the image
     jdk_home = root / os.readlink(jdk_link).lstrip("/") if jdk_link.is_symlink() else jdk_link
     if jdk_feature_version(jdk_home) >= 25:
         # JEP 483/514: an AOT cache (classes loaded and linked, method profiles) from one training run;
-        # the JVM takes it with -XX:AOTCache (a study's variant: docs/crac.md, "The JVM's other answer")
-        rep.step(f"AOT cache training run of {app.main} ({how})")
-        in_chroot(root, ["/usr/bin/python3", "-I", INIT_PATH, "--train", str(train_seconds), "--", java,
-                         "-XX:AOTCacheOutput=/opt/app/app.aot", "-cp", ":".join(classpath), app.main,
-                         *train_args],
-                  log, "AOT cache training run", rep, timeout=train_seconds + 600)
-        if not (app_dir / "app.aot").is_file():
-            raise ImageError(f"the AOT cache training run of {app.main} wrote no cache (see {log})")
+        # the JVM takes it with -XX:AOTCache (a study's variant: `experiment example --jdks`)
         aot = "/opt/app/app.aot"
+        train("AOT cache training run", f"-XX:AOTCacheOutput={aot}", aot, 600)
     info: dict[str, object] = {
         "name": app.kind, "classpath": classpath, "main": app.main, "jar": jar, "args": list(app.args),
         "appcds": "/opt/app/app-cds.jsa", "aotcache": aot, "workdir": "/opt/app",
