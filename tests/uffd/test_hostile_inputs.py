@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.cli import fcr, one_line_error
 
 from firecracer.errors import FormatError
 from firecracer.uffd.trace import FLAG_FAULTING, import_seed_log, load_trace, make_trace, save_trace
@@ -24,16 +25,6 @@ from firecracer.uffd.workingset import WorkingSet
 PS = 4096
 
 
-def fcr(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "firecracer", *args], capture_output=True, text=True,
-                          timeout=timeout, check=False)
-
-
-def one_line_error(res: subprocess.CompletedProcess[str]) -> str:
-    assert res.returncode == 1, (res.returncode, res.stdout, res.stderr)
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("firecracer: error: "), res.stderr
-    return lines[0]
 
 
 def hostile(tmp_path: Path, kind: str) -> Path:

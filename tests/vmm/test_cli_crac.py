@@ -5,19 +5,13 @@ from __future__ import annotations
 
 import json
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from tests.cli import fcr
 from tests.vmm.hostcaps import can_boot
 
 from firecracer.vmm.machine import BRAND_OLD_FC, MicroVM
-
-
-def fcr(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "firecracer", *args], capture_output=True, text=True,
-                          timeout=timeout, check=False)
 
 
 def test_crac_scratch_is_a_sparse_ext4_image(tmp_path: Path) -> None:

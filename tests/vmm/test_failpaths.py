@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.cli import fcr, one_line_error
 from tests.vmm.hostcaps import can_boot, uffd_unsupported
 
 from firecracer.errors import FirecracerError, FirecrackerError, FormatError
@@ -38,17 +39,6 @@ FILL = range(4096, 4096 + 256)
 TRACE = [*range(4096, 4096 + 64), *range(6000, 6016)]
 
 
-def fcr(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "firecracer", *args], capture_output=True, text=True,
-                          timeout=timeout, check=False)
-
-
-def one_line_error(res: subprocess.CompletedProcess[str]) -> str:
-    """The CLI's error: exit 1, exactly one line on stderr, no traceback."""
-    assert res.returncode == 1, (res.returncode, res.stdout, res.stderr)
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("firecracer: error: "), res.stderr
-    return lines[0]
 
 
 def gone(pid: int | None) -> bool:

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.cli import fcr, one_line_error
 from tests.vmm.hostcaps import can_boot
 
 from firecracer.errors import FirecrackerError
@@ -31,16 +32,6 @@ FILL = range(4096, 4096 + 64)
 TRACE = list(range(4096, 4096 + 16))
 
 
-def fcr(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "firecracer", *args], capture_output=True, text=True,
-                          timeout=timeout, check=False)
-
-
-def one_line_error(res: subprocess.CompletedProcess[str]) -> str:
-    assert res.returncode == 1, (res.returncode, res.stdout, res.stderr)
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("firecracer: error: "), res.stderr
-    return lines[0]
 
 
 def fc_state(name: str) -> str:
