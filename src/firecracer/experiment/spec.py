@@ -636,6 +636,17 @@ def jdks_example_spec_path() -> Path:
     return Path(__file__).with_name("examples") / "petclinic-jdks.toml"
 
 
+def restores_example_spec_path() -> Path:
+    """The bundled predictability / load-order study: PetClinic, 3 first requests × ondemand and the
+    racing prefetch in 3 orders × 2."""
+    return Path(__file__).with_name("examples") / "petclinic-restores.toml"
+
+
+def warmup_example_spec_path() -> Path:
+    """The bundled when-to-snapshot sweep: PetClinic snapshotted after k = 0, 1, 10, 100, 1000 requests."""
+    return Path(__file__).with_name("examples") / "petclinic-warmup.toml"
+
+
 def jvm_example_text(kernel: Path, rootfs: Path, spec_path: Path | None = None,
                      repetitions: int | None = None) -> str:
     """A bundled jvm study (default: the JVM-settings one) with ``guest.kernel``/``guest.rootfs`` set to
