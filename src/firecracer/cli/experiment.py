@@ -100,8 +100,10 @@ def run(spec_file: str | None, example: bool, out: str | None, dry_run: bool, sh
         print_table(table)
         todo = sum(1 for r in runs if have.get(r.run_id) is None
                    or (retry_failed and have.get(r.run_id) == "failed"))
+        nq = len(spec.workload.requests)
         console.print(f"{len(runs)} runs in this plan ({len(spec.variants)} variants × "
                       f"{len(spec.strategies)} strategies × {spec.repetitions} repetitions"
+                      + (f" × {nq} first requests" if nq > 1 else "")
                       + (f", shard {sh}" if sh else "") + f"); {todo} to run; results in {results}")
         return
 

@@ -3,9 +3,11 @@
 FaaSnap and SnapBPF restore with Firecracker's File backend and load the pages a restore will touch into
 the host page cache before (or while) the guest runs: Firecracker maps the memory file ``MAP_PRIVATE``,
 so a guest access to a page already cached costs a minor fault instead of a read from storage. Here the
-set is the trace's working set (the pages a recorded restore faulted on), read with ``pread`` into a
-scratch buffer — unlike ``posix_fadvise(WILLNEED)``, which the kernel may drop, a read that returned
-has put its pages in the cache.
+set is the trace's working set (the pages a recorded restore faulted on): every range is first handed to
+the kernel with ``posix_fadvise(WILLNEED)`` (asynchronous: the reads are queued together, so storage
+serves many at once instead of one ``pread`` at a time — 8,000 scattered runs took 650 ms one by one
+here), then read with ``pread`` into a scratch buffer, since the kernel may drop a WILLNEED and only a read
+that returned has surely put its pages in the cache.
 
 * ``readahead:TRACE`` reads the set before ``PUT /snapshot/load``, in file-offset order with nearby runs
   merged (few, large, sequential reads: what storage serves fastest);
@@ -129,7 +131,10 @@ def read_into_cache(mem: Path, offsets: npt.NDArray[np.uint64], lengths: npt.NDA
     view = memoryview(buf)
     fd = os.open(mem, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        for off, length in zip(offsets.tolist(), lengths.tolist(), strict=True):
+        pairs = list(zip(offsets.tolist(), lengths.tolist(), strict=True))
+        for off, length in pairs:  # queue them all (see the module doc), then wait for each in order
+            os.posix_fadvise(fd, off, length, os.POSIX_FADV_WILLNEED)
+        for off, length in pairs:
             while length > 0:
                 if stop is not None and stop.is_set():
                     result.error = "stopped (the VM was killed first)"
