@@ -148,13 +148,13 @@ def working_set(trace: str, mem_file: str, output: str | None, mem_id: str | Non
     Refuses a MEMFILE other than the one TRACE was recorded on (its snapshot id or size differ), and an
     existing output file unless --force.
     """
-    from firecracer.uffd.memfile import MemoryFile
     from firecracer.uffd.workingset import WorkingSet, write_working_set, ws_path_for
+    from firecracer.uffd.zsource import open_memory
 
     out = Path(output) if output else ws_path_for(trace)
     if (out.exists() or out.is_symlink()) and not force:
         raise FirecracerError(f"{out} exists; pass --force to replace it")
-    with MemoryFile(mem_file, mem_id=mem_id) as mem:
+    with open_memory(mem_file, mem_id=mem_id) as mem:
         write_working_set(trace, mem, out)
     ws = WorkingSet(out, populate=False)
     info = ws.describe()
