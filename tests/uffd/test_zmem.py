@@ -140,7 +140,7 @@ def test_cache_is_bounded_and_evicted_frames_come_back(raw: Path, zfile: Path) -
     ("appended", "bytes after the end"),
 ])
 def test_damage_is_one_line_naming_the_file(zfile: Path, damage: str, want: str) -> None:
-    n, n_ext, idx, meta_len = _index(zfile)
+    _n, _e, idx, _ml = _index(zfile)
     if damage == "frame":
         off, ln = _frame(zfile, 2)
         _flip(zfile, off + ln // 2)
