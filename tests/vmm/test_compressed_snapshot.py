@@ -95,7 +95,7 @@ def test_a_compressed_file_that_does_not_match_snapshot_json_is_refused(tmp_path
     meta = json.loads((d / "snapshot.json").read_text())
     meta["mem"]["compressed"]["frame_size"] = 1 << 20
     (d / "snapshot.json").write_text(json.dumps(meta))
-    with pytest.raises(FormatError, match=r"mem.fcz: does not match .*snapshot.json: frame size 65536 here"):
+    with pytest.raises(FormatError, match=r"mem.fcz: does not match .*snapshot.json: frame size 16384 here"):
         check_compressed(Snapshot.load(d))
 
 

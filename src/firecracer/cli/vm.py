@@ -240,7 +240,7 @@ def resume(name: str) -> None:
 def _compress_options(f: Any) -> Any:
     f = click.option("--keep-raw", is_flag=True, help="Keep the uncompressed mem too (File restores work "
                      "without 'vm decompress'; the disk space is not saved).")(f)
-    f = click.option("--frame-kib", default=64, show_default=True, type=click.IntRange(4, 65536),
+    f = click.option("--frame-kib", default=16, show_default=True, type=click.IntRange(4, 65536),
                      help="Uncompressed KiB per zstd frame (a power of two): what one fault decompresses.")(f)
     return click.option("--level", default=3, show_default=True, type=click.IntRange(1, 22),
                         help="zstd compression level.")(f)
@@ -304,7 +304,7 @@ def decompress(snapshot_dir: str, keep_compressed: bool) -> None:
 @_compress_options
 @click.option("--json", "as_json", is_flag=True)
 def snapshot(name: str, dest: str, diff: bool, punch_holes: bool, resume_after: bool, labels: tuple[str, ...],
-             as_json: bool, compress: bool = False, level: int = 3, frame_kib: int = 64,
+             as_json: bool, compress: bool = False, level: int = 3, frame_kib: int = 16,
              keep_raw: bool = False) -> None:
     """Snapshot microVM NAME into directory DEST (vmstate, mem, snapshot.json)."""
     if compress and diff:

@@ -46,7 +46,9 @@ MAGIC = b"FCRZMEM1"
 FORMAT = "firecracer-zmem"
 PAGE = 4096
 HEADER = struct.Struct("<8sQQQQQIIQ")
-DEFAULT_FRAME = 64 << 10
+#: 16 KiB: a JVM's memory compressed 2.9x in 16 KiB frames and 3.1x in 64 KiB ones, but one frame took 25 µs
+#: to decompress against 68 µs, and an on-demand fault decompresses a frame (docs/uffd.md)
+DEFAULT_FRAME = 16 << 10
 DEFAULT_LEVEL = 3
 MAX_FRAME = 64 << 20
 _ZERO = bytes(1 << 20)
