@@ -103,8 +103,9 @@ def test_a_mostly_empty_memory_compresses_to_almost_nothing(tmp_path: Path) -> N
         fh.seek(100 << 20)
         fh.write(b"x" * PS)
     info = compress_memory(path, tmp_path / "big.fcz")
-    assert info.data_frames == 1 and info.frames == 4096
-    assert info.compressed_bytes < 64 << 10  # header + index + one small frame, nothing per hole
+    assert info.data_frames == 1 and info.frames == 16384  # 16 KiB frames by default
+    # header, one small frame, the index (12 bytes per frame) and meta: nothing stored for the holes
+    assert info.compressed_bytes < 12 * info.frames + 8192
 
 
 def test_open_memory_picks_the_kind_by_its_magic(raw: Path, zfile: Path) -> None:
@@ -247,6 +248,23 @@ def test_prefetch_from_a_working_set_built_from_a_compressed_file(sock: str, raw
     assert result.sessions[0]["compressed"]["frames_decompressed"] == 1
     # the same working set also serves the raw file (same snapshot id): traces are portable
     assert load_trace(rec).meta["mem"]["id"] == "abc"
+
+
+@needs_uffd
+def test_clones_share_one_small_cache(sock: str, raw: Path, zfile: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two hand-offs served in parallel threads from one compressed file whose cache holds 4 frames:
+    evictions never pull a frame from under the other session's copy."""
+    monkeypatch.setenv("FIRECRACER_UFFD_ZCACHE_MIB", str(4 * FRAME / (1 << 20)))
+    pages = [p for p in range(NPAGES) if p not in HOLES][::-1]
+    specs = [PeerSpec(sock, [NPAGES * PS], ops=[("parallel", pages[k::2] + pages[1 - k::2])]) for k in (0, 1)]
+    result, reports = serve(sock, zfile, specs[0], sessions=2, extra=specs[1:])
+    assert result.ok, result.metrics()
+    for status, rep in reports:
+        assert _ok(status), rep
+        for p in pages:
+            assert rep["reads"][str(p)][0] == expected(raw, p), p
+    assert result.sessions[-1]["compressed"]["evictions"] > 0
 
 
 @needs_uffd

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import struct
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,13 @@ from firecracer.vmm.config import MemBackend
 from firecracer.vmm.machine import MicroVM
 from firecracer.vmm.probe import build_probe
 from firecracer.vmm.probe.run import boot_probe, trigger
-from firecracer.vmm.snapshot import Snapshot, check_compressed, compress_snapshot, decompress_snapshot
+from firecracer.vmm.snapshot import (
+    Snapshot,
+    check_compressed,
+    compress_snapshot,
+    decompress_snapshot,
+    full_memory,
+)
 
 PAGE = 4096
 
@@ -80,6 +87,16 @@ def test_diff_snapshots_are_not_compressed(tmp_path: Path) -> None:
     assert not (d / "mem.fcz").exists()
 
 
+def test_a_diff_on_a_compressed_parent_asks_for_decompress(tmp_path: Path) -> None:
+    parent = compress_snapshot(Snapshot.load(_snapdir(tmp_path / "p")))
+    d = _snapdir(tmp_path / "d", typ="Diff")
+    meta = json.loads((d / "snapshot.json").read_text())
+    meta.update(parent=str(parent.dir), parent_id=parent.id)
+    (d / "snapshot.json").write_text(json.dumps(meta))
+    with pytest.raises(FirecracerError, match=r"p: its memory exists only compressed .*vm decompress"):
+        full_memory(Snapshot.load(d))
+
+
 def test_file_restore_of_a_compressed_snapshot_is_one_line(tmp_path: Path) -> None:
     d = _snapdir(tmp_path / "s")
     compress_snapshot(Snapshot.load(d))
@@ -128,6 +145,37 @@ def test_cli_compress_and_decompress(tmp_path: Path) -> None:
 
 
 # -- real Firecracker ---------------------------------------------------------------------------------
+
+@pytest.mark.firecracker
+def test_cli_snapshot_compress_and_restore(firecracker_bin: Path, tmp_path: Path) -> None:
+    why = uffd_unsupported(firecracker_bin)
+    if why:
+        pytest.skip(f"Firecracker {firecracker_version(firecracker_bin)}: {why}")
+    fc = str(firecracker_bin)
+    snap = tmp_path / "snap"
+    try:
+        assert fcr("vm", "boot", "--probe", "--name", "z1", "--firecracker", fc).returncode == 0
+        deadline = time.monotonic() + 30
+        while "PROBE READY" not in fcr("vm", "console", "z1").stdout:
+            assert time.monotonic() < deadline, "probe never became ready"
+            time.sleep(0.1)
+        res = fcr("vm", "snapshot", "z1", str(snap), "--compress", "--frame-kib", "32", "--json")
+        assert res.returncode == 0, res.stderr
+        rec = json.loads(res.stdout)["mem"]["compressed"]
+        assert rec["frame_size"] == 32 << 10 and rec["file"] == "mem.fcz" and not (snap / "mem").exists()
+        assert "ratio" in res.stderr  # the one-line summary
+        line = one_line_error(fcr("vm", "restore", str(snap), "--firecracker", fc))
+        assert "--uffd" in line and "vm decompress" in line
+        res = fcr("vm", "restore", str(snap), "--uffd", "--name", "z2", "--firecracker", fc)
+        assert res.returncode == 0, res.stderr
+        assert fcr("vm", "console", "z2", "--send", "a").returncode == 0
+        while "kind=verify" not in fcr("vm", "console", "z2").stdout:
+            assert time.monotonic() < deadline + 30, "no verify line after restore"
+            time.sleep(0.1)
+        assert "errors=0" in fcr("vm", "console", "z2").stdout
+    finally:
+        killed = fcr("vm", "kill", "--all")
+    assert killed.returncode == 0, killed.stderr
 
 FILL = range(4096, 4096 + 256)
 TRACE = [*range(4096, 4096 + 64, 2), *range(4200, 4240), *range(6000, 6016)]

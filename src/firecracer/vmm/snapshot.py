@@ -307,6 +307,9 @@ def full_memory(snap: Snapshot) -> Path:
     :raises FirecracerError: a Diff's parent is gone or was replaced by another snapshot (its id differs
         from the one the Diff recorded).
     """
+    if snap.compressed_only:  # a Diff on top of it needs the raw pages to merge onto
+        raise FirecracerError(f"{snap.dir}: its memory exists only compressed ({ZMEM_NAME}); "
+                              f"'firecracer vm decompress {snap.dir}' first")
     if snap.type is SnapshotType.FULL:
         return snap.mem_file
     assert snap.parent is not None
