@@ -229,6 +229,7 @@ def test_prefetch_from_a_working_set_built_from_a_compressed_file(sock: str, raw
     assert result.ok and _ok(status)
     ws = WorkingSet(ws_path_for(rec), populate=False)  # written from the compressed file's pages
     try:
+        ws_n, first_page = ws.n, ctypes.string_at(ws.src(0), PS)
         assert ws.meta["mem"]["id"] == "abc"
         for i in range(ws.n):
             if ws.kinds[i] == 0:
@@ -246,8 +247,16 @@ def test_prefetch_from_a_working_set_built_from_a_compressed_file(sock: str, raw
     assert pf["misses"] + pf["late"] >= 1
     # only the miss's frame was decompressed: the working set came from the .ws file
     assert result.sessions[0]["compressed"]["frames_decompressed"] == 1
-    # the same working set also serves the raw file (same snapshot id): traces are portable
     assert load_trace(rec).meta["mem"]["id"] == "abc"
+    # 'uffd working-set' builds the same file from the compressed memory
+    built = tmp_path / "again.ws"
+    res = fcr("uffd", "working-set", str(rec), str(zfile), "-o", str(built))
+    assert res.returncode == 0, res.stderr
+    again = WorkingSet(built, populate=False)
+    try:
+        assert again.n == ws_n and ctypes.string_at(again.src(0), PS) == first_page
+    finally:
+        again.close()
 
 
 @needs_uffd

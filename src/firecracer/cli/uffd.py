@@ -47,6 +47,9 @@ def serve(socket_path: str, mem_file: str, strategy: str, trace_out: str | None,
           populate: bool, mem_id: str | None, as_json: bool, quiet: bool) -> None:
     """Serve page faults from MEMFILE to the Firecracker that connects to SOCKET.
 
+    MEMFILE is a snapshot's raw memory file or its compressed mem.fcz ('vm compress'): frames are then
+    decompressed as faults need them.
+
     Prints "firecracer uffd: listening on SOCKET" to stderr once listening. Exits 0 after the
     sessions ended (Firecracker exited); non-zero on a fatal error, after killing Firecracker so it
     never hangs on a fault. Options may come before or after SOCKET MEMFILE.
