@@ -9,13 +9,14 @@ import os
 import signal
 import struct
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from tests.cli import fcr, one_line_error
 from tests.uffd.fakefc import PeerSpec
-from tests.uffd.test_server import NPAGES, PS, _can_uffd, _ok, expected, serve
+from tests.uffd.test_server import HUGE, NPAGES, PS, _can_uffd, _huge_digests, _ok, expected, serve
 
 from firecracer.errors import FormatError
 from firecracer.uffd.memfile import MemoryFile
@@ -296,3 +297,55 @@ def test_uffd_serve_refuses_a_corrupt_index_before_listening(zfile: Path, tmp_pa
     line = one_line_error(res)
     assert str(zfile) in line and "index is damaged" in line
     assert not sock.exists()
+
+
+@pytest.fixture
+def huge_pool() -> Iterator[None]:
+    """Free 2 MiB pages for the test (as in test_server: 8 used, 8 of margin), else a skip."""
+    from firecracer.hugepages import HugePagesError, Reservation
+
+    try:
+        res = Reservation(8 + 8)
+    except HugePagesError as exc:
+        pytest.skip(f"2 MiB huge pages cannot be reserved here: {exc}")
+    with res:
+        yield
+
+
+@pytest.fixture
+def mem2m(tmp_path: Path) -> Path:
+    """Six 2 MiB pages: 0, 4, 5 random data, 1 and 3 holes, 2 data in three 4 KiB blocks."""
+    mem = tmp_path / "mem2m"
+    rng = np.random.default_rng(3)
+    with open(mem, "wb") as fh:
+        for page in (0, 4, 5):
+            fh.seek(page * HUGE)
+            fh.write(rng.integers(0, 256, HUGE, dtype=np.uint8).tobytes())
+        for blk in (0, 200, 511):
+            fh.seek(2 * HUGE + blk * PS)
+            fh.write(rng.integers(0, 256, PS, dtype=np.uint8).tobytes())
+        fh.truncate(6 * HUGE)
+    return mem
+
+
+@needs_uffd
+@pytest.mark.parametrize("strategy", ["ondemand", "eager", "fault-around:2", "prefetch"])
+def test_2mib_pages_from_a_compressed_file(sock: str, tmp_path: Path, huge_pool: None, mem2m: Path,
+                                           strategy: str) -> None:
+    """2 MiB pages (hugetlbfs) served from mem.fcz: whole pages, a page with three data blocks assembled in
+    the staging buffer, holes as zero pages — the same contents as from the raw file."""
+    z = tmp_path / "mem2m.fcz"
+    compress_memory(mem2m, z)
+    if strategy == "prefetch":
+        rec = PeerSpec(sock, [6 * HUGE], page_size=HUGE, ops=[("read", [2, 5, 0])])
+        result, _ = serve(sock, z, rec, trace=tmp_path / "rec.npz")
+        assert result.ok, result.metrics()
+        strategy = f"prefetch:{tmp_path / 'rec.npz'}"
+    spec = PeerSpec(sock, [6 * HUGE], page_size=HUGE, ops=[("read", [2, 0, 1, 5, 3, 4])])
+    result, [(status, rep)] = serve(sock, z, spec, strategy)
+    assert result.ok and _ok(status), (result.metrics(), rep)
+    want = _huge_digests(mem2m)
+    for p in range(6):
+        assert rep["reads"][str(p)] == [want[p]], p
+    m = result.sessions[0]
+    assert m["page_size"] == HUGE and m["bytes_zeroed"] == 2 * HUGE
