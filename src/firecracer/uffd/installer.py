@@ -286,6 +286,7 @@ class Installer:
         page-cache zero pages, a fault per 4 KiB). ``chunk`` > 0 caps a data run's length (bounded
         ioctls)."""
         mem, ps = self.mem, self.ps
+        mem.ensure(off, length)  # readable at mem.addr until this thread's next ensure (compressed files)
         rows: list[PlanRow] = []
         if ps == 4096:
             for p_off, p_len, is_data in mem.split(off, length, ps):

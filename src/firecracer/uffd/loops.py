@@ -178,7 +178,7 @@ def serve_blocking(s: Session) -> str:
     mask, shift, ps, t0 = s.mask, s.shift, s.ps, s.t0
     state, mem, maddr = s.state, s.mem, s.mem.addr
     dense = mem.dense
-    fast = s.strategy.fast_path
+    fast = s.strategy.fast_path and mem.direct  # a compressed file is read only through ensure()
     ws_entry = s.ws_entry
     runs_append, lat_append = s.rec.runs.append, s.latency_ns.append
     cbuf = bytearray(_COPY.size)

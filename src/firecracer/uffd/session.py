@@ -105,7 +105,7 @@ class Session:
         try:
             if self.ended != "peer-gone":
                 self.strategy.at_handoff(self)
-                lib = native.load() if self.strategy.fast_path else None
+                lib = native.load() if self.strategy.fast_path and self.mem.direct else None
                 if lib is not None:
                     self.ended = loops.serve_native(self, lib)
                 elif threading.current_thread() is threading.main_thread():
@@ -260,6 +260,7 @@ class Session:
         (zeros for its holes and for removed pages)."""
         inst = self.installer
         if src is None and pieces is None and st != REMOVED and not zero:
+            self.mem.ensure(off, self.ps)  # a compressed file decompresses the frame here
             if self.ps == 4096:
                 zero = not self.mem.has_data(off, 4096)
                 src = None if zero else self.mem.addr + off
