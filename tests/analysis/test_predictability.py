@@ -134,6 +134,7 @@ def test_cli_json_and_terminal(served: list[Path]) -> None:
     assert rep["format"] == "firecracer-predictability" and len(rep["restores"]) == 3
     text = fcr("analyze", "--predictability", *map(str, served))
     assert text.returncode == 0 and "different first requests median" in text.stdout, text.stdout
+    assert "faults by page class and outcome" in text.stdout  # the page server's taxonomy, per restore
 
 
 @needs_uffd

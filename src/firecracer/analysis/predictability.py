@@ -214,6 +214,8 @@ def restore_facts(r: Restore) -> dict[str, Any]:
         "runs": {"count": int(runs.size), **_dist(runs), "histogram": log2_histogram(runs)},
         "blocks_2m": {"touched": int(blk_counts.size), "pages_per_block": per_block, **_dist(blk_counts),
                       "histogram": log2_histogram(blk_counts)},
+        # the page server's per-fault classes (uffd.faultclass), when the trace was recorded with them
+        "fault_taxonomy": t.meta.get("fault_taxonomy"),
     }
 
 

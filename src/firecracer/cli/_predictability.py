@@ -74,5 +74,10 @@ def show(paths: tuple[Path, ...], as_json: bool) -> None:
         m.add_row(lab, *[_f(j["matrix"][i][k]) if k > i else "·" if k == i else _f(pf["precision"][i][k])
                          for k in range(len(labels))])
     print_table(m)
+    from firecracer.cli._faults import taxonomy_table
+
+    tx = taxonomy_table([(r["label"], r.get("fault_taxonomy") or {}) for r in rep["restores"]])
+    if tx is not None:
+        print_table(tx)
     for note in rep["notes"]:
         console.print(f"[dim]note: {note}[/dim]")

@@ -85,6 +85,8 @@ def analyze(files: tuple[Path, ...], seed: bool, compare_with: Path | None, as_j
                                "tables": {k: t.to_dicts() for k, t in tabs.items()}}
         if cmp:
             out["compare"] = {"b": str(compare_with), **{k: t.to_dicts() for k, t in cmp.items()}}
+        if rec.trace is not None and rec.trace.meta.get("fault_taxonomy"):
+            out["fault_taxonomy"] = rec.trace.meta["fault_taxonomy"]
         print_json(out)
         return
     if as_csv:
@@ -100,6 +102,12 @@ def analyze(files: tuple[Path, ...], seed: bool, compare_with: Path | None, as_j
         sys.stdout.write(buf.getvalue())
         return
     _render_totals(rec.label, tot)
+    if rec.trace is not None:
+        from firecracer.cli._faults import taxonomy_table
+
+        tx = taxonomy_table([("restore", rec.trace.meta.get("fault_taxonomy") or {})])
+        if tx is not None:
+            print_table(tx)
     for name, t in {**tabs, **{f"compare_{k}": v for k, v in cmp.items()}}.items():
         _render_table(name, t, top)
 

@@ -80,6 +80,12 @@ def serve(socket_path: str, mem_file: str, strategy: str, trace_out: str | None,
         print_json(metrics)
     elif not quiet and metrics["sessions"]:
         print_table(metrics_table(metrics))
+        from firecracer.cli._faults import taxonomy_table
+
+        tx = taxonomy_table([(f"session {s['session']}", s.get("fault_taxonomy"))
+                             for s in metrics["sessions"]])
+        if tx is not None:
+            print_table(tx)
     elif not quiet and result.ok:  # stopped before any hand-off: no table of nothing
         err_console.print("firecracer uffd: stopped; no Firecracker connected, nothing was served",
                           highlight=False)

@@ -76,6 +76,7 @@ def server_metrics(metrics_out: Path, trace_out: Path) -> dict[str, Any]:
         out["pages"] = sess.get("pages_total")
         out["bytes"] = int(sess.get("bytes_copied", 0)) + int(sess.get("bytes_zeroed", 0))
         out["latency_us"] = sess.get("latency_us")
+        out["fault_taxonomy"] = sess.get("fault_taxonomy")
         out["handshake_to_last_fault_ms"] = sess.get("handshake_to_last_fault_ms")
         pf = sess.get("prefetch") or {}
         if isinstance(pf, dict):
