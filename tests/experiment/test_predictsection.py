@@ -19,8 +19,8 @@ def _record(run_id: str, rep: int, strategy: str, recording: str | None, metrics
             path: str) -> RunRecord:
     return RunRecord(run_id=run_id, idx=rep, variant="v", strategy=strategy, repetition=rep, status="ok",
                      started=now_iso(), finished=now_iso(), wall_s=1.0, host="h", backend="probe",
-                     spec={"workload": {"path": path}}, versions={}, timings={"first_response": 1.0},
-                     metrics=metrics, recording=recording)
+                     spec={"workload": {"path": "/a", "paths": ["/a", "/b"]}, "request": path}, versions={},
+                     timings={"first_response": 1.0}, metrics=metrics, recording=recording)
 
 
 def test_section_draws_what_the_traces_say(tmp_path: Path) -> None:
@@ -30,7 +30,7 @@ def test_section_draws_what_the_traces_say(tmp_path: Path) -> None:
     mem = _memfile(tmp_path)
     recs = []
     for i, (pages, req) in enumerate([(A1, "/a"), (A2, "/a"), (B, "/b")], 1):
-        d = _restore(runs, mem, f"v.ondemand.r{i}", pages, None)  # the request comes from the run's spec
+        d = _restore(runs, mem, f"v.ondemand.r{i}", pages, None)  # the request: the run's spec says it
         tx = load_trace(d / "trace.npz").meta["fault_taxonomy"]
         recs.append(_record(d.name, i, "ondemand", f"runs/{d.name}", {"fault_taxonomy": tx}, req))
     recs.append(_record("v.file.r1", 4, "file", None, {}, "/a"))
@@ -48,8 +48,9 @@ def test_section_draws_what_the_traces_say(tmp_path: Path) -> None:
     assert marks["v: Jaccard"] == 9 and marks["v: precision (row drives column)"] == 9
     assert marks["v: faults over time (CDF)"] == 3
     assert marks["v: run lengths (pages, file order)"] > 0 and marks["v: touched pages per 2 MiB block"] > 0
-    # taxonomy: the 3 runs' data faults summed (page 601 lies in the hole 600..615: a zero fault)
-    data_total = sum(len(p) - (601 in p) for p in (A1, A2, B))
-    row = re.search(r'<td class="l">v</td><td class="l">ondemand</td><td class="l">data</td>'
+    # taxonomy per report cell (strategy + request): /a's two runs' data faults summed (page 601 lies in
+    # the hole 600..615: a zero fault)
+    data_total = sum(len(p) - (601 in p) for p in (A1, A2))
+    row = re.search(r'<td class="l">v</td><td class="l">ondemand /a</td><td class="l">data</td>'
                     r"((?:<td>[\d,]+</td>)+)", sec)
     assert row is not None and row.group(1).endswith(f"<td>{data_total}</td>")

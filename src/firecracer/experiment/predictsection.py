@@ -29,13 +29,13 @@ _CLASSES = ("data", "zero", "resident", "removed")
 
 
 def _request(r: RunRecord) -> str | None:
-    """The first request a run answered, from its stored spec (``workload.path``) when its recording does
-    not say."""
-    for src in (r.metrics, r.spec.get("workload") or {}):
-        v = src.get("request") or src.get("path") if isinstance(src, dict) else None
-        if isinstance(v, str) and v:
-            return v
-    return None
+    """The first request a run answered: its own (``workload.paths``: one per run), else the study's single
+    ``workload.path``; used when its recording does not say."""
+    if r.request:
+        return r.request
+    wl = r.spec.get("workload")
+    v = wl.get("path") if isinstance(wl, dict) else None
+    return v if isinstance(v, str) and v else None
 
 
 def _restores(cell: Sequence[RunRecord], results_dir: Path) -> tuple[list[Restore], list[str]]:
