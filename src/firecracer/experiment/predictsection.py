@@ -29,10 +29,12 @@ _CLASSES = ("data", "zero", "resident", "removed")
 
 
 def _request(r: RunRecord) -> str | None:
-    """The first request a run answered: its own (``workload.paths``: one per run), else the study's single
-    ``workload.path``; used when its recording does not say."""
+    """The first request a run answered: its own (``workload.paths``: one per run), else (jvm backend) the
+    study's single ``workload.path``; used when its recording does not say."""
     if r.request:
         return r.request
+    if r.backend != "jvm":  # the probe and host-replay guests answer no HTTP request: say nothing
+        return None
     wl = r.spec.get("workload")
     v = wl.get("path") if isinstance(wl, dict) else None
     return v if isinstance(v, str) and v else None
