@@ -135,6 +135,10 @@ def test_cli_json_and_terminal(served: list[Path]) -> None:
     text = fcr("analyze", "--predictability", *map(str, served))
     assert text.returncode == 0 and "different first requests median" in text.stdout, text.stdout
     assert "faults by page class and outcome" in text.stdout  # the page server's taxonomy, per restore
+    one = fcr("analyze", str(served[2]))  # a recording's own view shows the taxonomy too
+    assert one.returncode == 0 and "faults by page class and outcome" in one.stdout, one.stderr
+    data = fcr("analyze", "--json", str(served[2]))
+    assert json.loads(data.stdout)["fault_taxonomy"]["classes"]["data"]["total"] == len(B)
 
 
 @needs_uffd
