@@ -56,8 +56,10 @@ def _restores(cell: Sequence[RunRecord], results_dir: Path) -> tuple[list[Restor
         except FirecracerError as exc:
             skipped.append(f"{r.run_id}: {exc}")
             continue
-        out.append(dataclasses.replace(rs, label=f"r{r.repetition}",
-                                       request=rs.request or _request(r)))
+        request = rs.request or _request(r)
+        # several first requests: say which, or the heatmaps' rows read "r1 r1 r1"
+        label = f"{request} r{r.repetition}" if r.request else f"r{r.repetition}"
+        out.append(dataclasses.replace(rs, label=label, request=request))
     return out, skipped
 
 
