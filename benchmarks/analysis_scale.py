@@ -94,9 +94,9 @@ def generate(out: Path, pages: int, mappings: int, faults: int, seed: int = 1) -
                       "owner_exe": ["/usr/bin/java"] + [f"/usr/bin/p{i}" for i in range(2, nproc + 1)]
                       + ["kernel", "pagecache", "free"], "map_name": names, "source": "synthetic"})
     save_memmap(mm, out / "memmap.npz")
-    from firecracer.analysis.seedmemmap import write_seed_memmap
+    from firecracer.guest.seedfmt import write_seed_text
 
-    write_seed_memmap(mm, out / "memmap.txt")
+    write_seed_text(mm, out / "memmap.txt", full_names=True, include_free=True)
     # trace: faults in short physical runs (2–3 pages, as REAP saw), over all of RAM, shuffled
     nrun = faults // 2
     run_start = rng.integers(0, pages - 4, size=nrun).astype(np.uint64)

@@ -24,8 +24,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from firecracer.agentclient.client import AgentClient, AgentError, agent_exec
 from firecracer.guest import agent, memmap, npyio, workload
-from firecracer.guest.client import AgentClient, AgentError, agent_exec
 
 from .conftest import need_root
 

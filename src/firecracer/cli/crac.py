@@ -40,7 +40,7 @@ def _agent_address(name: str, port: int) -> str:
 
 
 def _call(name: str, port: int, cmd: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
-    from firecracer.guest.client import AgentClient
+    from firecracer.agentclient.client import AgentClient
 
     with AgentClient.connect(_agent_address(name, port), timeout=30.0) as a:
         return a.call(cmd, args, timeout=timeout)
@@ -99,7 +99,7 @@ def checkpoint(vm_name: str, ckpt: str, pid: int | None, save: str | None, port:
         args["pid"] = pid
     nmt = None
     if save:
-        from firecracer.guest.client import AgentClient
+        from firecracer.agentclient.client import AgentClient
 
         with AgentClient.connect(_agent_address(vm_name, port), timeout=30.0) as a:
             nmt = a.nmt(pid)[1]

@@ -29,8 +29,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, ClassVar
 
+from firecracer.agentclient.client import AgentClient, AgentError
 from firecracer.errors import BinaryNotFound, FirecracerError
-from firecracer.guest.client import AgentClient, AgentError
 from firecracer.image._build import ImageError, NullReporter, Reporter
 from firecracer.image.apps import BUNDLED
 from firecracer.image.kernel import latest_kernel

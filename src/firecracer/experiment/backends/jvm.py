@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from firecracer.agentclient.client import AgentClient, AgentError
+from firecracer.agentclient.collect import collect_agent
 from firecracer.errors import FirecracerError
 from firecracer.experiment.backend import Backend, RunFailed, RunOutcome
 from firecracer.experiment.backends import process as crac
@@ -49,7 +51,6 @@ from firecracer.experiment.plan import Run
 from firecracer.experiment.spec import Spec, Variant
 from firecracer.experiment.store import now_iso
 from firecracer.experiment.workingset import from_trace
-from firecracer.guest.client import AgentClient, AgentError
 from firecracer.image.manifest import with_image_init
 from firecracer.paths import state_dir
 from firecracer.vmm.config import MemBackend
@@ -61,7 +62,7 @@ AGENT_PORT = 52
 
 #: how a preparation failure caused by the guest itself (not by us) begins
 AFTER_READY = "the guest was lost after it was ready: "
-#: what a variant's collect writes into its work directory (firecracer.guest.recording)
+#: what a variant's collect writes into its work directory (firecracer.agentclient.collect)
 COLLECTED = ("recording.json", "memmap.npz", "memmap.txt", "nmt.txt", "smaps")
 
 
@@ -151,11 +152,9 @@ class GuestDriver:
         """Agent ``prepare`` steps, then the recording ``collect VM`` makes (``memmap.npz`` with the
         kernel's own allocations named, ``nmt.txt`` of the JVM, smaps) into ``dest``.
 
-        One collector for both paths (:func:`firecracer.guest.recording.collect_agent`): the study's
+        One collector for both paths (:func:`firecracer.agentclient.collect.collect_agent`): the study's
         recordings then attribute a restore exactly as a recording made by hand does.
         """
-        from firecracer.guest.recording import collect_agent
-
         facts: dict[str, Any] = {}
         try:
             with self.agent(timeout=timeout) as a:
