@@ -66,8 +66,9 @@ class RecordingFacts:
     """``recording.json``: what was run and measured (docs/formats.md). The one reader and writer.
 
     Known keys are typed fields; every other key (a backend's own block: ``probe``, ``collect``,
-    ``seed_files`` …) rides in ``extra`` and is written back unchanged. A new one is ``created`` now. ``host`` is always an object:
-    old files that hold a string (``"KVM"``, the lab's name) read as ``{"label": that string}``.
+    ``seed_files`` …) rides in ``extra`` and is written back unchanged. A new one is ``created`` now.
+    ``host`` is always an object: old files that hold a string (``"KVM"``, the lab's name) read as
+    ``{"label": that string}``.
     """
 
     source: str | None = None
