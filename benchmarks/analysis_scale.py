@@ -30,6 +30,7 @@ PAGE = 4096
 def generate(out: Path, pages: int, mappings: int, faults: int, seed: int = 1) -> dict[str, Any]:
     """Write memmap.txt (seed), memmap.npz, trace.npz and nmt.txt into ``out``; returns sizes."""
     from firecracer.analysis.memmap import FORMAT, Memmap, save_memmap
+    from firecracer.formats import RecordingFacts
     from firecracer.uffd.trace import make_trace, save_trace
 
     rng = np.random.default_rng(seed)
@@ -120,8 +121,7 @@ def generate(out: Path, pages: int, mappings: int, faults: int, seed: int = 1) -
         lines.append("")
     lines.append("Details:")
     (out / "nmt.txt").write_text("\n".join(lines) + "\n")
-    (out / "recording.json").write_text(json.dumps({"format": "firecracer-recording", "version": 1,
-                                                    "source": "synthetic"}))
+    RecordingFacts(source="synthetic").write(out / "recording.json")
     return {"pages": pages, "page_rows": int(n_all), "mappings": int(all_start.size), "faults": int(n),
             "memmap_txt_mb": round((out / "memmap.txt").stat().st_size / 2**20, 1)}
 

@@ -42,6 +42,7 @@ RANKS: dict[str, int] = {
 SAME_FLOOR: frozenset[tuple[str, str]] = frozenset({
     ("__main__", "cli"),        # python -m firecracer
     ("formats", "fsio"),        # recording.json is read bounded and written atomically
+    ("samples", "formats"),     # a sample's recording.json is read by its owner type
     ("vmm", "uffd"),            # the restore starts the page server and reads its memory-file map
     ("viz", "analysis"),        # the viewer shows attributed recordings
     ("agentclient", "guest"),   # the host side of a collect reads what the guest collector wrote

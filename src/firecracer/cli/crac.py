@@ -13,6 +13,7 @@ import click
 
 from firecracer.cli._render import console, print_json
 from firecracer.errors import FirecracerError
+from firecracer.formats import ADDRESS_SPACE_PROCESS, RecordingFacts
 
 
 @click.group()
@@ -154,11 +155,10 @@ def restore(vm_name: str, ckpt: str, lazy: bool, path: str, app_port: int, from_
         d.mkdir(parents=True, exist_ok=True)
         kind = "criu-lazy" if lazy else "criu"
         metrics = write_recording(Path(from_dir), d, rep, kind)
-        (d / "recording.json").write_text(json.dumps({
-            "format": "firecracer-recording", "version": 1, "source": "criu", "address_space": "criu-image",
-            "strategy": kind, "metrics": metrics,
-            "timings_ms": {"restore": rep["seconds"] * 1e3,
-                           "first_response": rep.get("first_response_seconds", 0) * 1e3}}, indent=1))
+        RecordingFacts(source="criu", address_space=ADDRESS_SPACE_PROCESS, strategy=kind, metrics=metrics,
+                       timings_ms={"restore": rep["seconds"] * 1e3,
+                                   "first_response": rep.get("first_response_seconds", 0) * 1e3},
+                       ).write(d / "recording.json")
     faults = rep.pop("faults", None)
     if as_json:
         print_json({**rep, "faults": len(faults["addr"]) if faults else None})

@@ -33,6 +33,7 @@ from firecracer.experiment.backend import Backend, RunFailed, RunOutcome
 from firecracer.experiment.plan import Run
 from firecracer.experiment.spec import Variant
 from firecracer.experiment.store import now_iso
+from firecracer.formats import RecordingFacts
 from firecracer.uffd.trace import make_trace, save_trace
 
 PAGE = workingset.PAGE
@@ -129,11 +130,11 @@ class HostReplayBackend(Backend[HostState]):
         faults = int(metrics.get("faults", 0))
         if strategy.uses_uffd:  # the File backend has no page server, hence no trace
             trace.save(rundir / "trace.npz", strategy.name, state.mem, faults)
-        (rundir / "recording.json").write_text(json.dumps({
-            "format": "firecracer-recording", "version": 1, "created": now_iso(), "source": "local",
-            "backend": "host-replay", "note": "no VM: working set replayed against a host file",
-            "vmm": {}, "guest": {"mem_size_mib": self.spec.guest.mem_size_mib},
-            "strategy": strategy.name, "timings_ms": timings}, indent=1))
+        note = "no VM: working set replayed against a host file"
+        guest = {"mem_size_mib": self.spec.guest.mem_size_mib}
+        RecordingFacts(source="local", created=now_iso(), guest=guest, strategy=strategy.name,
+                       timings_ms=timings, extra={"backend": "host-replay", "note": note},
+                       ).write(rundir / "recording.json")
         a = np.array(trace.rows, dtype=np.int64).reshape(-1, 6)
         faulting = a[(a[:, 2] & 2) != 0, 1].astype(np.uint64) if strategy.uses_uffd else None
         return RunOutcome(timings_ms=timings, metrics=metrics, pages=faulting)

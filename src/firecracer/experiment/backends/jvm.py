@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from firecracer import host
 from firecracer.agentclient.client import AgentClient, AgentError
 from firecracer.agentclient.collect import collect_agent
 from firecracer.errors import FirecracerError
@@ -51,6 +52,7 @@ from firecracer.experiment.plan import Run
 from firecracer.experiment.spec import Spec, Variant
 from firecracer.experiment.store import now_iso
 from firecracer.experiment.workingset import from_trace
+from firecracer.formats import RecordingFacts, this_host
 from firecracer.image.manifest import with_image_init
 from firecracer.paths import state_dir
 from firecracer.vmm.config import MemBackend
@@ -469,17 +471,14 @@ class JvmBackend(Backend[JvmState]):
                           pages=from_trace(trace_out) if uffd and trace_out.exists() else None)
 
     def _write_recording_json(self, state: JvmState, rundir: Path, strategy: str, timings: dict[str, float],
-                              metrics: dict[str, Any], source: str, **extra: Any) -> None:
-        from firecracer import host
-
-        (rundir / "recording.json").write_text(json.dumps({
-            "format": "firecracer-recording", "version": 1, "created": now_iso(), "source": source,
-            "host": host.host_label(), "timings_comparable_to_kvm": host.timings_comparable_to_kvm(),
-            "vmm": {"firecracker": self._fc_version},
-            "guest": {"kernel": str(self.spec.guest.kernel), "rootfs": str(self.rootfs(state.variant)),
-                      "mem_size_mib": self.spec.guest.mem_size_mib},
-            "jvm": {"options": list(state.variant.jvm_options)}, "strategy": strategy,
-            "timings_ms": timings, "metrics": metrics, **extra}, indent=1, default=str))
+                              metrics: dict[str, Any], source: str, address_space: str | None = None) -> None:
+        RecordingFacts(
+            source=source, created=now_iso(), host=this_host(host.host_label()),
+            timings_comparable_to_kvm=host.timings_comparable_to_kvm(), vmm={"firecracker": self._fc_version},
+            guest={"kernel": str(self.spec.guest.kernel), "rootfs": str(self.rootfs(state.variant)),
+                   "mem_size_mib": self.spec.guest.mem_size_mib},
+            jvm={"options": list(state.variant.jvm_options)}, strategy=strategy, timings_ms=timings,
+            metrics=metrics, address_space=address_space).write(rundir / "recording.json")
 
     def _after_restore_hooks(self, guest: GuestDriver, attempts: int = 3) -> float:
         """The app's after-restore hooks through the agent (CRaC's afterRestore); their milliseconds.

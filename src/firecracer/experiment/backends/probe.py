@@ -45,6 +45,7 @@ from firecracer.experiment.plan import Run
 from firecracer.experiment.spec import Variant
 from firecracer.experiment.store import now_iso
 from firecracer.fcversion import firecracker_version
+from firecracer.formats import RecordingFacts
 from firecracer.paths import state_dir
 from firecracer.vmm.binary import find_firecracker
 from firecracer.vmm.config import MemBackend
@@ -279,12 +280,11 @@ class ProbeBackend(Backend[ProbeState]):
         if "install" in metrics:
             timings["install"] = metrics.pop("install")
         pages = workingset.from_trace(trace_out) if uffd else None
-        (rundir / "recording.json").write_text(json.dumps({
-            "format": "firecracer-recording", "version": 1, "created": now_iso(), "source": "firecracker",
-            "vmm": {"firecracker": self._fc_version}, "guest": {"kernel": "probe", "mem_size_mib":
-                                                                 self.spec.guest.mem_size_mib},
-            "jvm": None, "strategy": strategy, "timings_ms": timings, "metrics": metrics,
-            "probe": {"elf": str(state.elf), "working_set_pages": len(state.pages)}}, indent=1))
+        RecordingFacts(source="firecracker", created=now_iso(), vmm={"firecracker": self._fc_version},
+                       guest={"kernel": "probe", "mem_size_mib": self.spec.guest.mem_size_mib},
+                       strategy=strategy, timings_ms=timings, metrics=metrics,
+                       extra={"probe": {"elf": str(state.elf), "working_set_pages": len(state.pages)}},
+                       ).write(rundir / "recording.json")
         return RunOutcome(timings_ms=timings, metrics=metrics, pages=pages)
 
 
