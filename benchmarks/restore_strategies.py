@@ -347,6 +347,7 @@ def proc_counters(pid: int | None) -> tuple[int, int]:
 def one_restore(snap: Path, fc: Path, strategy: str, work: Path, rec: Path, tag: str, *,
                 cold: bool, page_server: list[str] | None = None,
                 trace: Path | None = None) -> dict[str, Any]:
+    from firecracer.uffd.metrics import ServerMetrics
     from firecracer.vmm.config import MemBackend
     from firecracer.vmm.machine import MicroVM
     from firecracer.vmm.probe import parse_line
@@ -418,10 +419,9 @@ def one_restore(snap: Path, fc: Path, strategy: str, work: Path, rec: Path, tag:
         deadline = time.monotonic() + 30
         while not metrics.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
-        m = json.loads(metrics.read_text())
-        s = m["sessions"][0]
-        out.update(faults=s["faults"], bytes=s["bytes_copied"] + s["bytes_zeroed"], ok=m["ok"],
-                   server=s.get("prefetch", {}), latency_us=s["latency_us"])
+        m = ServerMetrics.read(metrics)
+        s = m.sessions[0]
+        out.update(faults=s.faults, bytes=s.bytes_served, ok=m.ok, server=s.install, latency_us=s.latency_us)
     return out
 
 
