@@ -58,6 +58,7 @@ from firecracer.vmm.lifeline import is_zombie, kill_all, processes_in, spawn, st
 from firecracer.vmm.network import GUEST_MAC, NetNamespace, kernel_ip_arg
 from firecracer.vmm.pageserver import PageServer, default_command
 from firecracer.vmm.process import FirecrackerProcess, socket_in_use
+from firecracer.vmm.record import VmRecord, record_lock
 from firecracer.vmm.snapshot import (
     Snapshot,
     check_loadable,
@@ -70,7 +71,6 @@ from firecracer.vmm.snapshot import (
     now_iso,
     punch_zero_pages,
 )
-from firecracer.vmm.supervisor import read_record, record_lock, write_record
 
 VSOCK_NAME = "v.sock"
 UFFD_NAME = "uffd.sock"
@@ -188,50 +188,48 @@ class MicroVM:
         run_dir = state_dir() / "vms" / name
         if not (run_dir / "vm.json").exists():
             raise FirecracerError(f"no VM named {name!r} in {state_dir() / 'vms'} (see 'firecracer vm ls')")
-        rec = read_record(run_dir)
-        if rec is None:
-            raise FirecracerError(f"{run_dir / 'vm.json'}: unreadable VM record")
+        rec = VmRecord.read(run_dir)
         try:
-            vm = cls(rec.get("firecracker"), name=name, run_dir=run_dir)
+            vm = cls(rec.firecracker, name=name, run_dir=run_dir)
         except FirecracerError as exc:  # its binary was removed since: still killable
-            if not rec.get("pid"):
+            if not rec.pid:
                 raise
             vm = cls(None, name=name, run_dir=run_dir)
             vm.dead_reason = str(exc)
         vm.detached = True
-        vm.lifeline = bool(rec.get("lifeline", True))
-        vm.purpose = rec.get("purpose")
-        vm.state = str(rec.get("state", "unknown"))
-        vm.dead_reason = rec.get("dead_reason") or vm.dead_reason
-        vm.config = VMConfig.from_json(rec["config"]) if rec.get("config") else None
-        vm.dirty_tracking = bool(rec.get("dirty_tracking",
-                                         vm.config.track_dirty_pages if vm.config else False))
-        vm.timings_ms = dict(rec.get("timings_ms") or {})
-        if isinstance(rec.get("owner"), list) and len(rec["owner"]) == 2:
-            vm._owner = (int(rec["owner"][0]), rec["owner"][1])
-        vm._instance = rec.get("instance")
-        if rec.get("pid"):
-            pid = int(rec["pid"])
-            started = rec.get("pid_start")
+        vm.lifeline = rec.lifeline
+        vm.purpose = rec.purpose
+        vm.state = rec.state
+        vm.dead_reason = rec.dead_reason or vm.dead_reason
+        vm.config = VMConfig.from_json(rec.config) if rec.config else None
+        vm.dirty_tracking = rec.dirty_tracking if rec.dirty_tracking is not None else \
+            bool(vm.config and vm.config.track_dirty_pages)
+        vm.timings_ms = dict(rec.timings_ms)
+        if rec.owner is not None:
+            vm._owner = rec.owner
+        vm._instance = rec.instance
+        if rec.pid:
+            pid, started = rec.pid, rec.pid_start
             vm._fc = FirecrackerProcess.attach(vm.binary, run_dir, name, pid)
             if started is not None and start_time(pid) != started:
                 vm._fc._attached_pid = None  # that pid belongs to another process now
                 vm._fc._gone_pid = pid
             if vm.state != "dead" and not vm._fc.alive():
                 vm.state = "dead"
-        if rec.get("netns"):
-            vm.netns = NetNamespace(str(rec["netns"]), created=True)
-        if rec.get("page_server_pid"):
-            vm.page_server = PageServer.attach(int(rec["page_server_pid"]), run_dir / UFFD_NAME,
-                                               run_dir / "uffd.log", started=rec.get("page_server_start"))
+        if rec.netns:
+            vm.netns = NetNamespace(rec.netns, created=True)
+        if rec.page_server_pid:
+            vm.page_server = PageServer.attach(rec.page_server_pid, run_dir / UFFD_NAME,
+                                               run_dir / "uffd.log", started=rec.page_server_start)
             vm._watch_page_server()
-        sup = rec.get("supervisor_pid")
-        if sup and start_time(int(sup)) == rec.get("supervisor_start"):
-            vm._supervisor_pid = int(sup)
+        sup = rec.supervisor_pid
+        if sup and start_time(sup) == rec.supervisor_start:
+            vm._supervisor_pid = sup
         for attr in ("restored_from", "last_snapshot"):
-            if rec.get(attr):
+            snap = getattr(rec, attr)
+            if snap:
                 with contextlib.suppress(FirecracerError):
-                    setattr(vm, attr, Snapshot.load(rec[attr]))
+                    setattr(vm, attr, Snapshot.load(snap))
         return vm
 
     # -- context management ---------------------------------------------------------------------
@@ -934,8 +932,8 @@ class MicroVM:
     def _owns_run_dir(self) -> bool:
         """Whether ``vm.json`` is still this VM's (a newer VM of the same name writes its own instance
         there before it starts anything; a missing record is nobody's to sweep)."""
-        rec = read_record(self.run_dir)
-        return rec is not None and rec.get("instance") == self._instance
+        rec = VmRecord.find(self.run_dir)
+        return rec is not None and rec.instance == self._instance
 
     def detach(self) -> None:
         """Leave the VM running after this object is gone (the state dir's vm.json describes it).
@@ -980,34 +978,33 @@ class MicroVM:
             self.kill()
             raise FirecrackerError(f"{self.name}: could not hand the VM over to its supervisor: {why}")
 
-    def record(self) -> dict[str, Any]:
+    def record(self) -> VmRecord:
+        """What ``vm.json`` says of this VM now."""
         server = self.page_server
         sup_pid = self._supervisor.pid if self._supervisor is not None else self._supervisor_pid
-        return {"name": self.name, "state": self.state, "pid": self.pid,
-                "pid_start": start_time(self.pid) if self.pid else None,
-                "firecracker": str(self.binary),
-                "firecracker_version": str(self._fc.version) if self._fc else None,
-                "run_dir": str(self.run_dir), "api_sock": str(self.run_dir / "api.sock"),
-                "vsock": None if self.config and self.config.vsock_cid is None else str(self.vsock_path),
-                "serial_log": str(self.serial_log), "serial_in": str(self.run_dir / "serial.in"),
-                "netns": self.netns.name if self.netns else None,
-                "page_server_pid": server.pid if server else None,
-                "page_server_start": start_time(server.pid) if server and server.pid else None,
-                "supervisor_pid": sup_pid, "supervisor_start": start_time(sup_pid) if sup_pid else None,
-                "owner": list(self._owner), "instance": self._instance, "lifeline": self.lifeline,
-                "detached": self.detached,
-                "purpose": self.purpose, "dead_reason": self.dead_reason,
-                "dirty_tracking": self.dirty_tracking,
-                "restored_from": str(self.restored_from.dir) if self.restored_from else None,
-                "last_snapshot": str(self.last_snapshot.dir) if self.last_snapshot else None,
-                "config": self.config.to_json() if self.config else None,
-                "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()}, "updated": now_iso()}
+        return VmRecord(
+            name=self.name, state=self.state, pid=self.pid,
+            pid_start=start_time(self.pid) if self.pid else None,
+            firecracker=str(self.binary), firecracker_version=str(self._fc.version) if self._fc else None,
+            run_dir=str(self.run_dir), api_sock=str(self.run_dir / "api.sock"),
+            vsock=None if self.config and self.config.vsock_cid is None else str(self.vsock_path),
+            serial_log=str(self.serial_log), serial_in=str(self.run_dir / "serial.in"),
+            netns=self.netns.name if self.netns else None,
+            page_server_pid=server.pid if server else None,
+            page_server_start=start_time(server.pid) if server and server.pid else None,
+            supervisor_pid=sup_pid, supervisor_start=start_time(sup_pid) if sup_pid else None,
+            owner=self._owner, instance=self._instance, lifeline=self.lifeline, detached=self.detached,
+            purpose=self.purpose, dead_reason=self.dead_reason, dirty_tracking=self.dirty_tracking,
+            restored_from=str(self.restored_from.dir) if self.restored_from else None,
+            last_snapshot=str(self.last_snapshot.dir) if self.last_snapshot else None,
+            config=self.config.to_json() if self.config else None,
+            timings_ms={k: round(v, 3) for k, v in self.timings_ms.items()}, updated=now_iso())
 
     def _write_record(self) -> None:
         if not self.run_dir.is_dir():
             return
         with record_lock(self.run_dir):
-            write_record(self.run_dir, self.record())
+            self.record().write(self.run_dir)
 
 
 def _partial_dir(dest: Path) -> Path:
