@@ -31,6 +31,7 @@ from typing import IO, ClassVar
 
 from firecracer.agentclient.client import AgentClient, AgentError
 from firecracer.errors import BinaryNotFound, FirecracerError
+from firecracer.guest.jvm import JVM_CRASH_RX
 from firecracer.image._build import ImageError, NullReporter, Reporter
 from firecracer.image.apps import BUNDLED
 from firecracer.image.kernel import latest_kernel
@@ -342,8 +343,6 @@ def _jvm_crash(console_log: Path) -> str | None:
         text = console_log.read_text(errors="replace")
     except OSError:
         return None
-    from firecracer.vmm.machine import JVM_CRASH_RX
-
     m = JVM_CRASH_RX.search(text)
     return m.group("sig").strip() if m else None
 

@@ -27,11 +27,32 @@ import sys
 import time
 from pathlib import Path
 
-from firecracer.vmm.lifeline import is_zombie, kill_all, processes_in, start_time
+from firecracer.paths import open_private
+from firecracer.vmm.lifeline import is_zombie, kill_all, processes_in, spawn, start_time
 from firecracer.vmm.process import last_error_line
 from firecracer.vmm.record import VmRecord, record_lock
 
 _SOCKETS = ("api.sock", "serial.in", "uffd.sock")
+
+
+def start_supervisor(run_dir: Path) -> subprocess.Popen[bytes]:
+    """Start the keeper of a VM that will outlive the calling process (``MicroVM(lifeline=False)``)."""
+    with open(open_private(run_dir / "supervisor.log"), "ab") as log:
+        return spawn([sys.executable, "-m", "firecracer.vmm.supervisor", str(run_dir)], lifeline=False,
+                     run_dir=run_dir, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
+
+
+def release_supervisor(sup: subprocess.Popen[bytes]) -> None:
+    """End the supervisor of a VM that was not handed over (it cleans up whatever still runs)."""
+    for f in (sup.stdin, sup.stdout):
+        with contextlib.suppress(OSError):
+            if f is not None:
+                f.close()
+    try:
+        sup.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        sup.kill()
+        sup.wait(timeout=5)
 
 
 def mark_dead(run_dir: Path, reason: str) -> None:

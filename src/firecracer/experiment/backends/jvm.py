@@ -53,6 +53,7 @@ from firecracer.experiment.spec import Spec, Variant
 from firecracer.experiment.store import now_iso
 from firecracer.experiment.workingset import from_trace
 from firecracer.formats import RecordingFacts, this_host
+from firecracer.guest.jvm import JVM_CRASH, JVM_DEATH_RX
 from firecracer.image.manifest import with_image_init
 from firecracer.paths import state_dir
 from firecracer.vmm.config import MemBackend
@@ -121,11 +122,12 @@ class GuestDriver:
         while time.monotonic() < deadline:
             if vm is not None:
                 if not vm.alive():
-                    raise RunFailed("ready", f"the guest died before it was ready: {vm.guest_death()}")
-                broken = vm.guest_broken(seen)
+                    raise RunFailed("ready", "the guest died before it was ready: "
+                                             f"{vm.guest_death(also=[JVM_DEATH_RX])}")
+                broken = vm.console.broken(seen, also=[JVM_CRASH])
                 if broken:
                     raise RunFailed("ready", f"the guest broke before it was ready: {broken}")
-                seen = max(seen, vm.serial_size() - 2048)
+                seen = max(seen, vm.console.size() - 2048)
             try:
                 with self.agent(timeout=min(5.0, timeout)) as a:
                     ping = a.ping()
@@ -136,7 +138,7 @@ class GuestDriver:
             except FirecracerError as exc:
                 last = str(exc)
             time.sleep(0.2)
-        said = "".join(f"; the console's last line: {ln}" for ln in (vm.console_last_lines(1) if vm else []))
+        said = "".join(f"; the console's last line: {ln}" for ln in (vm.console.last_lines(1) if vm else []))
         raise RunFailed("ready", f"guest not ready within {timeout:g} s: {last}{said}")
 
     def warm_up(self, n: int, timeout: float) -> list[float]:
@@ -361,7 +363,7 @@ class JvmBackend(Backend[JvmState]):
                 guest = GuestDriver(vm.vsock_path, app_port=wl.port, path=wl.path)
                 ping = guest.wait_ready(wl.ready_timeout_s, vm)
                 ready_ms = (time.monotonic() - t0) * 1e3
-                ready_at = vm.serial_size()  # what the console said before readiness is not news
+                ready_at = vm.console.size()  # what the console said before readiness is not news
                 phase = "warmup"
                 try:
                     warm = guest.warm_up(wl.warmup_requests, self.spec.timeout_s)
@@ -376,7 +378,8 @@ class JvmBackend(Backend[JvmState]):
                             facts["checkpoint"] = crac.checkpoint(a, workdir, max(600.0, self.spec.timeout_s))
                 except FirecracerError as exc:
                     # a guest that died (or broke) meanwhile is the answer, not the socket error it caused
-                    broken = vm.guest_broken(ready_at) if vm.alive() else f"it died: {vm.guest_death()}"
+                    broken = vm.console.broken(ready_at, also=[JVM_CRASH]) if vm.alive() else \
+                        f"it died: {vm.guest_death(also=[JVM_DEATH_RX])}"
                     if broken:
                         raise RunFailed(phase, f"{AFTER_READY}{broken} ({exc})") from None
                     if isinstance(exc, RunFailed):

@@ -236,7 +236,7 @@ class ProbeBackend(Backend[ProbeState]):
                 faults0 = _page_faults(vm.pid)
                 vm.resume()
                 t_resumed = time.perf_counter()
-                since = _serial_size(vm)
+                since = vm.console.size()
                 vm.send_serial(b"t")
                 t_sent = time.perf_counter()
                 try:
@@ -288,15 +288,8 @@ class ProbeBackend(Backend[ProbeState]):
         return RunOutcome(timings_ms=timings, metrics=metrics, pages=pages)
 
 
-def _serial_size(vm: MicroVM) -> int:
-    try:
-        return vm.serial_log.stat().st_size
-    except OSError:
-        return 0
-
-
 def _wait_line(vm: MicroVM, kind: type, since: int, timeout: float) -> tuple[Any, float, float] | None:
-    """Poll the serial log (0.5 ms) from byte ``since`` for a probe line of ``kind``.
+    """Poll the console (0.5 ms) from byte ``since`` for a probe line of ``kind``.
 
     Returns (parsed line, perf_counter when its first byte was seen, when the whole line was seen), or
     None on timeout or when Firecracker died. Fine polling keeps the timing error well under a ms.
@@ -305,37 +298,23 @@ def _wait_line(vm: MicroVM, kind: type, since: int, timeout: float) -> tuple[Any
         and its last log line) — noticed through its pidfd within a poll, not at the timeout.
     """
     deadline = time.monotonic() + timeout
-    t_first: float | None = None
-    buf = b""
-    pos = since
-    with open(vm.serial_log, "rb") as f:
-        while True:
-            f.seek(pos)
-            chunk = f.read()
-            now = time.perf_counter()
-            if chunk:
-                pos += len(chunk)
-                if t_first is None:
-                    t_first = now
-                buf += chunk
-                while b"\n" in buf:
-                    line, buf = buf.split(b"\n", 1)
-                    parsed = parse_line(line.decode(errors="replace"))
-                    if isinstance(parsed, kind):
-                        return parsed, t_first if t_first is not None else now, now
-                    t_first = now if buf else None
-                continue
-            vm.check_page_server("while the guest ran")
-            if time.monotonic() > deadline or not vm.alive():
-                return None
-            time.sleep(0.0005)
+    reader = vm.console.reader(since)
+    while True:
+        lines = reader.poll()
+        for line, t_first, t_done in lines:
+            parsed = parse_line(line)
+            if isinstance(parsed, kind):
+                return parsed, t_first, t_done
+        if reader.grew:  # more may be on its way: read again at once
+            continue
+        vm.check_page_server("while the guest ran")
+        if time.monotonic() > deadline or not vm.alive():
+            return None
+        time.sleep(0.0005)
 
 
 def _death(vm: MicroVM) -> str:
-    if vm.alive():
-        return ""
-    why = vm.fc.describe_death() if vm.pid is not None else None
-    return f" ({why})" if why else " (Firecracker exited)"
+    return "" if vm.alive() else f" ({vm.guest_death()})"
 
 
 def _page_faults(pid: int | None) -> int:
