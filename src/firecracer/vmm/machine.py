@@ -59,7 +59,7 @@ from firecracer.vmm.console import Console, ConsoleWaitError
 from firecracer.vmm.lifeline import is_zombie, kill_all, processes_in, start_time
 from firecracer.vmm.network import NetNamespace
 from firecracer.vmm.pageserver import PageServer, restore_command
-from firecracer.vmm.process import FirecrackerProcess, deferred_signals, socket_in_use
+from firecracer.vmm.process import FirecrackerProcess, deferred_signals, last_error_line, socket_in_use
 from firecracer.vmm.record import VmRecord, record_lock
 from firecracer.vmm.snapshot import (
     Snapshot,
@@ -761,8 +761,6 @@ class MicroVM:
         except OSError as exc:
             answer = f"dead the supervisor is gone ({exc})"
         if not answer and sup.poll() is not None:
-            from firecracer.vmm.process import last_error_line
-
             said = last_error_line(self.run_dir / "supervisor.log")
             answer = (f"dead the supervisor exited with status {sup.returncode}"
                       + (f": {said}" if said else f" (log: {self.run_dir / 'supervisor.log'})"))

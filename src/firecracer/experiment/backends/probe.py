@@ -46,6 +46,7 @@ from firecracer.experiment.spec import Variant
 from firecracer.experiment.store import now_iso
 from firecracer.fcversion import firecracker_version
 from firecracer.formats import RecordingFacts
+from firecracer.hugepages import check_pool
 from firecracer.paths import state_dir
 from firecracer.vmm.binary import find_firecracker
 from firecracer.vmm.config import MemBackend
@@ -96,8 +97,6 @@ class ProbeBackend(Backend[ProbeState]):
         self._fc_version = str(version)
         check_uffd_strategies(self._fc, version, self.spec.strategies)
         if any(v.huge for v in self.spec.variants):
-            from firecracer.hugepages import check_pool
-
             check_pool(self.spec.guest.mem_size_mib, f"{self.spec.path}: 2 MiB variants")
         if shutil.which("as") is None or shutil.which("ld") is None:
             raise FirecracerError("the probe guest is assembled with GNU binutils ('as', 'ld'): "
