@@ -13,7 +13,12 @@ What it does, in one run on this machine:
    ``PUT /snapshot/load`` start → the probe's result line after the trigger byte:
    ``file`` (File backend, page cache dropped), ``file-warm`` (File backend, memory file in the page
    cache: the floor), ``ondemand``, ``fault-around:16``, ``prefetch`` (from ``rec.npz``) and ``eager``
-   (all uffd rows with the page cache dropped). Dropping = ``posix_fadvise(DONTNEED)`` on the memory
+   (all uffd rows with the page cache dropped); ``@touch``/``@file`` load the working set in strict
+   first-touch or file-offset order instead of first-touch runs (for ``prefetch-background`` the demand
+   faults left while loading races the vCPUs are the ``demand`` column: misses + late); ``readahead``
+   and ``readahead-background`` are the File backend with the working set read into the page cache
+   before the load, or racing the vCPUs (``vmm/readahead.py``; its time is in the latency). Dropping =
+   ``posix_fadvise(DONTNEED)`` on the memory
    file, vmstate and working-set file (residency is checked with ``mincore`` and reported), or
    ``--drop-caches`` for ``echo 3 > /proc/sys/vm/drop_caches``.
    Rows ending in ``-2m`` restore the same probe booted with ``huge_pages = "2M"`` (its own snapshot and
@@ -55,6 +60,8 @@ import numpy as np
 
 PS = 4096
 STRATEGIES = ["file", "file-warm", "ondemand", "fault-around:16", "prefetch", "prefetch-background", "eager",
+              "prefetch@touch", "prefetch@file", "prefetch-background@touch", "prefetch-background@file",
+              "readahead", "readahead-background",
               "ondemand-2m", "prefetch-2m", "prefetch-background-2m", "eager-2m"]
 HUGE = "-2m"  # suffix: the same probe, booted with huge_pages="2M", restored through the page server
 
@@ -369,7 +376,7 @@ def one_restore(snap: Path, fc: Path, strategy: str, work: Path, rec: Path, tag:
         strategy = strategy.removesuffix(HUGE)
         snap, rec = snap.with_name(snap.name + HUGE), rec.with_name(rec.stem + HUGE + rec.suffix)
     mem = snap / "mem"
-    files = [mem, snap / "vmstate", rec.with_suffix(".ws")]
+    files = [mem, snap / "vmstate", *(rec.with_name(f"{rec.stem}{s}.ws") for s in ("", ".touch", ".file"))]
     if cold:
         for f in files:
             drop_file(f)
@@ -381,7 +388,11 @@ def one_restore(snap: Path, fc: Path, strategy: str, work: Path, rec: Path, tag:
     run_dir = work / "vms" / tag
     shutil.rmtree(run_dir, ignore_errors=True)
     kw: dict[str, Any] = {}
-    if strategy.startswith("file"):
+    if strategy.startswith("readahead"):
+        from firecracer.vmm.readahead import Readahead
+
+        kw.update(backend=MemBackend.FILE, readahead=Readahead(rec, strategy == "readahead-background"))
+    elif strategy.startswith("file"):
         kw["backend"] = MemBackend.FILE
     else:
         kw["backend"] = MemBackend.UFFD
@@ -401,14 +412,18 @@ def one_restore(snap: Path, fc: Path, strategy: str, work: Path, rec: Path, tag:
     finally:
         vm.kill()
     res = parse_line(line)
+    ra = vm.readahead.wait(60) if vm.readahead is not None else None
     out: dict[str, Any] = {
-        "latency_ms": vm.timings_ms["load_snapshot"] + (t_done - t_restored) * 1000,
+        "latency_ms": vm.timings_ms.get("readahead", 0.0) + vm.timings_ms["load_snapshot"]
+        + (t_done - t_restored) * 1000,
         "load_ms": vm.timings_ms["load_snapshot"], "errors": getattr(res, "errors", -1),
         "pages": getattr(res, "pages", -1), "resident_before": round(resident, 4),
         "walk_cycles": getattr(res, "cycles", -1),
     }
-    if strategy.startswith("file"):
+    if strategy.startswith(("file", "readahead")):
         out.update(faults=faults, bytes=read_bytes)
+        if ra is not None:
+            out["server"] = {"readahead_ms": ra.ms, "readahead_bytes": ra.bytes, "readahead_reads": ra.reads}
     elif page_server:
         log = (run_dir / "uffd.log").read_text(errors="replace") if (run_dir / "uffd.log").exists() else ""
         nf = [int(x.split("=")[1]) for x in log.split() if x.startswith("faults=")]
@@ -683,11 +698,11 @@ def main() -> None:
             for s in strategies:
                 if args.drop_caches and s != "file-warm":
                     Path("/proc/sys/vm/drop_caches").write_text("3\n")
-                res = one_restore(snap, fc, s, work, rec, f"{s.replace(':', '').replace('+', '-')}-{rep}",
-                                  cold=s != "file-warm")
+                tag = f"{s.replace(':', '').replace('+', '-').replace('@', '-')}-{rep}"
+                res = one_restore(snap, fc, s, work, rec, tag, cold=s != "file-warm")
                 results[s].append(res)
                 walk = res["walk_cycles"] / khz
-                say(f"  rep {rep} {s:19s} {res['latency_ms']:9.1f} ms  walk {walk:7.1f} ms  "
+                say(f"  rep {rep} {s:26s} {res['latency_ms']:9.1f} ms  walk {walk:7.1f} ms  "
                     f"faults {res['faults']:7d}  errors {res['errors']}  "
                     f"resident-before {res['resident_before']:.2f}")
         if reservation is not None:
@@ -745,7 +760,11 @@ def main() -> None:
             "overhead_ms_p50": round(statistics.median(r["latency_ms"] - r["walk_cycles"] / tsc_khz()
                                                        for r in rs), 1),
         }
-        for key in ("ws_read_ms", "install_ms", "eager_ms"):  # the page server's own times, per repetition
+        demand = [r["server"]["misses"] + r["server"]["late"] for r in rs
+                  if isinstance(r.get("server"), dict) and "late" in r["server"]]
+        if demand:  # faults the guest still took (prefetch: outside the set; background: before its install)
+            summary["strategies"][s]["demand_faults_p50"] = int(statistics.median(demand))
+        for key in ("ws_read_ms", "install_ms", "eager_ms", "readahead_ms"):  # the helpers' own times
             vals = [r["server"][key] for r in rs if isinstance(r.get("server"), dict) and key in r["server"]]
             if vals:
                 summary["strategies"][s][f"{key}_p50"] = round(statistics.median(vals), 1)
@@ -776,12 +795,13 @@ def main() -> None:
         return
     print(f"\nrestore → result latency, {args.pages} pages (mean run {summary['runs_mean_pages']} pages), "
           f"guest {args.mem_mib} MiB, {args.repeat} repeats, Firecracker {summary['firecracker']}")
-    print(f"{'strategy':24s} {'p50 ms':>9s} {'÷floor':>7s} {'walk ms':>8s} {'other ms':>8s} {'faults':>8s} "
-          f"{'MiB':>8s} {'errors':>6s}  all ms")
+    print(f"{'strategy':26s} {'p50 ms':>9s} {'÷floor':>7s} {'walk ms':>8s} {'other ms':>8s} {'faults':>8s} "
+          f"{'demand':>7s} {'MiB':>8s} {'errors':>6s}  all ms")
     for s, v in st.items():
-        print(f"{s:24s} {v['latency_ms_p50']:9.1f} {v.get('floor_4k_ratio', float('nan')):7.3f} "
-              f"{v['walk_ms_p50']:8.1f} {v['overhead_ms_p50']:8.1f} "
-              f"{v['faults']:8d} {v['bytes'] / (1 << 20):8.1f} {v['errors']:6d}  {v['latency_ms_all']}")
+        print(f"{s:26s} {v['latency_ms_p50']:9.1f} {v.get('floor_4k_ratio', float('nan')):7.3f} "
+              f"{v['walk_ms_p50']:8.1f} {v['overhead_ms_p50']:8.1f} {v['faults']:8d} "
+              f"{v.get('demand_faults_p50', ''):>7} {v['bytes'] / (1 << 20):8.1f} {v['errors']:6d}  "
+              f"{v['latency_ms_all']}")
     if c_us:
         pf = summary["per_fault_us"]
         print(f"per-fault round trip (C peer, {args.c_pages} faults, median of {args.c_repeat}): C {pf['c']} "

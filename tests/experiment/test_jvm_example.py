@@ -51,3 +51,23 @@ def test_shipped_spec_file_validates() -> None:
     assert spec.name == "petclinic-jvm-settings" and spec.repetitions == 3
     thp = spec.variant("thp-appcds")
     assert thp.jvm_options == ("-XX:+UseTransparentHugePages", "-XX:SharedArchiveFile=/opt/app/app-cds.jsa")
+
+
+def test_restores_and_warmup_examples_plan_what_they_say(tmp_path: Path) -> None:
+    """``--restores``: 3 requests × 4 strategies × 2; ``--warmup``: k = 0, 1, 10, 100, 1000 × 2; the header
+    comments' arithmetic matches the plan, and two flags at once are refused."""
+    for flag, runs, first, last in (
+            ("--restores", 24, "default.ondemand.get-owners-1.r1",
+             "default.prefetch-background-file.post-owners-1-pets-1-visits-new.r2"),
+            ("--warmup", 10, "k0.ondemand.r1", "k1000.ondemand.r2")):
+        out = fc("example", flag, "-o", str(tmp_path / "s.toml"))
+        assert out.returncode == 0, out.stderr
+        plan = fc("run", str(tmp_path / "s.toml"), "-o", str(tmp_path / f"res{flag}"), "--dry-run", "--json")
+        assert plan.returncode == 0, plan.stderr
+        ids = [r["run_id"] for r in json.loads(plan.stdout)["runs"]]
+        assert (len(ids), ids[0], ids[-1]) == (runs, first, last)
+        assert f"= {runs} runs" in (tmp_path / "s.toml").read_text()
+    spec = load_spec(tmp_path / "s.toml")
+    assert [v.warmup_requests for v in spec.variants] == [0, 1, 10, 100, 1000]
+    both = fc("example", "--restores", "--warmup")
+    assert both.returncode == 2 and "not --restores and --warmup" in both.stderr

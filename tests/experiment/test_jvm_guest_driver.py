@@ -24,12 +24,13 @@ from firecracer.analysis.memmap import load_memmap
 from firecracer.analysis.nmt import parse_nmt
 from firecracer.errors import FirecracerError
 from firecracer.experiment.backend import RunFailed
-from firecracer.experiment.backends.jvm import GuestDriver, JvmBackend
-from firecracer.experiment.spec import parse_spec
+from firecracer.experiment.backends.jvm import GuestDriver, JvmBackend, answered
+from firecracer.experiment.spec import Request, parse_spec
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     status = 200
+    posted: list[tuple[str, str, str]] = []  # noqa: RUF012 (what POSTs sent: path, content type, body)
 
     def do_GET(self) -> None:
         body = b"hello from the service\n" * 100
@@ -37,6 +38,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def do_POST(self) -> None:  # a form post: read the body, answer 302 like Spring's redirect-after-post
+        n = int(self.headers.get("Content-Length") or 0)
+        type(self).posted.append((self.path, self.headers.get("Content-Type", ""),
+                                  self.rfile.read(n).decode()))
+        self.send_response(302 if type(self).status == 200 else type(self).status)
+        self.send_header("Location", "/owners/11")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
     def log_message(self, *a: object) -> None:
         pass
@@ -148,6 +158,25 @@ def test_request_over_vsock_times_first_byte_and_response(guest: tuple[GuestDriv
     assert 0 < r.first_byte_s <= r.total_s
 
 
+def test_warm_up_cycles_through_the_requests_and_posts_forms(guest: tuple[GuestDriver, type[_Handler]]
+                                                               ) -> None:
+    drv, handler = guest
+    handler.posted.clear()
+    qs = (Request.parse("/vets.json"), Request.parse("POST /owners/new firstName=Ada&lastName=Lovelace"))
+    assert len(drv.warm_up(4, timeout=10, requests=qs)) == 4
+    assert handler.posted == [("/owners/new", "application/x-www-form-urlencoded",
+                               "firstName=Ada&lastName=Lovelace")] * 2
+    r = drv.request(timeout=10, q=qs[1])
+    assert r.status == 302 and answered(r.status)
+    handler.status = 500
+    try:
+        with pytest.raises(RunFailed, match=r"warm-up request 1 \(POST /owners/new firstName=Ada&lastName="
+                                            r"Lovelace\) answered HTTP 500"):
+            drv.warm_up(1, timeout=10, requests=(qs[1],))
+    finally:
+        handler.status = 200
+
+
 def test_ready_warmup_and_failures(guest: tuple[GuestDriver, type[_Handler]], tmp_path: Path) -> None:
     drv, handler = guest
     ping = drv.wait_ready(timeout=20)
@@ -156,7 +185,7 @@ def test_ready_warmup_and_failures(guest: tuple[GuestDriver, type[_Handler]], tm
     handler.status = 503
     with pytest.raises(RunFailed, match="guest not ready within 1 s: the service answered HTTP 503"):
         drv.wait_ready(timeout=1)
-    with pytest.raises(RunFailed, match="warm-up request 1 answered HTTP 503"):
+    with pytest.raises(RunFailed, match=r"warm-up request 1 \(GET /owners\) answered HTTP 503"):
         drv.warm_up(2, timeout=10)
     nowhere = GuestDriver(drv.uds, app_port=9999)
     with pytest.raises(FirecracerError, match="nothing listens on guest port 9999"):

@@ -145,3 +145,81 @@ def test_strategy_grammar() -> None:
     for bad in ("fault-around:1", "fault-around:1024", "prefetch:x", "FILE"):
         with pytest.raises(ValueError):
             parse_strategy(bad)
+
+
+def test_trace_kinds_and_orders() -> None:
+    bg = parse_strategy("prefetch-background@touch")
+    assert bg.uses_uffd and bg.needs_trace and bg.kind == "prefetch-background"
+    assert bg.slug == "prefetch-background-touch"
+    assert bg.with_trace(Path("/t.npz")) == "prefetch-background@touch:/t.npz"
+    ra = parse_strategy("readahead-background")
+    assert ra.is_readahead and ra.needs_trace and not ra.uses_uffd
+    od = parse_strategy("ondemand")
+    assert not od.needs_trace and od.with_trace(Path("/t")) == "ondemand"
+    for bad in ("prefetch@random", "readahead@touch", "prefetch-background@", "eager@file"):
+        with pytest.raises(ValueError, match="ORDER: runs, touch, file"):
+            parse_strategy(bad)
+
+
+JVM = GOOD.replace('backend = "probe"', 'backend = "jvm"').replace(
+    "working_set_pages = 100", "") + '[guest]\nkernel = "/k"\nrootfs = "/r"\n'
+
+
+def test_several_first_requests_are_a_dimension_of_the_matrix() -> None:
+    text = JVM + ('[workload]\npaths = ["/owners/1", "GET /vets.json", '
+                  '"POST /owners/new firstName=A&lastName=B"]\n')
+    spec = parse_spec(text)
+    assert [str(q) for q in spec.workload.requests] == ["GET /owners/1", "GET /vets.json",
+                                                        "POST /owners/new firstName=A&lastName=B"]
+    assert spec.workload.path == "/owners/1"
+    runs = plan_runs(spec)
+    assert len(runs) == 3 * 2 * 3  # requests x strategies x repetitions
+    assert [r.run_id for r in runs[:3]] == ["a.file.get-owners-1.r1", "a.file.get-vets.json.r1",
+                                            "a.file.post-owners-new.r1"]
+    assert spec.as_dict()["workload"]["paths"][2] == "POST /owners/new firstName=A&lastName=B"
+    # one path, as before: run ids and the digest of an existing study stay what they were
+    one = parse_spec(JVM + '[workload]\npath = "/owners"\n')
+    assert [r.run_id for r in plan_runs(one)][:1] == ["a.file.r1"]
+    assert "paths" not in one.as_dict()["workload"]
+    assert parse_spec(JVM + '[workload]\npaths = ["/owners"]\n').digest == one.digest
+
+
+@pytest.mark.parametrize(("extra", "key"), [
+    ('[workload]\npath = "/"\npaths = ["/a"]\n', "workload.paths: give path or paths, not both"),
+    ('[workload]\npaths = []\n', "workload.paths: must list at least one request"),
+    ('[workload]\npaths = ["owners"]\n', "workload.paths[0]: 'owners': expected [METHOD] /PATH [BODY]"),
+    ('[workload]\npaths = ["GET /a x=1"]\n', "workload.paths[0]: 'GET /a x=1': a GET request has no body"),
+    ('[workload]\npaths = ["/a", "GET /a"]\n', "workload.paths[1]: 'GET /a' is listed twice"),
+    ('[workload]\npaths = ["/a/b", "/a-b"]\n', "workload.paths[1]: '/a-b' would share its run ids"),
+])
+def test_request_mistakes_name_the_key(tmp_path: Path, extra: str, key: str) -> None:
+    p = tmp_path / "s.toml"
+    p.write_text(JVM + extra)
+    with pytest.raises(FormatError) as exc:
+        load_spec(p)
+    assert str(exc.value).startswith(str(p)) and key in str(exc.value), str(exc.value)
+
+
+def test_several_requests_need_the_jvm_backend_and_criu_only_gets() -> None:
+    with pytest.raises(FormatError, match="several first requests need the jvm backend"):
+        parse_spec(GOOD + '[workload]\npaths = ["/a", "/b"]\n')
+    crac = JVM.replace('"file", "ondemand"', '"ondemand", "criu"')
+    parse_spec(crac + '[workload]\npaths = ["/a", "/b"]\n')
+    with pytest.raises(FormatError, match=r"POST /new: process restores \(criu\) answer GET requests only"):
+        parse_spec(crac + '[workload]\npaths = ["/a", "POST /new"]\n')
+    with pytest.raises(FormatError, match="readahead: host-replay has no Firecracker"):
+        parse_spec(GOOD.replace('backend = "probe"', 'backend = "host-replay"')
+                   .replace('"file", "ondemand"', '"file", "readahead"'))
+
+
+def test_warmup_requests_per_variant_sweep() -> None:
+    text = JVM.replace('name = "a"\n', 'name = "k0"\nwarmup_requests = 0\n') + \
+        '\n[[variant]]\nname = "k1000"\nwarmup_requests = 1000\n'
+    spec = parse_spec(text)
+    assert [v.warmup_requests for v in spec.variants] == [0, 1000]
+    assert spec.variant("k0").as_dict()["warmup_requests"] == 0
+    assert "warmup_requests" not in parse_spec(JVM).variants[0].as_dict()  # the digest of old studies stays
+    with pytest.raises(FormatError, match="warm-up requests need the jvm backend"):
+        parse_spec(GOOD + "warmup_requests = 3\n")
+    with pytest.raises(FormatError, match=r"variant\[0\].warmup_requests: must be between"):
+        parse_spec(JVM.replace('name = "a"\n', 'name = "a"\nwarmup_requests = -1\n'))

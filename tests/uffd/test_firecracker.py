@@ -111,8 +111,8 @@ def test_every_strategy_restores_the_probe_correctly(probe_snapshot: tuple[Path,
         rec = _restore(fc, snap, "ondemand", tmp_path, "ondemand")
         runs = {"ondemand": rec}
         for strategy in ("fault-around:16", f"prefetch:{rec.trace}", f"prefetch-background:{rec.trace}",
-                         "eager"):
-            name = strategy.split(":")[0].replace("-", "")
+                         f"prefetch@file:{rec.trace}", f"prefetch-background@touch:{rec.trace}", "eager"):
+            name = strategy.split(":")[0].replace("-", "").replace("@", "-")
             runs[strategy.split(":")[0]] = _restore(fc, snap, strategy, tmp_path, name)
     for name, r in runs.items():
         m = r.metrics
@@ -136,6 +136,70 @@ def test_every_strategy_restores_the_probe_correctly(probe_snapshot: tuple[Path,
     assert ea["faults"] == 0 and ea["pages"]["eager"] == (128 << 20) // 4096
     assert load_trace(runs["eager"].trace).action_counts()["eager"] == (128 << 20) // 4096
     assert (load_trace(runs["prefetch"].trace).action == Action.PREFETCH).sum() > 0
+    for name, order in (("prefetch@file", "file"), ("prefetch-background@touch", "touch")):
+        sess = runs[name].session  # each order installs the whole working set from its own file
+        assert sess["prefetch"]["order"] == order
+        assert sess["prefetch"]["installed"] == pf["prefetch"]["ws_pages"]
+        assert ws_path_for(runs["ondemand"].trace, order).exists()
+        assert load_trace(runs[name].trace).meta["strategy"].startswith(name + ":")
+
+
+def _resident(path: Path, offsets: np.ndarray[Any, np.dtype[np.uint64]]) -> float:
+    """Fraction of the pages at ``offsets`` of ``path`` in the host page cache."""
+    from firecracer.vmm.readahead import resident
+
+    return float(resident(path)[(offsets // np.uint64(4096)).astype(np.int64)].mean())
+
+
+def _drop(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def test_readahead_fills_the_page_cache_then_the_file_backend_restores(
+        probe_snapshot: tuple[Path, Path, int], tmp_path: Path) -> None:
+    from firecracer.errors import FirecracerError
+    from firecracer.uffd.trace import save_trace
+    from firecracer.vmm.readahead import Readahead
+    from firecracer.vmm.snapshot import Snapshot, full_memory
+
+    fc, snap, nfill = probe_snapshot
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FIRECRACER_STATE", str(tmp_path / "state"))
+        rec = _restore(fc, snap, "ondemand", tmp_path, "ondemand")
+        mem = full_memory(Snapshot.load(snap))
+        ws = load_trace(rec.trace).working_set()
+        for background in (False, True):
+            _drop(mem)
+            cold = _resident(mem, ws)
+            vm = MicroVM.restore(snap, firecracker=fc, backend=MemBackend.FILE, resume=False,
+                                 readahead=Readahead(rec.trace, background), name=f"ra{int(background)}")
+            try:
+                assert vm.readahead is not None
+                r = vm.readahead.wait(60)
+                assert r.done and not r.error and r.pages == len(ws)
+                assert _resident(mem, ws) == 1.0 > cold  # every page of the working set is cached now
+                assert ("readahead" in vm.timings_ms) is not background  # a racing read is not a phase
+                vm.resume()
+                walk = trigger(vm, b"t", timeout=120)
+                verify = trigger(vm, b"a", timeout=120)
+            finally:
+                vm.kill()
+            assert walk.errors == 0 and verify.errors == 0 and verify.pages == nfill
+        # a trace recorded on another snapshot: one line naming both, before anything starts
+        other = load_trace(rec.trace)
+        other.meta["mem"] = {**other.meta["mem"], "id": "0123456789abcdef"}
+        bad = save_trace(other, tmp_path / "other.npz")
+        with pytest.raises(FirecracerError) as exc:
+            MicroVM.restore(snap, firecracker=fc, backend=MemBackend.FILE, readahead=Readahead(bad),
+                            name="rabad")
+        assert f"readahead trace {bad} does not belong to memory file" in str(exc.value)
+        assert "0123456789abcdef" in str(exc.value) and "\n" not in str(exc.value)
+        assert not (tmp_path / "state" / "vms" / "rabad").exists() or \
+            not any((tmp_path / "state" / "vms" / "rabad").glob("*.socket"))
 
 
 @pytest.fixture(scope="module")

@@ -20,11 +20,19 @@ def test_every_form_round_trips(tmp_path: Path) -> None:
     assert parse_strategy(f"prefetch:{trace}") == Prefetch(trace)
     assert parse_strategy(f"prefetch-background:{trace}").trace == trace
     assert isinstance(parse_strategy(f"prefetch-background:{trace}"), PrefetchBackground)
+    for order in ("touch", "file"):
+        text = f"prefetch-background@{order}:{trace}"
+        assert str(parse_strategy(text)) == text
+        assert parse_strategy(text).load_order == order
+    assert str(parse_strategy(f"prefetch@runs:{trace}")) == f"prefetch:{trace}"  # the default, said once
+    assert parse_strategy("ondemand").load_order is None
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("bogus", "unknown strategy 'bogus' (use ondemand, fault-around:N, prefetch:TRACE, "
-              "prefetch-background:TRACE or eager)"),
+    ("bogus", "unknown strategy 'bogus' (use ondemand, fault-around:N, prefetch[@ORDER]:TRACE, "
+              "prefetch-background[@ORDER]:TRACE or eager)"),
+    ("prefetch@random:x", "prefetch takes @runs | @touch | @file"),
+    ("ondemand@touch", "ondemand takes no @option"),
     ("ondemand:3", "unknown strategy 'ondemand:3'"),
     ("eager:x", "unknown strategy 'eager:x'"),
     ("fault-around:0", "fault-around needs a block size 1..262144 pages, got '0'"),

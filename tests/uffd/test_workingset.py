@@ -10,15 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from firecracer.errors import FormatError
+from firecracer.errors import FirecracerError, FormatError
 from firecracer.uffd.memfile import MemoryFile
-from firecracer.uffd.trace import FLAG_FAULTING, Trace, make_trace
+from firecracer.uffd.trace import FLAG_FAULTING, Trace, make_trace, save_trace
 from firecracer.uffd.workingset import (
     KIND_DATA,
     KIND_HOLE,
     WS_MAGIC,
     WorkingSet,
     loading_order,
+    prepare_working_set,
     write_working_set,
     ws_page_size,
 )
@@ -46,6 +47,35 @@ def test_loading_order_groups_adjacent_pages_by_first_fault() -> None:
     order = loading_order(offs, PS, kinds)  # 10 is a hole: its own run, ranked by its own first fault
     assert (offs[order] // PS).tolist() == [8, 9, 2, 3, 4, 10, 20]
     assert loading_order(np.zeros(0, np.uint64), PS).size == 0
+    assert (offs[loading_order(offs, PS, order="touch")] // PS).tolist() == [9, 3, 10, 4, 20, 8, 2]
+    assert (offs[loading_order(offs, PS, order="file")] // PS).tolist() == [2, 3, 4, 8, 9, 10, 20]
+    with pytest.raises(FirecracerError, match="unknown loading order 'random'"):
+        loading_order(offs, PS, order="random")
+
+
+def test_each_order_has_its_own_file_and_says_so(tmp_path: Path) -> None:
+    mem = tmp_path / "mem"
+    rng = np.random.default_rng(2)
+    mem.write_bytes(rng.integers(1, 256, 64 * PS, dtype=np.uint8).tobytes())
+    trace = tmp_path / "rec.npz"
+    tr = _trace([p * PS for p in [9, 3, 10, 4, 20, 8, 2]], PS, 64 * PS)
+    save_trace(tr, trace)
+    with MemoryFile(mem) as m:
+        paths = {o: prepare_working_set(trace, m, o) for o in ("runs", "touch", "file")}
+        assert paths == {"runs": tmp_path / "rec.ws", "touch": tmp_path / "rec.touch.ws",
+                         "file": tmp_path / "rec.file.ws"}
+        for order, path in paths.items():
+            ws = WorkingSet(path, mem_size=m.size)
+            try:
+                assert ws.order == order
+                want = {"runs": [8, 9, 10, 2, 3, 4, 20], "touch": [9, 3, 10, 4, 20, 8, 2],
+                        "file": [2, 3, 4, 8, 9, 10, 20]}[order]
+                assert (ws.offsets // PS).tolist() == want
+                ws.verify_against(m, samples=7)  # the stored pages follow the index
+                starts, _ = ws.runs()
+                assert starts.size == {"runs": 3, "touch": 7, "file": 3}[order]
+            finally:
+                ws.close()
 
 
 def test_2mib_working_set_stores_only_data_blocks(tmp_path: Path) -> None:
@@ -104,7 +134,7 @@ def test_cli_builds_a_working_set(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=60, check=False)
     assert res.returncode == 0, res.stderr
     said = " ".join(res.stdout.split())  # a result: stdout
-    assert "3 pages of 4 KiB in 2 runs (loading order), 3 4 KiB blocks stored" in said
+    assert "3 pages of 4 KiB in 2 runs (loading order: runs), 3 4 KiB blocks stored" in said
     ws = WorkingSet(tmp_path / "t.ws")
     assert (ws.offsets // PS).tolist() == [5, 2, 3]
     ws.close()

@@ -100,8 +100,10 @@ def run(spec_file: str | None, example: bool, out: str | None, dry_run: bool, sh
         print_table(table)
         todo = sum(1 for r in runs if have.get(r.run_id) is None
                    or (retry_failed and have.get(r.run_id) == "failed"))
+        nq = len(spec.workload.requests)
         console.print(f"{len(runs)} runs in this plan ({len(spec.variants)} variants × "
                       f"{len(spec.strategies)} strategies × {spec.repetitions} repetitions"
+                      + (f" × {nq} first requests" if nq > 1 else "")
                       + (f", shard {sh}" if sh else "") + f"); {todo} to run; results in {results}")
         return
 
@@ -276,23 +278,39 @@ def merge(dest: str, shards: tuple[str, ...], no_recordings: bool) -> None:
 @click.option("--jdks", is_flag=True,
               help="JDK 17 + AppCDS against JDK 25 + its AOT cache (a variant with its own image), each "
                    "restored as a VM and as a process (ondemand, criu-lazy) × 3.")
+@click.option("--restores", is_flag=True,
+              help="How predictable PetClinic's working set is over three first requests, and which load "
+                   "order wins for a prefetch racing the vCPUs (ondemand, prefetch-background@runs|touch|"
+                   "file × 3 requests × 2).")
+@click.option("--warmup", is_flag=True,
+              help="When to snapshot: PetClinic snapshotted after k = 0, 1, 10, 100, 1000 requests "
+                   "(ondemand × 2).")
 @click.option("--repetitions", type=click.IntRange(1, 1000), default=None,
               help="Another repetition count than the spec's.")
-def example(out: str | None, jvm: bool, crac: bool, jdks: bool, repetitions: int | None) -> None:
+def example(out: str | None, jvm: bool, crac: bool, jdks: bool, restores: bool, warmup: bool,
+            repetitions: int | None) -> None:
     """Print (or copy out) a bundled spec: the probe-guest study (2 working sets × 4 strategies × 3), with
     --jvm the JVM-settings study on PetClinic, with --crac the VM-vs-process restore study, with --jdks
-    the JDK 17 + AppCDS vs JDK 25 + AOT cache study."""
+    the JDK 17 + AppCDS vs JDK 25 + AOT cache study, with --restores the predictability and load-order
+    study, with --warmup the when-to-snapshot sweep."""
     from firecracer.experiment.spec import (
         crac_example_spec_path,
         example_spec_path,
         example_spec_text,
         jdks_example_spec_path,
         jvm_example_text,
+        restores_example_spec_path,
+        warmup_example_spec_path,
     )
 
-    if jvm + crac + jdks > 1:
-        raise click.UsageError("one of --jvm, --crac, --jdks")
-    if jvm or crac or jdks:
+    chosen = {"--crac": crac_example_spec_path, "--jdks": jdks_example_spec_path,
+              "--restores": restores_example_spec_path, "--warmup": warmup_example_spec_path}
+    picked = [flag for flag, on in (("--jvm", jvm), ("--crac", crac), ("--jdks", jdks),
+                                    ("--restores", restores), ("--warmup", warmup)) if on]
+    if len(picked) > 1:
+        raise click.UsageError(f"one of --jvm, --crac, --jdks, --restores, --warmup (not "
+                               f"{' and '.join(picked)})")
+    if picked:
         from firecracer.image.kernel import latest_kernel
         from firecracer.image.rootfs import latest_rootfs
         from firecracer.paths import images_dir
@@ -300,8 +318,7 @@ def example(out: str | None, jvm: bool, crac: bool, jdks: bool, repetitions: int
         images = images_dir()  # not built yet: where 'image kernel' / 'image rootfs' will put them
         text = jvm_example_text(latest_kernel() or images / "vmlinux",
                                 latest_rootfs("petclinic") or images / "rootfs.ext4",
-                                crac_example_spec_path() if crac else jdks_example_spec_path() if jdks
-                                else None, repetitions)
+                                chosen[picked[0]]() if picked[0] in chosen else None, repetitions)
     else:
         text = example_spec_text(repetitions) if repetitions else example_spec_path().read_text()
     if out:

@@ -144,7 +144,11 @@ def import_seed(log: str, output: str, page_size: int, mem_bytes: int | None, ad
 @click.option("--mem-id", metavar="ID", help="Id of the snapshot MEMFILE belongs to (default: from the "
               "snapshot.json beside it).")
 @click.option("--force", is_flag=True, help="Replace an existing working-set file.")
-def working_set(trace: str, mem_file: str, output: str | None, mem_id: str | None, force: bool) -> None:
+@click.option("--order", type=click.Choice(["runs", "touch", "file"]), default="runs", show_default=True,
+              help="Loading order: runs of file-adjacent pages by first touch, first touch page by page "
+                   "(REAP), or memory-file offset (prefetch@ORDER:TRACE uses the matching file).")
+def working_set(trace: str, mem_file: str, output: str | None, mem_id: str | None, force: bool,
+                order: str) -> None:
     """Build the working-set file prefetch:TRACE installs (its loading set, in loading order).
 
     Refuses a MEMFILE other than the one TRACE was recorded on (its snapshot id or size differ), and an
@@ -153,19 +157,20 @@ def working_set(trace: str, mem_file: str, output: str | None, mem_id: str | Non
     from firecracer.uffd.memfile import MemoryFile
     from firecracer.uffd.workingset import WorkingSet, write_working_set, ws_path_for
 
-    out = Path(output) if output else ws_path_for(trace)
+    out = Path(output) if output else ws_path_for(trace, order)
     if (out.exists() or out.is_symlink()) and not force:
         raise FirecracerError(f"{out} exists; pass --force to replace it")
     with MemoryFile(mem_file, mem_id=mem_id) as mem:
-        write_working_set(trace, mem, out)
+        write_working_set(trace, mem, out, order=order)
     ws = WorkingSet(out, populate=False)
     info = ws.describe()
     ws.close()
     ps = int(info["page_size"])
     size = f"{ps >> 20} MiB" if ps >= 1 << 20 else f"{ps >> 10} KiB"
     console.print(f"wrote {out}: {info['pages']:,} pages of {size} in "
-                  f"{info['runs']:,} runs (loading order), {info['stored_blocks']:,} 4 KiB blocks stored, "
-                  f"{human_bytes(info['bytes'])}", highlight=False)
+                  f"{info['runs']:,} runs (loading order: {info['order']}), "
+                  f"{info['stored_blocks']:,} 4 KiB blocks stored, {human_bytes(info['bytes'])}",
+                  highlight=False)
 
 
 @uffd.command()

@@ -274,7 +274,9 @@ def snapshot(name: str, dest: str, diff: bool, punch_holes: bool, resume_after: 
 @click.option("--name", help="Name of the restored VM (default: vm-<random>).")
 @_fc_option
 @click.option("--uffd", is_flag=True, help="Uffd backend: serve memory with 'firecracer uffd serve'.")
-@click.option("--strategy", help="Page-server strategy (with --uffd).")
+@click.option("--strategy", help="Page-server strategy (with --uffd); without --uffd: readahead:TRACE or "
+              "readahead-background:TRACE (the File backend with TRACE's working set read into the host page "
+              "cache before the load, or racing the vCPUs).")
 @click.option("--trace", type=click.Path(dir_okay=False), help="Page-server trace output (with --uffd).")
 @click.option("--paused", is_flag=True, help="Stay paused after loading.")
 @click.option("--track-dirty-pages", is_flag=True, help="Enable dirty tracking (for later Diff snapshots).")
@@ -282,16 +284,28 @@ def snapshot(name: str, dest: str, diff: bool, punch_holes: bool, resume_after: 
 def restore(snapshot_dir: str, name: str | None, firecracker: str | None, uffd: bool, strategy: str | None,
             trace: str | None, paused: bool, track_dirty_pages: bool, as_json: bool) -> None:
     """Restore a snapshot directory into a new microVM and leave it running."""
-    if not uffd and (strategy or trace):
-        raise click.UsageError("--strategy and --trace need --uffd")
+    from firecracer.vmm.readahead import Readahead
+
+    readahead = Readahead.parse(strategy) if strategy else None
+    if readahead is not None:
+        if uffd or trace:
+            raise click.UsageError(f"{strategy} restores with the File backend: without --uffd and --trace")
+        strategy = None
+    elif not uffd and (strategy or trace):
+        raise click.UsageError("--strategy and --trace need --uffd (or --strategy readahead:TRACE)")
     m = MicroVM.restore(snapshot_dir, firecracker=firecracker, name=name,
                         backend=MemBackend.UFFD if uffd else MemBackend.FILE, resume=not paused,
                         track_dirty_pages=track_dirty_pages, strategy=strategy,
-                        trace=Path(trace).resolve() if trace else None, lifeline=False)
+                        trace=Path(trace).resolve() if trace else None, lifeline=False, readahead=readahead)
     m.detach()
     if not firecracker:
         err_console.print(f"using Firecracker {m.version} at {m.binary} ({m.binary_source})", highlight=False,
                           soft_wrap=True)
+    if m.readahead is not None:  # a racing read ends with this command: let it finish, then say what it did
+        r = m.readahead.wait()
+        err_console.print(f"readahead: {r.pages:,} pages of {readahead.trace if readahead else ''} in "
+                          f"{r.reads:,} reads, {r.bytes / 2**20:.1f} MiB in {r.ms:.1f} ms"
+                          + (f" ({r.error})" if r.error else ""), highlight=False, soft_wrap=True)
     _show(m, as_json)
 
 

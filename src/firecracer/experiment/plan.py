@@ -1,4 +1,5 @@
-"""The run matrix: variants × strategies × repetitions, in a fixed order, and its split into shards.
+"""The run matrix: variants × strategies × first requests × repetitions, in a fixed order, and its split
+into shards.
 
 Runs are ordered variant-major (then repetition, then strategy: strategies interleave so that slow drift
 of the host, such as a warming page cache, does not favour one strategy), because runs of one variant
@@ -9,11 +10,12 @@ same plan from the same spec, so n hosts need no coordination beyond their i.
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from firecracer.errors import FirecracerError
-from firecracer.experiment.spec import Spec, Strategy, Variant
+from firecracer.experiment.spec import Request, Spec, Strategy, Variant
 
 
 @dataclass(frozen=True)
@@ -24,10 +26,14 @@ class Run:
     variant: Variant
     strategy: Strategy
     repetition: int
+    #: the first request after the restore, and whether the study names several (then it is in the id)
+    request: Request = field(default_factory=Request)
+    several_requests: bool = False
 
     @property
     def run_id(self) -> str:
-        return f"{self.variant.name}.{self.strategy.slug}.r{self.repetition}"
+        q = f".{self.request.slug}" if self.several_requests else ""
+        return f"{self.variant.name}.{self.strategy.slug}{q}.r{self.repetition}"
 
 
 @dataclass(frozen=True)
@@ -57,9 +63,10 @@ def plan_runs(spec: Spec, shard: Shard | None = None) -> list[Run]:
     ``file`` is not planned for variants with 2 MiB pages: Firecracker restores hugetlbfs snapshots only
     through Uffd (it refuses the File backend), so such a cell has no run rather than failed ones.
     """
-    runs = [Run(0, v, s, r) for v in spec.variants for r in range(1, spec.repetitions + 1)
-            for s in spec.strategies if not (v.huge and not s.uses_uffd)]
-    runs = [Run(i, r.variant, r.strategy, r.repetition) for i, r in enumerate(runs)]
+    several = len(spec.workload.requests) > 1
+    runs = [Run(0, v, s, r, q, several) for v in spec.variants for r in range(1, spec.repetitions + 1)
+            for s in spec.strategies if not (v.huge and not s.uses_uffd) for q in spec.workload.requests]
+    runs = [dataclasses.replace(r, index=i) for i, r in enumerate(runs)]
     if shard is None:
         return runs
     total = len(runs)

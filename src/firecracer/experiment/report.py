@@ -63,8 +63,8 @@ def _order(runs: list[RunRecord]) -> tuple[list[str], list[str]]:
     for r in sorted(runs, key=lambda r: r.idx):
         if r.variant not in variants:
             variants.append(r.variant)
-        if r.strategy not in strategies:
-            strategies.append(r.strategy)
+        if r.cell not in strategies:
+            strategies.append(r.cell)
     return variants, strategies
 
 
@@ -97,7 +97,7 @@ def _render(info: StudyInfo, runs: list[RunRecord], results_dir: Path, out_dir: 
     hosts = sorted({r.host for r in runs})
     by_cell: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
     for r in ok:
-        by_cell[(r.variant, r.strategy)].append(r)
+        by_cell[(r.variant, r.cell)].append(r)
 
     parts: list[str] = [
         "<!doctype html><html lang=en><head><meta charset=utf-8>",
@@ -191,7 +191,9 @@ def _planned(info: StudyInfo) -> int:
         spec = parse_spec(info.spec_text, info.spec_path or "<spec>")
     except FirecracerError:
         return 0
-    return len(spec.variants) * len(spec.strategies) * spec.repetitions
+    from firecracer.experiment.plan import plan_runs
+
+    return len(plan_runs(spec))
 
 
 def _versions_block(runs: list[RunRecord]) -> str:
@@ -215,11 +217,12 @@ def _summary_table(variants: list[str], strategies: list[str],
             "<th>vs ondemand</th><th>faults p50</th><th>MiB served p50</th><th>Jaccard p50</th></tr>")
     rows = []
     for v in variants:
-        base = _median([r.timings["first_response"] for r in by_cell[(v, "ondemand")]
-                        if "first_response" in r.timings])
         for s in strategies:
+            request = s.partition(" ")[2]  # the cell's first request (several: workload.paths)
+            base = _median([r.timings["first_response"] for r in by_cell[(v, f"ondemand {request}".strip())]
+                            if "first_response" in r.timings])
             cell = by_cell[(v, s)]
-            nfail = sum(1 for r in runs if not r.ok and r.variant == v and r.strategy == s)
+            nfail = sum(1 for r in runs if not r.ok and r.variant == v and r.cell == s)
             fr = [r.timings["first_response"] for r in cell if "first_response" in r.timings]
             ls = [r.timings["load_snapshot"] for r in cell if "load_snapshot" in r.timings]
             fcm = [r.metrics["fc_load_snapshot_us"] / 1e3 for r in cell if "fc_load_snapshot_us" in r.metrics]

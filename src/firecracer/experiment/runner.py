@@ -226,7 +226,8 @@ def make_record(spec_all: dict[str, Any], spec: Spec, run: Run, shard: Shard | N
     strategy + repetition) and versions."""
     run_spec = {**{k: v for k, v in spec_all.items() if k != "variants"},
                 "variant": run.variant.as_dict(), "strategy": run.strategy.name,
-                "repetition": run.repetition, "spec_digest": spec.digest}
+                "repetition": run.repetition, "spec_digest": spec.digest,
+                **({"request": str(run.request)} if run.several_requests else {})}
     wall = time.monotonic() - t0[0]
     rec_path: str | None = None
     if rundir is not None and results_dir is not None and rundir.is_dir() and any(rundir.iterdir()):

@@ -42,16 +42,21 @@ under Firecracker (bare-metal KVM hosts); ``host-replay``: no VM at all, the wor
 against a memory file on the host (tests and dry runs of the machinery; never a VM result)."""
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
-_STRATEGY_RE = re.compile(r"^(file|ondemand|eager|prefetch|fault-around:(\d+)|criu|criu-lazy)$")
+_STRATEGY_RE = re.compile(r"^(file|ondemand|eager|(?:prefetch|prefetch-background)(?:@(?:runs|touch|file))?"
+                          r"|readahead|readahead-background|fault-around:(\d+)|criu|criu-lazy)$")
+#: strategies that replay the working set recorded by a first (ondemand) restore of the variant
+TRACE_KINDS = ("prefetch", "prefetch-background", "readahead", "readahead-background")
+#: File-backend strategies that read the recorded working set into the host page cache first
+READAHEAD_KINDS = ("readahead", "readahead-background")
 #: restore kinds that bring back the JVM *process* with CRIU in a fresh boot (jvm backend; docs/crac.md)
 PROCESS_KINDS = ("criu", "criu-lazy")
 
 _STUDY_KEYS = {"name", "description", "backend", "repetitions", "strategies", "timeout_s", "firecracker",
                "keep_snapshots", "viewer", "cluster"}
 _GUEST_KEYS = {"mem_size_mib", "vcpus", "kernel", "rootfs", "boot_args"}
-_WORKLOAD_KEYS = {"port", "path", "warmup_requests", "prepare", "ready_timeout_s"}
+_WORKLOAD_KEYS = {"port", "path", "paths", "warmup_requests", "prepare", "ready_timeout_s"}
 _VARIANT_KEYS = {"name", "description", "working_set_pages", "mean_run_pages", "seed", "trace",
-                 "jvm_options", "huge_pages", "rootfs"}
+                 "jvm_options", "huge_pages", "rootfs", "warmup_requests"}
 HUGE_PAGES = ("None", "2M")
 """``huge_pages`` values, as Firecracker's ``machine-config`` takes them: ``None`` (4 KiB pages, the default)
 or ``2M`` (2 MiB hugetlbfs pages; such snapshots restore only through Uffd, so ``file`` is not run for
@@ -60,14 +65,16 @@ them: see :func:`firecracer.experiment.plan.plan_runs`)."""
 
 @dataclass(frozen=True)
 class Strategy:
-    """A restore strategy: ``file`` (Firecracker's File backend), a uffd page-server strategy, or a process
-    restore of the JVM alone (``criu``, ``criu-lazy``: CRIU in a fresh boot, jvm backend only)."""
+    """A restore strategy: ``file`` (Firecracker's File backend), ``readahead[-background]`` (the File
+    backend with the recorded working set read into the page cache first, or racing the vCPUs), a uffd
+    page-server strategy, or a process restore of the JVM alone (``criu``, ``criu-lazy``: CRIU in a fresh
+    boot, jvm backend only)."""
 
     name: str
 
     @property
     def uses_uffd(self) -> bool:
-        return self.name != "file" and not self.is_process
+        return self.name != "file" and not self.is_process and not self.is_readahead
 
     @property
     def is_process(self) -> bool:
@@ -75,9 +82,28 @@ class Strategy:
         return self.name in PROCESS_KINDS
 
     @property
+    def is_readahead(self) -> bool:
+        """The File backend with the recorded working set read into the host page cache."""
+        return self.name in READAHEAD_KINDS
+
+    @property
+    def kind(self) -> str:
+        """The name without its ``@ORDER`` (``prefetch-background@touch`` → ``prefetch-background``)."""
+        return self.name.partition("@")[0]
+
+    @property
+    def needs_trace(self) -> bool:
+        """It replays the trace a first ondemand restore of the variant records (REAP's record phase)."""
+        return self.kind in TRACE_KINDS
+
+    def with_trace(self, trace: Path) -> str:
+        """The page-server (or readahead) strategy string for this study strategy and a recorded trace."""
+        return f"{self.name}:{trace}" if self.needs_trace else self.name
+
+    @property
     def slug(self) -> str:
-        """The name as it appears in run ids and directory names (no ``:``)."""
-        return self.name.replace(":", "")
+        """The name as it appears in run ids and directory names (no ``:`` or ``@``)."""
+        return self.name.replace(":", "").replace("@", "-")
 
     @property
     def around_pages(self) -> int | None:
@@ -101,6 +127,7 @@ class Variant:
     jvm_options: tuple[str, ...] = ()
     huge_pages: str | None = None  # "2M": guest memory in 2 MiB hugetlbfs pages
     rootfs: Path | None = None  # jvm: this variant's own image (e.g. another JDK); else guest.rootfs
+    warmup_requests: int | None = None  # jvm: requests before the snapshot (else workload.warmup_requests)
 
     @property
     def huge(self) -> bool:
@@ -122,6 +149,8 @@ class Variant:
             d["huge_pages"] = self.huge_pages
         if self.rootfs is not None:
             d["rootfs"] = str(self.rootfs)
+        if self.warmup_requests is not None:
+            d["warmup_requests"] = self.warmup_requests
         return d
 
 
@@ -136,15 +165,57 @@ class Guest:
     boot_args: str = ""
 
 
+_METHODS = ("GET", "POST", "PUT", "DELETE", "HEAD")
+
+
+@dataclass(frozen=True)
+class Request:
+    """One HTTP request of the workload: ``[METHOD] PATH [BODY]`` (a body is sent form-encoded)."""
+
+    method: str = "GET"
+    path: str = "/"
+    body: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> Request:
+        """``/owners/1``, ``GET /vets.json``, ``POST /owners/new firstName=Ada&lastName=L``; ValueError."""
+        parts = text.strip().split(None, 2)
+        if not parts:
+            raise ValueError("an empty request")
+        method = "GET"
+        if parts[0].upper() in _METHODS:
+            method = parts.pop(0).upper()
+        if not parts or not parts[0].startswith("/"):
+            raise ValueError(f"{text!r}: expected [METHOD] /PATH [BODY] (METHOD one of "
+                             f"{', '.join(_METHODS)})")
+        body = parts[1] if len(parts) > 1 else ""
+        if body and method in ("GET", "HEAD"):
+            raise ValueError(f"{text!r}: a {method} request has no body")
+        return cls(method, parts[0], body)
+
+    def __str__(self) -> str:
+        return " ".join(x for x in (self.method, self.path, self.body) if x)
+
+    @property
+    def slug(self) -> str:
+        """For run ids: ``get-vets.json``, ``post-owners-new``."""
+        return re.sub(r"[^A-Za-z0-9.]+", "-", f"{self.method.lower()}{self.path}").strip("-")[:48]
+
+
 @dataclass(frozen=True)
 class Workload:
-    """How to drive the guest (jvm backend): readiness, warm-up, prepare hooks, the first request."""
+    """How to drive the guest (jvm backend): readiness, warm-up, prepare hooks, the first request(s).
+
+    ``requests`` (``workload.paths``; else ``workload.path``): each restore answers one of them first, so a
+    study can ask whether the trace recorded on one request serves another; warm-up cycles through them.
+    """
 
     port: int = 8080
     path: str = "/"
     warmup_requests: int = 20
     prepare: tuple[str, ...] = ("gc", "drop-caches")
     ready_timeout_s: float = 60.0
+    requests: tuple[Request, ...] = (Request(),)
 
 
 @dataclass(frozen=True)
@@ -198,7 +269,10 @@ class Spec:
             "workload": {"port": self.workload.port, "path": self.workload.path,
                          "warmup_requests": self.workload.warmup_requests,
                          "prepare": list(self.workload.prepare),
-                         "ready_timeout_s": self.workload.ready_timeout_s},
+                         "ready_timeout_s": self.workload.ready_timeout_s,
+                         # only when listed, so the digest of every existing study stays what it was
+                         **({"paths": [str(q) for q in self.workload.requests]}
+                            if self.workload.requests != (Request(path=self.workload.path),) else {})},
             "variants": [v.as_dict() for v in self.variants],
         }
 
@@ -299,16 +373,18 @@ class _Checker:
 
 
 def parse_strategy(name: str) -> Strategy:
-    """``file``, ``ondemand``, ``fault-around:N`` (N a power of two, 2–512), ``prefetch``, ``eager``, or the
-    process restores ``criu`` and ``criu-lazy``.
+    """``file``, ``ondemand``, ``fault-around:N`` (N a power of two, 2–512), ``prefetch[@ORDER]``,
+    ``prefetch-background[@ORDER]``, ``readahead``, ``readahead-background``, ``eager``, or the process
+    restores ``criu`` and ``criu-lazy``.
 
-    ``prefetch`` in a study records its trace on a first restore of each variant, then replays it.
+    The prefetch and readahead kinds record their trace on a first restore of each variant, then replay it.
     Raises ValueError with the reason.
     """
     m = _STRATEGY_RE.match(name)
     if not m:
-        raise ValueError(f"unknown strategy {name!r} (file, ondemand, fault-around:N, prefetch, eager, criu, "
-                         "criu-lazy)")
+        raise ValueError(f"unknown strategy {name!r} (file, ondemand, fault-around:N, prefetch[@ORDER], "
+                         "prefetch-background[@ORDER], readahead, readahead-background, eager, criu, "
+                         "criu-lazy; ORDER: runs, touch, file)")
     if m.group(2) is not None:
         n = int(m.group(2))
         if n < 2 or n > 512 or n & (n - 1):
@@ -359,9 +435,29 @@ def parse_spec(text: str, path: Path | str = "<spec>") -> Spec:
         boot_args=c.string(gt, "boot_args", "guest", ""),
     )
     wt = c.table(data, "workload", _WORKLOAD_KEYS, "workload")
+    first_path = c.string(wt, "path", "workload", "/")
+    if "path" in wt and "paths" in wt:
+        raise c.fail("workload.paths", "give path or paths, not both")
+    requests: list[Request] = []
+    for i, item in enumerate(c.strings(wt, "paths", "workload", (first_path,))):
+        try:
+            q = Request.parse(item)
+        except ValueError as exc:
+            raise c.fail(f"workload.paths[{i}]", str(exc)) from None
+        if q in requests:
+            raise c.fail(f"workload.paths[{i}]", f"{item!r} is listed twice")
+        if any(o.slug == q.slug for o in requests):
+            raise c.fail(f"workload.paths[{i}]", f"{item!r} would share its run ids ({q.slug}) with another "
+                                                 "request: make the paths differ")
+        requests.append(q)
+    if not requests:
+        raise c.fail("workload.paths", "must list at least one request")
+    if len(requests) > 1 and backend != "jvm":
+        raise c.fail("workload.paths", "several first requests need the jvm backend")
     workload = Workload(
         port=c.integer(wt, "port", "workload", 8080, 1, 65535),
-        path=c.string(wt, "path", "workload", "/"),
+        path=requests[0].path,
+        requests=tuple(requests),
         warmup_requests=c.integer(wt, "warmup_requests", "workload", 20, 0, 1_000_000),
         prepare=c.strings(wt, "prepare", "workload", ("gc", "drop-caches")),
         ready_timeout_s=c.number(wt, "ready_timeout_s", "workload", 60.0, 0.1, 3600.0),
@@ -411,7 +507,7 @@ def parse_spec(text: str, path: Path | str = "<spec>") -> Spec:
             if guest.mem_size_mib % 2:
                 raise c.fail(f"{where}.huge_pages", f"guest.mem_size_mib = {guest.mem_size_mib} is not a "
                                                     "multiple of 2 MiB")
-            if all(st.name == "file" for st in strategies):
+            if not any(st.uses_uffd for st in strategies):
                 raise c.fail(f"{where}.huge_pages", "2 MiB snapshots restore only through Uffd: list a uffd "
                                                     "strategy in study.strategies")
         if backend == "jvm" and (ws is not None or trace is not None):
@@ -419,6 +515,10 @@ def parse_spec(text: str, path: Path | str = "<spec>") -> Spec:
         v_rootfs = c.filepath(vt, "rootfs", where, base)
         if v_rootfs is not None and backend != "jvm":
             raise c.fail(f"{where}.rootfs", "a variant's own image needs the jvm backend")
+        v_warmup = c.integer(vt, "warmup_requests", where, None, 0, 1_000_000) \
+            if "warmup_requests" in vt else None
+        if v_warmup is not None and backend != "jvm":
+            raise c.fail(f"{where}.warmup_requests", "warm-up requests need the jvm backend")
         variants.append(Variant(
             name=name,
             description=c.string(vt, "description", where, ""),
@@ -429,8 +529,18 @@ def parse_spec(text: str, path: Path | str = "<spec>") -> Spec:
             jvm_options=jvm_options,
             huge_pages="2M" if huge_pages == "2M" else None,
             rootfs=v_rootfs,
+            warmup_requests=v_warmup,
         ))
+    if backend == "host-replay":
+        odd = [st.name for st in strategies if st.is_readahead or (st.needs_trace and st.name != "prefetch")]
+        if odd:
+            raise c.fail("study.strategies",
+                         f"{', '.join(odd)}: host-replay has no Firecracker (use the probe or jvm backend)")
     process = [st.name for st in strategies if st.is_process]
+    posts = [str(q) for q in workload.requests if q.method != "GET" or q.body]
+    if process and posts:
+        raise c.fail("workload.paths", f"{posts[0]}: process restores (criu) answer GET requests only (the "
+                                       "guest agent sends the first request)")
     if process and backend != "jvm":
         raise c.fail("study.strategies",
                      f"{', '.join(process)}: process restores (CRIU) need the jvm backend")
@@ -524,6 +634,17 @@ def crac_example_spec_path() -> Path:
 def jdks_example_spec_path() -> Path:
     """The bundled JDK comparison: JDK 17 + AppCDS vs JDK 25 + AOT cache, ondemand and criu-lazy × 3."""
     return Path(__file__).with_name("examples") / "petclinic-jdks.toml"
+
+
+def restores_example_spec_path() -> Path:
+    """The bundled predictability / load-order study: PetClinic, 3 first requests × ondemand and the
+    racing prefetch in 3 orders × 2."""
+    return Path(__file__).with_name("examples") / "petclinic-restores.toml"
+
+
+def warmup_example_spec_path() -> Path:
+    """The bundled when-to-snapshot sweep: PetClinic snapshotted after k = 0, 1, 10, 100, 1000 requests."""
+    return Path(__file__).with_name("examples") / "petclinic-warmup.toml"
 
 
 def jvm_example_text(kernel: Path, rootfs: Path, spec_path: Path | None = None,

@@ -118,6 +118,17 @@ class RunRecord:
     def ok(self) -> bool:
         return self.status == "ok"
 
+    @property
+    def request(self) -> str | None:
+        """The first request after the restore, when the study named several (``workload.paths``)."""
+        q = self.spec.get("request")
+        return q if isinstance(q, str) else None
+
+    @property
+    def cell(self) -> str:
+        """The report's column for this run: the strategy, and the first request when there are several."""
+        return f"{self.strategy} {self.request}" if self.request else self.strategy
+
     def _row(self) -> tuple[Any, ...]:
         return (self.run_id, self.idx, self.variant, self.strategy, self.repetition, self.status, self.phase,
                 self.reason, self.started, self.finished, self.wall_s, self.host, self.shard, self.backend,

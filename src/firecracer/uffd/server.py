@@ -35,7 +35,13 @@ from firecracer.uffd.metrics import ServerMetrics
 from firecracer.uffd.session import Session
 from firecracer.uffd.strategies import Strategy, parse_strategy
 from firecracer.uffd.trace import save_trace
-from firecracer.uffd.workingset import WorkingSet, prepare_working_set, write_working_set, ws_path_for
+from firecracer.uffd.workingset import (
+    DEFAULT_ORDER,
+    WorkingSet,
+    prepare_working_set,
+    write_working_set,
+    ws_path_for,
+)
 
 __all__ = ["ServeError", "ServeResult", "Server", "read_ahead"]
 
@@ -145,7 +151,8 @@ class Server:
         self.ws_path: Path | None = None
         if self.strategy.trace is not None:
             try:
-                self.ws_path = prepare_working_set(self.strategy.trace, self.mem)
+                self.ws_path = prepare_working_set(self.strategy.trace, self.mem,
+                                                   self.strategy.load_order or DEFAULT_ORDER)
             except BaseException:
                 self.mem.close()
                 raise

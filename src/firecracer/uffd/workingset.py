@@ -13,11 +13,18 @@ The file sits beside its trace (``TRACE`` with suffix ``.ws``), little-endian::
     data     at data_offset (4 KiB aligned): the n_blocks stored 4 KiB blocks, entry by entry in index
              order, each entry's blocks in address order
 
-Loading order: the working set is cut into runs of pages adjacent in the memory file, and the runs are
-ordered by the first fault on any of their pages (address order inside a run). Installing it is then
-one sequential read of the file and one ioctl per run. For 2 MiB pages only the 4 KiB blocks holding
-data are stored (a probe-like working set touches a few blocks of every 2 MiB page: storing whole pages
-made the file 16 times larger); the server assembles each page in a zeroed staging buffer.
+Loading order (``ORDERS``; the file's meta says which, and each order has its own file beside the trace):
+
+* ``runs`` (default) — the working set is cut into runs of pages adjacent in the memory file, and the
+  runs are ordered by the first fault on any of their pages (address order inside a run);
+* ``touch`` — REAP's first-touch order, page by page (pages adjacent in both time and file still form
+  one run);
+* ``file`` — memory-file offset order (what replaying a trace sorted by offset does).
+
+Installing it is then one sequential read of the file and one ioctl per run. For 2 MiB pages only the
+4 KiB blocks holding data are stored (a probe-like working set touches a few blocks of every 2 MiB
+page: storing whole pages made the file 16 times larger); the server assembles each page in a zeroed
+staging buffer.
 """
 
 from __future__ import annotations
@@ -43,28 +50,46 @@ BLOCK = 4096
 _WS_HEADER = struct.Struct("<8sQQQQQQQ")
 KIND_DATA = 0
 KIND_HOLE = 1
+#: Loading orders of a working-set file (module doc); the first is the default.
+ORDERS = ("runs", "touch", "file")
+DEFAULT_ORDER = ORDERS[0]
 
 
-def ws_path_for(trace_path: str | Path) -> Path:
-    """The working-set file beside a trace: ``trace.npz`` → ``trace.ws``."""
+def ws_path_for(trace_path: str | Path, order: str = DEFAULT_ORDER) -> Path:
+    """The working-set file beside a trace: ``trace.npz`` → ``trace.ws`` (``trace.touch.ws``,
+    ``trace.file.ws`` for the other loading orders)."""
     p = Path(trace_path)
     if p.suffix == ".ws":
         return p
-    return p.with_suffix(".ws") if p.suffix == ".npz" else p.with_name(p.name + ".ws")
+    suffix = ".ws" if order == DEFAULT_ORDER else f".{order}.ws"
+    return p.with_suffix(suffix) if p.suffix == ".npz" else p.with_name(p.name + suffix)
+
+
+def check_order(order: str) -> str:
+    """``order`` if it is one of ``ORDERS``; else ``FirecracerError`` listing them."""
+    if order not in ORDERS:
+        raise FirecracerError(f"unknown loading order {order!r} (use {', '.join(ORDERS)})")
+    return order
 
 
 def loading_order(offsets: npt.NDArray[np.uint64], page_size: int,
-                  kinds: npt.NDArray[np.uint8] | None = None) -> npt.NDArray[np.int64]:
-    """Permutation of ``offsets`` (unique, first-fault order) into loading order (see module doc).
+                  kinds: npt.NDArray[np.uint8] | None = None, order: str = DEFAULT_ORDER
+                  ) -> npt.NDArray[np.int64]:
+    """Permutation of ``offsets`` (unique, first-fault order) into loading ``order`` (see module doc).
 
-    Runs are maximal sets of pages adjacent in the file (and of one kind, when ``kinds`` is given);
-    they keep the rank of their earliest page, so a page is never installed later than one first
-    faulted after it, except pages of the same run.
+    ``runs``: runs are maximal sets of pages adjacent in the file (and of one kind, when ``kinds`` is
+    given); they keep the rank of their earliest page, so a page is never installed later than one first
+    faulted after it, except pages of the same run. ``touch``: the first-fault order itself. ``file``:
+    by offset.
     """
     n = int(offsets.size)
     if n == 0:
         return np.zeros(0, dtype=np.int64)
+    if check_order(order) == "touch":
+        return np.arange(n, dtype=np.int64)
     by_addr = np.argsort(offsets, kind="stable")
+    if order == "file":
+        return by_addr.astype(np.int64)
     so = offsets[by_addr]
     brk = np.ones(n, dtype=bool)
     brk[1:] = so[1:] != so[:-1] + np.uint64(page_size)
@@ -73,8 +98,8 @@ def loading_order(offsets: npt.NDArray[np.uint64], page_size: int,
         brk[1:] |= sk[1:] != sk[:-1]
     run_id = np.cumsum(brk) - 1
     rank = np.minimum.reduceat(by_addr, np.flatnonzero(brk))  # earliest first-fault index per run
-    order = np.lexsort((so, rank[run_id]))  # by run rank, then address
-    out: npt.NDArray[np.int64] = by_addr[order].astype(np.int64)
+    perm = np.lexsort((so, rank[run_id]))  # by run rank, then address
+    out: npt.NDArray[np.int64] = by_addr[perm].astype(np.int64)
     return out
 
 
@@ -104,11 +129,11 @@ def check_trace_matches(trace: Trace, mem: MemoryFile, trace_path: str | Path) -
 
 
 def write_working_set(trace: Trace | str | Path, mem: MemoryFile, out: str | Path, *,
-                      trace_path: str | Path | None = None) -> Path:
+                      trace_path: str | Path | None = None, order: str = DEFAULT_ORDER) -> Path:
     """Write the working-set file for ``trace`` with page contents from ``mem`` (off the critical path).
 
-    The pages are those the guest faulted on (``Trace.working_set()``), in loading order. The file
-    records ``mem``'s identity and the trace's (see the module doc).
+    The pages are those the guest faulted on (``Trace.working_set()``), in loading ``order``. The file
+    records ``mem``'s identity, the trace's and the order (see the module doc).
 
     :raises FirecracerError: the trace was recorded on another memory file (its identity differs).
     """
@@ -116,7 +141,7 @@ def write_working_set(trace: Trace | str | Path, mem: MemoryFile, out: str | Pat
         trace_path = trace
     tr = load_trace(trace) if isinstance(trace, str | Path) else trace
     check_trace_matches(tr, mem, trace_path or "(in memory)")
-    meta = json.dumps({"mem": mem.identity,
+    meta = json.dumps({"mem": mem.identity, "order": check_order(order),
                        "trace": trace_identity(trace_path) if trace_path is not None else None}).encode()
     meta += b" " * (-len(meta) % 8)
     ps = tr.page_size
@@ -129,8 +154,8 @@ def write_working_set(trace: Trace | str | Path, mem: MemoryFile, out: str | Pat
     blocks = np.stack([_data_blocks(mem, int(o), ps) for o in offs.tolist()]) if offs.size else \
         np.zeros((0, nb), dtype=bool)
     kinds = np.where(blocks.any(axis=1), KIND_DATA, KIND_HOLE).astype(np.uint8)
-    order = loading_order(offs, ps, kinds)
-    offs, kinds, blocks = offs[order], kinds[order], blocks[order]
+    perm = loading_order(offs, ps, kinds, order)
+    offs, kinds, blocks = offs[perm], kinds[perm], blocks[perm]
     n = int(offs.size)
     n_blocks = int(blocks.sum())
     index_offset = _WS_HEADER.size + len(meta)
@@ -224,6 +249,8 @@ class WorkingSet:
                 raise FormatError(self.path, 0, f"recorded for a {msize}-byte memory file, this one has "
                                   f"{mem_size} bytes")
             self.page_size, self.n, self.mem_size, self.n_blocks = ps, n, msize, n_blocks
+            order = self.meta.get("order", DEFAULT_ORDER)  # files from before orders were loaded as runs
+            self.order = order if order in ORDERS else DEFAULT_ORDER
             self.data_offset = data_offset
             flags = abi.MAP_PRIVATE | (abi.MAP_POPULATE if populate is True else 0)
             if populate:  # one big sequential read of the whole file
@@ -319,7 +346,7 @@ class WorkingSet:
     def describe(self) -> dict[str, Any]:
         """Facts for metrics."""
         starts, _ = self.runs()
-        return {"path": str(self.path), "pages": self.n, "data_pages": self.n_data,
+        return {"path": str(self.path), "order": self.order, "pages": self.n, "data_pages": self.n_data,
                 "page_size": self.page_size, "stored_blocks": self.n_blocks, "bytes": self.file_size,
                 "runs": int(starts.size)}
 
@@ -329,20 +356,24 @@ def ctypes_bytes(addr: int, length: int) -> bytes:
     return ctypes.string_at(addr, length)
 
 
-def prepare_working_set(trace_path: Path, mem: MemoryFile) -> Path:
-    """The working-set file prefetch installs from ``trace_path``, checked against ``mem`` (built if it is
-    missing or of an older format); its path.
+def prepare_working_set(trace_path: Path, mem: MemoryFile, order: str = DEFAULT_ORDER) -> Path:
+    """The working-set file prefetch installs from ``trace_path`` in loading ``order``, checked against
+    ``mem`` (built if it is missing, of an older format or of another order); its path.
 
     :raises FirecracerError: the trace, or the working set, was recorded on another memory file (one
         line naming both), or the working set's pages differ from this memory file's.
     """
     check_trace_matches(load_trace(trace_path), mem, trace_path)
-    ws_path = ws_path_for(trace_path)
+    ws_path = ws_path_for(trace_path, order)
     if ws_page_size(ws_path) is None:  # missing, or an older format: (re)build it
-        write_working_set(trace_path, mem, ws_path)
+        write_working_set(trace_path, mem, ws_path, order=order)
         return ws_path
     ws = WorkingSet(ws_path, mem_size=mem.size, populate=False)
     try:
+        if ws.order != order:  # e.g. given by its own path: the file is the loading set, so rebuild
+            ws.close()
+            write_working_set(trace_path, mem, ws_path, order=order)
+            ws = WorkingSet(ws_path, mem_size=mem.size, populate=False)
         why = identity_mismatch(ws.meta.get("mem"), mem.identity)
         if why:
             raise FirecracerError(f"working set {ws_path} does not belong to memory file "

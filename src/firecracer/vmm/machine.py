@@ -60,6 +60,7 @@ from firecracer.vmm.lifeline import is_zombie, kill_all, processes_in, start_tim
 from firecracer.vmm.network import NetNamespace
 from firecracer.vmm.pageserver import PageServer, restore_command
 from firecracer.vmm.process import FirecrackerProcess, deferred_signals, last_error_line, socket_in_use
+from firecracer.vmm.readahead import Readahead, ReadaheadJob
 from firecracer.vmm.record import VmRecord, record_lock
 from firecracer.vmm.snapshot import (
     Snapshot,
@@ -115,6 +116,7 @@ class MicroVM:
         self._supervisor: subprocess.Popen[bytes] | None = None
         self._supervisor_pid: int | None = None  # of an attached VM
         self._killed = False  # kill() ran to the end: never again (the run dir may be another VM's now)
+        self.readahead: ReadaheadJob | None = None  # File restores with readahead:TRACE (vmm/readahead.py)
         self._owner = (os.getpid(), start_time(os.getpid()))
         self._instance: str | None = uuid.uuid4().hex  # in vm.json: whose run directory it is now
 
@@ -599,7 +601,8 @@ class MicroVM:
                 track_dirty_pages: bool = False, page_server: Sequence[str] | None = None,
                 strategy: str | None = None, trace: Path | None = None, metrics: Path | None = None,
                 log_level: str = "Warning", check: bool = True, lifeline: bool = True,
-                purpose: str | None = None, working_set: bool = True) -> MicroVM:
+                purpose: str | None = None, working_set: bool = True,
+                readahead: Readahead | None = None) -> MicroVM:
         """Start a fresh Firecracker and load ``snapshot`` into it.
 
         :param firecracker: the binary; by default the one recorded in ``snapshot.json`` when it still
@@ -609,6 +612,8 @@ class MicroVM:
             ``{mem}`` and ``{mem_id}`` are replaced by the socket and memory-file paths and the
             snapshot's id; by default ``firecracer uffd serve`` with ``strategy``/``trace``/``metrics``,
             and a working-set file beside the trace unless ``working_set`` is false).
+        :param readahead: File backend only: read the working set recorded in its trace into the host
+            page cache before the load, or from a thread racing the vCPUs (``vm.readahead`` has the facts).
         :param check: verify up front that this Firecracker can load the snapshot's data format.
         :raises Unsupported: Uffd with a Firecracker that cannot do it on this host kernel
             (:func:`uffd_limit`), before anything is started.
@@ -634,6 +639,11 @@ class MicroVM:
         vm.dirty_tracking = track_dirty_pages
         mem = full_memory(snap)
         check_mem_size(snap, mem)
+        if readahead is not None:  # planned before anything starts: a trace of another snapshot is refused
+            if backend is MemBackend.UFFD:
+                raise FirecracerError(f"{readahead}: readahead fills the page cache the File backend reads; "
+                                      "with --uffd use prefetch:TRACE")
+            vm.readahead = ReadaheadJob(readahead, mem.resolve(), snap.id or None)
         try:
             vm._spawn(bool(vm.config and vm.config.network))
             if backend is MemBackend.UFFD:
@@ -649,6 +659,10 @@ class MicroVM:
                 backend_path = UFFD_NAME  # relative to Firecracker's cwd, the run dir
             else:
                 backend_path = str(mem.resolve())
+                if vm.readahead is not None:
+                    vm.readahead.start()
+                    if not readahead or not readahead.background:
+                        vm.timings_ms["readahead"] = vm.readahead.result.ms
             body = cfg.SnapshotLoad(str(snap.vmstate.resolve()), backend_path, backend, track_dirty_pages,
                                     resume).body(vm.version)
             t0 = time.perf_counter()
@@ -700,6 +714,8 @@ class MicroVM:
         """
         if self._killed:
             return
+        if self.readahead is not None:
+            self.readahead.stop()
         owns = self.state == "new" or self._owns_run_dir()
         if self._supervisor_pid is not None:  # attached: its supervisor must not race our cleanup
             kill_all([self._supervisor_pid])

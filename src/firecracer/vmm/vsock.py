@@ -199,10 +199,11 @@ def _read_chunked(buf: bytearray, pos: int, more: Callable[[], bool], what: str)
 
 
 def vsock_http(uds_path: Path, port: int, path: str = "/", *, method: str = "GET", timeout: float = 10.0,
-               retries: int = 3) -> HttpReply:
+               retries: int = 3, body: str = "") -> HttpReply:
     """One HTTP/1.0 request to a guest port over vsock; retries a connection reset right after resume.
 
     ``timeout`` bounds each attempt (connect + the whole response); latencies count from the connect.
+    ``body`` is sent form-encoded (``a=1&b=2``, what an HTML form posts).
     """
     last: Exception | None = None
     what = f"vsock {uds_path} port {port}: {method} {path}"
@@ -218,7 +219,11 @@ def vsock_http(uds_path: Path, port: int, path: str = "/", *, method: str = "GET
             time.sleep(0.05 * (attempt + 1))
             continue
         try:
-            sock.sendall(f"{method} {path} HTTP/1.0\r\nHost: guest\r\nConnection: close\r\n\r\n".encode())
+            payload = body.encode()
+            extra = (f"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len(payload)}\r\n"
+                     if payload or method in ("POST", "PUT") else "")
+            sock.sendall(f"{method} {path} HTTP/1.0\r\nHost: guest\r\nConnection: close\r\n{extra}\r\n"
+                         .encode() + payload)
             reply = read_http_response(sock, what, deadline, t0)
             return dataclasses.replace(reply, retried=tuple(retried))
         except (ConnectionResetError, BrokenPipeError, HttpClosed) as exc:

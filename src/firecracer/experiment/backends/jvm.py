@@ -49,7 +49,7 @@ from firecracer.experiment.backends._common import (
     vm_name,
 )
 from firecracer.experiment.plan import Run
-from firecracer.experiment.spec import Spec, Variant
+from firecracer.experiment.spec import Request, Spec, Strategy, Variant
 from firecracer.experiment.store import now_iso
 from firecracer.experiment.workingset import from_trace
 from firecracer.formats import RecordingFacts, this_host
@@ -58,6 +58,7 @@ from firecracer.image.manifest import with_image_init
 from firecracer.paths import state_dir
 from firecracer.vmm.config import MemBackend
 from firecracer.vmm.machine import DEFAULT_BOOT_ARGS, MicroVM, VMConfig
+from firecracer.vmm.readahead import Readahead
 from firecracer.vmm.vsock import vsock_http
 
 AGENT_PORT = 52
@@ -71,6 +72,16 @@ COLLECTED = ("recording.json", "memmap.npz", "memmap.txt", "nmt.txt", "smaps")
 
 def _unlink(path: Path) -> None:
     path.unlink(missing_ok=True)
+
+
+def answered(status: int) -> bool:
+    """A request the service answered: 2xx, or a redirect (a form's POST answers 302 to its result)."""
+    return 200 <= status < 400
+
+
+def ready_path(requests: tuple[Request, ...]) -> str:
+    """What readiness asks for: the first GET of the workload (a POST would write), else ``/``."""
+    return next((q.path for q in requests if q.method == "GET" and not q.body), "/")
 
 
 @dataclass(frozen=True)
@@ -91,21 +102,24 @@ class GuestDriver:
                  agent_port: int = AGENT_PORT) -> None:
         self.uds = uds
         self.app_port = app_port
-        self.path = path
+        self.path = path  # what readiness asks for (GET)
         self.agent_address = f"vsock:{uds}:{agent_port}"
 
     def agent(self, timeout: float = 10.0) -> AgentClient:
         return AgentClient.connect(self.agent_address, timeout=timeout)
 
-    def request(self, timeout: float = 30.0, retries: int = 1) -> HttpTiming:
-        """``GET path`` over vsock (``CONNECT app_port``); times from before connecting (the last attempt).
+    def request(self, timeout: float = 30.0, retries: int = 1, q: Request | None = None) -> HttpTiming:
+        """``q`` (default ``GET path``) over vsock (``CONNECT app_port``); times from before connecting (the
+        last attempt).
 
         The reply ends at its Content-Length (or last chunk), not at EOF: Firecracker's vsock does not
         pass the guest's half-close on, so waiting for EOF could wait forever. ``retries`` > 1 retries a
         connection dropped before any byte (right after a restore the guest resets its vsock transport);
         ``retried`` says why, so no retry goes unreported.
         """
-        r = vsock_http(self.uds, self.app_port, self.path, timeout=timeout, retries=retries)
+        q = q or Request(path=self.path)
+        r = vsock_http(self.uds, self.app_port, q.path, method=q.method, body=q.body, timeout=timeout,
+                       retries=retries)
         return HttpTiming(r.status, r.first_byte_ms / 1e3, r.latency_ms / 1e3, len(r.body), r.retried)
 
     def wait_ready(self, timeout: float, vm: MicroVM | None = None) -> dict[str, Any]:
@@ -141,13 +155,16 @@ class GuestDriver:
         said = "".join(f"; the console's last line: {ln}" for ln in (vm.console.last_lines(1) if vm else []))
         raise RunFailed("ready", f"guest not ready within {timeout:g} s: {last}{said}")
 
-    def warm_up(self, n: int, timeout: float) -> list[float]:
-        """``n`` requests (each must be 200); their total times in ms."""
+    def warm_up(self, n: int, timeout: float, requests: tuple[Request, ...] = ()) -> list[float]:
+        """``n`` requests, cycling through ``requests`` (default ``GET path``), each answered with a
+        success (2xx or a redirect); their total times in ms."""
         out = []
         for i in range(n):
-            r = self.request(timeout)
-            if r.status != 200:
-                raise RunFailed("warmup", f"warm-up request {i + 1} answered HTTP {r.status}")
+            q = requests[i % len(requests)] if requests else None
+            r = self.request(timeout, q=q)
+            if not answered(r.status):
+                raise RunFailed("warmup", f"warm-up request {i + 1} ({q or 'GET ' + self.path}) answered "
+                                          f"HTTP {r.status}")
             out.append(r.total_s * 1e3)
         return out
 
@@ -234,6 +251,12 @@ class JvmBackend(Backend[JvmState]):
     def versions(self) -> dict[str, Any]:
         return {"firecracker": self._fc_version, "backend": "JVM image under Firecracker",
                 "kernel_image": str(self.spec.guest.kernel), "rootfs": str(self.spec.guest.rootfs)}
+
+    def warmup_requests(self, variant: Variant) -> int:
+        """Requests before the snapshot: the variant's own count (a k-sweep), else the workload's."""
+        if variant.warmup_requests is not None:
+            return variant.warmup_requests
+        return self.spec.workload.warmup_requests
 
     @property
     def process_kinds(self) -> bool:
@@ -360,13 +383,13 @@ class JvmBackend(Backend[JvmState]):
                                              "jvm_options": list(variant.jvm_options)}))
                 except FirecracerError as exc:
                     raise RunFailed("boot", str(exc)) from None
-                guest = GuestDriver(vm.vsock_path, app_port=wl.port, path=wl.path)
+                guest = GuestDriver(vm.vsock_path, app_port=wl.port, path=ready_path(wl.requests))
                 ping = guest.wait_ready(wl.ready_timeout_s, vm)
                 ready_ms = (time.monotonic() - t0) * 1e3
                 ready_at = vm.console.size()  # what the console said before readiness is not news
                 phase = "warmup"
                 try:
-                    warm = guest.warm_up(wl.warmup_requests, self.spec.timeout_s)
+                    warm = guest.warm_up(self.warmup_requests(variant), self.spec.timeout_s, wl.requests)
                     phase = "collect"
                     facts = guest.prepare_and_collect(list(wl.prepare), workdir, self.spec.timeout_s)
                     phase = "snapshot"
@@ -394,19 +417,24 @@ class JvmBackend(Backend[JvmState]):
     def run(self, state: JvmState, run: Run, rundir: Path) -> RunOutcome:
         strategy = run.strategy.name
         if run.strategy.is_process:
-            return self._process_restore(state, strategy, rundir)
-        if strategy == "prefetch":
+            return self._process_restore(state, strategy, rundir, run.request)
+        if run.strategy.needs_trace:  # recorded once per variant, answering the study's first request
+            first = self.spec.workload.requests[0]
             state.prefetch_trace = ensure_prefetch_trace(
                 state.workdir, state.prefetch_trace,
-                lambda d: self._restore(state, "ondemand", d, record=True))
-            strategy = f"prefetch:{state.prefetch_trace}"
-        return self._restore(state, strategy, rundir)
+                lambda d: self._restore(state, Strategy("ondemand"), d, first, record=True))
+        return self._restore(state, run.strategy, rundir, run.request, trace=state.prefetch_trace)
 
-    def _restore(self, state: JvmState, strategy: str, rundir: Path, record: bool = False) -> RunOutcome:
-        """One restore; ``record``: the prefetch recording (phases say so; it keeps the working-set file)."""
+    def _restore(self, state: JvmState, study_strategy: Strategy, rundir: Path, request: Request, *,
+                 record: bool = False, trace: Path | None = None) -> RunOutcome:
+        """One restore answering ``request`` first; ``record``: the prefetch recording (phases say so; it
+        keeps the working-set file); ``trace``: the recorded one the prefetch and readahead kinds replay."""
         prefix = "record " if record else ""
         wl = self.spec.workload
-        uffd = strategy != "file"
+        uffd = study_strategy.uses_uffd
+        strategy = study_strategy.with_trace(trace) if study_strategy.needs_trace and trace else \
+            study_strategy.name
+        readahead = Readahead.parse(strategy) if study_strategy.is_readahead else None
         name = vm_name()
         run_dir = state_dir() / "vms" / name
         trace_out, metrics_out = rundir / "trace.npz", rundir / "uffd-metrics.json"
@@ -418,7 +446,8 @@ class JvmBackend(Backend[JvmState]):
                                      backend=MemBackend.UFFD if uffd else MemBackend.FILE, resume=False,
                                      strategy=strategy if uffd else None, trace=trace_out if uffd else None,
                                      metrics=metrics_out if uffd else None, working_set=record,
-                                     purpose=f"experiment {self.spec.name}: {rundir.name}")
+                                     purpose=f"experiment {self.spec.name}: {rundir.name}",
+                                     readahead=readahead)
             except FirecracerError as exc:
                 note = "" if "page server" in str(exc) else log_note(run_dir / "uffd.log")
                 raise RunFailed(prefix + "restore", f"{exc}{note}") from None
@@ -428,26 +457,34 @@ class JvmBackend(Backend[JvmState]):
                 t_resumed = time.perf_counter()
                 hooks_ms = None
                 try:
-                    guest = GuestDriver(vm.vsock_path, app_port=wl.port, path=wl.path)
+                    guest = GuestDriver(vm.vsock_path, app_port=wl.port, path=request.path)
                     with vm.page_server_guard():  # a dead page server ends the request at once
                         if "hooks" in wl.prepare or self.process_kinds:
                             # the snapshot ran the app's beforeCheckpoint: its afterRestore comes first
                             hooks_ms = self._after_restore_hooks(guest)
-                        r = guest.request(self.spec.timeout_s, retries=3)
+                        r = guest.request(self.spec.timeout_s, retries=3, q=request)
                 except FirecracerError as exc:
                     raise RunFailed(prefix + "first-response", str(exc)) from None
                 t_done = time.perf_counter()
-                if r.status != 200:
-                    raise RunFailed(prefix + "first-response", f"the first request answered HTTP {r.status}")
+                if not answered(r.status):
+                    raise RunFailed(prefix + "first-response",
+                                    f"the first request ({request}) answered HTTP {r.status}")
+                # a readahead before the load is part of the restore: it counts from its start
                 load = vm.timings_ms["load_snapshot"]
+                before = load + vm.timings_ms.get("readahead", 0.0)
                 t_req = t_done - r.total_s
                 timings = {"load_snapshot": load, "resume": (t_resumed - t_loaded) * 1e3,
-                           "first_byte": load + (t_req - t_loaded + r.first_byte_s) * 1e3,
-                           "first_response": load + (t_done - t_loaded) * 1e3, "request": r.total_s * 1e3}
+                           "first_byte": before + (t_req - t_loaded + r.first_byte_s) * 1e3,
+                           "first_response": before + (t_done - t_loaded) * 1e3, "request": r.total_s * 1e3}
                 timings["first_response_from_vm_start"] = timings["first_response"]  # the VM starts restored
                 if hooks_ms is not None:
                     timings["hooks"] = hooks_ms
-                metrics.update(http_status=r.status, response_bytes=r.nbytes)
+                if vm.readahead is not None:
+                    ra = vm.readahead.wait(self.spec.timeout_s)
+                    metrics["readahead"] = ra.as_dict()
+                    if "readahead" in vm.timings_ms:
+                        timings["readahead"] = vm.timings_ms["readahead"]
+                metrics.update(http_status=r.status, response_bytes=r.nbytes, request=str(request))
                 if r.retried:  # timings then include the dropped attempts; say so
                     metrics["first_request_retried"] = list(r.retried)
                 with contextlib.suppress(FirecracerError):
@@ -505,7 +542,7 @@ class JvmBackend(Backend[JvmState]):
             raise RunFailed("hooks", f"after-restore hooks failed: {json.dumps(rep.get('steps'))[:300]}")
         return (time.perf_counter() - t0) * 1e3
 
-    def _process_restore(self, state: JvmState, kind: str, rundir: Path) -> RunOutcome:
+    def _process_restore(self, state: JvmState, kind: str, rundir: Path, request: Request) -> RunOutcome:
         """``criu``/``criu-lazy``: a fresh boot without a JVM restores the checkpoint (module
         :mod:`.process`); times from the restore command (guest clock) and from the VM's start."""
         assert state.scratch is not None, "variant() makes the checkpoint when the study has criu kinds"
@@ -525,12 +562,12 @@ class JvmBackend(Backend[JvmState]):
                                      labels={"variant": state.variant.name, "restore": kind}))
                 except FirecracerError as exc:
                     raise RunFailed("boot", str(exc)) from None
-                guest = GuestDriver(vm.vsock_path, app_port=wl.port, path=wl.path)
+                guest = GuestDriver(vm.vsock_path, app_port=wl.port, path=request.path)
                 boot_s = crac.wait_agent(guest.agent_address, wl.ready_timeout_s, vm.alive)
                 t_cmd = time.perf_counter()
-                with guest.agent(timeout=self.spec.timeout_s) as a:
-                    reply = crac.restore_in_guest(a, lazy=kind == "criu-lazy", port=wl.port, path=wl.path,
-                                                  timeout=self.spec.timeout_s)
+                with guest.agent(timeout=self.spec.timeout_s) as a:  # GETs only (parse_spec says so)
+                    reply = crac.restore_in_guest(a, lazy=kind == "criu-lazy", port=wl.port,
+                                                  path=request.path, timeout=self.spec.timeout_s)
                 t_reply = time.perf_counter()
                 fr = reply.get("first_request") or {}
                 if fr.get("status") != 200:

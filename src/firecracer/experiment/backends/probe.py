@@ -52,6 +52,7 @@ from firecracer.vmm.binary import find_firecracker
 from firecracer.vmm.config import MemBackend
 from firecracer.vmm.machine import MicroVM, VMConfig
 from firecracer.vmm.probe import ProbeReady, ProbeResult, build_probe, min_mem_mib, parse_line, probe_info
+from firecracer.vmm.readahead import Readahead
 
 PAGE = 4096
 _WS_LO_PAGE = 4096  # working sets live above 16 MiB: below are the ELF image (2 MiB) and its tables
@@ -201,18 +202,19 @@ class ProbeBackend(Backend[ProbeState]):
     # -- run ---------------------------------------------------------------------------------------
     def run(self, state: ProbeState, run: Run, rundir: Path) -> RunOutcome:
         strategy = run.strategy.name
-        if strategy == "prefetch":
+        if run.strategy.needs_trace:  # the prefetch and readahead kinds replay one recorded restore
             state.prefetch_trace = ensure_prefetch_trace(
                 state.workdir, state.prefetch_trace,
                 lambda d: self._restore(state, "ondemand", d, record=True))
-            strategy = f"prefetch:{state.prefetch_trace}"
+            strategy = run.strategy.with_trace(state.prefetch_trace)
         return self._restore(state, strategy, rundir)
 
     def _restore(self, state: ProbeState, strategy: str, rundir: Path, record: bool = False) -> RunOutcome:
         """One restore; ``record``: the prefetch recording (phases say so; it keeps the working-set file)."""
         phase_prefix = "record " if record else ""
         timeout = self.spec.timeout_s
-        uffd = strategy != "file"
+        readahead = Readahead.parse(strategy)
+        uffd = strategy != "file" and readahead is None
         name = vm_name()  # its run directory is in the state dir: 'vm ls' shows it while it runs
         run_dir = state_dir() / "vms" / name
         trace_out = rundir / "trace.npz"
@@ -226,7 +228,8 @@ class ProbeBackend(Backend[ProbeState]):
                                      backend=MemBackend.UFFD if uffd else MemBackend.FILE, resume=False,
                                      strategy=strategy if uffd else None, trace=trace_out if uffd else None,
                                      metrics=metrics_out if uffd else None, check=False, working_set=record,
-                                     purpose=f"experiment {self.spec.name}: {rundir.name}")
+                                     purpose=f"experiment {self.spec.name}: {rundir.name}",
+                                     readahead=readahead)
             except FirecracerError as exc:
                 note = "" if "page server" in str(exc) else log_note(run_dir / "uffd.log")
                 raise RunFailed(phase_prefix + "restore", f"{exc}{note}") from None
@@ -248,11 +251,14 @@ class ProbeBackend(Backend[ProbeState]):
                                     f"{log_note(run_dir / 'uffd.log')}")
                 result, t_first_byte, t_line = got
                 load = vm.timings_ms["load_snapshot"]
+                before = load + vm.timings_ms.get("readahead", 0.0)  # a readahead is part of the restore
                 timings = {"load_snapshot": load, "resume": (t_resumed - t_loaded) * 1e3,
-                           "first_byte": load + (t_first_byte - t_loaded) * 1e3,
-                           "first_response": load + (t_line - t_loaded) * 1e3,
+                           "first_byte": before + (t_first_byte - t_loaded) * 1e3,
+                           "first_response": before + (t_line - t_loaded) * 1e3,
                            "request": (t_line - t_sent) * 1e3}
-                for k in ("spawn", "page_server_start"):
+                if vm.readahead is not None:
+                    metrics["readahead"] = vm.readahead.wait(timeout).as_dict()
+                for k in ("spawn", "page_server_start", "readahead"):
                     if k in vm.timings_ms:
                         timings[k] = vm.timings_ms[k]
                 metrics.update(errors=result.errors, probe_pages=result.pages, probe_cycles=result.cycles,

@@ -7,7 +7,8 @@ The string is what ``--strategy`` takes (``vm restore``, ``uffd serve``) and tra
   (:mod:`.faultaround`);
 * ``prefetch:TRACE`` — REAP-style record and replay: before resume, install the working set recorded in
   TRACE (from its ``.ws`` file), then serve misses on demand; ``prefetch-background:TRACE`` installs it
-  from a thread racing the vCPUs (:mod:`.prefetch`);
+  from a thread racing the vCPUs; ``@touch`` / ``@file`` after the name pick another loading order
+  than first-touch runs (``prefetch-background@touch:TRACE``; :mod:`.prefetch`);
 * ``eager`` — copy all of memory at the hand-off (:mod:`.eager`).
 
 A new strategy is one module here with a :class:`~.base.Strategy` subclass (its ``name``, ``usage``,
@@ -34,14 +35,19 @@ STRATEGIES: dict[str, type[Strategy]] = {
 
 
 def parse_strategy(text: str) -> Strategy:
-    """Parse ``NAME`` or ``NAME:ARG`` (``ondemand`` | ``fault-around:N`` | ``prefetch[-background]:TRACE``
-    | ``eager``).
+    """Parse ``NAME[@OPTION]`` or ``NAME[@OPTION]:ARG`` (``ondemand`` | ``fault-around:N`` |
+    ``prefetch[-background][@runs|touch|file]:TRACE`` | ``eager``).
 
     Raises ``FirecracerError`` naming the accepted forms; a prefetch TRACE must exist.
     """
-    name, _, arg = text.partition(":")
+    head, _, arg = text.partition(":")
+    name, at, option = head.partition("@")
     cls = STRATEGIES.get(name)
     if cls is None or (arg and not cls.takes_arg):
         forms = [c.usage for c in STRATEGIES.values()]
         raise FirecracerError(f"unknown strategy {text!r} (use {', '.join(forms[:-1])} or {forms[-1]})")
-    return cls.parse(arg)
+    if at and option not in cls.options:
+        raise FirecracerError(f"strategy {text!r}: {name} takes "
+                              + (f"@{' | @'.join(cls.options)}" if cls.options else "no @option"))
+    strategy = cls.parse(arg)
+    return strategy.with_option(option) if at else strategy

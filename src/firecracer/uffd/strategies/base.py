@@ -41,10 +41,22 @@ class Strategy:
     fast_path: ClassVar[bool] = True
     records_working_set: ClassVar[bool] = False
 
+    #: ``NAME@OPTION`` values it accepts (``prefetch@touch``); empty: none.
+    options: ClassVar[tuple[str, ...]] = ()
+
     @classmethod
     def parse(cls, arg: str) -> Strategy:
         """The strategy for ``NAME:arg`` (``arg`` is ``""`` without one); ``FirecracerError`` if bad."""
         return cls()
+
+    def with_option(self, option: str) -> Strategy:
+        """This strategy with ``NAME@option`` applied (``option`` is one of ``options``)."""
+        return self
+
+    @property
+    def load_order(self) -> str | None:
+        """The working-set loading order (``uffd.workingset.ORDERS``) when ``trace`` is set."""
+        return None
 
     def __str__(self) -> str:
         return self.name

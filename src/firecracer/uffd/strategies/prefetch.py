@@ -5,10 +5,15 @@ sequential read, one ioctl per run of adjacent pages, in C), all ``DONTWAKE``, t
 per region; faults outside it are served on demand ("misses"). ``prefetch-background`` installs it from
 a thread racing the vCPUs instead (each run wakes its own waiters); a fault on a working-set page not
 installed yet is served from the working-set buffer ("late").
+
+``@ORDER`` picks the working set's loading order (:data:`~firecracer.uffd.workingset.ORDERS`): ``runs``
+(default: runs of file-adjacent pages by their first touch), ``touch`` (page by page in first-touch
+order, REAP's) or ``file`` (by memory-file offset). It matters most when loading races the vCPUs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -22,7 +27,7 @@ from firecracer.uffd import abi, native
 from firecracer.uffd.installer import PeerGone, Plan, ServeError
 from firecracer.uffd.strategies.base import Strategy
 from firecracer.uffd.trace import Action
-from firecracer.uffd.workingset import KIND_DATA, WorkingSet
+from firecracer.uffd.workingset import DEFAULT_ORDER, KIND_DATA, ORDERS, WorkingSet
 
 if TYPE_CHECKING:
     from firecracer.uffd.handshake import Region
@@ -36,9 +41,11 @@ class Prefetch(Strategy):
     """Install the working set recorded in ``path`` before the first fault is served."""
 
     name: ClassVar[str] = "prefetch"
-    usage: ClassVar[str] = "prefetch:TRACE"
+    usage: ClassVar[str] = "prefetch[@ORDER]:TRACE"
     takes_arg: ClassVar[bool] = True
+    options: ClassVar[tuple[str, ...]] = ORDERS
     path: Path = Path()
+    order: str = DEFAULT_ORDER
 
     @classmethod
     def parse(cls, arg: str) -> Prefetch:
@@ -49,12 +56,20 @@ class Prefetch(Strategy):
             raise FirecracerError(f"prefetch trace {path} does not exist (record one with --trace first)")
         return cls(path)
 
+    def with_option(self, option: str) -> Prefetch:
+        return dataclasses.replace(self, order=option)
+
     def __str__(self) -> str:
-        return f"{self.name}:{self.path}"
+        at = f"@{self.order}" if self.order != DEFAULT_ORDER else ""
+        return f"{self.name}{at}:{self.path}"
 
     @property
     def trace(self) -> Path | None:
         return self.path
+
+    @property
+    def load_order(self) -> str | None:
+        return self.order
 
     def at_handoff(self, s: Session) -> None:
         if s.ws is None:
@@ -67,7 +82,7 @@ class Prefetch(Strategy):
         inst.wake_all()
         s.install_facts.update({"installed": pages, "runs": len(plan), "threads": inst.threads_for(plan),
                                 "staged": plan.staged(), "install_ms": (time.monotonic_ns() - t_start) / 1e6,
-                                "mode": "before-resume"})
+                                "mode": "before-resume", "order": self.order})
 
     def serve_fault(self, s: Session, r: Region, page: int, off: int, idx: int, st: int, wflag: int, fi: int,
                     t_read: int, dontwake: bool) -> None:
@@ -104,7 +119,7 @@ class PrefetchBackground(Prefetch):
     """Install the working set from a thread racing the vCPUs."""
 
     name: ClassVar[str] = "prefetch-background"
-    usage: ClassVar[str] = "prefetch-background:TRACE"
+    usage: ClassVar[str] = "prefetch-background[@ORDER]:TRACE"
 
     def at_handoff(self, s: Session) -> None:
         if s.ws is None:
@@ -129,7 +144,8 @@ class PrefetchBackground(Prefetch):
             if staging:
                 abi.munmap(staging, inst.ps)
         s.install_facts.update({"installed": pages, "runs": len(plan), "threads": 1,
-                                "install_ms": (time.monotonic_ns() - t_start) / 1e6, "mode": "background"})
+                                "install_ms": (time.monotonic_ns() - t_start) / 1e6, "mode": "background",
+                                "order": s.ws.order if s.ws is not None else DEFAULT_ORDER})
 
 
 def entry_index(ws: WorkingSet, pages: int, shift: int) -> np.ndarray[Any, np.dtype[np.int32]]:
