@@ -20,6 +20,7 @@ import numpy as np
 
 from firecracer.errors import FirecracerError
 from firecracer.experiment import svgplot
+from firecracer.experiment.plan import plan_runs
 from firecracer.experiment.spec import PROCESS_KINDS, parse_spec
 from firecracer.experiment.store import ResultStore, RunRecord, StudyInfo, now_iso
 from firecracer.experiment.workingset import jaccard
@@ -191,7 +192,6 @@ def _planned(info: StudyInfo) -> int:
         spec = parse_spec(info.spec_text, info.spec_path or "<spec>")
     except FirecracerError:
         return 0
-    from firecracer.experiment.plan import plan_runs
 
     return len(plan_runs(spec))
 
