@@ -130,8 +130,12 @@ def tables(results: Path) -> dict[str, Any]:
 
     with ResultStore.open(results) as store:
         runs = [r for r in store.runs() if r.ok]
-    out: dict[str, Any] = {"runs": len(runs), "cells": {}, "jaccard": {}, "categories": {}}
+    from firecracer.analysis.predictability import load_restore, predictability
+
+    out: dict[str, Any] = {"runs": len(runs), "cells": {}, "jaccard": {}, "categories": {},
+                           "predictability": {}}
     atts: dict[str, list[Any]] = {}
+    restores: dict[str, list[Any]] = {}
     for r in sorted(runs, key=lambda r: r.run_id):
         rundir = results / "runs" / r.run_id
         tr = load_trace(rundir / "trace.npz")
@@ -145,8 +149,16 @@ def tables(results: Path) -> dict[str, Any]:
             owners = load_recording(rundir)
             att = attribute(Recording(rundir, owners.meta, owners.memmap, tr, owners.nmt))
             atts.setdefault(r.variant, []).append(att)
+            restores.setdefault(r.variant, []).append(load_restore(rundir))
     for variant, lst in atts.items():
-        out["jaccard"][variant] = {"all": _jaccard_mean(lst, "all"),
+        # the whole working set: the predictability report's numbers (one place for them); per NMT
+        # category: attribution's page groups
+        pred = predictability(restores[variant]) if len(restores[variant]) > 1 else None
+        out["predictability"][variant] = None if pred is None else {
+            "jaccard": pred["jaccard"]["all"], "pages": pred["pages"],
+            "precision": pred["prefetch"]["same_request"]["precision"],
+            "recall": pred["prefetch"]["same_request"]["recall"]}
+        out["jaccard"][variant] = {"all": None if pred is None else pred["jaccard"]["all"]["mean"],
                                    **{c: _jaccard_mean(lst, f"nmt:{c}") for c in CATEGORIES}}
         kb: dict[str, list[int]] = {}
         for att in lst:
@@ -180,6 +192,12 @@ def render(t: dict[str, Any]) -> str:
     for v, j in t["jaccard"].items():
         cells = [("–" if j.get(c) is None else f"{j[c]:.3f}") for c in ("all", *CATEGORIES)]
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    for v, p in (t.get("predictability") or {}).items():
+        if p:
+            lines.append(f"\n{v}: pages faulted in all restores {p['pages']['in_all']:,} of "
+                         f"{p['pages']['in_any']:,} in any; one restore's trace driving another: precision "
+                         f"{p['precision']['median']:.3f}, recall {p['recall']['median']:.3f} (medians; "
+                         "firecracer analyze --predictability for the rest)")
     k4, k2 = t["categories"].get("4k", {}), t["categories"].get("2m", {})
     if k4 and k2:
         lines += ["", "Restored kB per NMT category (median of the ondemand restores), and what 2 MiB pages "

@@ -271,6 +271,37 @@ def test_balloon_after_uffd_restore_removes_pages_served_as_zero(guest_env: tupl
     assert np.all(flags[later] & FLAG_ZERO), "a removed page was served from the memory file"
 
 
+@pytest.mark.slow  # compressing ~1 GiB under TCG takes minutes: not in CI's lab smoke
+def test_compressed_snapshot_restores_the_jvm(guest_env: tuple[Path, Path, Path], work: Path) -> None:
+    """The JVM's Full snapshot compressed (zstd frames, mem.fcz) is served on demand and prefetched from
+    it; its ratio is the real one of a JVM guest (written to FIRECRACER_TEST_KEEP/compressed.json)."""
+    from firecracer.vmm.snapshot import compress_snapshot
+
+    _need("full", "ondemand_trace", "ondemand_faults")
+    zdir = work / "full-zstd"
+    shutil.rmtree(zdir, ignore_errors=True)
+    zdir.mkdir()
+    for f in Path(STATE["full"]).iterdir():  # a sparse copy: holes stay holes
+        subprocess.run(["cp", "--sparse=always", str(f), str(zdir / f.name)], check=True, timeout=600)
+    snap = compress_snapshot(Snapshot.load(zdir))
+    info = snap.compressed
+    assert info is not None and not (zdir / "mem").exists() and info["ratio"] > 1.0, info
+    facts: dict[str, Any] = {"compressed": info}
+    for strategy in ("ondemand", f"prefetch:{STATE['ondemand_trace']}"):
+        kind = strategy.split(":")[0]
+        out, metrics = work / f"z-{kind}.npz", work / f"z-{kind}.json"
+        with _restore(zdir, work / f"r-z{kind}", guest_env[0], backend=MemBackend.UFFD, strategy=strategy,
+                      trace=out, metrics=metrics) as vm:
+            assert _first_request(vm) == 200
+        faults = int(np.count_nonzero(load_trace(out).flags & FLAG_FAULTING))
+        facts[kind] = {"faults": faults, "metrics": json.loads(metrics.read_text())["sessions"][0]
+                       .get("compressed")}
+    assert facts["prefetch"]["faults"] < STATE["ondemand_faults"] / 2, facts
+    keep = os.environ.get("FIRECRACER_TEST_KEEP")
+    if keep:
+        (Path(keep) / "compressed.json").write_text(json.dumps(facts, indent=1))
+
+
 # -- analysis of the real recording --------------------------------------------------------------
 
 def test_analyze_attributes_the_uffd_restore(work: Path) -> None:

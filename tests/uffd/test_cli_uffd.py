@@ -67,6 +67,8 @@ def test_serve_options_after_positionals(tmp_path: Path) -> None:
     assert (tmp_path / "t.ws").exists()
     assert "uffd page server" in out and "uffd page server" not in err  # the table is the result
     assert "32.0 kB" in out  # 8 pages served, in the CLI's one byte spelling
+    assert m["sessions"][0]["fault_taxonomy"]["classes"]["data"]["installed"] == 2
+    assert "faults by page class and outcome" in out  # the taxonomy's table follows the metrics'
 
 
 def test_serve_no_working_set(tmp_path: Path) -> None:

@@ -29,16 +29,28 @@ LONG_TABLES = ("mappings", "nmt_regions", "processes")
 @click.option("--table", "only", multiple=True, help="Show only these tables (repeatable).")
 @click.option("--top", default=15, show_default=True,
               help="Rows of the long tables shown on the terminal (JSON/CSV always have all rows).")
+@click.option("--predictability", is_flag=True,
+              help="FILES are restores of one snapshot (recording directories or trace.npz): how alike "
+                   "their working sets are, in which order they fault, and how well one's trace prefetches "
+                   "another's (docs/analysis.md).")
 @click.option("--save", "save_dir", type=click.Path(file_okay=False, path_type=Path),
               help="With --seed: also write the assembled recording as a native directory.")
 def analyze(files: tuple[Path, ...], seed: bool, compare_with: Path | None, as_json: bool, as_csv: bool,
-            only: tuple[str, ...], top: int, save_dir: Path | None) -> None:
+            only: tuple[str, ...], top: int, save_dir: Path | None, predictability: bool) -> None:
     """Tables per process, mapping and NMT category for a RECORDING directory.
 
     \b
     firecracer analyze RECORDING [--compare RECORDING_B] [--json|--csv]
     firecracer analyze --seed MEMMAP UFFDLOG [NMT] [--save DIR]
+    firecracer analyze --predictability RECORDING|TRACE... [--json]
     """
+    if predictability:
+        if seed or compare_with or as_csv or only or save_dir:
+            raise click.UsageError("--predictability takes only RECORDING|TRACE... and --json")
+        from firecracer.cli._predictability import show
+
+        show(files, as_json)
+        return
     from firecracer.analysis import assemble_from_seed, attribute, compare, load_recording, tables
     from firecracer.analysis.recording import save_recording
     from firecracer.analysis.tables import totals
@@ -73,6 +85,8 @@ def analyze(files: tuple[Path, ...], seed: bool, compare_with: Path | None, as_j
                                "tables": {k: t.to_dicts() for k, t in tabs.items()}}
         if cmp:
             out["compare"] = {"b": str(compare_with), **{k: t.to_dicts() for k, t in cmp.items()}}
+        if rec.trace is not None and rec.trace.meta.get("fault_taxonomy"):
+            out["fault_taxonomy"] = rec.trace.meta["fault_taxonomy"]
         print_json(out)
         return
     if as_csv:
@@ -88,6 +102,12 @@ def analyze(files: tuple[Path, ...], seed: bool, compare_with: Path | None, as_j
         sys.stdout.write(buf.getvalue())
         return
     _render_totals(rec.label, tot)
+    if rec.trace is not None:
+        from firecracer.cli._faults import taxonomy_table
+
+        tx = taxonomy_table([("restore", rec.trace.meta.get("fault_taxonomy") or {})])
+        if tx is not None:
+            print_table(tx)
     for name, t in {**tabs, **{f"compare_{k}": v for k, v in cmp.items()}}.items():
         _render_table(name, t, top)
 

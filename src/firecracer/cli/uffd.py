@@ -50,6 +50,9 @@ def serve(socket_path: str, mem_file: str, strategy: str, trace_out: str | None,
           populate: bool, mem_id: str | None, as_json: bool, quiet: bool) -> None:
     """Serve page faults from MEMFILE to the Firecracker that connects to SOCKET.
 
+    MEMFILE is a snapshot's raw memory file or its compressed mem.fcz ('vm compress'): frames are then
+    decompressed as faults need them.
+
     Prints "firecracer uffd: listening on SOCKET" to stderr once listening. Exits 0 after the
     sessions ended (Firecracker exited); non-zero on a fatal error, after killing Firecracker so it
     never hangs on a fault. Options may come before or after SOCKET MEMFILE.
@@ -81,6 +84,12 @@ def serve(socket_path: str, mem_file: str, strategy: str, trace_out: str | None,
         print_json(metrics.to_dict())
     elif not quiet and metrics.sessions:
         print_table(metrics_table(metrics))
+        from firecracer.cli._faults import taxonomy_table
+
+        tx = taxonomy_table([(f"session {s.session}", s.extra.get("fault_taxonomy") or {})
+                             for s in metrics.sessions])
+        if tx is not None:
+            print_table(tx)
     elif not quiet and result.ok:  # stopped before any hand-off: no table of nothing
         err_console.print("firecracer uffd: stopped; no Firecracker connected, nothing was served",
                           highlight=False)
@@ -154,13 +163,13 @@ def working_set(trace: str, mem_file: str, output: str | None, mem_id: str | Non
     Refuses a MEMFILE other than the one TRACE was recorded on (its snapshot id or size differ), and an
     existing output file unless --force.
     """
-    from firecracer.uffd.memfile import MemoryFile
     from firecracer.uffd.workingset import WorkingSet, write_working_set, ws_path_for
+    from firecracer.uffd.zsource import open_memory
 
     out = Path(output) if output else ws_path_for(trace, order)
     if (out.exists() or out.is_symlink()) and not force:
         raise FirecracerError(f"{out} exists; pass --force to replace it")
-    with MemoryFile(mem_file, mem_id=mem_id) as mem:
+    with open_memory(mem_file, mem_id=mem_id) as mem:
         write_working_set(trace, mem, out, order=order)
     ws = WorkingSet(out, populate=False)
     info = ws.describe()

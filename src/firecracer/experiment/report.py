@@ -3,7 +3,8 @@
 Sections: what ran (spec, versions, hosts), a summary table per variant × strategy, time to first
 response per run (strip plot), the phase breakdown (medians, SnapStart-style), faults and MiB served,
 restored MiB per NMT category (when recordings carry NMT attribution), working-set similarity
-(pairwise Jaccard of the pages faulted in, across repetitions), failed runs with their reasons, and
+(pairwise Jaccard of the pages faulted in, across repetitions), the working set's predictability and the
+page server's fault taxonomy (``predictsection``), failed runs with their reasons, and
 every run with links to its recording and viewer page.
 """
 
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from firecracer.errors import FirecracerError
-from firecracer.experiment import svgplot
+from firecracer.experiment import predictsection, svgplot
 from firecracer.experiment.plan import plan_runs
 from firecracer.experiment.spec import PROCESS_KINDS, parse_spec
 from firecracer.experiment.store import ResultStore, RunRecord, StudyInfo, now_iso
@@ -168,6 +169,9 @@ def _render(info: StudyInfo, runs: list[RunRecord], results_dir: Path, out_dir: 
 
     parts.append("<h2>Working-set similarity across repetitions</h2>")
     parts.append(_jaccard_section(variants, strategies, by_cell))
+
+    parts.append("<h2>Predictability of the working set</h2>")
+    parts.append(predictsection.section(variants, strategies, by_cell, results_dir))
 
     parts.append("<h2>Failed runs</h2>")
     if failed:

@@ -234,3 +234,33 @@ def heatmap(title: str, labels: Sequence[str], matrix: Sequence[Sequence[float]]
                         f'fill="{"#fff" if v > 0.6 else "#222"}">{v:.2f}</text>')
             marks += 1
     return _svg(max(width, 8 * len(title) + 10), height, body, marks, title)
+
+
+def line_plot(title: str, lines: dict[str, Sequence[tuple[float, float]]], xlabel: str, ylabel: str,
+              width: int = 540, height: int = 300) -> str:
+    """Step lines through ``(x, y)`` points (e.g. a CDF: x = ms, y = fraction), one colour per line."""
+    pts = [p for ps in lines.values() for p in ps]
+    xmax = max((x for x, _ in pts), default=1.0)
+    ymax = max((y for _, y in pts), default=1.0)
+    frame = _Frame(width, height, ymax, ylabel, bottom=48)
+    xt = nice_ticks(0.0, xmax if xmax > 0 else 1.0)
+    sx = frame.pw / xt[-1]
+    body = frame.axes(title)
+    for t in xt:
+        xx = frame.l + t * sx
+        body.append(f'<text x="{xx:.1f}" y="{frame.t + frame.ph + 14}" text-anchor="middle" {_FONT}>'
+                    f"{fmt(t)}</text>")
+    body.append(f'<text x="{frame.l + frame.pw / 2:.1f}" y="{frame.t + frame.ph + 28}" text-anchor="middle" '
+                f"{_FONT}>{escape(xlabel)}</text>")
+    marks = 0
+    for i, (name, ps) in enumerate(lines.items()):
+        if not ps:
+            continue
+        d = [f"M{frame.l:.1f},{frame.y(0):.1f}"]
+        for x, y in ps:
+            d.append(f"H{frame.l + x * sx:.1f}V{frame.y(y):.1f}")
+        body.append(f'<path class="mark" d="{"".join(d)}" fill="none" stroke="{color(i)}" stroke-width="1.5">'
+                    f"<title>{escape(name)}</title></path>")
+        marks += 1
+    body += legend(list(lines), [color(i) for i in range(len(lines))], frame.l, height - 4)
+    return _svg(width, height, body, marks, title)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from firecracer.analysis.predictability import jaccard as set_jaccard
 from firecracer.errors import FirecracerError
 from firecracer.uffd.trace import FLAG_FAULTING, load_trace
 
@@ -97,7 +98,6 @@ def runs_of(pages: npt.NDArray[np.uint64]) -> list[tuple[int, int]]:
 
 
 def jaccard(a: npt.NDArray[np.uint64], b: npt.NDArray[np.uint64]) -> float:
-    """|A ∩ B| / |A ∪ B| of two page sets (1.0 for two empty sets)."""
-    sa, sb = np.unique(a), np.unique(b)
-    union = len(np.union1d(sa, sb))
-    return 1.0 if union == 0 else len(np.intersect1d(sa, sb, assume_unique=True)) / union
+    """|A ∩ B| / |A ∪ B| of two page sets (1.0 for two empty sets); ``analysis.predictability.jaccard``
+    (one definition for the report, the benchmarks and ``analyze --predictability``) on any arrays."""
+    return set_jaccard(np.unique(a), np.unique(b))

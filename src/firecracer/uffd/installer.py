@@ -137,6 +137,8 @@ class Installer:
         self.ioctls = 0
         self.eexist = 0
         self.eagain = 0
+        self.eagain_fg = 0  # EAGAINs retried in the session's own thread (faultclass: a fault's outcome)
+        self.eexist_offs: list[int] = []  # file offsets that met EEXIST since the session's last fault
         self.stop_bg = threading.Event()  # set when the session ends: background installs stop
         self._count_lock = threading.Lock()
         # hugetlbfs ranges have no ZEROPAGE: zero pages are copied from this buffer, and pages of which only
@@ -219,6 +221,7 @@ class Installer:
                     # page table exists): taking it as "present" would leave the vCPU faulting forever
                     raise ServeError(_pool_exhausted(hva + pos, off + pos))
                 self.eexist += 1
+                self.eexist_offs.append(off + pos)
                 log.info("uffd session %d: %#x (file offset %#x) was already present", self.index, hva + pos,
                          off + pos)
                 self.state[(off + pos) >> shift] = PRESENT
@@ -234,6 +237,7 @@ class Installer:
                 if background:
                     time.sleep(0.0001)
                 else:
+                    self.eagain_fg += 1
                     self.drain()
             elif res in (-errno.ESRCH, -errno.ENOENT):
                 raise PeerGone
@@ -286,6 +290,7 @@ class Installer:
         page-cache zero pages, a fault per 4 KiB). ``chunk`` > 0 caps a data run's length (bounded
         ioctls)."""
         mem, ps = self.mem, self.ps
+        mem.ensure(off, length)  # readable at mem.addr until this thread's next ensure (compressed files)
         rows: list[PlanRow] = []
         if ps == 4096:
             for p_off, p_len, is_data in mem.split(off, length, ps):

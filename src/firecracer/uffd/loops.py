@@ -115,6 +115,7 @@ def serve_native(s: Session, lib: ctypes.CDLL) -> str:
                 s.nfaults += n
                 fast_faults += n
                 s.latency_ns.extend(chunk["svc"].tolist())
+                s.kinds.extend(bytes(n))  # faultclass.DATA_INSTALLED: all the C path serves
                 s.last_fault_ns = int(chunk["t_ns"][-1])
                 if ws_entry is not None:
                     s.misses += n
@@ -178,9 +179,9 @@ def serve_blocking(s: Session) -> str:
     mask, shift, ps, t0 = s.mask, s.shift, s.ps, s.t0
     state, mem, maddr = s.state, s.mem, s.mem.addr
     dense = mem.dense
-    fast = s.strategy.fast_path
+    fast = s.strategy.fast_path and mem.direct  # a compressed file is read only through ensure()
     ws_entry = s.ws_entry
-    runs_append, lat_append = s.rec.runs.append, s.latency_ns.append
+    runs_append, lat_append, kind_append = s.rec.runs.append, s.latency_ns.append, s.kinds.append
     cbuf = bytearray(_COPY.size)
     copy_req = abi.UFFDIO_COPY
     pf = abi.UFFD_EVENT_PAGEFAULT
@@ -221,6 +222,7 @@ def serve_blocking(s: Session) -> str:
                             runs_append((t - t0, page, off, 1, FLAG_FAULTING | (flags & FLAG_WRITE),
                                          Action.LOAD, fi, t - t_read))
                             lat_append(t - t_read)
+                            kind_append(0)  # faultclass.DATA_INSTALLED
                             s.last_fault_ns = t - t0
                             continue
             if buf:

@@ -24,7 +24,7 @@ def mem_identity(path: str | Path, size: int, mem_id: str | None = None) -> dict
     id of the snapshot it belongs to (given, or read from the ``snapshot.json`` beside a file named
     ``mem``/``mem.merged``). Two files with different ids are different guests whatever their sizes."""
     p = Path(path)
-    if mem_id is None and p.name in ("mem", "mem.merged"):
+    if mem_id is None and p.name in ("mem", "mem.merged", "mem.fcz"):
         import json
 
         try:
@@ -62,6 +62,9 @@ class MemoryFile:
     handler); off by default so cold restores read only what they serve.
     """
 
+    #: Pages can be copied straight from ``addr + off`` (a compressed file's only after ``ensure``).
+    direct = True
+
     def __init__(self, path: str | Path, *, populate: bool = False, mem_id: str | None = None) -> None:
         self.path = Path(path)
         try:
@@ -96,6 +99,13 @@ class MemoryFile:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def ensure(self, off: int, length: int) -> None:
+        """Make ``[off, off+length)`` readable at ``addr + off``: always, for a mapped file."""
+
+    def pread(self, length: int, off: int) -> bytes:
+        """``length`` bytes of memory at ``off`` (what working sets are built from)."""
+        return os.pread(self.fd, length, off)
 
     @property
     def data_bytes(self) -> int:

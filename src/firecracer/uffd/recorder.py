@@ -14,6 +14,7 @@ import numpy as np
 
 from firecracer.errors import FirecracerError
 from firecracer.fcversion import firecracker_version
+from firecracer.uffd.faultclass import taxonomy
 from firecracer.uffd.trace import FLAG_ZERO, Action, Trace, gpa_of, make_trace
 
 if TYPE_CHECKING:
@@ -82,6 +83,7 @@ def session_trace(s: Session, *, vmm: str = "firecracker", version: str | None =
         "regions": [r.as_dict() for r in s.regions], "vmm": vmm, "mem_file": str(s.mem.path),
         "faults": s.nfaults, "events": dict(s.events), "removes": s.removes,
         "handshake": s.hs.generation, "peer_pid": s.hs.peer_pid, "mem": s.mem.identity,
+        "fault_taxonomy": taxonomy(s.kinds, s.latency_ns, s.peer_gone_by_class, native=s.native),
     }
     version = version or peer_version(s.peer_exe)
     if version:
@@ -114,6 +116,7 @@ def session_metrics(s: Session) -> dict[str, Any]:
         "ioctls": inst.ioctls, "eexist": inst.eexist, "eagain": inst.eagain,
         "latency_us": pct, "handshake_to_last_fault_ms": round(s.last_fault_ns / 1e6, 3),
         "ended": s.ended, "error": s.error, "native_fast_path": s.native,
+        "fault_taxonomy": taxonomy(s.kinds, s.latency_ns, s.peer_gone_by_class, native=s.native),
     }
     extra = s.strategy.metrics(s)
     if extra is not None:

@@ -30,7 +30,6 @@ from typing import Any
 from firecracer.errors import FirecracerError, HandshakeError
 from firecracer.uffd.handshake import peer_pid, receive
 from firecracer.uffd.installer import ServeError
-from firecracer.uffd.memfile import MemoryFile
 from firecracer.uffd.metrics import ServerMetrics
 from firecracer.uffd.session import Session
 from firecracer.uffd.strategies import Strategy, parse_strategy
@@ -42,6 +41,7 @@ from firecracer.uffd.workingset import (
     write_working_set,
     ws_path_for,
 )
+from firecracer.uffd.zsource import CompressedMemoryFile, open_memory
 
 __all__ = ["ServeError", "ServeResult", "Server", "read_ahead"]
 
@@ -147,7 +147,7 @@ class Server:
         self.install_threads = int(os.environ.get("FIRECRACER_UFFD_INSTALL_THREADS") or 0)
         modes: dict[str, bool | str] = {"async": "async", "0": False}
         self.ws_populate = modes.get(os.environ.get("FIRECRACER_UFFD_WS_POPULATE", ""), True)
-        self.mem = MemoryFile(mem_file, populate=populate, mem_id=mem_id)
+        self.mem = open_memory(mem_file, populate=populate, mem_id=mem_id)  # raw or compressed (mem.fcz)
         self.ws_path: Path | None = None
         if self.strategy.trace is not None:
             try:
@@ -291,6 +291,8 @@ class Server:
             if s.ws is not None:
                 s.ws.close()
             result.sessions.append(s.metrics())
+            if isinstance(self.mem, CompressedMemoryFile):  # shared by the sessions: totals so far
+                result.sessions[-1]["compressed"] = self.mem.describe()
             if self.trace_out is not None:
                 out = self.trace_out if s.index == 0 else self.trace_out.with_name(
                     f"{self.trace_out.stem}-{s.index}{self.trace_out.suffix or '.npz'}")

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from firecracer.errors import FirecracerError
-from firecracer.uffd import abi, loops, native
+from firecracer.uffd import abi, faultclass, loops, native
 from firecracer.uffd.handshake import Handshake, Region
 from firecracer.uffd.installer import PRESENT, REMOVED, Installer, PeerGone, ServeError
 from firecracer.uffd.memfile import MemoryFile
@@ -72,6 +72,9 @@ class Session:
         self.events: Counter[str] = Counter()
         self.removes: list[dict[str, int]] = []
         self.latency_ns: list[int] = []
+        #: One ``faultclass`` kind byte per fault, beside ``latency_ns``; peer-gone faults per class.
+        self.kinds = bytearray()
+        self.peer_gone_by_class = [0, 0, 0, 0]
         self.nfaults = 0
         self.stale = 0
         self.misses = 0  # faults on pages outside the working set (prefetch)
@@ -105,7 +108,7 @@ class Session:
         try:
             if self.ended != "peer-gone":
                 self.strategy.at_handoff(self)
-                lib = native.load() if self.strategy.fast_path else None
+                lib = native.load() if self.strategy.fast_path and self.mem.direct else None
                 if lib is not None:
                     self.ended = loops.serve_native(self, lib)
                 elif threading.current_thread() is threading.main_thread():
@@ -245,12 +248,26 @@ class Session:
         st = self.state[idx]
         if st == PRESENT:  # installed meanwhile (fault-around, prefetch, a racing vCPU)
             self.stale += 1
+            self.kinds.append(faultclass.RESIDENT_WOKEN)
             if not dontwake:
                 self.installer.ops.wake(page, self.ps)
                 self.installer.ioctls += 1
             return ri
         wflag = FLAG_FAULTING | (FLAG_WRITE if flags & abi.UFFD_PAGEFAULT_FLAG_WRITE else 0)
-        self._serve_fault(self, r, page, off, idx, st, wflag, fi, t_read, dontwake)
+        cls = faultclass.REMOVED if st == REMOVED else \
+            faultclass.DATA if self.mem.has_data(off, self.ps) else faultclass.ZERO
+        inst = self.installer
+        eagain = inst.eagain_fg
+        if inst.eexist_offs:
+            inst.eexist_offs.clear()
+        try:
+            self._serve_fault(self, r, page, off, idx, st, wflag, fi, t_read, dontwake)
+        except PeerGone:
+            self.peer_gone_by_class[cls] += 1
+            raise
+        outcome = faultclass.EEXIST if inst.eexist_offs and off in inst.eexist_offs else \
+            faultclass.EAGAIN if inst.eagain_fg != eagain else faultclass.INSTALLED
+        self.kinds.append(cls * 4 + outcome)
         return ri
 
     def install_page(self, page: int, off: int, st: int, wflag: int, fi: int, t_read: int, dontwake: bool, *,
@@ -260,6 +277,7 @@ class Session:
         (zeros for its holes and for removed pages)."""
         inst = self.installer
         if src is None and pieces is None and st != REMOVED and not zero:
+            self.mem.ensure(off, self.ps)  # a compressed file decompresses the frame here
             if self.ps == 4096:
                 zero = not self.mem.has_data(off, 4096)
                 src = None if zero else self.mem.addr + off

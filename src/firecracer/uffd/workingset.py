@@ -174,12 +174,12 @@ def write_working_set(trace: Trace | str | Path, mem: MemoryFile, out: str | Pat
         for o, blk in zip(offs.tolist(), blocks, strict=True):
             if nb == 1 or blk.all():
                 if blk.any():
-                    buf += os.pread(mem.fd, ps, o)
+                    buf += mem.pread(ps, o)
             else:
                 # runs of data blocks: one read each
                 edges = np.flatnonzero(np.diff(np.concatenate(([0], blk.view(np.int8), [0]))))
                 for a, b in zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True):
-                    buf += os.pread(mem.fd, (b - a) * BLOCK, o + a * BLOCK)
+                    buf += mem.pread((b - a) * BLOCK, o + a * BLOCK)
             if len(buf) >= 16 << 20:
                 fh.write(buf)
                 buf = bytearray()
@@ -332,7 +332,7 @@ class WorkingSet:
             return
         pick = data_idx[np.linspace(0, data_idx.size - 1, min(samples, data_idx.size)).astype(np.int64)]
         for i in pick.tolist():
-            if any(ctypes_bytes(src, length) != os.pread(mem.fd, length, int(self.offsets[i]) + poff)
+            if any(ctypes_bytes(src, length) != mem.pread(length, int(self.offsets[i]) + poff)
                    for poff, src, length in self.pieces(i)):
                 raise FormatError(self.path, 0, f"page at offset {int(self.offsets[i]):#x} differs from "
                                   f"{mem.path}: the working set was recorded from another snapshot")

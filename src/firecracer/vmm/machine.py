@@ -64,6 +64,7 @@ from firecracer.vmm.readahead import Readahead, ReadaheadJob
 from firecracer.vmm.record import VmRecord, record_lock
 from firecracer.vmm.snapshot import (
     Snapshot,
+    check_compressed,
     check_loadable,
     check_mem_size,
     describe_file,
@@ -621,6 +622,10 @@ class MicroVM:
             replaced Diff parent, page server death or load failure; nothing is left running.
         """
         snap = snapshot if isinstance(snapshot, Snapshot) else Snapshot.load(snapshot)
+        if snap.compressed_only and backend is not MemBackend.UFFD:
+            raise FirecracerError(f"{snap.dir}: its memory is compressed ({snap.zmem_file.name}) and the "
+                                  "File backend maps the memory file as it is: restore with --uffd, or "
+                                  f"'firecracer vm decompress {snap.dir}' first")
         source = "given"
         if firecracker is None:
             firecracker, source = snap.recorded_firecracker()
@@ -637,8 +642,11 @@ class MicroVM:
         vm.config = VMConfig.from_json(snap.vm) if snap.vm.get("kernel") else None
         vm.restored_from = snap
         vm.dirty_tracking = track_dirty_pages
-        mem = full_memory(snap)
-        check_mem_size(snap, mem)
+        if snap.compressed_only:  # only mem.fcz, checked (index, snapshot.json, RAM size) before starting
+            mem = check_compressed(snap)
+        else:
+            mem = full_memory(snap)
+            check_mem_size(snap, mem)
         if readahead is not None:  # planned before anything starts: a trace of another snapshot is refused
             if backend is MemBackend.UFFD:
                 raise FirecracerError(f"{readahead}: readahead fills the page cache the File backend reads; "

@@ -37,7 +37,8 @@ from firecracer.uffd.memfile import identity_mismatch, mem_identity
 from firecracer.uffd.trace import load_trace
 from firecracer.uffd.workingset import loading_order
 
-#: Runs closer than this in the file are read as one (a read of a few extra pages beats another seek).
+#: Runs closer than this in the file are read as one (a read of a few extra pages beats another seek);
+#: ``FIRECRACER_READAHEAD_MERGE_KIB`` overrides it (measured in docs/uffd.md).
 MERGE_GAP = 64 << 10
 #: The largest single read (the scratch buffer's size).
 CHUNK = 4 << 20
@@ -115,7 +116,8 @@ def plan_reads(trace: Path, mem: Path, mem_id: str | None, *, background: bool
     else:  # by offset, runs closer than MERGE_GAP merged
         offs = np.sort(offs)
         brk = np.ones(offs.size, dtype=bool)
-        brk[1:] = offs[1:] > offs[:-1] + np.uint64(ps + MERGE_GAP)
+        gap = int(os.environ.get("FIRECRACER_READAHEAD_MERGE_KIB") or MERGE_GAP >> 10) << 10
+        brk[1:] = offs[1:] > offs[:-1] + np.uint64(ps + gap)
     starts = np.flatnonzero(brk)
     ends = np.append(starts[1:], offs.size) - 1
     lo = offs[starts]

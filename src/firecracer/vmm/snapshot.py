@@ -7,6 +7,8 @@ A snapshot directory holds::
     snapshot.json   what it is: its id, Firecracker version and snapshot data format, type, parent
                     (Diff: directory and id), VM config, kernel/rootfs paths with SHA-256, boot args,
                     labels (e.g. JVM options), creation time, memory-file size and allocated bytes
+    mem.fcz         (``vm compress``, ``vm snapshot --compress``) the memory as zstd frames with an index,
+                    described in snapshot.json's ``mem.compressed``; ``mem`` is then usually removed
     mem.merged      (Diff) the merged chain, with mem.merged.json naming the snapshots it was merged
                     from; remade whenever they differ
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import dataclasses
 import hashlib
 import json
 import os
@@ -42,10 +45,13 @@ from firecracer.fcversion import firecracker_version
 from firecracer.fsio import atomic_output, read_json
 from firecracer.paths import cache_dir
 from firecracer.uffd.memfile import scan_data
+from firecracer.uffd.zmem import DEFAULT_FRAME, DEFAULT_LEVEL, ZMemFile, compress_memory
+from firecracer.uffd.zmem import FORMAT as ZMEM_FORMAT
 from firecracer.vmm.config import SnapshotType
 from firecracer.vmm.lifeline import is_zombie
 
 FORMAT = "firecracer-snapshot"
+ZMEM_NAME = "mem.fcz"
 PAGE = 4096
 _CHUNK = 8 << 20
 
@@ -80,6 +86,23 @@ class Snapshot:
     @property
     def json_path(self) -> Path:
         return self.dir / "snapshot.json"
+
+    @property
+    def zmem_file(self) -> Path:
+        """The compressed memory file (``vm compress``; docs/formats.md)."""
+        return self.dir / ZMEM_NAME
+
+    @property
+    def compressed(self) -> dict[str, Any] | None:
+        """``mem.compressed`` of ``snapshot.json`` (format, frame size, sizes, ratio, the raw file's
+        identity), or None for a snapshot that was never compressed."""
+        rec = self.mem.get("compressed")
+        return rec if isinstance(rec, dict) else None
+
+    @property
+    def compressed_only(self) -> bool:
+        """Its memory exists only compressed (the raw file was removed): restorable through Uffd alone."""
+        return self.compressed is not None and not self.mem_file.exists()
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": 1, "id": self.id, "type": self.type.value,
@@ -141,7 +164,8 @@ class Snapshot:
                        parent_id=str(data["parent_id"]) if data.get("parent_id") else None)
         except (KeyError, ValueError, TypeError) as exc:
             raise FormatError(path, 0, f"bad or missing field ({exc})") from exc
-        for f in (snap.vmstate, snap.mem_file):
+        mem = snap.zmem_file if snap.compressed is not None and not snap.mem_file.exists() else snap.mem_file
+        for f in (snap.vmstate, mem):
             if not f.is_file():
                 raise FormatError(f, 0, "missing from the snapshot directory")
         if snap.type is SnapshotType.DIFF and snap.parent is None:
@@ -305,6 +329,9 @@ def full_memory(snap: Snapshot) -> Path:
     :raises FirecracerError: a Diff's parent is gone or was replaced by another snapshot (its id differs
         from the one the Diff recorded).
     """
+    if snap.compressed_only:  # a Diff on top of it needs the raw pages to merge onto
+        raise FirecracerError(f"{snap.dir}: its memory exists only compressed ({ZMEM_NAME}); "
+                              f"'firecracer vm decompress {snap.dir}' first")
     if snap.type is SnapshotType.FULL:
         return snap.mem_file
     assert snap.parent is not None
@@ -335,6 +362,89 @@ def full_memory(snap: Snapshot) -> Path:
         except OSError as exc:
             raise FirecracerError(f"{merged}: cannot merge the Diff chain ({exc.strerror or exc})") from None
     return merged
+
+
+# -- compression ------------------------------------------------------------------------------------
+def compress_snapshot(snap: Snapshot, *, level: int = DEFAULT_LEVEL, frame_size: int = DEFAULT_FRAME,
+                      keep_raw: bool = False) -> Snapshot:
+    """Write ``mem.fcz`` (zstd frames + index, docs/formats.md) from the snapshot's memory file, verify it
+    by decompressing it all, record it in ``snapshot.json`` and, unless ``keep_raw``, remove ``mem``.
+
+    The raw file goes by default because the point is the disk space; ``decompress_snapshot`` gives it
+    back bit for bit (its SHA-256 is recorded and checked). Order: the compressed file and the new
+    ``snapshot.json`` are complete (atomic renames) before ``mem`` is removed, so an interrupted run
+    leaves both files, never neither.
+
+    :raises FirecracerError: a Diff snapshot (its memory is only the dirty pages: compress a Full one), an
+        already compressed one, or a failure to write or verify.
+    """
+    if snap.type is SnapshotType.DIFF:
+        raise FirecracerError(f"{snap.dir}: a Diff snapshot's memory file holds only the pages dirtied "
+                              "since its parent; compress a Full snapshot")
+    if snap.compressed is not None:
+        raise FirecracerError(f"{snap.dir}: already compressed ({snap.compressed.get('file')}); "
+                              "'firecracer vm decompress' first to compress it again")
+    raw = mem_stats(snap.mem_file)
+    info = compress_memory(snap.mem_file, snap.zmem_file, level=level, frame_size=frame_size,
+                           snapshot_id=snap.id or None)
+    try:
+        t0 = time.perf_counter()
+        with ZMemFile(snap.zmem_file) as z:
+            z.verify()
+        verify_ms = (time.perf_counter() - t0) * 1000
+        rec = {"format": ZMEM_FORMAT, "version": 1, "file": ZMEM_NAME, "codec": "zstd", "level": level,
+               "frame_size": info.frame_size, "frames": info.frames, "data_frames": info.data_frames,
+               "size": info.mem_size, "data_bytes": info.data_bytes,
+               "compressed_bytes": info.compressed_bytes,
+               "ratio": round(info.ratio, 3),
+               "disk_ratio": round(raw["allocated_bytes"] / info.compressed_bytes, 3),
+               "raw": {"file": "mem", "size": raw["size"], "allocated_bytes": raw["allocated_bytes"],
+                       "sha256": info.content_sha256},
+               "raw_kept": keep_raw, "compress_ms": round(info.ms, 1), "verify_ms": round(verify_ms, 1)}
+        new = dataclasses.replace(snap, mem={**snap.mem, "compressed": rec})
+        new.write()
+    except BaseException:
+        snap.zmem_file.unlink(missing_ok=True)
+        raise
+    if not keep_raw:
+        snap.mem_file.unlink()
+    return Snapshot.load(snap.dir)
+
+
+def decompress_snapshot(snap: Snapshot, *, keep_compressed: bool = False) -> Snapshot:
+    """Write ``mem`` back from ``mem.fcz`` (sparse, its SHA-256 checked against the recorded one) so the
+    File backend can restore the snapshot; unless ``keep_compressed``, remove ``mem.fcz`` and its record.
+
+    :raises FirecracerError: not compressed, or a damaged compressed file (one line naming it).
+    """
+    rec = snap.compressed
+    if rec is None:
+        raise FirecracerError(f"{snap.dir}: not compressed (no mem.compressed in {snap.json_path})")
+    if not snap.mem_file.exists():
+        with ZMemFile(snap.zmem_file) as z:
+            z.check_record(rec, str(snap.json_path))
+            z.decompress_to(snap.mem_file)
+    if keep_compressed:
+        new = dataclasses.replace(snap, mem={**snap.mem, "compressed": {**rec, "raw_kept": True}})
+        new.write()
+    else:
+        new = dataclasses.replace(snap, mem={k: v for k, v in snap.mem.items() if k != "compressed"})
+        new.write()
+        snap.zmem_file.unlink(missing_ok=True)
+    return Snapshot.load(snap.dir)
+
+
+def check_compressed(snap: Snapshot) -> Path:
+    """The compressed memory file of a snapshot whose raw file is gone, checked before anything starts:
+    a valid index that matches ``snapshot.json`` and the guest's RAM size."""
+    rec = snap.compressed or {}
+    with ZMemFile(snap.zmem_file) as z:
+        z.check_record(rec, str(snap.json_path))
+        mib = snap.vm.get("mem_size_mib")
+        if isinstance(mib, int) and mib > 0 and z.size != mib << 20:
+            raise FirecracerError(f"{snap.zmem_file}: holds {z.size:,} bytes of memory, but the snapshot's "
+                                  f"guest has {mib << 20:,} bytes of RAM ({snap.json_path})")
+    return snap.zmem_file
 
 
 # -- data format compatibility ---------------------------------------------------------------------

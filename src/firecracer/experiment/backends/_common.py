@@ -70,7 +70,7 @@ def server_metrics(metrics_out: Path, trace_out: Path) -> dict[str, Any]:
     sess = ServerMetrics.read(metrics_out).first if metrics_out.exists() else None
     if sess is not None:
         out.update(faults=sess.faults, pages=sess.pages_total, bytes=sess.bytes_served,
-                   latency_us=sess.latency_us or None,
+                   latency_us=sess.latency_us or None, fault_taxonomy=sess.extra.get("fault_taxonomy"),
                    handshake_to_last_fault_ms=sess.handshake_to_last_fault_ms,
                    prefetched=sess.install.get("installed"), misses=sess.install.get("misses"),
                    install=sess.install_ms)
