@@ -67,11 +67,9 @@ from firecracer.vmm.snapshot import (
     check_compressed,
     check_loadable,
     check_mem_size,
-    describe_file,
     describe_vmstate,
     full_memory,
     mem_stats,
-    new_snapshot_id,
     now_iso,
     partial_dir,
     punch_zero_pages,
@@ -507,20 +505,10 @@ class MicroVM:
                 t1 = time.perf_counter()
                 punched = punch_zero_pages(tmp / "mem")
                 timings["punch_holes"] = round((time.perf_counter() - t1) * 1000, 3)
-            c = self.config
-            vm_json = c.to_json() if c else {}
             mem = {**mem_stats(tmp / "mem"), "holes_punched": punch_holes, "bytes_punched": punched}
-            is_diff = snapshot_type is SnapshotType.DIFF and parent is not None
-            snap = Snapshot(dir=d.absolute(), type=snapshot_type, firecracker_version=str(self.version),
-                            snapshot_format=fmt, created=now_iso(),
-                            parent=parent.dir if is_diff and parent else None,
-                            vm=vm_json,
-                            files={"kernel": describe_file(c.kernel) if c else None,
-                                   "rootfs": describe_file(c.rootfs) if c and c.rootfs else None,
-                                   "firecracker": str(self.binary)},
-                            labels={**(c.labels if c else {}), **(labels or {})}, mem=mem, timings_ms=timings,
-                            id=new_snapshot_id(),
-                            parent_id=(parent.id or None) if is_diff and parent else None)
+            snap = Snapshot.made(d.absolute(), snapshot_type, vm=self.config.to_json() if self.config else {},
+                                 firecracker=self.binary, version=str(self.version), snapshot_format=fmt,
+                                 parent=parent, labels=labels, mem=mem, timings_ms=timings)
             snap.write(tmp / "snapshot.json")
             try:
                 os.rename(tmp, d)  # onto nothing, or onto the empty directory that was there

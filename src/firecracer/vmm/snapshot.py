@@ -117,6 +117,23 @@ class Snapshot:
         with atomic_output(path or self.json_path, "snapshot description") as tmp:
             tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
 
+    @classmethod
+    def made(cls, directory: Path, snapshot_type: SnapshotType, *, vm: dict[str, Any], firecracker: Path,
+             version: str, snapshot_format: str, parent: Snapshot | None, labels: dict[str, Any] | None,
+             mem: dict[str, Any], timings_ms: dict[str, float]) -> Snapshot:
+        """The description of a snapshot just written by ``firecracker`` from a VM configured as ``vm``
+        (``VMConfig.to_json``): its files' identities, a new id, and for a Diff the parent it applies to."""
+        is_diff = snapshot_type is SnapshotType.DIFF and parent is not None
+        kernel, rootfs = vm.get("kernel"), vm.get("rootfs")
+        return cls(dir=directory, type=snapshot_type, firecracker_version=version,
+                   snapshot_format=snapshot_format, created=now_iso(),
+                   parent=parent.dir if is_diff and parent else None, vm=vm,
+                   files={"kernel": describe_file(kernel) if kernel else None,
+                          "rootfs": describe_file(rootfs) if rootfs else None,
+                          "firecracker": str(firecracker)},
+                   labels={**vm.get("labels", {}), **(labels or {})}, mem=mem, timings_ms=timings_ms,
+                   id=new_snapshot_id(), parent_id=(parent.id or None) if is_diff and parent else None)
+
     def check_huge_pages(self, *, uffd: bool) -> None:
         """Refuse a restore of 2 MiB-backed memory without the Uffd backend or the huge pages for it."""
         if self.vm.get("huge_pages") != "2M":
