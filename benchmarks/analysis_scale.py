@@ -30,6 +30,7 @@ PAGE = 4096
 def generate(out: Path, pages: int, mappings: int, faults: int, seed: int = 1) -> dict[str, Any]:
     """Write memmap.txt (seed), memmap.npz, trace.npz and nmt.txt into ``out``; returns sizes."""
     from firecracer.analysis.memmap import FORMAT, Memmap, save_memmap
+    from firecracer.formats import RecordingFacts
     from firecracer.uffd.trace import make_trace, save_trace
 
     rng = np.random.default_rng(seed)
@@ -94,9 +95,9 @@ def generate(out: Path, pages: int, mappings: int, faults: int, seed: int = 1) -
                       "owner_exe": ["/usr/bin/java"] + [f"/usr/bin/p{i}" for i in range(2, nproc + 1)]
                       + ["kernel", "pagecache", "free"], "map_name": names, "source": "synthetic"})
     save_memmap(mm, out / "memmap.npz")
-    from firecracer.analysis.seedmemmap import write_seed_memmap
+    from firecracer.guest.seedfmt import write_seed_text
 
-    write_seed_memmap(mm, out / "memmap.txt")
+    write_seed_text(mm, out / "memmap.txt", full_names=True, include_free=True)
     # trace: faults in short physical runs (2–3 pages, as REAP saw), over all of RAM, shuffled
     nrun = faults // 2
     run_start = rng.integers(0, pages - 4, size=nrun).astype(np.uint64)
@@ -120,8 +121,7 @@ def generate(out: Path, pages: int, mappings: int, faults: int, seed: int = 1) -
         lines.append("")
     lines.append("Details:")
     (out / "nmt.txt").write_text("\n".join(lines) + "\n")
-    (out / "recording.json").write_text(json.dumps({"format": "firecracer-recording", "version": 1,
-                                                    "source": "synthetic"}))
+    RecordingFacts(source="synthetic").write(out / "recording.json")
     return {"pages": pages, "page_rows": int(n_all), "mappings": int(all_start.size), "faults": int(n),
             "memmap_txt_mb": round((out / "memmap.txt").stat().st_size / 2**20, 1)}
 

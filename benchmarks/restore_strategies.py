@@ -329,18 +329,16 @@ def layout(pages: int, mem_mib: int, seed: int) -> tuple[list[int], list[int]]:
 
 
 def wait_result(vm: Any, since: int, timeout: float) -> str:
-    """Poll the serial log every 0.2 ms for the probe's result line (finer than the library's wait)."""
+    """Poll the console every 0.2 ms for the probe's result line (finer than the library's wait)."""
     deadline = time.monotonic() + timeout
-    path = vm.serial_log
+    reader = vm.console.reader(since)
     while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), open(path, "rb") as fh:
-            fh.seek(since)
-            data = fh.read().decode(errors="replace")
-            i = data.find("PROBE RESULT")
-            if i >= 0 and "\n" in data[i:]:
-                return data[i: data.index("\n", i)]
+        for line, _, _ in reader.poll():
+            i = line.find("PROBE RESULT")
+            if i >= 0:
+                return line[i:]
         if not vm.alive():
-            raise RuntimeError(f"Firecracker died: {vm.serial_text()[-300:]}")
+            raise RuntimeError(f"Firecracker died: {vm.guest_death()}")
         time.sleep(0.0002)
     raise TimeoutError("no PROBE RESULT line")
 
@@ -361,6 +359,7 @@ def proc_counters(pid: int | None) -> tuple[int, int]:
 def one_restore(snap: Path, fc: Path, strategy: str, work: Path, rec: Path, tag: str, *,
                 cold: bool, page_server: list[str] | None = None,
                 trace: Path | None = None) -> dict[str, Any]:
+    from firecracer.uffd.metrics import ServerMetrics
     from firecracer.vmm.config import MemBackend
     from firecracer.vmm.machine import MicroVM
     from firecracer.vmm.probe import parse_line
@@ -416,7 +415,7 @@ def one_restore(snap: Path, fc: Path, strategy: str, work: Path, rec: Path, tag:
     vm = MicroVM.restore(snap, firecracker=fc, name=tag, run_dir=run_dir, **kw)
     try:
         t_restored = time.perf_counter()
-        since = len(vm.serial_log.read_bytes())
+        since = vm.console.size()
         vm.send_serial(b"t")
         line = wait_result(vm, since, float(os.environ.get("BENCH_TIMEOUT", "300")))
         t_done = time.perf_counter()
@@ -444,10 +443,10 @@ def one_restore(snap: Path, fc: Path, strategy: str, work: Path, rec: Path, tag:
         deadline = time.monotonic() + 30
         while not metrics.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
-        m = json.loads(metrics.read_text())
-        s = m["sessions"][0]
-        out.update(faults=s["faults"], bytes=s["bytes_copied"] + s["bytes_zeroed"], ok=m["ok"],
-                   server=s.get("prefetch", {}), latency_us=s["latency_us"], zstd=s.get("compressed"))
+        m = ServerMetrics.read(metrics)
+        s = m.sessions[0]
+        out.update(faults=s.faults, bytes=s.bytes_served, ok=m.ok, server=s.install, latency_us=s.latency_us,
+                   zstd=s.extra.get("compressed"))
     return out
 
 

@@ -42,10 +42,10 @@ def test_userfaultfd_probe_as_root() -> None:
 
 
 def test_missing_for_lists_failed_checks() -> None:
-    checks = {name: host.Check(True, "fine") for name in
+    checks = {name: host.Capability(True, "fine") for name in
               ("arch", "kvm", "firecracker", "userfaultfd", "uffd_restore", "qemu", "disk", "java")}
     assert host.missing_for("uffd", checks) == []
-    checks["userfaultfd"] = host.Check(False, "refused")
+    checks["userfaultfd"] = host.Capability(False, "refused")
     assert host.missing_for("uffd", checks) == ["userfaultfd"]
     assert host.missing_for("vm", checks) == []
 

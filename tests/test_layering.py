@@ -7,9 +7,10 @@ rank  units (top-level modules or packages of firecracer)    what they are
 ====  =====================================================  ==========================================
 5     cli, __main__                                          the command line
 4     demo, experiment, placement                            whole workflows
-3     analysis, guest, host, image, viz                      what runs on or reads from a guest
+3     agentclient, analysis, guest, host, image, viz         what runs in, talks to or reads from a guest
 2     uffd, vmm, lab                                         the page server, Firecracker, the QEMU lab
-1     fsio, ramlayout, hugepages, fcversion, samples         leaf facts many stages need
+1     fsio, formats, ramlayout, hugepages, fcversion,        leaf facts many stages need
+      samples
 0     errors, paths, the package root (``__version__``)      the floor
 ====  =====================================================  ==========================================
 
@@ -31,20 +32,24 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "firecracer"
 RANKS: dict[str, int] = {
     "cli": 5, "__main__": 5,
     "demo": 4, "experiment": 4, "placement": 4,
-    "analysis": 3, "guest": 3, "host": 3, "image": 3, "viz": 3,
+    "agentclient": 3, "analysis": 3, "guest": 3, "host": 3, "image": 3, "viz": 3,
     "uffd": 2, "vmm": 2, "lab": 2,
-    "fsio": 1, "ramlayout": 1, "hugepages": 1, "fcversion": 1, "samples": 1,
+    "fsio": 1, "formats": 1, "ramlayout": 1, "hugepages": 1, "fcversion": 1, "samples": 1,
     "errors": 0, "paths": 0, "": 0,
 }
 
 #: Allowed imports between different units of one floor: (importer, imported).
 SAME_FLOOR: frozenset[tuple[str, str]] = frozenset({
     ("__main__", "cli"),        # python -m firecracer
+    ("formats", "fsio"),        # recording.json is read bounded and written atomically
+    ("samples", "formats"),     # a sample's recording.json is read by its owner type
     ("vmm", "uffd"),            # the restore starts the page server and reads its memory-file map
     ("viz", "analysis"),        # the viewer shows attributed recordings
-    ("guest", "analysis"),      # host-side collectors write analysis formats
-    ("guest", "host"),          # the host-side recording driver asks about this host
+    ("agentclient", "guest"),   # the host side of a collect reads what the guest collector wrote
+    ("agentclient", "analysis"),  # ... completes it with numpy (analysis.memmap)
+    ("agentclient", "host"),    # ... and says which host it ran on
     ("image", "guest"),         # the image ships the guest code
+    ("image", "agentclient"),   # image check asks the booted image's agent
     ("demo", "experiment"),     # the demo is a small study
     ("demo", "placement"),      # ... that may run in the lab
 })

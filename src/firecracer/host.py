@@ -1,6 +1,6 @@
 """What this host can do: KVM (and whether it is PVM-nested), userfaultfd, Firecracker, QEMU, Java.
 
-Each probe returns a :class:`Check` and never raises; ``firecracer doctor`` renders them and decides
+Each probe returns a :class:`Capability` and never raises; ``firecracer doctor`` renders them and decides
 its exit status from the capability asked for (``--need``).
 """
 
@@ -39,7 +39,7 @@ _CAP_NET_ADMIN = 12
 
 
 @dataclass
-class Check:
+class Capability:
     """One capability: ``ok`` plus a human sentence in ``detail``; ``info`` holds raw facts."""
 
     ok: bool
@@ -50,39 +50,39 @@ class Check:
         return asdict(self)
 
 
-def check_arch() -> Check:
+def check_arch() -> Capability:
     m = platform.machine()
-    return Check(m == "x86_64", m if m == "x86_64" else f"{m}: only x86-64 is tested", {"machine": m})
+    return Capability(m == "x86_64", m if m == "x86_64" else f"{m}: only x86-64 is tested", {"machine": m})
 
 
-def check_kvm() -> Check:
+def check_kvm() -> Capability:
     """Open ``/dev/kvm`` and create (then close) one VM: the real test of usability."""
     try:
         fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
     except OSError as exc:
-        return Check(False, f"/dev/kvm: {exc.strerror}")
+        return Capability(False, f"/dev/kvm: {exc.strerror}")
     try:
         vm = fcntl.ioctl(fd, KVM_CREATE_VM, 0)
         os.close(vm)
     except OSError as exc:
-        return Check(False, f"/dev/kvm opens but KVM_CREATE_VM failed: {exc.strerror}")
+        return Capability(False, f"/dev/kvm opens but KVM_CREATE_VM failed: {exc.strerror}")
     finally:
         os.close(fd)
-    return Check(True, "/dev/kvm opens and KVM_CREATE_VM works")
+    return Capability(True, "/dev/kvm opens and KVM_CREATE_VM works")
 
 
-def check_kvm_caps() -> Check:
+def check_kvm_caps() -> Capability:
     """The KVM API version and every capability Firecracker requires (``Missing KVM capabilities``)."""
     try:
         fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
     except OSError as exc:
-        return Check(False, f"/dev/kvm: {exc.strerror}")
+        return Capability(False, f"/dev/kvm: {exc.strerror}")
     try:
         api = fcntl.ioctl(fd, KVM_GET_API_VERSION, 0)
         caps = {name: fcntl.ioctl(fd, KVM_CHECK_EXTENSION, num) > 0
                 for name, num in FIRECRACKER_KVM_CAPS.items()}
     except OSError as exc:
-        return Check(False, f"/dev/kvm: KVM_CHECK_EXTENSION failed: {exc.strerror}")
+        return Capability(False, f"/dev/kvm: KVM_CHECK_EXTENSION failed: {exc.strerror}")
     finally:
         os.close(fd)
     flags: set[str] = set()
@@ -99,12 +99,12 @@ def check_kvm_caps() -> Check:
     info: dict[str, object] = {"api_version": api, "caps": caps, "missing": missing,
                                "cpu_virt": sorted(flags & {"svm", "npt", "vmx", "ept"}), "nested": nested}
     if missing:
-        return Check(False, f"KVM API {api}; Firecracker needs {', '.join('KVM_CAP_' + m for m in missing)}",
-                     info)
-    return Check(True, f"KVM API {api}; all {len(caps)} capabilities Firecracker needs", info)
+        needs = ", ".join("KVM_CAP_" + m for m in missing)
+        return Capability(False, f"KVM API {api}; Firecracker needs {needs}", info)
+    return Capability(True, f"KVM API {api}; all {len(caps)} capabilities Firecracker needs", info)
 
 
-def check_pvm_nested() -> Check:
+def check_pvm_nested() -> Capability:
     """PVM (pagetable-based virtualization) runs only PVM-aware guests: no Linux guest boots."""
     modules = Path("/proc/modules").read_text() if Path("/proc/modules").exists() else ""
     cmdline = Path("/proc/cmdline").read_text() if Path("/proc/cmdline").exists() else ""
@@ -113,14 +113,14 @@ def check_pvm_nested() -> Check:
     if has_mod or has_arg:
         why = ", ".join(w for w, c in (("kvm_pvm module loaded", has_mod),
                                        ("nested_pvm on the kernel command line", has_arg)) if c)
-        return Check(True, f"yes ({why}): only the probe guest runs; Linux guests cannot boot here "
-                           "(the lab runs them: 'firecracer lab run -- …')",
-                     {"kvm_pvm": has_mod, "nested_pvm": has_arg})
-    return Check(False, "no: KVM is hardware-assisted (or absent); Linux guests can boot",
-                 {"kvm_pvm": False, "nested_pvm": False})
+        return Capability(True, f"yes ({why}): only the probe guest runs; Linux guests cannot boot here "
+                                "(the lab runs them: 'firecracer lab run -- …')",
+                          {"kvm_pvm": has_mod, "nested_pvm": has_arg})
+    return Capability(False, "no: KVM is hardware-assisted (or absent); Linux guests can boot",
+                      {"kvm_pvm": False, "nested_pvm": False})
 
 
-def check_userfaultfd() -> Check:
+def check_userfaultfd() -> Capability:
     """Try the syscall and ``/dev/userfaultfd``; report ``vm.unprivileged_userfaultfd``."""
     info: dict[str, object] = {}
     libc = ctypes.CDLL(None, use_errno=True)
@@ -152,42 +152,42 @@ def check_userfaultfd() -> Check:
     syscall_state = "ok" if info["syscall"] else f"refused ({info.get('syscall_error')})"
     parts = [f"syscall {syscall_state}", f"/dev/userfaultfd {dev_state}",
              f"vm.unprivileged_userfaultfd={info['unprivileged_userfaultfd']}"]
-    return Check(ok, ", ".join(parts), info)
+    return Capability(ok, ", ".join(parts), info)
 
 
-def check_firecracker(explicit: str | None = None) -> Check:
+def check_firecracker(explicit: str | None = None) -> Capability:
     try:
         path = find_firecracker(explicit)
         version = firecracker_version(path)
     except FirecracerError as exc:
-        return Check(False, str(exc))
-    return Check(True, f"{path}: v{version} (API generation {version.api_generation})",
-                 {"path": str(path), "version": str(version), "api_generation": version.api_generation})
+        return Capability(False, str(exc))
+    return Capability(True, f"{path}: v{version} (API generation {version.api_generation})",
+                      {"path": str(path), "version": str(version), "api_generation": version.api_generation})
 
 
-def check_uffd_restore(firecracker: Check) -> Check:
+def check_uffd_restore(firecracker: Capability) -> Capability:
     """Can the Firecracker that ``firecracker`` (a :func:`check_firecracker` result) found restore through a
     userfaultfd page server on this host kernel? Judged by :func:`uffd_restore_problem`."""
     if not firecracker.ok:
-        return Check(False, "no usable Firecracker binary (see the firecracker check)")
+        return Capability(False, "no usable Firecracker binary (see the firecracker check)")
     version = Version.parse(str(firecracker.info["version"]))
     problem = uffd_restore_problem(version)
     info: dict[str, object] = {"version": str(version), "kernel": platform.release()}
     if problem:
-        return Check(False, problem, info)
-    return Check(True, f"Firecracker v{version} registers userfaultfd on host kernel {platform.release()}",
-                 info)
+        return Capability(False, problem, info)
+    return Capability(True, f"Firecracker v{version} registers userfaultfd on host kernel "
+                                 f"{platform.release()}", info)
 
 
-def check_net_admin() -> Check:
+def check_net_admin() -> Capability:
     cap_eff = 0
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("CapEff:"):
             cap_eff = int(line.split()[1], 16)
     ok = bool(cap_eff >> _CAP_NET_ADMIN & 1)
     tun = Path("/dev/net/tun").exists()
-    return Check(ok, f"CAP_NET_ADMIN {'held' if ok else 'missing'} (tap devices, network namespaces); "
-                     f"/dev/net/tun {'present' if tun else 'absent'}", {"cap": ok, "tun": tun})
+    return Capability(ok, f"CAP_NET_ADMIN {'held' if ok else 'missing'} (tap devices, network namespaces); "
+                          f"/dev/net/tun {'present' if tun else 'absent'}", {"cap": ok, "tun": tun})
 
 
 def _version_line(cmd: list[str]) -> str | None:
@@ -199,48 +199,48 @@ def _version_line(cmd: list[str]) -> str | None:
     return text[0] if text else ""
 
 
-def check_qemu() -> Check:
+def check_qemu() -> Capability:
     exe = shutil.which("qemu-system-x86_64")
     if not exe:
-        return Check(False, "qemu-system-x86_64 not found (apt-get install qemu-system-x86)")
+        return Capability(False, "qemu-system-x86_64 not found (apt-get install qemu-system-x86)")
     line = _version_line([exe, "--version"]) or "unknown version"
-    return Check(True, f"{exe}: {line}", {"path": exe})
+    return Capability(True, f"{exe}: {line}", {"path": exe})
 
 
-def check_java() -> Check:
+def check_java() -> Capability:
     java, jcmd = shutil.which("java"), shutil.which("jcmd")
     if not java:
-        return Check(False, "java not found (needed to analyse a local JVM; "
-                            "apt-get install openjdk-17-jdk-headless)")
+        return Capability(False, "java not found (needed to analyse a local JVM; "
+                                 "apt-get install openjdk-17-jdk-headless)")
     line = _version_line([java, "-version"]) or "unknown version"
     if not jcmd:
-        return Check(False, f"{java}: {line}, but jcmd is missing (needed for NMT)", {"java": java})
-    return Check(True, f"{line}; jcmd at {jcmd}", {"java": java, "jcmd": jcmd})
+        return Capability(False, f"{java}: {line}, but jcmd is missing (needed for NMT)", {"java": java})
+    return Capability(True, f"{line}; jcmd at {jcmd}", {"java": java, "jcmd": jcmd})
 
 
-def check_disk() -> Check:
+def check_disk() -> Capability:
     d = cache_dir()
     probe = d
     while not probe.exists():
         probe = probe.parent
     usage = shutil.disk_usage(probe)
     free_gib = usage.free / 2**30
-    return Check(free_gib >= 4, f"{free_gib:.1f} GiB free at {d} (an image build needs about 4 GiB)",
-                 {"path": str(d), "free_bytes": usage.free})
+    return Capability(free_gib >= 4, f"{free_gib:.1f} GiB free at {d} (an image build needs about 4 GiB)",
+                      {"path": str(d), "free_bytes": usage.free})
 
 
-def check_linux_guests() -> Check:
+def check_linux_guests() -> Capability:
     """Whether Firecracker can boot Linux guests on this host's KVM (bare metal, or inside the lab)."""
     kvm = check_kvm()
     if not kvm.ok:
-        return Check(False, f"KVM is not usable ({kvm.detail})")
+        return Capability(False, f"KVM is not usable ({kvm.detail})")
     if check_pvm_nested().ok:
-        return Check(False, "this host's KVM is PVM-nested, where no Linux guest boots")
+        return Capability(False, "this host's KVM is PVM-nested, where no Linux guest boots")
     caps = check_kvm_caps()
     if not caps.ok:
-        return Check(False, caps.detail)
+        return Capability(False, caps.detail)
     where = " (in the lab's L1)" if in_lab() else ""
-    return Check(True, f"KVM with the capabilities Firecracker needs{where}")
+    return Capability(True, f"KVM with the capabilities Firecracker needs{where}")
 
 
 def in_lab() -> bool:
@@ -261,13 +261,13 @@ def timings_comparable_to_kvm() -> bool:
     return not in_lab()
 
 
-def check_lab() -> Check:
+def check_lab() -> Capability:
     """Whether ``firecracer lab`` can start here (without booting it: ``lab check`` does that)."""
     if not shutil.which("qemu-system-x86_64"):
-        return Check(False, "needs qemu-system-x86_64 (apt-get install qemu-system-x86)")
+        return Capability(False, "needs qemu-system-x86_64 (apt-get install qemu-system-x86)")
     avail = mem_available_mib()
     if avail < 3072 + 256:
-        return Check(False, f"only {avail} MiB of RAM available; the lab's L1 needs at least 3 GiB")
+        return Capability(False, f"only {avail} MiB of RAM available; the lab's L1 needs at least 3 GiB")
     assets = cached_assets()
     if assets is not None:
         kernel = f"L1 kernel {assets.kernel.package} {assets.kernel.version} cached"
@@ -275,19 +275,19 @@ def check_lab() -> Check:
         try:
             pkg, ver = current_kernel_package()
         except LabError as exc:
-            return Check(False, f"no L1 kernel cached and none can be fetched: {exc}")
+            return Capability(False, f"no L1 kernel cached and none can be fetched: {exc}")
         kernel = f"L1 kernel {pkg} {ver} fetched on first use"
     mem = min(DEFAULT_MEM_MIB, avail - 256)
-    return Check(True, f"QEMU TCG with emulated AMD SVM; {kernel}; {avail} MiB RAM available "
-                       f"(L1 gets {mem} MiB); 'firecracer lab check' boots it",
-                 {"mem_available_mib": avail, "assets_cached": assets is not None})
-def check_huge_pages() -> Check:
+    return Capability(True, f"QEMU TCG with emulated AMD SVM; {kernel}; {avail} MiB RAM available "
+                            f"(L1 gets {mem} MiB); 'firecracer lab check' boots it",
+                      {"mem_available_mib": avail, "assets_cached": assets is not None})
+def check_huge_pages() -> Capability:
     """The 2 MiB hugetlbfs pool (``vm boot --huge-pages 2M``): what is free, how to reserve more."""
     try:
         ok, sentence, facts = hugepages.summary()
     except FirecracerError as exc:
-        return Check(False, str(exc))
-    return Check(ok, sentence, facts)
+        return Capability(False, str(exc))
+    return Capability(ok, sentence, facts)
 
 
 NEEDS: dict[str, tuple[str, ...]] = {
@@ -299,7 +299,7 @@ NEEDS: dict[str, tuple[str, ...]] = {
 }
 
 
-def run_all(firecracker: str | None = None) -> dict[str, Check]:
+def run_all(firecracker: str | None = None) -> dict[str, Capability]:
     """Every probe, keyed as in ``doctor --json`` (a check may build on an earlier one's result)."""
     checks = {
         "arch": check_arch(),
@@ -322,6 +322,6 @@ def run_all(firecracker: str | None = None) -> dict[str, Check]:
     }
 
 
-def missing_for(need: str, checks: dict[str, Check]) -> list[str]:
+def missing_for(need: str, checks: dict[str, Capability]) -> list[str]:
     """Names of the checks that fail for capability ``need`` (empty means it is there)."""
     return [name for name in NEEDS[need] if not checks[name].ok]

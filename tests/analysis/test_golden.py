@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from firecracer.analysis import attribute, load_recording
-from firecracer.analysis.seedmemmap import write_seed_memmap
 from firecracer.analysis.tables import totals
+from firecracer.guest.seedfmt import write_seed_text
 from firecracer.uffd.trace import export_seed_log
 
 from .regen_golden import FIXTURES, GOLDEN, RECORDINGS, analyze_json
@@ -66,7 +66,7 @@ def test_probe_restore_facts() -> None:
 def test_real_exports_match_uffdvisualizer_counts(tmp_path: Path, name: str) -> None:
     rec = load_recording(FIXTURES / name)
     tot = totals(attribute(rec))
-    write_seed_memmap(rec.memmap, tmp_path / "memmap.txt")
+    write_seed_text(rec.memmap, tmp_path / "memmap.txt", full_names=True, include_free=True)
     assert mappings_counts(tmp_path / "memmap.txt") == (tot["physical_pages"], tot["processes"])
     if rec.trace is not None:
         export_seed_log(rec.trace, tmp_path / "uffd.log")

@@ -10,8 +10,9 @@ import pytest
 
 from firecracer.analysis import seedmemmap
 from firecracer.analysis.memmap import PM_EXCLUSIVE, PM_FILE, load_memmap, save_memmap, validate
-from firecracer.analysis.seedmemmap import parse_seed_memmap, write_seed_memmap
+from firecracer.analysis.seedmemmap import parse_seed_memmap
 from firecracer.errors import FormatError
+from firecracer.guest.seedfmt import write_seed_text
 
 from .uffdvis_rules import mappings_counts
 
@@ -41,7 +42,7 @@ def test_readme_sample_with_quirks() -> None:
 
 def test_roundtrip_through_seed_text_and_npz(tmp_path: Path) -> None:
     m = parse_seed_memmap(FIX / "seed_readme_memmap.txt")
-    write_seed_memmap(m, tmp_path / "out.txt")
+    write_seed_text(m, tmp_path / "out.txt", full_names=True, include_free=True)
     text = (tmp_path / "out.txt").read_text()
     assert "v 000000000000000000 0x000000003d47d000 /proc/kpageflags\n" in text
     assert "v 0x00000000f0a00000 0x00000000f2270000 \n" in text

@@ -9,9 +9,9 @@ import pytest
 
 from firecracer.analysis import assemble_from_seed, attribute, load_recording
 from firecracer.analysis.recording import save_recording
-from firecracer.analysis.seedmemmap import write_seed_memmap
 from firecracer.analysis.tables import totals
 from firecracer.cli import main
+from firecracer.guest.seedfmt import write_seed_text
 from firecracer.uffd.trace import export_seed_log
 
 from .synth import JVM, synth_recording
@@ -24,7 +24,7 @@ def _export(tmp_path: Path, seed: int) -> tuple[dict[str, object], Path, Path, P
     rec = synth_recording(seed)
     assert rec.trace is not None
     tot = totals(attribute(rec))
-    write_seed_memmap(rec.memmap, tmp_path / "memmap.txt")
+    write_seed_text(rec.memmap, tmp_path / "memmap.txt", full_names=True, include_free=True)
     export_seed_log(rec.trace, tmp_path / "uffd.log")
     nmt = tmp_path / "nmt.txt"
     nmt.write_text((FIX / "nmt_jdk17_detail.txt").read_text().replace("10562:", f"{JVM}:", 1))

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from firecracer.analysis import attribute, load_recording
-from firecracer.analysis.seedmemmap import write_seed_memmap
 from firecracer.analysis.tables import totals
+from firecracer.guest.seedfmt import write_seed_text
 from firecracer.uffd.trace import export_seed_log
 
 from .regen_golden import FIXTURES, RECORDINGS
@@ -45,7 +45,7 @@ def classes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_original_visualizer_counts_equal_our_totals(classes: Path, tmp_path: Path, name: str) -> None:
     rec = load_recording(FIXTURES / name)
     tot = totals(attribute(rec))
-    write_seed_memmap(rec.memmap, tmp_path / "memmap.txt")
+    write_seed_text(rec.memmap, tmp_path / "memmap.txt", full_names=True, include_free=True)
     log = tmp_path / "uffd.log"
     if rec.trace is not None:
         export_seed_log(rec.trace, log)

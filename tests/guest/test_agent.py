@@ -24,8 +24,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from firecracer.guest import agent, memmap, npyio, workload
-from firecracer.guest.client import AgentClient, AgentError, agent_exec
+from firecracer.agentclient.client import AgentClient, AgentError, agent_exec
+from firecracer.guest import agent, agentnet, memmap, npyio, workload
 
 from .conftest import need_root
 
@@ -330,9 +330,9 @@ class FakeFirecrackerVsock:
         up = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         up.connect(self.ports[port])
         conn.sendall(b"OK 1073741824\n")
-        t = threading.Thread(target=agent._pump, args=(up, conn), daemon=True)
+        t = threading.Thread(target=agentnet.pump, args=(up, conn), daemon=True)
         t.start()
-        agent._pump(conn, up)
+        agentnet.pump(conn, up)
         t.join(timeout=10)
         up.close()
         conn.close()

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from firecracer.formats import merge_recording
 from firecracer.guest import jvm as jvmmod
 from firecracer.guest import memmap, recording, seedfmt, workload
 from firecracer.guest.procfs import KPF, PAGE_SIZE
@@ -240,7 +241,7 @@ def test_without_root_privileges_the_error_says_why(tmp_path: Path) -> None:
 def test_recording_merges_existing_facts(tmp_path: Path) -> None:
     (tmp_path / "recording.json").write_text(json.dumps({"source": "firecracker", "vmm": {"v": "1.14.2"},
                                                          "jvm": {"options": ["x"]}}))
-    recording.merge_recording_json(tmp_path, {"jvm": {"pid": 5}, "collect": {"pages": 1}},
+    merge_recording(tmp_path, {"jvm": {"pid": 5}, "collect": {"pages": 1}},
                                    {"source": "qemu-tcg-postcopy"})
     doc = json.loads((tmp_path / "recording.json").read_text())
     assert doc["source"] == "firecracker" and doc["vmm"] == {"v": "1.14.2"}

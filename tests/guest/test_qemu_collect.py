@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
+from firecracer.agentclient.client import AgentClient, AgentError
 from firecracer.guest import npyio
-from firecracer.guest.client import AgentClient, AgentError
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 

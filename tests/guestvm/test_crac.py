@@ -21,13 +21,13 @@ from typing import Any
 import pytest
 
 from firecracer import host
+from firecracer.agentclient.client import AgentClient, AgentError
 from firecracer.analysis.join import attribute
 from firecracer.analysis.recording import load_recording
 from firecracer.analysis.tables import nmt_categories_table, totals
 from firecracer.experiment.backend import RunFailed
 from firecracer.experiment.backends import process as crac
 from firecracer.experiment.backends.jvm import GuestDriver
-from firecracer.guest.client import AgentClient, AgentError
 from firecracer.image.manifest import read_manifest, with_image_init
 from firecracer.vmm.machine import DEFAULT_BOOT_ARGS, MicroVM, VMConfig
 

@@ -24,6 +24,7 @@ import pytest
 from firecracer import host
 from firecracer.experiment.backend import RunFailed
 from firecracer.experiment.backends.jvm import GuestDriver
+from firecracer.guest.jvm import JVM_DEATH_RX
 from firecracer.image.manifest import with_image_init
 from firecracer.uffd.trace import FLAG_FAULTING, FLAG_ZERO, Action, load_trace
 from firecracer.vmm.config import MemBackend
@@ -111,11 +112,11 @@ def _guest_alive(request: pytest.FixtureRequest) -> Iterator[None]:
     vm: MicroVM | None = request.getfixturevalue("jvm") if "jvm" in request.fixturenames else None
     if vm is not None and not vm.alive():
         _keep_console(vm, "jvm")
-        pytest.fail(f"the JVM's guest is gone: {vm.guest_death()}")
+        pytest.fail(f"the JVM's guest is gone: {vm.guest_death(also=[JVM_DEATH_RX])}")
     yield
     if vm is not None and not vm.alive() and not vm._killed:  # killed on purpose is not dying
         _keep_console(vm, "jvm")
-        print(f"the JVM's guest died during this test: {vm.guest_death()}")
+        print(f"the JVM's guest died during this test: {vm.guest_death(also=[JVM_DEATH_RX])}")
 
 
 def _restore(snap: Path, run_dir: Path, fc: Path, **kw: Any) -> MicroVM:

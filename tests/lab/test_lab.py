@@ -289,7 +289,7 @@ def test_experiment_jvm_study_goes_to_the_lab(lab: Lab, tmp_path: Path) -> None:
     assert {r.versions["host"]["environment"] for r in runs} == {"lab (QEMU TCG, emulated SVM)"}
     for r in runs:
         rec = json.loads((results / "runs" / r.run_id / "recording.json").read_text())
-        assert rec["host"].startswith("lab") and rec["timings_comparable_to_kvm"] is False
+        assert rec["host"]["label"].startswith("lab") and rec["timings_comparable_to_kvm"] is False
     rep = subprocess.run([sys.executable, "-m", "firecracer", "experiment", "report", str(results)],
                          env=lab.env, capture_output=True, text=True, timeout=300, check=False)
     assert rep.returncode == 0, rep.stderr

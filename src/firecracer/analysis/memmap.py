@@ -26,20 +26,18 @@ import numpy as np
 import numpy.typing as npt
 
 from firecracer.errors import FormatError
+from firecracer.formats import (
+    ADDRESS_SPACE_PROCESS,
+    PID_FREE,
+    PID_KERNEL,
+    PID_PAGECACHE,
+    is_process_recording,
+)
+from firecracer.formats import MEMMAP_FORMAT as FORMAT
 from firecracer.fsio import open_regular
 
-FORMAT = "firecracer-memmap"
-#: ``meta.address_space`` of a process restore's recording (analysis.process): the JVM's CRIU images laid
-#: out by virtual address, not guest-physical memory
-ADDRESS_SPACE_PROCESS = "criu-image"
-
-
-def is_process_recording(meta: dict[str, Any]) -> bool:
-    """A recording (or memmap) in image space, a process restore, rather than guest-physical memory."""
-    return meta.get("address_space") == ADDRESS_SPACE_PROCESS
-PID_KERNEL = 0
-PID_PAGECACHE = -1
-PID_FREE = -2
+__all__ = ["ADDRESS_SPACE_PROCESS", "FORMAT", "PID_FREE", "PID_KERNEL", "PID_PAGECACHE", "Memmap",
+           "is_process_recording", "load_memmap", "save_memmap"]
 
 #: name → dtype of every array member (besides ``meta``), grouped by the length they share.
 OWNER_ARRAYS = {"owner_pid": np.int64}

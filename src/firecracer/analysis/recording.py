@@ -2,8 +2,10 @@
 
 Public API (stable; the viewer and the experiment runner use it):
 
-* ``Recording``: ``path``, ``meta`` (``recording.json``), ``memmap`` (``Memmap``, empty when absent),
-  ``trace`` (``Trace`` or ``None``), ``nmt`` (``NmtReport`` or ``None``), ``nmt_pid``, ``label``.
+* ``Recording``: ``path``, ``meta`` (``recording.json`` validated and normalized by
+  ``firecracer.formats.RecordingFacts``: ``host`` always an object), ``memmap`` (``Memmap``,
+  empty when absent), ``trace`` (``Trace`` or ``None``), ``nmt`` (``NmtReport`` or ``None``),
+  ``nmt_pid``, ``label``.
 * ``Trace`` (re-exported from ``firecracer.uffd.trace``, which owns trace files and the seed uffd log):
   columns ``t_ns, hva, file_off, gpa, flags, action, fault, service_ns`` and ``meta``.
 * ``load_recording(path) -> Recording``: a directory with ``recording.json`` and any of ``memmap.npz``
@@ -15,8 +17,6 @@ Public API (stable; the viewer and the experiment runner use it):
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
 import shutil
 import struct
 import zlib
@@ -28,14 +28,12 @@ from firecracer.analysis.memmap import Memmap, empty_memmap, load_memmap, save_m
 from firecracer.analysis.nmt import NmtReport, parse_nmt
 from firecracer.analysis.seedmemmap import parse_seed_memmap
 from firecracer.errors import FormatError
-from firecracer.fsio import read_json
+from firecracer.formats import RecordingFacts, now_iso
 from firecracer.uffd.trace import Action, Trace, import_seed_log, save_trace
 from firecracer.uffd.trace import load_trace as _load
 
 __all__ = ["ACTION_NAMES", "Recording", "Trace", "assemble_from_seed", "load_recording", "load_trace",
            "save_recording"]
-
-RECORDING_FORMAT = "firecracer-recording"
 
 # Trace files belong to the uffd stage: one reader, one seed-log parser (firecracer.uffd.trace).
 ACTION_NAMES = tuple(a.name.lower() for a in Action)
@@ -87,9 +85,7 @@ def load_recording(path: str | Path) -> Recording:
     meta: dict[str, Any] = {}
     rj = d / "recording.json"
     if rj.exists() or rj.is_symlink():
-        meta = read_json(rj, limit=16 << 20, what="recording.json")
-        if not isinstance(meta, dict):
-            raise FormatError(rj, 0, "recording.json must hold a JSON object")
+        meta = RecordingFacts.read(rj).to_dict()
     if (d / "memmap.npz").exists():
         memmap = load_memmap(d / "memmap.npz")
     elif (d / "memmap.txt").exists():
@@ -114,9 +110,7 @@ def assemble_from_seed(memmap_txt: str | Path, uffd_log: str | Path | None,
     trace = import_seed_log(uffd_log) if uffd_log is not None else None
     nmt = parse_nmt(nmt_txt) if nmt_txt is not None else None
     meta: dict[str, Any] = {
-        "format": RECORDING_FORMAT, "version": 1, "source": "seed-import",
-        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "label": Path(memmap_txt).stem,
+        "source": "seed-import", "created": now_iso(), "label": Path(memmap_txt).stem,
         "seed_files": {"memmap": str(memmap_txt), "uffd_log": str(uffd_log) if uffd_log else None,
                        "nmt": str(nmt_txt) if nmt_txt else None},
     }
@@ -129,8 +123,7 @@ def save_recording(rec: Recording, out: str | Path) -> Path:
     """Write ``rec`` as a native recording directory (recording.json, memmap.npz, trace.npz, nmt.txt)."""
     d = Path(out)
     d.mkdir(parents=True, exist_ok=True)
-    meta = {"format": RECORDING_FORMAT, "version": 1, **rec.meta}
-    (d / "recording.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    RecordingFacts.from_dict(rec.meta, d / "recording.json").write(d / "recording.json")
     save_memmap(rec.memmap, d / "memmap.npz")
     if rec.trace is not None:
         save_trace(rec.trace, d / "trace.npz")

@@ -1,4 +1,4 @@
-"""The seed's memory-map text (``mem_mapping.sh`` / ``virt2phys`` output), both directions.
+"""Reading the seed's memory-map text (``mem_mapping.sh`` / ``virt2phys`` output).
 
 Format (SEED.md §4)::
 
@@ -13,8 +13,8 @@ trailing space; kernel ``v`` ends come from ``/proc/iomem`` and are inclusive (s
 ``parse_seed_memmap`` streams the file in chunks and parses the millions of ``p`` lines with numpy
 (fixed-width fast path, per-line fallback for other widths), so a 4 Mi-page file takes seconds.
 It returns the same ``Memmap`` arrays as ``memmap.npz``; anything malformed is ``FormatError(path, line,
-why)``. ``write_seed_memmap`` writes a ``Memmap`` back in this format (readable by the original
-UffdVisualizer).
+why)``. The one writer of this text is ``firecracer.guest.seedfmt`` (standard library, so the guest
+exports it too; it writes this module's numpy ``Memmap`` as well).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import numpy.typing as npt
 
 from firecracer.analysis.memmap import FORMAT, PID_KERNEL, PM_EXCLUSIVE, PM_FILE, Memmap
 from firecracer.errors import FormatError
-from firecracer.fsio import atomic_output, open_regular
+from firecracer.fsio import open_regular
 
 CHUNK = 32 << 20
 BATCH = 1 << 17
@@ -44,7 +44,6 @@ for _i, _c in enumerate(b"0123456789abcdef"):
 for _i, _c in enumerate(b"ABCDEF"):
     _HEX[_c] = 10 + _i
 _SHIFTS = (np.arange(15, -1, -1, dtype=np.uint64) * np.uint64(4))
-_ZERO18 = "0" * 18
 _HEXTOK = re.compile(r"0[xX][0-9a-fA-F]{1,16}")
 
 
@@ -347,44 +346,3 @@ def _finish(acc: _Acc) -> Memmap:
         page_pm=pm.astype(np.uint8), page_kflags=kflags.astype(np.uint64),
         page_kcount=np.zeros(len(paddr), dtype=np.uint32), meta=meta)
 
-
-def _x(v: int) -> str:
-    """``%#018lx``: 0x-prefixed 16 digits, and 18 zeros for zero (the seed's quirk, kept on purpose)."""
-    return f"{v:#018x}" if v else _ZERO18
-
-
-def write_seed_memmap(mm: Memmap, path: str | Path) -> None:
-    """Write ``mm`` as seed text: sections in owner order, mappings in order, pages under their mapping.
-
-    Pages without a mapping (page cache, free) follow their section's ``v`` lines. Kernel mapping ends
-    are written inclusive, like ``/proc/iomem``.
-    """
-    exe, names = mm.owner_exe, mm.map_name
-    order = np.lexsort((mm.page_vaddr, mm.page_map, mm.page_owner))
-    owner_s, map_s = mm.page_owner[order], mm.page_map[order]
-    va, pa, pm, kf = mm.page_vaddr[order], mm.page_paddr[order], mm.page_pm[order], mm.page_kflags[order]
-    bounds = np.searchsorted(owner_s, np.arange(len(mm.owner_pid) + 1))
-
-    with atomic_output(path, "seed memory map") as tmp, tmp.open("w", encoding="utf-8", newline="\n") as out:
-        for o, pid in enumerate(mm.owner_pid.tolist()):
-            out.write(f"= {pid} {exe[o]}\n")
-            lo, hi = int(bounds[o]), int(bounds[o + 1])
-            maps = np.flatnonzero(mm.map_owner == o).tolist()
-            sub = map_s[lo:hi]
-            unmapped = np.flatnonzero(sub < 0) + lo
-            for mi in maps:
-                end = int(mm.map_end[mi]) - (1 if pid == PID_KERNEL else 0)
-                out.write(f"v {_x(int(mm.map_start[mi]))} {_x(end)} {names[mi]}\n")
-                a, b = np.searchsorted(sub, [mi, mi + 1])
-                _write_pages(out, pid, va[lo + a:lo + b], pa[lo + a:lo + b], pm[lo + a:lo + b],
-                             kf[lo + a:lo + b])
-            _write_pages(out, pid, va[unmapped], pa[unmapped], pm[unmapped], kf[unmapped])
-
-
-def _write_pages(out: IO[str], pid: int, va: npt.NDArray[np.uint64], pa: npt.NDArray[np.uint64],
-                 pm: npt.NDArray[np.uint8], kf: npt.NDArray[np.uint64]) -> None:
-    if pid > 0:
-        out.writelines(f"p {_x(v)} {_x(q)} {f & 1} {(f >> 1) & 1}\n"
-                       for v, q, f in zip(va.tolist(), pa.tolist(), pm.tolist(), strict=True))
-    else:
-        out.writelines(f"p {_x(q)} {_x(k)}\n" for q, k in zip(pa.tolist(), kf.tolist(), strict=True))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import click
 
+from firecracer.agentclient.client import AgentClient, AgentError
+from firecracer.agentclient.collect import collect_agent
 from firecracer.cli._render import console, err_console, print_json
 from firecracer.errors import FirecracerError
 from firecracer.guest import memmap, recording
 from firecracer.guest.agent import DEFAULT_PORT as AGENT_PORT
-from firecracer.guest.client import AgentClient, AgentError
 
 
 @click.command()
@@ -53,7 +54,7 @@ def collect(vm_name: str | None, port: int, local: bool, agent: str | None, pids
         else:
             assert agent is not None
             with AgentClient.connect(agent, timeout=timeout, retries=3) as client:
-                summary = recording.collect_agent(client, out, pids=list(pids) or None, jvm_pid=jvm_pid,
+                summary = collect_agent(client, out, pids=list(pids) or None, jvm_pid=jvm_pid,
                                                   seed=fmt == "seed", source=source, sections=list(secs))
     except memmap.NoSuchProcess as exc:  # the user named it: one line, nothing written
         raise FirecracerError(str(exc)) from None

@@ -13,6 +13,7 @@ import click
 
 from firecracer.cli._render import console, print_json
 from firecracer.errors import FirecracerError
+from firecracer.formats import ADDRESS_SPACE_PROCESS, RecordingFacts
 
 
 @click.group()
@@ -40,7 +41,7 @@ def _agent_address(name: str, port: int) -> str:
 
 
 def _call(name: str, port: int, cmd: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
-    from firecracer.guest.client import AgentClient
+    from firecracer.agentclient.client import AgentClient
 
     with AgentClient.connect(_agent_address(name, port), timeout=30.0) as a:
         return a.call(cmd, args, timeout=timeout)
@@ -99,7 +100,7 @@ def checkpoint(vm_name: str, ckpt: str, pid: int | None, save: str | None, port:
         args["pid"] = pid
     nmt = None
     if save:
-        from firecracer.guest.client import AgentClient
+        from firecracer.agentclient.client import AgentClient
 
         with AgentClient.connect(_agent_address(vm_name, port), timeout=30.0) as a:
             nmt = a.nmt(pid)[1]
@@ -154,11 +155,10 @@ def restore(vm_name: str, ckpt: str, lazy: bool, path: str, app_port: int, from_
         d.mkdir(parents=True, exist_ok=True)
         kind = "criu-lazy" if lazy else "criu"
         metrics = write_recording(Path(from_dir), d, rep, kind)
-        (d / "recording.json").write_text(json.dumps({
-            "format": "firecracer-recording", "version": 1, "source": "criu", "address_space": "criu-image",
-            "strategy": kind, "metrics": metrics,
-            "timings_ms": {"restore": rep["seconds"] * 1e3,
-                           "first_response": rep.get("first_response_seconds", 0) * 1e3}}, indent=1))
+        RecordingFacts(source="criu", address_space=ADDRESS_SPACE_PROCESS, strategy=kind, metrics=metrics,
+                       timings_ms={"restore": rep["seconds"] * 1e3,
+                                   "first_response": rep.get("first_response_seconds", 0) * 1e3},
+                       ).write(d / "recording.json")
     faults = rep.pop("faults", None)
     if as_json:
         print_json({**rep, "faults": len(faults["addr"]) if faults else None})

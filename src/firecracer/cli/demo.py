@@ -138,7 +138,7 @@ def _sample(out: Path) -> DemoResult:
         src = samples.info(name)
         t = totals(attribute(load_recording(d)))
         summary["variants"][name] = {
-            "source": src.get("source"), "created": src.get("created"), "host": src.get("host"),
+            "source": src.source, "created": src.created, "host": src.host.get("label"),
             "ondemand": {"pages": t.get("restored_pages"), "mib": round(t.get("restored_kb", 0) / 1024, 1),
                          "faults": t.get("faults")},
             "attributed_pct": t.get("attributed_pct")}

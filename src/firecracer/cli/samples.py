@@ -25,11 +25,9 @@ def list_cmd(as_json: bool) -> None:
     rows: list[dict[str, Any]] = []
     for name in lib.names():
         info = lib.info(name)
-        first = info.get("first_request") or {}
-        where = info.get("host")
-        rows.append({"name": name, "source": info.get("source"),
-                     "host": where if isinstance(where, str) else None, "created": info.get("created"),
-                     "label": info.get("label"),
+        first = info.extra.get("first_request") or {}
+        rows.append({"name": name, "source": info.source, "host": info.host.get("label"),
+                     "created": info.created, "label": info.label,
                      "first_request": first.get("path"), "archive_bytes": lib.path(name).stat().st_size})
     if as_json:
         print_json(rows)

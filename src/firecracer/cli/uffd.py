@@ -7,13 +7,16 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 from rich.table import Table
 
 from firecracer.cli._render import console, err_console, human_bytes, human_ms, print_json, print_table
 from firecracer.errors import FirecracerError
+
+if TYPE_CHECKING:
+    from firecracer.uffd.metrics import ServerMetrics
 
 
 @click.group()
@@ -54,6 +57,7 @@ def serve(socket_path: str, mem_file: str, strategy: str, trace_out: str | None,
     sessions ended (Firecracker exited); non-zero on a fatal error, after killing Firecracker so it
     never hangs on a fault. Options may come before or after SOCKET MEMFILE.
     """
+    from firecracer.uffd.metrics import ServerMetrics
     from firecracer.uffd.server import Server
 
     level = logging.INFO if os.environ.get("FIRECRACER_UFFD_DEBUG") else logging.WARNING
@@ -75,38 +79,36 @@ def serve(socket_path: str, mem_file: str, strategy: str, trace_out: str | None,
         result = server.serve()
     finally:
         server.close()
-    metrics = result.metrics()  # --metrics was written by the server, before the traces
+    metrics = ServerMetrics.from_dict(result.metrics())  # --metrics was written by the server already
     if as_json:
-        print_json(metrics)
-    elif not quiet and metrics["sessions"]:
+        print_json(metrics.to_dict())
+    elif not quiet and metrics.sessions:
         print_table(metrics_table(metrics))
         from firecracer.cli._faults import taxonomy_table
 
-        tx = taxonomy_table([(f"session {s['session']}", s.get("fault_taxonomy"))
-                             for s in metrics["sessions"]])
+        tx = taxonomy_table([(f"session {s.session}", s.extra.get("fault_taxonomy") or {})
+                             for s in metrics.sessions])
         if tx is not None:
             print_table(tx)
     elif not quiet and result.ok:  # stopped before any hand-off: no table of nothing
         err_console.print("firecracer uffd: stopped; no Firecracker connected, nothing was served",
                           highlight=False)
     if not result.ok:
-        raise FirecracerError(f"uffd serve: {metrics['error']}")
+        raise FirecracerError(f"uffd serve: {metrics.error}")
 
 
-def metrics_table(metrics: dict[str, Any]) -> Table:
+def metrics_table(metrics: ServerMetrics) -> Table:
     """One row per session: faults, pages by action, bytes, latency percentiles."""
     t = Table(title="uffd page server", show_lines=False)
     for col in ("session", "strategy", "faults", "load", "zero", "around", "prefetch", "eager", "served",
                 "p50 µs", "p90 µs", "p99 µs", "last fault ms", "ended"):
         t.add_column(col, justify="right" if col not in ("strategy", "ended") else "left")
-    for s in metrics["sessions"]:
-        lat = s.get("latency_us", {})
-        pages = s["pages"]
-        served = s["bytes_copied"] + s["bytes_zeroed"]
-        t.add_row(str(s["session"]), s["strategy"], str(s["faults"]), str(pages["load"]), str(pages["zero"]),
-                  str(pages["around"]), str(pages["prefetch"]), str(pages["eager"]), human_bytes(served),
+    for s in metrics.sessions:
+        lat, pages = s.latency_us, s.pages
+        t.add_row(str(s.session), s.strategy, str(s.faults), *(str(pages.get(a, 0)) for a in
+                  ("load", "zero", "around", "prefetch", "eager")), human_bytes(s.bytes_served),
                   str(lat.get("p50", "-")), str(lat.get("p90", "-")), str(lat.get("p99", "-")),
-                  human_ms(s["handshake_to_last_fault_ms"]), s["error"] or s["ended"])
+                  human_ms(s.handshake_to_last_fault_ms or 0.0), s.error or s.ended or "")
     return t
 
 

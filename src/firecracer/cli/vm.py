@@ -25,7 +25,7 @@ from firecracer.vmm.config import MemBackend, SnapshotType
 from firecracer.vmm.lifeline import alive, kill_all, processes_by_run_dir, processes_in
 from firecracer.vmm.machine import DEFAULT_BOOT_ARGS, MicroVM, VMConfig
 from firecracer.vmm.process import socket_in_use
-from firecracer.vmm.supervisor import read_record
+from firecracer.vmm.record import VmRecord
 from firecracer.vmm.vsock import vsock_http
 
 
@@ -53,7 +53,7 @@ def _fc_option(f: Any) -> Any:
 
 
 def _summary(m: MicroVM) -> dict[str, Any]:
-    rec = m.record()
+    rec = m.record().to_dict()
     keys = ("name", "state", "pid", "firecracker_version", "api_sock", "vsock", "serial_log", "netns",
             "page_server_pid", "timings_ms")
     return {k: rec[k] for k in keys}
@@ -164,19 +164,20 @@ def _records() -> list[dict[str, Any]]:
     for d in sorted(root.iterdir()) if root.is_dir() else []:
         if not d.is_dir():
             continue
-        rec = read_record(d) or {"name": d.name, "state": "unknown", "run_dir": str(d)}
-        if rec.get("name") not in (None, d.name):  # copied or hand-edited: the directory is what we act on
-            rec["record_name"] = rec["name"]
+        found = VmRecord.find(d)
+        vr = found or VmRecord(name=d.name, run_dir=str(d))
+        fc = alive(vr.pid, vr.pid_start)
+        ps = alive(vr.page_server_pid, vr.page_server_start)
+        owner_alive = vr.owner is not None and alive(*vr.owner)
+        rec = vr.to_dict()
+        if vr.name not in ("", d.name):  # copied or hand-edited: the directory is what we act on
+            rec["record_name"] = vr.name
         rec["name"] = d.name
         running = sorted(procs.get(os.path.realpath(d), []))
-        fc = alive(rec.get("pid"), rec.get("pid_start"))
-        ps = alive(rec.get("page_server_pid"), rec.get("page_server_start"))
-        owner = rec.get("owner")
-        owner_alive = isinstance(owner, list) and len(owner) == 2 and alive(int(owner[0]), owner[1])
         if fc:
-            if rec.get("page_server_pid") and not ps:
+            if vr.page_server_pid and not ps:
                 rec["state"], rec["dead_reason"] = "broken", "its page server is gone"
-            elif not rec.get("detached") and not rec.get("lifeline", True) and not owner_alive:
+            elif not vr.detached and not vr.lifeline and not owner_alive:
                 rec["state"] = "orphaned"
         elif running:
             rec["state"] = "leftover"
@@ -399,7 +400,7 @@ def kill(names: tuple[str, ...], kill_every: bool, purge: bool) -> None:
             raise FirecracerError(f"no VM named {n!r} in {state_dir() / 'vms'} "
                                   "(see 'firecracer vm ls --all')")
         killed = False
-        if read_record(run_dir) is not None:
+        if VmRecord.find(run_dir) is not None:
             m = MicroVM.attach(n)
             killed = m.alive() or bool(m.page_server and m.page_server.alive())
             m.kill()
@@ -466,11 +467,11 @@ def prune(keep: int, dry_run: bool, as_json: bool) -> None:
 def request(name: str, path: str, port: int, timeout: float, show_body: bool) -> None:
     """HTTP GET PATH on a guest port over vsock; prints status and latency."""
     m = MicroVM.attach(name)
-    rec = m.record()
-    if not rec.get("vsock"):
+    vsock = m.record().vsock
+    if not vsock:
         raise FirecracerError(f"{name}: has no vsock device")
     m.require_running()
-    reply = vsock_http(Path(rec["vsock"]), port, path, timeout=timeout)
+    reply = vsock_http(Path(vsock), port, path, timeout=timeout)
     console.print(f"{reply.status} {human_ms(reply.latency_ms)} ms {len(reply.body):,} bytes",
                   highlight=False)
     if show_body:

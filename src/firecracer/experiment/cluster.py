@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from firecracer import __version__
+from firecracer import __version__, host
 from firecracer.errors import FirecracerError
 from firecracer.experiment.backend import describe_exception
 from firecracer.experiment.plan import Run, Shard, group_by_variant, plan_runs
@@ -84,8 +84,6 @@ def import_ray() -> Any:
 
 def host_resources(slots: int = 1, firecracker: str | None = None) -> dict[str, float]:
     """The custom resources this machine offers a cluster (see module doc); ``slots`` variants at once."""
-    from firecracer import host
-
     checks = host.run_all(firecracker)
     res = {RES_ANY: float(slots)}
     if not host.missing_for("uffd", checks):

@@ -21,7 +21,8 @@ import numpy as np
 
 from firecracer.errors import FirecracerError
 from firecracer.experiment import predictsection, svgplot
-from firecracer.experiment.spec import PROCESS_KINDS
+from firecracer.experiment.plan import plan_runs
+from firecracer.experiment.spec import PROCESS_KINDS, parse_spec
 from firecracer.experiment.store import ResultStore, RunRecord, StudyInfo, now_iso
 from firecracer.experiment.workingset import jaccard
 from firecracer.viz.html import save_html
@@ -81,7 +82,6 @@ def build_report(results_dir: Path | str, out_path: Path | str | None = None) ->
         info = store.study()
         runs = store.runs()
     if info is None:
-        from firecracer.errors import FirecracerError
         raise FirecracerError(f"{results_dir}: the results database holds no study yet")
     return _render(info, runs, results_dir.resolve(), out_dir)
 
@@ -192,13 +192,10 @@ def _render(info: StudyInfo, runs: list[RunRecord], results_dir: Path, out_dir: 
 
 
 def _planned(info: StudyInfo) -> int:
-    from firecracer.experiment.spec import parse_spec
-
     try:
         spec = parse_spec(info.spec_text, info.spec_path or "<spec>")
     except FirecracerError:
         return 0
-    from firecracer.experiment.plan import plan_runs
 
     return len(plan_runs(spec))
 

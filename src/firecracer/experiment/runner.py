@@ -20,6 +20,7 @@ from typing import Any
 
 from firecracer import __version__, host
 from firecracer.errors import FirecracerError
+from firecracer.experiment.attribution import restored_by_category
 from firecracer.experiment.backend import Backend, RunFailed, RunOutcome, describe_exception
 from firecracer.experiment.plan import Run, Shard, group_by_variant, plan_runs
 from firecracer.experiment.spec import Spec, Variant
@@ -194,8 +195,6 @@ def _categories(rundir: Path, vdir: Path) -> tuple[dict[str, int] | None, str | 
     A malformed memmap/NMT does not fail a run whose restore worked: the reason is returned (and stored
     in the run's metrics as ``attribution_error``) and the categories stay empty.
     """
-    from firecracer.experiment.attribution import restored_by_category
-
     try:
         return restored_by_category(rundir, vdir), None
     except FirecracerError as exc:

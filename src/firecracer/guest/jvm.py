@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -21,6 +22,16 @@ from firecracer.guest import procfs
 
 #: Largest jcmd answer we accept (NMT detail of a big JVM is a few MiB).
 MAX_OUTPUT = 64 << 20
+
+#: the JVM's fatal-error banner on a console, up to its signal line (``sig``): one pattern for every
+#: reader of guest consoles (readiness waits, ``image check``)
+JVM_CRASH_RX = re.compile(r"A fatal error has been detected by the Java Runtime Environment(?:.*\n)+?"
+                          r"#\s+(?P<sig>SIG\w+ \(0x\w+\) at pc.*)")
+#: what a live guest's console shows when its JVM crashed (``vmm.console.Console.broken``'s ``also``)
+JVM_CRASH = (JVM_CRASH_RX, "the JVM crashed")
+#: the banner's lines that say why a guest's JVM died (``MicroVM.guest_death``'s ``also``)
+JVM_DEATH_RX = re.compile(r"A fatal error has been detected.*|^#\s+(?P<sig>SIG\w+ \(0x\w+\) at pc.*)",
+                          re.MULTILINE)
 
 
 class JvmError(Exception):

@@ -17,15 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from firecracer.formats import MEMMAP_FORMAT as FORMAT
+from firecracer.formats import PID_FREE, PID_KERNEL, PID_PAGECACHE
 from firecracer.guest import npyio, procfs
 from firecracer.guest.procfs import KPF, PAGE_SHIFT, PAGE_SIZE, PM_PFN_MASK
 
-FORMAT = "firecracer-memmap"
-VERSION = 1
+__all__ = ["FORMAT", "PID_FREE", "PID_KERNEL", "PID_PAGECACHE", "SECTIONS", "CollectError", "Memmap",
+           "NoSuchProcess", "collect", "restrict"]
 
-PID_KERNEL = 0
-PID_PAGECACHE = -1
-PID_FREE = -2
+VERSION = 1
 
 SECTIONS = ("processes", "kernel", "pagecache", "free")
 

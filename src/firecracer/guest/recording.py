@@ -1,15 +1,13 @@
-"""Fill a recording directory with memmap + NMT + smaps + facts, from this machine or from the agent.
+"""Fill a recording directory with memmap + NMT + smaps + facts, collected on this machine.
 
 Writes, per docs/formats.md: ``memmap.npz`` (and ``memmap.txt`` in the seed's text format when asked),
 ``nmt.txt`` (jcmd VM.native_memory detail of the workload JVM, verbatim), ``smaps/PID.txt``, and merges
-``recording.json`` (keys other stages wrote are kept). Standard library only, so it runs in a guest too.
+``recording.json`` (keys other stages wrote are kept). Standard library only, so it runs in a guest too;
+collecting a guest from the host through its agent is ``firecracer.agentclient.collect``.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import io
-import json
 import os
 import platform
 import time
@@ -18,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from firecracer.guest import jvm, memmap, npyio, seedfmt
-
-RECORDING_FORMAT = "firecracer-recording"
+from firecracer.formats import merge_recording, this_host
+from firecracer.guest import jvm, memmap
+from firecracer.guest.seedfmt import write_seed_text
 
 
 @dataclass
@@ -34,46 +32,6 @@ class CollectSummary:
     files: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")  # noqa: UP017 (py<3.11 guests)
-
-
-def merge_recording_json(out: Path, updates: dict[str, Any], defaults: dict[str, Any] | None = None) -> None:
-    """Create or update ``recording.json``: keys in ``updates`` replace (dicts merge into) the old ones;
-    keys in ``defaults`` are set only where absent (e.g. ``source``, which the vmm stage knows best)."""
-    path = out / "recording.json"
-    doc: dict[str, Any] = {}
-    if path.exists():
-        try:
-            loaded = json.loads(path.read_text())
-            if isinstance(loaded, dict):
-                doc = loaded
-        except ValueError:
-            doc = {}
-    doc.setdefault("format", RECORDING_FORMAT)
-    doc.setdefault("version", 1)
-    doc.setdefault("created", _now())
-    for key, val in (defaults or {}).items():
-        doc.setdefault(key, val)
-    for key, val in updates.items():
-        if isinstance(val, dict) and isinstance(doc.get(key), dict):
-            doc[key] = {**doc[key], **val}
-        else:
-            doc[key] = val
-    tmp = path.with_name("recording.json.tmp")
-    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
-
-
-def write_seed_text(mm: memmap.Memmap, path: Path, *, full_names: bool = False) -> int:
-    """``memmap.txt`` in the seed's ``= / v / p`` format; returns the number of ``p`` lines."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as fh:
-        n = seedfmt.write_seed(mm, fh, full_names=full_names)
-    tmp.replace(path)
-    return n
 
 
 def _pick_jvm(candidates: list[int], problems: list[str]) -> int | None:
@@ -119,11 +77,11 @@ def collect_local(out: str | Path, *, pids: list[int] | None = None, jvm_pid: in
         if p != jvm_pid and p not in skipped:
             _save_text(outp, f"smaps/{p}.txt", lambda p=p: _read_smaps(p), summary)  # type: ignore[misc]
     summary.seconds = round(time.monotonic() - t0, 3)
-    merge_recording_json(outp, {
+    merge_recording(outp, {
         "source": "local",
         "guest": {"kernel": platform.release(), "mem_size_mib": mm.meta["phys_mem_bytes"] >> 20},
         "jvm": jvm_facts,
-        "host": {"kernel": platform.release(), "machine": platform.machine(), "hostname": platform.node()},
+        "host": this_host(),
         "collect": {"collected": mm.meta.get("collected"), "seconds": summary.seconds,
                     "pages": summary.pages, "sections": list(sections), "problems": summary.problems},
     })
@@ -157,94 +115,3 @@ def _write_common(out: Path, mm: memmap.Memmap, summary: CollectSummary, seed: b
         write_seed_text(mm, out / "memmap.txt")
         summary.files.append("memmap.txt")
 
-
-def collect_agent(client: Any, out: str | Path, *, pids: list[int] | None = None,
-                  jvm_pid: int | None = None, seed: bool = False, source: str | None = None,
-                  sections: list[str] | None = None) -> CollectSummary:
-    """Collect a guest through an ``AgentClient`` into recording directory ``out``.
-
-    The memmap is collected first (before jcmd touches the JVM), then NMT and smaps of the JVM.
-    Agent errors for NMT/smaps are recorded as problems; a failing memmap raises ``AgentError`` (code
-    ``no-such-process`` when none of ``pids`` exists in the guest), and then nothing is written.
-    """
-    from firecracer.guest.client import AgentError
-
-    t0 = time.monotonic()
-    outp = Path(out)
-    summary = CollectSummary(outp)
-    ping = client.ping()
-    t_mm = time.monotonic()
-    data, info = client.collect_memmap_info(pids=pids, sections=sections)
-    outp.mkdir(parents=True, exist_ok=True)
-    timings = {"memmap_s": round(time.monotonic() - t_mm, 3), "memmap_guest_s": info.get("seconds")}
-    try:
-        cols, meta = npyio.read_npz(io.BytesIO(data))
-        mm = memmap.Memmap.from_columns(cols, meta)
-    except ValueError as exc:
-        raise AgentError(f"{client.address}: collect-memmap returned an unreadable archive: {exc}",
-                         "bad-reply") from None
-    (outp / "memmap.npz").write_bytes(data)
-    summary.files.append("memmap.npz")
-    summary.pages, summary.owners = mm.n_pages, len(mm.owner_pid)
-    if sections is None or "kernel" in sections:
-        # slab, page tables, stacks, vmalloc … belong to no section the agent walks: name them from
-        # the guest's kpageflags, so a restore's pages are attributed, not "unknown"
-        from firecracer.errors import FirecracerError
-        from firecracer.guest.kernelpages import complete_memmap
-
-        t_k = time.monotonic()
-        try:
-            per_class = complete_memmap(client, outp / "memmap.npz")
-            timings["kernel_alloc_s"] = round(time.monotonic() - t_k, 3)
-            timings["kernel_alloc_pages"] = sum(per_class.values())
-        except (AgentError, FirecracerError) as exc:
-            summary.problems.append(f"kernel allocations: {exc}")
-    if seed:
-        write_seed_text(mm, outp / "memmap.txt")
-        summary.files.append("memmap.txt")
-    jvm_facts: dict[str, Any] = {}
-    t_nmt = time.monotonic()
-    try:
-        pid, text = client.nmt(jvm_pid)
-        timings["nmt_s"] = round(time.monotonic() - t_nmt, 3)
-        (outp / "nmt.txt").write_text(text, encoding="utf-8")
-        summary.files.append("nmt.txt")
-        summary.jvm_pid = pid
-        jvm_facts["pid"] = pid
-    except AgentError as exc:
-        summary.problems.append(f"nmt.txt: {exc}")
-    smaps_pid = jvm_pid if jvm_pid is not None else summary.jvm_pid
-    try:
-        pid, text = client.smaps(smaps_pid)
-        (outp / "smaps").mkdir(exist_ok=True)
-        (outp / "smaps" / f"{pid}.txt").write_text(text, encoding="utf-8")
-        summary.files.append(f"smaps/{pid}.txt")
-    except AgentError as exc:
-        summary.problems.append(f"smaps: {exc}")
-    if summary.jvm_pid is not None:
-        try:
-            r = client.call("exec", {"argv": ["cat", f"/proc/{summary.jvm_pid}/cmdline"], "timeout_s": 10})
-            jvm_facts["options"] = [a for a in str(r["stdout"]).split("\0") if a]
-        except AgentError as exc:
-            summary.problems.append(f"jvm options: {exc}")
-    summary.seconds = round(time.monotonic() - t0, 3)
-    updates: dict[str, Any] = {
-        "guest": {"kernel": ping.get("kernel"), "mem_size_mib": int(mm.meta.get("phys_mem_bytes", 0)) >> 20,
-                  "agent_version": ping.get("agent_version")},
-        "jvm": jvm_facts,
-        "collect": {"collected": mm.meta.get("collected"), "seconds": summary.seconds,
-                    "agent": client.address, "pages": summary.pages, "problems": summary.problems,
-                    "timings": timings},
-    }
-    if address_is_vsock(client.address):  # a microVM on this host (or in the lab's L1)
-        from firecracer import host
-
-        updates["host"] = host.host_label()
-        updates["timings_comparable_to_kvm"] = host.timings_comparable_to_kvm()
-    merge_recording_json(outp, updates, {"source": source} if source else None)
-    summary.files.append("recording.json")
-    return summary
-
-
-def address_is_vsock(address: str) -> bool:
-    return address.startswith("vsock:")

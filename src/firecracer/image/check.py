@@ -29,8 +29,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, ClassVar
 
+from firecracer.agentclient.client import AgentClient, AgentError
 from firecracer.errors import BinaryNotFound, FirecracerError
-from firecracer.guest.client import AgentClient, AgentError
+from firecracer.guest.jvm import JVM_CRASH_RX
 from firecracer.image._build import ImageError, NullReporter, Reporter
 from firecracer.image.apps import BUNDLED
 from firecracer.image.kernel import latest_kernel
@@ -48,7 +49,7 @@ JSON_PATH = "/api/owners/1"
 
 
 @dataclass
-class Check:
+class ImageProperty:
     """One verified property of the booted image."""
 
     name: str
@@ -62,7 +63,7 @@ class CheckResult:
     """Outcome of ``firecracer image check``."""
 
     ok: bool
-    checks: list[Check]
+    checks: list[ImageProperty]
     times: dict[str, float | None]
     console_log: Path
     kernel: Path
@@ -198,29 +199,29 @@ def http_fetch(port: int, path: str, timeout: float = 30.0, method: str = "GET",
         conn.close()
 
 
-def page_checks(port: int) -> list[Check]:
+def page_checks(port: int) -> list[ImageProperty]:
     """``GET /api/owners/1`` is JSON for owner 1; ``GET /owners/1`` is an HTML page naming that owner."""
-    out: list[Check] = []
+    out: list[ImageProperty] = []
     try:
         status, ctype, body = http_fetch(port, JSON_PATH)
         owner = json.loads(body) if status == 200 and ctype.startswith("application/json") else None
         ok = isinstance(owner, dict) and owner.get("id") == 1 and isinstance(owner.get("lastName"), str)
         name = f"{owner.get('firstName')} {owner.get('lastName')}" if isinstance(owner, dict) else ""
         pets = len(owner.get("pets") or []) if isinstance(owner, dict) else 0
-        out.append(Check("json", ok, f"GET {JSON_PATH} → {status} {ctype}: owner 1 {name}, {pets} pet(s)"
-                         if ok else f"GET {JSON_PATH} → {status} {ctype}: {body[:120]!r}"))
+        said = f"owner 1 {name}, {pets} pet(s)" if ok else repr(body[:120])
+        out.append(ImageProperty("json", ok, f"GET {JSON_PATH} → {status} {ctype}: {said}"))
     except (OSError, http.client.HTTPException, ValueError) as exc:
-        out.append(Check("json", False, f"GET {JSON_PATH}: {exc or type(exc).__name__}"))
+        out.append(ImageProperty("json", False, f"GET {JSON_PATH}: {exc or type(exc).__name__}"))
         name = ""
     try:
         status, ctype, body = http_fetch(port, HTML_PATH)
         text = body.decode("utf-8", errors="replace")
         ok = (status == 200 and ctype.startswith("text/html") and "<html" in text
               and bool(name) and name in text)
-        out.append(Check("html", ok, f"GET {HTML_PATH} → {status} {ctype}, {len(body)} bytes"
-                         + (f", shows {name}" if ok else f" without the owner's name {name!r}")))
+        out.append(ImageProperty("html", ok, f"GET {HTML_PATH} → {status} {ctype}, {len(body)} bytes"
+                                 + (f", shows {name}" if ok else f" without the owner's name {name!r}")))
     except (OSError, http.client.HTTPException) as exc:
-        out.append(Check("html", False, f"GET {HTML_PATH}: {exc or type(exc).__name__}"))
+        out.append(ImageProperty("html", False, f"GET {HTML_PATH}: {exc or type(exc).__name__}"))
     return out
 
 
@@ -313,7 +314,7 @@ def run_check(kernel: Path | None = None, rootfs: Path | None = None, *, timeout
             console_log = Path(f"/tmp/firecracer-check-{os.getpid()}.log")
     retried: list[str] = []
     while True:
-        checks: list[Check] = []
+        checks: list[ImageProperty] = []
         times: dict[str, float | None] = {}
         rep.step(f"booting {kernel.name} + {rootfs.name} under QEMU TCG (console: {console_log})")
         with qemu_guest(kernel, rootfs, console_log, qemu, app_port) as guest:
@@ -342,14 +343,12 @@ def _jvm_crash(console_log: Path) -> str | None:
         text = console_log.read_text(errors="replace")
     except OSError:
         return None
-    from firecracer.vmm.machine import JVM_CRASH_RX
-
     m = JVM_CRASH_RX.search(text)
     return m.group("sig").strip() if m else None
 
 
 def _run_checks(con: _Console, proc: subprocess.Popen[bytes], agent_port: int, http_port: int,
-                deadline: float, checks: list[Check], times: dict[str, float | None], rep: Reporter,
+                deadline: float, checks: list[ImageProperty], times: dict[str, float | None], rep: Reporter,
                 pages: bool = False) -> None:
     """The check sequence; appends to ``checks`` as it goes so a timeout still reports what passed."""
 
@@ -357,7 +356,7 @@ def _run_checks(con: _Console, proc: subprocess.Popen[bytes], agent_port: int, h
         return proc.poll() is None and con.get("fatal") is None
 
     def fail(name: str, why: str) -> None:
-        checks.append(Check(name, False, f"{why}; console: {con.last_lines()}"))
+        checks.append(ImageProperty(name, False, f"{why}; console: {con.last_lines()}"))
 
     # 1. init ran (and the overlay it made)
     while time.monotonic() < deadline and alive() and con.get("jvm") is None:
@@ -366,8 +365,8 @@ def _run_checks(con: _Console, proc: subprocess.Popen[bytes], agent_port: int, h
         fail("init", "init did not start" if con.get("init") is None else "init did not set up the overlay")
         return
     overlay = con.get("overlay")
-    checks.append(Check("init", True, f"PID 1 ran; overlay {overlay[1].group(1) if overlay else '?'}",
-                        con.ms("init")))
+    checks.append(ImageProperty("init", True, f"PID 1 ran; overlay {overlay[1].group(1) if overlay else '?'}",
+                                con.ms("init")))
     rep.step("init ran")
 
     # 2. the agent answers
@@ -388,8 +387,9 @@ def _run_checks(con: _Console, proc: subprocess.Popen[bytes], agent_port: int, h
         fail("agent", f"agent did not answer ping ({last_err or 'QEMU exited'})")
         return
     t_agent = time.monotonic()
-    checks.append(Check("agent", True, f"ping: kernel {ping.get('kernel')}, uptime {ping.get('uptime_s')} s, "
-                        f"jvm pids {ping.get('jvm_pids')}", round((t_agent - con.t0) * 1000, 1)))
+    checks.append(ImageProperty("agent", True, f"ping: kernel {ping.get('kernel')}, uptime "
+                                f"{ping.get('uptime_s')} s, jvm pids {ping.get('jvm_pids')}",
+                                round((t_agent - con.t0) * 1000, 1)))
     rep.step("agent answered ping")
     try:
         _more_checks(con, agent, http_port, deadline, alive, checks, times, rep, pages)
@@ -398,11 +398,11 @@ def _run_checks(con: _Console, proc: subprocess.Popen[bytes], agent_port: int, h
 
 
 def _more_checks(con: _Console, agent: AgentClient, http_port: int, deadline: float,
-                 is_alive: Callable[[], bool], checks: list[Check], times: dict[str, float | None],
+                 is_alive: Callable[[], bool], checks: list[ImageProperty], times: dict[str, float | None],
                  rep: Reporter, pages: bool) -> None:
 
     def fail(name: str, why: str) -> None:
-        checks.append(Check(name, False, f"{why}; console: {con.last_lines()}"))
+        checks.append(ImageProperty(name, False, f"{why}; console: {con.last_lines()}"))
 
     # 3. overlay size honoured (the seed's was silently ignored)
     try:
@@ -410,7 +410,8 @@ def _more_checks(con: _Console, agent: AgentClient, http_port: int, deadline: fl
         line = next((ln for ln in mounts.splitlines() if " /rom/overlay " in ln), "")
         want_kib = int(OVERLAY_SIZE[:-1]) * 1024
         ok = f"size={want_kib}k" in line
-        checks.append(Check("overlay", ok, line.strip() or "no tmpfs at /rom/overlay in /proc/mounts"))
+        checks.append(ImageProperty("overlay", ok,
+                                    line.strip() or "no tmpfs at /rom/overlay in /proc/mounts"))
     except AgentError as exc:
         fail("overlay", f"agent exec failed: {exc}")
 
@@ -439,8 +440,8 @@ def _more_checks(con: _Console, agent: AgentClient, http_port: int, deadline: fl
     times["guest_jvm_start_to_first_200_ms"] = (guest_200 - int(jvm[1].group(2))
                                                 if guest_200 is not None and jvm else None)
     times["wall_to_first_200_ms"] = round((t_200 - con.t0) * 1000, 1)
-    checks.append(Check("http", True, f"GET / → 200 (guest boot→first 200: {guest_200} ms)",
-                        times["wall_to_first_200_ms"]))
+    checks.append(ImageProperty("http", True, f"GET / → 200 (guest boot→first 200: {guest_200} ms)",
+                                times["wall_to_first_200_ms"]))
     rep.step("the JVM served HTTP 200")
     if pages:
         t_pages = time.monotonic()
@@ -453,13 +454,15 @@ def _more_checks(con: _Console, agent: AgentClient, http_port: int, deadline: fl
         pid, text = agent.nmt(mode="detail")
         ok = "Native Memory Tracking" in text and "Java Heap" in text and "reserved=" in text
         regions = text.count("[0x")
-        checks.append(Check("nmt", ok, f"jcmd {pid} VM.native_memory detail: {len(text)} bytes, "
-                            f"{regions} address ranges" if ok else f"unexpected NMT output: {text[:120]!r}"))
+        said = f"jcmd {pid} VM.native_memory detail: {len(text)} bytes, {regions} address ranges" if ok \
+            else f"unexpected NMT output: {text[:120]!r}"
+        checks.append(ImageProperty("nmt", ok, said))
         opts = agent.call("nmt", {"mode": "summary"}, timeout=120).get("options") or []
         want = "-Dfirecracer.check=boot check"
         shown = [("…" if i and opts[i - 1] in ("-cp", "-classpath") else o) for i, o in enumerate(opts)]
-        checks.append(Check("java-options", want in opts,
-                            f"{want!r} {'in' if want in opts else 'missing from'} the JVM's options {shown}"))
+        where = "in" if want in opts else "missing from"
+        checks.append(ImageProperty("java-options", want in opts,
+                                    f"{want!r} {where} the JVM's options {shown}"))
     except AgentError as exc:
         fail("nmt", f"agent nmt failed: {exc}")
     rep.step("NMT detail read")
@@ -477,5 +480,16 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=10)
 
 
-__all__ = ["Check", "CheckResult", "FirecracerError", "QemuGuest", "app_of", "http_fetch", "kernel_cmdline",
-           "page_checks", "qemu_argv", "qemu_guest", "run_check"]
+__all__ = [
+    "CheckResult",
+    "FirecracerError",
+    "ImageProperty",
+    "QemuGuest",
+    "app_of",
+    "http_fetch",
+    "kernel_cmdline",
+    "page_checks",
+    "qemu_argv",
+    "qemu_guest",
+    "run_check",
+]

@@ -218,8 +218,20 @@ def resolve_app(app: str, main: str | None, args: str | None, train_seconds: flo
     return AppSpec("jar", jar.resolve(), cls, argv, f"jar:{file_sha256(jar)}", train_seconds)
 
 
-def _guest_package() -> Traversable:
-    return resources.files("firecracer").joinpath("guest")
+#: what the image carries of the package besides ``guest/``: the standard-library modules guest code
+#: imports (format names and ``RecordingFacts``; bounded reads, atomic writes; the typed errors)
+GUEST_LEAVES = ("formats.py", "fsio.py", "errors.py")
+
+
+def guest_files() -> list[tuple[str, bytes]]:
+    """(path below ``firecracer/``, bytes) of the code the image ships: ``guest/`` and its leaves.
+
+    Host-only code (the agent's client, numpy) lives outside ``guest/`` (``firecracer.agentclient``),
+    so nothing the guest cannot run is copied; tests/image/test_guest_files.py imports the set alone.
+    """
+    pkg = resources.files("firecracer")
+    return ([(name, pkg.joinpath(name).read_bytes()) for name in GUEST_LEAVES]
+            + _tree_files(pkg.joinpath("guest"), "guest/"))
 
 
 def _init_script() -> Traversable:
@@ -240,15 +252,12 @@ def _tree_files(root: Traversable, prefix: str = "") -> list[tuple[str, bytes]]:
     return out
 
 
+def _files_hash(files: list[tuple[str, bytes]]) -> str:
+    return short_hash(part for rel, data in files for part in (rel, data))
+
+
 def _tree_hash(root: Traversable) -> str:
-    return short_hash(part for rel, data in _tree_files(root) for part in (rel, data))
-
-
-def _copy_tree(root: Traversable, dest: Path) -> None:
-    for rel, data in _tree_files(root):
-        target = dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
+    return _files_hash(_tree_files(root))
 
 
 def latest_rootfs(app: str | None = None) -> Path | None:
@@ -338,7 +347,7 @@ def build_rootfs(jdk: str = "debian", app: str = DEFAULT_APP, main: str | None =
     base_key = short_hash(["base", BUILDER_VERSION, SUITE, mirror_url, *packages])
     key = short_hash(["rootfs", base_key, jdk_spec.identity, app_spec.identity, app_spec.main,
                       *app_spec.args, str(app_spec.train_seconds), _init_script().read_bytes(),
-                      _tree_hash(_guest_package()), _tree_hash(crac.sources()), str(size_bytes)])
+                      _files_hash(guest_files()), _tree_hash(crac.sources()), str(size_bytes)])
     final = images / f"rootfs-{key}"
     if (final / "rootfs.ext4").is_file() and (final / "image.json").is_file() and not force:
         rep.step(f"rootfs {key} is cached: {final / 'rootfs.ext4'}")
@@ -459,7 +468,9 @@ def _install_project_files(root: Path) -> None:
     pkg = root / "opt" / "firecracer" / "firecracer"
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text('"""firecracer guest-side code (copied by image rootfs)."""\n')
-    _copy_tree(_guest_package(), pkg / "guest")
+    for rel, data in guest_files():
+        (pkg / rel).parent.mkdir(parents=True, exist_ok=True)
+        (pkg / rel).write_bytes(data)
     for d in ("overlay", "rom", "mnt"):
         (root / d).mkdir(exist_ok=True)
     (root / "etc" / "hostname").write_text("firecracer\n")
@@ -563,7 +574,7 @@ def _manifest(root: Path, jdk: JdkSpec, jdk_home: str, app: AppSpec, app_info: d
         if (home / rel).is_file():
             archives[f"{jdk_home}/{rel}"] = (home / rel).stat().st_size
     archives["/opt/app/app-cds.jsa"] = (root / "opt" / "app" / "app-cds.jsa").stat().st_size
-    guest_files = {rel: hashlib.sha256(data).hexdigest() for rel, data in _tree_files(_guest_package())}
+    shipped = {rel: hashlib.sha256(data).hexdigest() for rel, data in guest_files()}
     return {
         "format": "firecracer-image", "version": 1, "key": key,
         "built": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -580,9 +591,9 @@ def _manifest(root: Path, jdk: JdkSpec, jdk_home: str, app: AppSpec, app_info: d
         "archives": archives,
         "init": INIT_PATH, "kernel_args": KERNEL_ARGS,
         "agent": {"module": "firecracer.guest.agent", "pythonpath": "/opt/firecracer",
-                  "installed": "agent.py" in guest_files},
+                  "installed": "guest/agent.py" in shipped},
         "hashes": {"init_sha256": hashlib.sha256(_init_script().read_bytes()).hexdigest(),
-                   "guest_files_sha256": guest_files},
+                   "guest_files_sha256": shipped},
     }
 
 

@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from firecracer.lab.assets import LabError, Progress
+from firecracer.lab.assets import LabError, Progress, cached_assets
 from firecracer.lab.machine import LabMachine, LabResult, LabSpec, find_qemu
 
 #: what runs in L1: the doctor's checks that matter there (not Java or QEMU: a JVM start under TCG alone
@@ -88,8 +88,6 @@ def run_check(spec: LabSpec, firecracker: str | None = None, progress: Progress 
     machine = LabMachine(spec, progress=progress)
     res = machine.run(argv, stdout=out.extend, stderr=errs.extend)
     kernel = ""
-    from firecracer.lab.assets import cached_assets
-
     assets = cached_assets()
     if assets is not None:
         kernel = f"{assets.kernel.package} {assets.kernel.version} ({assets.kernel.release})"

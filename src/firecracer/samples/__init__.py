@@ -11,9 +11,9 @@ import json
 import tarfile
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
-from firecracer.errors import FirecracerError
+from firecracer.errors import FirecracerError, FormatError
+from firecracer.formats import RECORDING_LIMIT, RecordingFacts
 
 SUFFIX = ".tar.xz"
 
@@ -51,14 +51,18 @@ def extract(name: str, dest: str | Path) -> Path:
     return out
 
 
-def info(name: str) -> dict[str, Any]:
-    """``recording.json`` of sample ``name`` without unpacking the rest."""
+def info(name: str) -> RecordingFacts:
+    """``recording.json`` of sample ``name`` (validated) without unpacking the rest."""
+    where = f"{path(name)}:recording.json"
     with tarfile.open(path(name), "r:xz") as tar:
         fh = tar.extractfile("recording.json")
         if fh is None:
             raise FirecracerError(f"{path(name)}: no recording.json")
-        data: dict[str, Any] = json.loads(fh.read())
-        return data
+        try:
+            doc = json.loads(fh.read(RECORDING_LIMIT + 1))
+        except ValueError as exc:
+            raise FormatError(where, 0, f"recording.json is not valid JSON ({exc})") from None
+        return RecordingFacts.from_dict(doc, where)
 
 
 def pack(recording: str | Path, name: str, dest_dir: str | Path | None = None) -> Path:

@@ -15,7 +15,6 @@ server reports failure.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import select
@@ -29,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from firecracer.errors import FirecracerError, HandshakeError
-from firecracer.fsio import atomic_write
 from firecracer.uffd.handshake import peer_pid, receive
 from firecracer.uffd.installer import ServeError
+from firecracer.uffd.metrics import ServerMetrics
 from firecracer.uffd.session import Session
 from firecracer.uffd.strategies import Strategy, parse_strategy
 from firecracer.uffd.trace import save_trace
@@ -65,11 +64,6 @@ def read_ahead(path: Path) -> int:
         return 0
     finally:
         os.close(fd)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temporary name and rename it, so readers never see half a file."""
-    atomic_write(path, json.dumps(data, indent=2) + "\n", "metrics")
 
 
 def _sun_path(p: Path) -> tuple[str, int]:
@@ -305,7 +299,7 @@ class Server:
                 traces.append((s, out))
                 result.traces.append(out)
         if self.metrics_out is not None:
-            write_json_atomic(self.metrics_out, result.metrics())
+            ServerMetrics.from_dict(result.metrics(), self.metrics_out).write(self.metrics_out)
         for s, out in traces:
             tr = s.trace(firecracker_version=self.firecracker_version)
             save_trace(tr, out)

@@ -39,10 +39,10 @@ import numpy as np
 import numpy.typing as npt
 
 from firecracer.errors import FormatError
+from firecracer.formats import TRACE_FORMAT as FORMAT
 from firecracer.fsio import atomic_output, open_regular
 from firecracer.ramlayout import AddressError, Layout
 
-FORMAT = "firecracer-trace"
 VERSION = 1
 
 #: ``flags`` bit 0: the fault was a write (``UFFD_PAGEFAULT_FLAG_WRITE``).

@@ -11,6 +11,8 @@ import threading
 from pathlib import Path
 from types import TracebackType
 
+from firecracer.errors import FirecracerError
+
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
@@ -26,8 +28,6 @@ class ReportServer:
         try:
             self.httpd = http.server.ThreadingHTTPServer((host, port), handler)
         except OSError as exc:
-            from firecracer.errors import FirecracerError
-
             raise FirecracerError(f"cannot serve on {host}:{port} ({exc.strerror or exc}); pick another "
                                   "--port, or 0 for any free one") from None
         self.httpd.daemon_threads = True

@@ -11,15 +11,14 @@ Everything is vectorised; 4 Mi pages take a few seconds. Nothing here is used on
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from firecracer.analysis.memmap import Memmap, save_memmap
+from firecracer.formats import RecordingFacts
 from firecracer.ramlayout import Layout
 from firecracer.uffd.trace import make_trace, save_trace
 
@@ -242,9 +241,7 @@ def make_recording(out: str | Path, mem_bytes: int = 256 << 20, seed: int = 1,
     save_memmap(mm, d / "memmap.npz")
     save_trace(trace, d / "trace.npz")
     (d / "nmt.txt").write_text(_nmt_text(JVM_PID, sorted(nmt_regions)), encoding="utf-8")
-    rec: dict[str, Any] = {"format": "firecracer-recording", "version": 1, "created": "2026-11-28T00:00:00Z",
-                           "source": "synthetic", "label": f"synthetic {mem_bytes >> 20} MiB",
-                           "guest": {"mem_size_mib": mem_bytes >> 20}, "jvm": {"pid": JVM_PID},
-                           "strategy": "ondemand"}
-    (d / "recording.json").write_text(json.dumps(rec, indent=2) + "\n", encoding="utf-8")
+    RecordingFacts(source="synthetic", created="2026-11-28T00:00:00Z",
+                   label=f"synthetic {mem_bytes >> 20} MiB", guest={"mem_size_mib": mem_bytes >> 20},
+                   jvm={"pid": JVM_PID}, strategy="ondemand").write(d / "recording.json")
     return d

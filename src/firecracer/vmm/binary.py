@@ -164,3 +164,23 @@ def install_firecracker(source: str, timeout: float = 30.0, make_default: bool =
         link.unlink(missing_ok=True)
         link.symlink_to(newest.name)
     return record
+
+
+UFFD_OLD_FC = "Firecracker < 1.8 on host kernel ≥ 6.6"
+UFFD_V14_FC = "Firecracker < 1.5 on host kernel ≥ 5.11"
+BRAND_OLD_FC = ("Firecracker < 1.5 cannot start a vCPU on this host: its CPUID brand string has no "
+                "frequency (fixed in v1.5)")
+
+
+def uffd_limit(version: Version, kernel_release: str | None = None) -> str | None:
+    """Why this Firecracker cannot do a Uffd restore on this host kernel, or None if it can.
+
+    The judgement is :func:`~firecracer.vmm.binary.uffd_restore_problem` (< 1.5 on >= 5.11: a user-mode-only
+    userfaultfd, PR 4086; < 1.8 on >= 6.6: "Unrecognized ioctl flags", #4578); this adds the short label
+    ``Unsupported`` errors lead with.
+    """
+    problem = uffd_restore_problem(version, kernel_release)
+    if problem is None:
+        return None
+    label = UFFD_V14_FC if not version.at_least(1, 5) else UFFD_OLD_FC
+    return f"{label} ({problem})"

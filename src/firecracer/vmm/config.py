@@ -25,11 +25,15 @@ balloon free_page_hinting     -      -      -      -      yes
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
+from firecracer.errors import FirecracerError
 from firecracer.fcversion import Version
 from firecracer.vmm.api import Unsupported
+from firecracer.vmm.network import GUEST_MAC, kernel_ip_arg
 
 
 class SnapshotType(enum.Enum):
@@ -200,3 +204,82 @@ class SnapshotLoad:
             out["network_overrides"] = [{"iface_id": i, "host_dev_name": h}
                                         for i, h in self.network_overrides]
         return out
+
+
+#: the kernel command line of a boot unless the caller gives one
+DEFAULT_BOOT_ARGS = "console=ttyS0 reboot=k panic=1 pci=off"
+
+
+@dataclass(frozen=True)
+class VMConfig:
+    """What to boot. Paths are stored as given; ``labels`` travel into ``snapshot.json``."""
+
+    kernel: str
+    boot_args: str = DEFAULT_BOOT_ARGS
+    rootfs: str | None = None
+    rootfs_read_only: bool = True
+    #: more block devices after the root (vdb, vdc, … in this order): ``{"path": P, "read_only": bool}``;
+    #: e.g. the scratch drive a CRIU checkpoint is written to and restored from in a later boot
+    drives: list[dict[str, Any]] = field(default_factory=list)
+    initrd: str | None = None
+    vcpu_count: int = 1
+    mem_size_mib: int = 128
+    track_dirty_pages: bool = False
+    huge_pages: str | None = None
+    smt: bool | None = None
+    vsock_cid: int | None = 3
+    network: bool = False
+    balloon_mib: int | None = None
+    mmds: dict[str, Any] | None = None
+    labels: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def requests(self, version: Version, *, tap: str | None, vsock_uds: str) -> list[tuple[str, object]]:
+        """The API requests (``PUT path body``, in order) that configure this VM before it starts.
+
+        ``tap``: the host device of ``eth0`` (with ``network``); ``vsock_uds``: the vsock socket, relative
+        to the run directory (Firecracker's cwd), so it resolves there after a restore too.
+        :raises FirecracerError: a drive that is not a file, MMDS without a network.
+        """
+        boot_args = self.boot_args
+        if self.network and "ip=" not in boot_args:
+            boot_args = f"{boot_args} {kernel_ip_arg()}"
+        out: list[tuple[str, object]] = [
+            ("/boot-source", BootSource(_abs(self.kernel), boot_args,
+                                        _abs(self.initrd) if self.initrd else None).body(version)),
+            ("/machine-config", MachineConfig(vcpu_count=self.vcpu_count, mem_size_mib=self.mem_size_mib,
+                                              smt=self.smt, track_dirty_pages=self.track_dirty_pages,
+                                              huge_pages=self.huge_pages).body(version))]
+        if self.rootfs:
+            out.append(("/drives/rootfs", Drive("rootfs", _abs(self.rootfs), is_root_device=True,
+                                                is_read_only=self.rootfs_read_only).body(version)))
+        for i, d in enumerate(self.drives):
+            path = d.get("path")
+            if not isinstance(path, str) or not Path(path).is_file():
+                raise FirecracerError(f"drive {i + 1}: {path!r} is not a file")
+            drive = Drive(f"drive{i + 1}", _abs(path), is_root_device=False,
+                          is_read_only=bool(d.get("read_only", False)))
+            out.append((f"/drives/drive{i + 1}", drive.body(version)))
+        if self.vsock_cid is not None:
+            out.append(("/vsock", Vsock(self.vsock_cid, vsock_uds).body(version)))
+        if self.network:
+            assert tap is not None, "a network VM's tap device"
+            out.append(("/network-interfaces/eth0", NetworkInterface("eth0", tap, GUEST_MAC).body(version)))
+        if self.mmds is not None:
+            if not self.network:
+                raise FirecracerError("MMDS needs a network interface: set network=True")
+            out += [("/mmds/config", MmdsConfig(("eth0",)).body(version)), ("/mmds", self.mmds)]
+        if self.balloon_mib is not None:
+            out.append(("/balloon", Balloon(self.balloon_mib).body(version)))
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> VMConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _abs(p: str | os.PathLike[str]) -> str:
+    return str(Path(p).resolve())

@@ -30,115 +30,54 @@ every API request and wait, and reported with its last log line; Firecracker is 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import select
 import shutil
-import signal
 import subprocess
-import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from firecracer import hugepages
 from firecracer.errors import FirecracerError, FirecrackerError
 from firecracer.fcversion import Version, firecracker_version
-from firecracer.paths import open_private, private_run_dir, state_dir
+from firecracer.paths import private_run_dir, state_dir
 from firecracer.vmm import config as cfg
 from firecracer.vmm.api import ApiClient, Unsupported, Watch
-from firecracer.vmm.binary import find_firecracker, uffd_restore_problem
+from firecracer.vmm.binary import BRAND_OLD_FC as BRAND_OLD_FC
+from firecracer.vmm.binary import UFFD_OLD_FC as UFFD_OLD_FC
+from firecracer.vmm.binary import UFFD_V14_FC as UFFD_V14_FC
+from firecracer.vmm.binary import find_firecracker
+from firecracer.vmm.binary import uffd_limit as uffd_limit
+from firecracer.vmm.config import DEFAULT_BOOT_ARGS as DEFAULT_BOOT_ARGS
 from firecracer.vmm.config import MemBackend, SnapshotType
-from firecracer.vmm.lifeline import is_zombie, kill_all, processes_in, spawn, start_time
-from firecracer.vmm.network import GUEST_MAC, NetNamespace, kernel_ip_arg
-from firecracer.vmm.pageserver import PageServer, default_command
-from firecracer.vmm.process import FirecrackerProcess, socket_in_use
+from firecracer.vmm.config import VMConfig as VMConfig
+from firecracer.vmm.console import Console, ConsoleWaitError
+from firecracer.vmm.lifeline import is_zombie, kill_all, processes_in, start_time
+from firecracer.vmm.network import NetNamespace
+from firecracer.vmm.pageserver import PageServer, restore_command
+from firecracer.vmm.process import FirecrackerProcess, deferred_signals, last_error_line, socket_in_use
 from firecracer.vmm.readahead import Readahead, ReadaheadJob
+from firecracer.vmm.record import VmRecord, record_lock
 from firecracer.vmm.snapshot import (
     Snapshot,
     check_compressed,
     check_loadable,
     check_mem_size,
-    describe_file,
     describe_vmstate,
     full_memory,
     mem_stats,
-    new_snapshot_id,
     now_iso,
+    partial_dir,
     punch_zero_pages,
 )
-from firecracer.vmm.supervisor import read_record, record_lock, write_record
+from firecracer.vmm.supervisor import release_supervisor, start_supervisor
 
 VSOCK_NAME = "v.sock"
 UFFD_NAME = "uffd.sock"
-DEFAULT_BOOT_ARGS = "console=ttyS0 reboot=k panic=1 pci=off"
-
-UFFD_OLD_FC = "Firecracker < 1.8 on host kernel ≥ 6.6"
-UFFD_V14_FC = "Firecracker < 1.5 on host kernel ≥ 5.11"
-BRAND_OLD_FC = ("Firecracker < 1.5 cannot start a vCPU on this host: its CPUID brand string has no "
-                "frequency (fixed in v1.5)")
-
-
-def uffd_limit(version: Version, kernel_release: str | None = None) -> str | None:
-    """Why this Firecracker cannot do a Uffd restore on this host kernel, or None if it can.
-
-    The judgement is :func:`~firecracer.vmm.binary.uffd_restore_problem` (< 1.5 on >= 5.11: a user-mode-only
-    userfaultfd, PR 4086; < 1.8 on >= 6.6: "Unrecognized ioctl flags", #4578); this adds the short label
-    ``Unsupported`` errors lead with.
-    """
-    problem = uffd_restore_problem(version, kernel_release)
-    if problem is None:
-        return None
-    label = UFFD_V14_FC if not version.at_least(1, 5) else UFFD_OLD_FC
-    return f"{label} ({problem})"
-
-
-#: the JVM's fatal-error banner on a console, up to its signal line (``sig``): one pattern for every
-#: reader of guest consoles (readiness waits, ``image check``)
-JVM_CRASH_RX = re.compile(r"A fatal error has been detected by the Java Runtime Environment(?:.*\n)+?"
-                          r"#\s+(?P<sig>SIG\w+ \(0x\w+\) at pc.*)")
-
-
-@dataclass(frozen=True)
-class VMConfig:
-    """What to boot. Paths are stored as given; ``labels`` travel into ``snapshot.json``."""
-
-    kernel: str
-    boot_args: str = DEFAULT_BOOT_ARGS
-    rootfs: str | None = None
-    rootfs_read_only: bool = True
-    #: more block devices after the root (vdb, vdc, … in this order): ``{"path": P, "read_only": bool}``;
-    #: e.g. the scratch drive a CRIU checkpoint is written to and restored from in a later boot
-    drives: list[dict[str, Any]] = field(default_factory=list)
-    initrd: str | None = None
-    vcpu_count: int = 1
-    mem_size_mib: int = 128
-    track_dirty_pages: bool = False
-    huge_pages: str | None = None
-    smt: bool | None = None
-    vsock_cid: int | None = 3
-    network: bool = False
-    balloon_mib: int | None = None
-    mmds: dict[str, Any] | None = None
-    labels: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> VMConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-
-def _fc_path(p: str | os.PathLike[str]) -> str:
-    return str(Path(p).resolve())
-
 
 class MicroVM:
     """One microVM. Create, then :meth:`boot` or :meth:`restore` (a classmethod).
@@ -191,50 +130,48 @@ class MicroVM:
         run_dir = state_dir() / "vms" / name
         if not (run_dir / "vm.json").exists():
             raise FirecracerError(f"no VM named {name!r} in {state_dir() / 'vms'} (see 'firecracer vm ls')")
-        rec = read_record(run_dir)
-        if rec is None:
-            raise FirecracerError(f"{run_dir / 'vm.json'}: unreadable VM record")
+        rec = VmRecord.read(run_dir)
         try:
-            vm = cls(rec.get("firecracker"), name=name, run_dir=run_dir)
+            vm = cls(rec.firecracker, name=name, run_dir=run_dir)
         except FirecracerError as exc:  # its binary was removed since: still killable
-            if not rec.get("pid"):
+            if not rec.pid:
                 raise
             vm = cls(None, name=name, run_dir=run_dir)
             vm.dead_reason = str(exc)
         vm.detached = True
-        vm.lifeline = bool(rec.get("lifeline", True))
-        vm.purpose = rec.get("purpose")
-        vm.state = str(rec.get("state", "unknown"))
-        vm.dead_reason = rec.get("dead_reason") or vm.dead_reason
-        vm.config = VMConfig.from_json(rec["config"]) if rec.get("config") else None
-        vm.dirty_tracking = bool(rec.get("dirty_tracking",
-                                         vm.config.track_dirty_pages if vm.config else False))
-        vm.timings_ms = dict(rec.get("timings_ms") or {})
-        if isinstance(rec.get("owner"), list) and len(rec["owner"]) == 2:
-            vm._owner = (int(rec["owner"][0]), rec["owner"][1])
-        vm._instance = rec.get("instance")
-        if rec.get("pid"):
-            pid = int(rec["pid"])
-            started = rec.get("pid_start")
+        vm.lifeline = rec.lifeline
+        vm.purpose = rec.purpose
+        vm.state = rec.state
+        vm.dead_reason = rec.dead_reason or vm.dead_reason
+        vm.config = VMConfig.from_json(rec.config) if rec.config else None
+        vm.dirty_tracking = rec.dirty_tracking if rec.dirty_tracking is not None else \
+            bool(vm.config and vm.config.track_dirty_pages)
+        vm.timings_ms = dict(rec.timings_ms)
+        if rec.owner is not None:
+            vm._owner = rec.owner
+        vm._instance = rec.instance
+        if rec.pid:
+            pid, started = rec.pid, rec.pid_start
             vm._fc = FirecrackerProcess.attach(vm.binary, run_dir, name, pid)
             if started is not None and start_time(pid) != started:
                 vm._fc._attached_pid = None  # that pid belongs to another process now
                 vm._fc._gone_pid = pid
             if vm.state != "dead" and not vm._fc.alive():
                 vm.state = "dead"
-        if rec.get("netns"):
-            vm.netns = NetNamespace(str(rec["netns"]), created=True)
-        if rec.get("page_server_pid"):
-            vm.page_server = PageServer.attach(int(rec["page_server_pid"]), run_dir / UFFD_NAME,
-                                               run_dir / "uffd.log", started=rec.get("page_server_start"))
+        if rec.netns:
+            vm.netns = NetNamespace(rec.netns, created=True)
+        if rec.page_server_pid:
+            vm.page_server = PageServer.attach(rec.page_server_pid, run_dir / UFFD_NAME,
+                                               run_dir / "uffd.log", started=rec.page_server_start)
             vm._watch_page_server()
-        sup = rec.get("supervisor_pid")
-        if sup and start_time(int(sup)) == rec.get("supervisor_start"):
-            vm._supervisor_pid = int(sup)
+        sup = rec.supervisor_pid
+        if sup and start_time(sup) == rec.supervisor_start:
+            vm._supervisor_pid = sup
         for attr in ("restored_from", "last_snapshot"):
-            if rec.get(attr):
+            snap = getattr(rec, attr)
+            if snap:
                 with contextlib.suppress(FirecracerError):
-                    setattr(vm, attr, Snapshot.load(rec[attr]))
+                    setattr(vm, attr, Snapshot.load(snap))
         return vm
 
     # -- context management ---------------------------------------------------------------------
@@ -288,6 +225,11 @@ class MicroVM:
     def serial_log(self) -> Path:
         return self.run_dir / "serial.log"
 
+    @property
+    def console(self) -> Console:
+        """The guest's serial console (reading it, its last lines, why the guest died)."""
+        return Console(self.serial_log)
+
     def alive(self) -> bool:
         return self._fc is not None and self._fc.alive()
 
@@ -317,7 +259,8 @@ class MicroVM:
         self._write_record()  # before anything runs: whatever happens next, 'vm ls --all' lists it
         try:
             if not self.lifeline:
-                self._start_supervisor()
+                self._supervisor = start_supervisor(self.run_dir)
+                self._write_record()
             if netns_wanted:
                 self.netns = NetNamespace.create(f"fcr-{self.name}")
                 self._write_record()
@@ -331,29 +274,6 @@ class MicroVM:
         except BaseException:
             self.kill()
             raise
-
-    def _start_supervisor(self) -> None:
-        """Start the keeper of a VM that will outlive this process (see :mod:`firecracer.vmm.supervisor`)."""
-        with open(open_private(self.run_dir / "supervisor.log"), "ab") as log:
-            self._supervisor = spawn([sys.executable, "-m", "firecracer.vmm.supervisor", str(self.run_dir)],
-                                     lifeline=False, run_dir=self.run_dir, stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=log)
-        self._write_record()
-
-    def _release_supervisor(self) -> None:
-        """End the supervisor of a VM that was not handed over (it cleans up whatever still runs)."""
-        sup, self._supervisor = self._supervisor, None
-        if sup is None:
-            return
-        for f in (sup.stdin, sup.stdout):
-            with contextlib.suppress(OSError):
-                if f is not None:
-                    f.close()
-        try:
-            sup.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            sup.kill()
-            sup.wait(timeout=5)
 
     def _watch_page_server(self) -> None:
         """Abort any API request at once when the page server dies (:class:`~firecracer.vmm.api.Watch`)."""
@@ -400,39 +320,9 @@ class MicroVM:
             raise
 
     def _configure(self, c: VMConfig) -> None:
-        v = self.version
-        api = self.api
-        boot_args = c.boot_args
-        if c.network and "ip=" not in boot_args:
-            boot_args = f"{boot_args} {kernel_ip_arg()}"
-        api.put("/boot-source", cfg.BootSource(_fc_path(c.kernel), boot_args,
-                                               _fc_path(c.initrd) if c.initrd else None).body(v))
-        api.put("/machine-config", cfg.MachineConfig(vcpu_count=c.vcpu_count, mem_size_mib=c.mem_size_mib,
-                                                     smt=c.smt, track_dirty_pages=c.track_dirty_pages,
-                                                     huge_pages=c.huge_pages).body(v))
-        if c.rootfs:
-            api.put("/drives/rootfs", cfg.Drive("rootfs", _fc_path(c.rootfs), is_root_device=True,
-                                                is_read_only=c.rootfs_read_only).body(v))
-        for i, d in enumerate(c.drives):
-            path = d.get("path")
-            if not isinstance(path, str) or not Path(path).is_file():
-                raise FirecracerError(f"drive {i + 1}: {path!r} is not a file")
-            api.put(f"/drives/drive{i + 1}", cfg.Drive(f"drive{i + 1}", _fc_path(path), is_root_device=False,
-                                                      is_read_only=bool(d.get("read_only", False))).body(v))
-        if c.vsock_cid is not None:
-            # relative: resolved against the run dir (Firecracker's cwd), also after restore
-            api.put("/vsock", cfg.Vsock(c.vsock_cid, VSOCK_NAME).body(v))
-        if c.network:
-            assert self.netns is not None
-            nic = cfg.NetworkInterface("eth0", self.netns.tap, GUEST_MAC)
-            api.put("/network-interfaces/eth0", nic.body(v))
-        if c.mmds is not None:
-            if not c.network:
-                raise FirecracerError("MMDS needs a network interface: set network=True")
-            api.put("/mmds/config", cfg.MmdsConfig(("eth0",)).body(v))
-            api.put("/mmds", c.mmds)
-        if c.balloon_mib is not None:
-            api.put("/balloon", cfg.Balloon(c.balloon_mib).body(v))
+        for path, body in c.requests(self.version, tap=self.netns.tap if self.netns else None,
+                                     vsock_uds=VSOCK_NAME):
+            self.api.put(path, body)
 
     def start(self) -> None:
         """``InstanceStart``: the guest begins executing."""
@@ -488,16 +378,7 @@ class MicroVM:
     def flush_metrics(self) -> dict[str, Any]:
         """``FlushMetrics`` and return the newest metrics object (empty dict if none was written)."""
         self.api.put("/actions", {"action_type": "FlushMetrics"})
-        try:
-            lines = self.fc.metrics_path.read_text().strip().splitlines()
-        except OSError:
-            return {}
-        for line in reversed(lines):
-            with contextlib.suppress(ValueError):
-                obj = json.loads(line)
-                if isinstance(obj, dict):
-                    return obj
-        return {}
+        return self.fc.latest_metrics()
 
     def check_page_server(self, when: str = "while the VM ran") -> None:
         """Raise (and kill the VM) if the Uffd page server died while Firecracker still runs.
@@ -516,33 +397,16 @@ class MicroVM:
         e.g. an HTTP request over vsock, ends instead of running into its timeout), and the block raises
         that death, named with the server's last log line, instead of whatever the wait saw."""
         server = self.page_server
-        fd = server.pidfd() if server is not None else -1
-        if server is None or fd < 0 or self._fc is None:
+        if server is None or self._fc is None or not self.pid:
             yield
             return
-        stop = os.eventfd(0, os.EFD_CLOEXEC)
-        fired = threading.Event()
-        fc_pid = self.pid
-
-        def watch() -> None:
-            ready, _, _ = select.select([fd, stop], [], [])
-            if fd in ready and stop not in ready and fc_pid:
-                fired.set()
-                with contextlib.suppress(OSError):
-                    os.kill(fc_pid, signal.SIGKILL)
-
-        th = threading.Thread(target=watch, name=f"{self.name}-page-server-guard", daemon=True)
-        th.start()
-        try:
-            yield
-        except Exception:
-            if fired.is_set():
-                raise FirecrackerError(self._page_server_died(when)) from None
-            raise
-        finally:
-            os.eventfd_write(stop, 1)
-            th.join()
-            os.close(stop)
+        with server.kills_on_death(self.pid, f"{self.name}-page-server-guard") as fired:
+            try:
+                yield
+            except Exception:
+                if fired.is_set():
+                    raise FirecrackerError(self._page_server_died(when)) from None
+                raise
         if fired.is_set():
             raise FirecrackerError(self._page_server_died(when))
 
@@ -550,59 +414,13 @@ class MicroVM:
     def send_serial(self, data: bytes) -> None:
         self.fc.send_serial(data)
 
-    def serial_text(self, since: int = 0) -> str:
-        """Serial output from byte offset ``since`` (undecodable bytes kept as surrogates)."""
-        try:
-            with open(self.serial_log, "rb") as f:
-                f.seek(since)
-                return f.read().decode("utf-8", "surrogateescape")
-        except OSError:
-            return ""
-
-    def serial_size(self) -> int:
-        """Bytes of serial output so far: pass as ``since`` to wait only for what comes next."""
-        try:
-            return self.serial_log.stat().st_size
-        except OSError:
-            return 0
-
-    #: serial lines that say why a guest died: a kernel panic, the JVM's fatal-error banner, the init's
-    #: verdict, a Python exception in the init
-    _DEATH_RX = re.compile(r"Kernel panic.*|A fatal error has been detected.*|"
-                           r"^#\s+(?P<sig>SIG\w+ \(0x\w+\) at pc.*)|"
-                           r"firecracer-init: .*(?:exited|rebooting|failed).*|^\w*(?:Error|Exception)\b.*|"
-                           r"Out of memory: Killed process.*",
-                           re.MULTILINE)
-
-    #: a guest that is alive but will not recover: its kernel reports a stalled CPU (seen in the lab: a
-    #: vCPU that never answers again), or the JVM printed its fatal-error banner (it is writing hs_err)
-    _BROKEN_RX = re.compile(r"rcu: INFO: \w+ detected stalls on CPUs.*|watchdog: BUG: soft lockup.*|"
-                            r"Watchdog detected hard LOCKUP.*|" + JVM_CRASH_RX.pattern)
-
-    def guest_broken(self, since: int = 0) -> str | None:
-        """What the console says broke the guest after byte ``since`` (a stalled CPU, the JVM's fatal
-        error), or None."""
-        m = self._BROKEN_RX.search(self.serial_text(since))
-        if m is None:
-            return None
-        return f"the JVM crashed: {m.group('sig').strip()}" if m.group("sig") else m.group(0).strip()
-
-    def guest_death(self, death: str | None = None) -> str:
+    def guest_death(self, death: str | None = None, also: Sequence[re.Pattern[str]] = ()) -> str:
         """Why the guest is gone, in one line: Firecracker's end (or ``death``, e.g. the recorded reason)
-        and what the serial console said last."""
+        and what the console said last (:meth:`Console.said`; ``also``: a guest program's own verdict
+        lines, such as ``firecracer.guest.jvm.JVM_DEATH_RX``)."""
         death = death or (self.fc.describe_death() if self._fc else None) or "Firecracker is not running"
-        tail = self.serial_text(max(0, self.serial_size() - 64 * 1024))
-        said = [(m.group('sig') or m.group(0)).strip()[:200] for m in self._DEATH_RX.finditer(tail)]
-        if not said:  # no verdict: its last words (a cut line alone says little)
-            said = self.console_last_lines(3, tail)
-        return death + (f"; the guest said: {' / '.join(dict.fromkeys(said[-3:]))}" if said else "")
-
-    def console_last_lines(self, n: int, tail: str | None = None) -> list[str]:
-        """The console's last ``n`` non-empty lines (of ``tail``, else of its last 64 KiB), each cut at
-        200 characters: where a guest got to, for one-line errors."""
-        if tail is None:
-            tail = self.serial_text(max(0, self.serial_size() - 64 * 1024))
-        return [ln.strip()[:200] for ln in tail.splitlines() if ln.strip()][-n:]
+        said = self.console.said(also)
+        return death + (f"; the guest said: {said}" if said else "")
 
     def wait_serial(self, pattern: str, timeout: float = 30.0, *,
                     since: int = 0) -> tuple[re.Match[str], int]:
@@ -613,27 +431,18 @@ class MicroVM:
 
         :raises FirecrackerError: timeout, or Firecracker exited (with its last log line).
         """
-        rx = re.compile(pattern, re.MULTILINE)
-        deadline = time.monotonic() + timeout
-        delay = 0.0005
-        while True:
-            text = self.serial_text(since)
-            m = rx.search(text)
-            if m:
-                return m, since + len(text[:m.end()].encode("utf-8", "surrogateescape"))
+        def gone() -> str | None:
             self.check_page_server()
-            if not self.alive():
-                death = self.fc.describe_death() if self._fc else None
-                server_line = self.page_server.describe_death() if self.page_server else None
-                raise FirecrackerError(f"{self.name}: serial output never matched {pattern!r}: "
-                                       f"{death or 'Firecracker is not running'}"
-                                       + (f"; {server_line}" if server_line else ""))
-            if time.monotonic() > deadline:
-                tail = text[-200:].strip().replace("\n", " | ")
-                raise FirecrackerError(f"{self.name}: serial output did not match {pattern!r} within "
-                                       f"{timeout:g} s (last output: {tail!r})")
-            time.sleep(delay)
-            delay = min(delay * 2, 0.02)
+            if self.alive():
+                return None
+            death = self.fc.describe_death() if self._fc else None
+            server_line = self.page_server.describe_death() if self.page_server else None
+            return (death or "Firecracker is not running") + (f"; {server_line}" if server_line else "")
+
+        try:
+            return self.console.wait(re.compile(pattern, re.MULTILINE), timeout, since=since, gone=gone)
+        except ConsoleWaitError as exc:
+            raise FirecrackerError(f"{self.name}: {exc}") from None
 
     # -- snapshots ----------------------------------------------------------------------------------
     def snapshot(self, dest: str | os.PathLike[str], snapshot_type: SnapshotType = SnapshotType.FULL, *,
@@ -674,7 +483,7 @@ class MicroVM:
                     f"{self.name}: a Diff snapshot needs dirty-page tracking, and this VM's {how} did not "
                     f"enable it (Firecracker would write every page: a full-size 'Diff'); {how} it with "
                     "--track-dirty-pages, or take a Full snapshot")
-        tmp = _partial_dir(d)
+        tmp = partial_dir(d)
         try:
             tmp.mkdir(parents=True)
         except OSError as exc:
@@ -696,20 +505,10 @@ class MicroVM:
                 t1 = time.perf_counter()
                 punched = punch_zero_pages(tmp / "mem")
                 timings["punch_holes"] = round((time.perf_counter() - t1) * 1000, 3)
-            c = self.config
-            vm_json = c.to_json() if c else {}
             mem = {**mem_stats(tmp / "mem"), "holes_punched": punch_holes, "bytes_punched": punched}
-            is_diff = snapshot_type is SnapshotType.DIFF and parent is not None
-            snap = Snapshot(dir=d.absolute(), type=snapshot_type, firecracker_version=str(self.version),
-                            snapshot_format=fmt, created=now_iso(),
-                            parent=parent.dir if is_diff and parent else None,
-                            vm=vm_json,
-                            files={"kernel": describe_file(c.kernel) if c else None,
-                                   "rootfs": describe_file(c.rootfs) if c and c.rootfs else None,
-                                   "firecracker": str(self.binary)},
-                            labels={**(c.labels if c else {}), **(labels or {})}, mem=mem, timings_ms=timings,
-                            id=new_snapshot_id(),
-                            parent_id=(parent.id or None) if is_diff and parent else None)
+            snap = Snapshot.made(d.absolute(), snapshot_type, vm=self.config.to_json() if self.config else {},
+                                 firecracker=self.binary, version=str(self.version), snapshot_format=fmt,
+                                 parent=parent, labels=labels, mem=mem, timings_ms=timings)
             snap.write(tmp / "snapshot.json")
             try:
                 os.rename(tmp, d)  # onto nothing, or onto the empty directory that was there
@@ -746,8 +545,6 @@ class MicroVM:
         Signals are held back meanwhile (a second Ctrl-C must not leave the VM paused half-way); when the
         failure was itself an interrupt they are dropped, as the process is ending anyway.
         """
-        from firecracer.vmm.process import deferred_signals
-
         if not self.alive():
             return f"the VM {self.name} is not running"
         with deferred_signals() as deferred:
@@ -819,13 +616,7 @@ class MicroVM:
                                   f"'firecracer vm decompress {snap.dir}' first")
         source = "given"
         if firecracker is None:
-            recorded = snap.files.get("firecracker")
-            if isinstance(recorded, str) and recorded and Path(recorded).is_file() \
-                    and os.access(recorded, os.X_OK):
-                firecracker, source = recorded, f"recorded in {snap.json_path}"
-            else:
-                source = "discovered" + (f" ({recorded}, recorded in {snap.json_path}, is gone)"
-                                         if recorded else "")
+            firecracker, source = snap.recorded_firecracker()
         vm = cls(firecracker, name=name, run_dir=run_dir, log_level=log_level, lifeline=lifeline,
                  purpose=purpose)
         vm.binary_source = source
@@ -835,11 +626,7 @@ class MicroVM:
                 raise Unsupported(limit)
         if check:
             check_loadable(snap, vm.binary)
-        if snap.vm.get("huge_pages") == "2M":  # before Firecracker starts: it would fail or SIGBUS later
-            if backend is not MemBackend.UFFD:
-                raise FirecracerError(f"{snap.dir}: this snapshot's memory is backed by 2 MiB huge pages, "
-                                      "which Firecracker restores only through the Uffd backend (--uffd)")
-            hugepages.check_pool(int(snap.vm.get("mem_size_mib") or 0), f"snapshot {snap.dir}")
+        snap.check_huge_pages(uffd=backend is MemBackend.UFFD)  # before Firecracker: it would fail later
         vm.config = VMConfig.from_json(snap.vm) if snap.vm.get("kernel") else None
         vm.restored_from = snap
         vm.dirty_tracking = track_dirty_pages
@@ -857,12 +644,8 @@ class MicroVM:
             vm._spawn(bool(vm.config and vm.config.network))
             if backend is MemBackend.UFFD:
                 sock = vm.run_dir / UFFD_NAME
-                if page_server:
-                    argv = [a.replace("{socket}", str(sock)).replace("{mem}", str(mem.resolve()))
-                            .replace("{mem_id}", snap.id) for a in page_server]
-                else:
-                    argv = default_command(sock, mem.resolve(), strategy=strategy, trace=trace,
-                                           metrics=metrics, mem_id=snap.id or None, working_set=working_set)
+                argv = restore_command(page_server, sock, mem.resolve(), mem_id=snap.id, strategy=strategy,
+                                       trace=trace, metrics=metrics, working_set=working_set)
                 vm.page_server = PageServer(argv, sock, vm.run_dir / "uffd.log", lifeline=vm.lifeline)
                 t0 = time.perf_counter()
                 vm.page_server.start()
@@ -890,7 +673,7 @@ class MicroVM:
                                       fault_message=exc.fault_message, body=exc.body) from exc
                 server = vm.page_server
                 if server is not None and str(server.pid) not in str(exc):  # the server's own words say why
-                    why = server.describe_death() or _server_said(server)
+                    why = server.describe_death() or server.last_words()
                     if why:
                         raise FirecrackerError(f"{exc}; {why}", method=exc.method, path=exc.path,
                                                status=exc.status, fault_message=exc.fault_message,
@@ -938,7 +721,9 @@ class MicroVM:
         if self.page_server is not None:
             # with Firecracker gone the server ends its session and writes trace/metrics itself
             self.page_server.stop(natural=2.0 if self._fc is not None else 0.0, cleanup=owns)
-        self._release_supervisor()
+        sup, self._supervisor = self._supervisor, None
+        if sup is not None:
+            release_supervisor(sup)
         if owns and self.state != "new" and self.run_dir.is_dir():
             left = processes_in(self.run_dir)
             if left:
@@ -958,8 +743,8 @@ class MicroVM:
     def _owns_run_dir(self) -> bool:
         """Whether ``vm.json`` is still this VM's (a newer VM of the same name writes its own instance
         there before it starts anything; a missing record is nobody's to sweep)."""
-        rec = read_record(self.run_dir)
-        return rec is not None and rec.get("instance") == self._instance
+        rec = VmRecord.find(self.run_dir)
+        return rec is not None and rec.instance == self._instance
 
     def detach(self) -> None:
         """Leave the VM running after this object is gone (the state dir's vm.json describes it).
@@ -988,8 +773,6 @@ class MicroVM:
         except OSError as exc:
             answer = f"dead the supervisor is gone ({exc})"
         if not answer and sup.poll() is not None:
-            from firecracer.vmm.process import last_error_line
-
             said = last_error_line(self.run_dir / "supervisor.log")
             answer = (f"dead the supervisor exited with status {sup.returncode}"
                       + (f": {said}" if said else f" (log: {self.run_dir / 'supervisor.log'})"))
@@ -1004,48 +787,30 @@ class MicroVM:
             self.kill()
             raise FirecrackerError(f"{self.name}: could not hand the VM over to its supervisor: {why}")
 
-    def record(self) -> dict[str, Any]:
+    def record(self) -> VmRecord:
+        """What ``vm.json`` says of this VM now."""
         server = self.page_server
         sup_pid = self._supervisor.pid if self._supervisor is not None else self._supervisor_pid
-        return {"name": self.name, "state": self.state, "pid": self.pid,
-                "pid_start": start_time(self.pid) if self.pid else None,
-                "firecracker": str(self.binary),
-                "firecracker_version": str(self._fc.version) if self._fc else None,
-                "run_dir": str(self.run_dir), "api_sock": str(self.run_dir / "api.sock"),
-                "vsock": None if self.config and self.config.vsock_cid is None else str(self.vsock_path),
-                "serial_log": str(self.serial_log), "serial_in": str(self.run_dir / "serial.in"),
-                "netns": self.netns.name if self.netns else None,
-                "page_server_pid": server.pid if server else None,
-                "page_server_start": start_time(server.pid) if server and server.pid else None,
-                "supervisor_pid": sup_pid, "supervisor_start": start_time(sup_pid) if sup_pid else None,
-                "owner": list(self._owner), "instance": self._instance, "lifeline": self.lifeline,
-                "detached": self.detached,
-                "purpose": self.purpose, "dead_reason": self.dead_reason,
-                "dirty_tracking": self.dirty_tracking,
-                "restored_from": str(self.restored_from.dir) if self.restored_from else None,
-                "last_snapshot": str(self.last_snapshot.dir) if self.last_snapshot else None,
-                "config": self.config.to_json() if self.config else None,
-                "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()}, "updated": now_iso()}
+        return VmRecord(
+            name=self.name, state=self.state, pid=self.pid,
+            pid_start=start_time(self.pid) if self.pid else None,
+            firecracker=str(self.binary), firecracker_version=str(self._fc.version) if self._fc else None,
+            run_dir=str(self.run_dir), api_sock=str(self.run_dir / "api.sock"),
+            vsock=None if self.config and self.config.vsock_cid is None else str(self.vsock_path),
+            serial_log=str(self.serial_log), serial_in=str(self.run_dir / "serial.in"),
+            netns=self.netns.name if self.netns else None,
+            page_server_pid=server.pid if server else None,
+            page_server_start=start_time(server.pid) if server and server.pid else None,
+            supervisor_pid=sup_pid, supervisor_start=start_time(sup_pid) if sup_pid else None,
+            owner=self._owner, instance=self._instance, lifeline=self.lifeline, detached=self.detached,
+            purpose=self.purpose, dead_reason=self.dead_reason, dirty_tracking=self.dirty_tracking,
+            restored_from=str(self.restored_from.dir) if self.restored_from else None,
+            last_snapshot=str(self.last_snapshot.dir) if self.last_snapshot else None,
+            config=self.config.to_json() if self.config else None,
+            timings_ms={k: round(v, 3) for k, v in self.timings_ms.items()}, updated=now_iso())
 
     def _write_record(self) -> None:
         if not self.run_dir.is_dir():
             return
         with record_lock(self.run_dir):
-            write_record(self.run_dir, self.record())
-
-
-def _partial_dir(dest: Path) -> Path:
-    """Where a snapshot into ``dest`` is written before it is renamed into place; a dead writer's
-    leftovers there are removed first."""
-    for old in dest.parent.glob(f".{dest.name}.partial-*") if dest.parent.is_dir() else []:
-        pid = old.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and (int(pid) == os.getpid() or is_zombie(int(pid))):
-            shutil.rmtree(old, ignore_errors=True)
-    return dest.parent / f".{dest.name}.partial-{os.getpid()}"
-
-
-def _server_said(server: PageServer) -> str | None:
-    from firecracer.vmm.process import last_error_line
-
-    line = last_error_line(server.log)
-    return f"the page server's last log line: {line}" if line else None
+            self.record().write(self.run_dir)

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from firecracer.errors import FirecracerError
@@ -61,6 +63,18 @@ def default_command(socket_path: Path, mem_file: Path, *, strategy: str | None =
     if metrics:
         cmd += ["--metrics", str(metrics)]
     return cmd
+
+
+def restore_command(page_server: Sequence[str] | None, socket_path: Path, mem_file: Path, *, mem_id: str,
+                    strategy: str | None = None, trace: Path | None = None, metrics: Path | None = None,
+                    working_set: bool = True) -> list[str]:
+    """The page server a restore starts: ``page_server`` with ``{socket}``, ``{mem}`` and ``{mem_id}``
+    replaced, else :func:`default_command`."""
+    if page_server:
+        return [a.replace("{socket}", str(socket_path)).replace("{mem}", str(mem_file))
+                .replace("{mem_id}", mem_id) for a in page_server]
+    return default_command(socket_path, mem_file, strategy=strategy, trace=trace, metrics=metrics,
+                           mem_id=mem_id or None, working_set=working_set)
 
 
 class PageServer:
@@ -113,6 +127,11 @@ class PageServer:
             except OSError:
                 return -1
         return self._pidfd
+
+    def last_words(self) -> str | None:
+        """The server's last log line, as a clause of an error (None if its log is empty)."""
+        line = last_error_line(self.log)
+        return f"the page server's last log line: {line}" if line else None
 
     def describe_death(self, when: str = "") -> str | None:
         """None while it runs, else "the page server (pid N, CMD) killed by SIGKILL WHEN; its last log
@@ -225,3 +244,31 @@ class PageServer:
         if cleanup:
             self.socket_path.unlink(missing_ok=True)
         return rc
+
+    @contextlib.contextmanager
+    def kills_on_death(self, pid: int, name: str) -> Iterator[threading.Event]:
+        """Within the block, this server's death SIGKILLs process ``pid`` (its Firecracker, which would
+        hang on its next fault) at once; the event yielded says whether that happened. Without a pidfd
+        (the server is gone already, or not started) nothing is watched."""
+        fired = threading.Event()
+        fd = self.pidfd()
+        if fd < 0:
+            yield fired
+            return
+        stop = os.eventfd(0, os.EFD_CLOEXEC)
+
+        def watch() -> None:
+            ready, _, _ = select.select([fd, stop], [], [])
+            if fd in ready and stop not in ready:
+                fired.set()
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+
+        th = threading.Thread(target=watch, name=name, daemon=True)
+        th.start()
+        try:
+            yield fired
+        finally:
+            os.eventfd_write(stop, 1)
+            th.join()
+            os.close(stop)

@@ -19,6 +19,7 @@ Firecracker runs in the run directory with the run directory's mark in its envir
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -120,6 +121,19 @@ class FirecrackerProcess:
     @property
     def metrics_path(self) -> Path:
         return self.run_dir / "metrics.json"
+
+    def latest_metrics(self) -> dict[str, Any]:
+        """The newest metrics object Firecracker wrote (one JSON line per flush), or {} if none."""
+        try:
+            lines = self.metrics_path.read_text().strip().splitlines()
+        except OSError:
+            return {}
+        for line in reversed(lines):
+            with contextlib.suppress(ValueError):
+                obj = json.loads(line)
+                if isinstance(obj, dict):
+                    return obj
+        return {}
 
     @property
     def pid(self) -> int | None:

@@ -35,7 +35,9 @@ TRACE = [*range(4096, 4096 + 512, 2), *range(8192, 8192 + 64)]  # filled pages, 
 
 
 @dataclass
-class Check:
+class SelftestStep:
+    """One step of the selftest: passed, failed, or unsupported on this host (with why)."""
+
     name: str
     ok: bool
     ms: float | None
@@ -50,7 +52,7 @@ class Check:
 class SelftestReport:
     firecracker: str
     firecracker_version: str
-    checks: list[Check]
+    checks: list[SelftestStep]
     kept: list[str] = field(default_factory=list)  # run directories kept because a check failed
 
     @property
@@ -71,7 +73,7 @@ def run_selftest(firecracker: str | Path | None = None, *, workdir: Path | None 
     """
     binary = find_firecracker(firecracker)
     version = firecracker_version(binary)
-    checks: list[Check] = []
+    checks: list[SelftestStep] = []
     blocked: str | None = None  # Unsupported reason that makes every later check impossible
     failed: str | None = None  # a failure that makes later checks impossible (they fail too)
     prefix = f"selftest-{uuid.uuid4().hex[:8]}"
@@ -81,22 +83,23 @@ def run_selftest(firecracker: str | Path | None = None, *, workdir: Path | None 
     try:
         elf = build_probe(TRACE, FILL, writes=writes)
     except (FirecracerError, ValueError) as exc:
-        return SelftestReport(str(binary), str(version), [Check("build_probe", False, None, detail=str(exc))])
+        return SelftestReport(str(binary), str(version),
+                              [SelftestStep("build_probe", False, None, detail=str(exc))])
 
     def phase(name: str, fn: Callable[[], tuple[float | None, str | None]]) -> bool:
         if blocked or failed:
             skipped = f"skipped: {failed}" if failed else None
-            checks.append(Check(name, False, None, unsupported=blocked, detail=skipped))
+            checks.append(SelftestStep(name, False, None, unsupported=blocked, detail=skipped))
             return False
         try:
             ms, detail = fn()
         except Unsupported as exc:
-            checks.append(Check(name, False, None, unsupported=exc.reason))
+            checks.append(SelftestStep(name, False, None, unsupported=exc.reason))
             return False
         except FirecracerError as exc:
-            checks.append(Check(name, False, None, detail=str(exc)))
+            checks.append(SelftestStep(name, False, None, detail=str(exc)))
             return False
-        checks.append(Check(name, detail is None, None if ms is None else round(ms, 3), detail=detail))
+        checks.append(SelftestStep(name, detail is None, None if ms is None else round(ms, 3), detail=detail))
         return detail is None
 
     state: dict[str, Any] = {}
@@ -161,13 +164,13 @@ def run_selftest(firecracker: str | Path | None = None, *, workdir: Path | None 
                               (SnapshotType.FULL, MemBackend.UFFD)):
             name = f"restore_{backend.value.lower()}_{kind.value.lower()}"
             if kind not in snaps:
-                checks.append(Check(name, False, None, unsupported=blocked,
-                                    detail=None if blocked else f"skipped: no {kind.value} snapshot"))
+                checks.append(SelftestStep(name, False, None, unsupported=blocked,
+                                           detail=None if blocked else f"skipped: no {kind.value} snapshot"))
                 continue
             ok = phase(name, do_restore(kind, backend))
             first = state.get(f"first-{kind.value}-{backend.value}")
             if ok and first is not None:
-                checks.append(Check(f"{name}_first_result", True, round(first, 3)))
+                checks.append(SelftestStep(f"{name}_first_result", True, round(first, 3)))
     finally:
         if "vm" in state:
             state["vm"].kill()

@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import time
 import uuid
@@ -38,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from firecracer import hugepages
 from firecracer.errors import FirecracerError, FormatError
 from firecracer.fcversion import firecracker_version
 from firecracer.fsio import atomic_output, read_json
@@ -46,6 +48,7 @@ from firecracer.uffd.memfile import scan_data
 from firecracer.uffd.zmem import DEFAULT_FRAME, DEFAULT_LEVEL, ZMemFile, compress_memory
 from firecracer.uffd.zmem import FORMAT as ZMEM_FORMAT
 from firecracer.vmm.config import SnapshotType
+from firecracer.vmm.lifeline import is_zombie
 
 FORMAT = "firecracer-snapshot"
 ZMEM_NAME = "mem.fcz"
@@ -113,6 +116,42 @@ class Snapshot:
         """Write ``snapshot.json`` (or ``path``) atomically."""
         with atomic_output(path or self.json_path, "snapshot description") as tmp:
             tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+
+    @classmethod
+    def made(cls, directory: Path, snapshot_type: SnapshotType, *, vm: dict[str, Any], firecracker: Path,
+             version: str, snapshot_format: str, parent: Snapshot | None, labels: dict[str, Any] | None,
+             mem: dict[str, Any], timings_ms: dict[str, float]) -> Snapshot:
+        """The description of a snapshot just written by ``firecracker`` from a VM configured as ``vm``
+        (``VMConfig.to_json``): its files' identities, a new id, and for a Diff the parent it applies to."""
+        is_diff = snapshot_type is SnapshotType.DIFF and parent is not None
+        kernel, rootfs = vm.get("kernel"), vm.get("rootfs")
+        return cls(dir=directory, type=snapshot_type, firecracker_version=version,
+                   snapshot_format=snapshot_format, created=now_iso(),
+                   parent=parent.dir if is_diff and parent else None, vm=vm,
+                   files={"kernel": describe_file(kernel) if kernel else None,
+                          "rootfs": describe_file(rootfs) if rootfs else None,
+                          "firecracker": str(firecracker)},
+                   labels={**vm.get("labels", {}), **(labels or {})}, mem=mem, timings_ms=timings_ms,
+                   id=new_snapshot_id(), parent_id=(parent.id or None) if is_diff and parent else None)
+
+    def check_huge_pages(self, *, uffd: bool) -> None:
+        """Refuse a restore of 2 MiB-backed memory without the Uffd backend or the huge pages for it."""
+        if self.vm.get("huge_pages") != "2M":
+            return
+        if not uffd:
+            raise FirecracerError(f"{self.dir}: this snapshot's memory is backed by 2 MiB huge pages, "
+                                  "which Firecracker restores only through the Uffd backend (--uffd)")
+        hugepages.check_pool(int(self.vm.get("mem_size_mib") or 0), f"snapshot {self.dir}")
+
+    def recorded_firecracker(self) -> tuple[str | None, str]:
+        """The Firecracker binary that made this snapshot if it is still there (else None: discover one),
+        and a phrase saying where the choice came from."""
+        recorded = self.files.get("firecracker")
+        if isinstance(recorded, str) and recorded and Path(recorded).is_file() \
+                and os.access(recorded, os.X_OK):
+            return recorded, f"recorded in {self.json_path}"
+        gone = f" ({recorded}, recorded in {self.json_path}, is gone)" if recorded else ""
+        return None, "discovered" + gone
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> Snapshot:
@@ -495,3 +534,12 @@ def check_loadable(snap: Snapshot, binary: Path) -> None:
         raise FirecracerError(f"{snap.vmstate}: state file says format {actual}, snapshot.json says "
                               f"{snap.snapshot_format}: the directory was modified")
 
+
+def partial_dir(dest: Path) -> Path:
+    """Where a snapshot into ``dest`` is written before it is renamed into place; a dead writer's
+    leftovers there are removed first."""
+    for old in dest.parent.glob(f".{dest.name}.partial-*") if dest.parent.is_dir() else []:
+        pid = old.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and (int(pid) == os.getpid() or is_zombie(int(pid))):
+            shutil.rmtree(old, ignore_errors=True)
+    return dest.parent / f".{dest.name}.partial-{os.getpid()}"

@@ -19,8 +19,6 @@ Standard library only (plus small firecracer modules): it stays small in memory 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import os
 import select
 import signal
@@ -28,62 +26,43 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-from firecracer.errors import FormatError
-from firecracer.fsio import read_json
 from firecracer.paths import open_private
-from firecracer.vmm.lifeline import is_zombie, kill_all, processes_in, start_time
+from firecracer.vmm.lifeline import is_zombie, kill_all, processes_in, spawn, start_time
 from firecracer.vmm.process import last_error_line
+from firecracer.vmm.record import VmRecord, record_lock
 
-RECORD = "vm.json"
 _SOCKETS = ("api.sock", "serial.in", "uffd.sock")
 
 
-# -- vm.json, shared with MicroVM ---------------------------------------------------------------------
-def read_record(run_dir: Path) -> dict[str, Any] | None:
-    """The run directory's ``vm.json`` (None if missing, unreadable, or not a regular file of <= 1 MiB)."""
-    try:
-        data = read_json(run_dir / RECORD, limit=1 << 20, what="VM record")
-    except FormatError:
-        return None
-    return data if isinstance(data, dict) else None
+def start_supervisor(run_dir: Path) -> subprocess.Popen[bytes]:
+    """Start the keeper of a VM that will outlive the calling process (``MicroVM(lifeline=False)``)."""
+    with open(open_private(run_dir / "supervisor.log"), "ab") as log:
+        return spawn([sys.executable, "-m", "firecracer.vmm.supervisor", str(run_dir)], lifeline=False,
+                     run_dir=run_dir, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
 
 
-@contextlib.contextmanager
-def record_lock(run_dir: Path) -> Any:
-    """An exclusive lock on the run directory's record (``vm.lock``), for read-modify-write."""
+def release_supervisor(sup: subprocess.Popen[bytes]) -> None:
+    """End the supervisor of a VM that was not handed over (it cleans up whatever still runs)."""
+    for f in (sup.stdin, sup.stdout):
+        with contextlib.suppress(OSError):
+            if f is not None:
+                f.close()
     try:
-        fd = os.open(run_dir / "vm.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError:
-        yield
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-def write_record(run_dir: Path, rec: dict[str, Any]) -> None:
-    """Replace ``vm.json`` atomically (temporary file + rename)."""
-    tmp = run_dir / f"{RECORD}.{os.getpid()}.tmp"
-    try:
-        with open(open_private(tmp, os.O_WRONLY | os.O_TRUNC), "w", encoding="utf-8") as f:  # 0600
-            f.write(json.dumps(rec, indent=2, default=str) + "\n")
-        os.replace(tmp, run_dir / RECORD)
-    finally:
-        tmp.unlink(missing_ok=True)
+        sup.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        sup.kill()
+        sup.wait(timeout=5)
 
 
 def mark_dead(run_dir: Path, reason: str) -> None:
     """Record ``state: dead`` and why, keeping everything else in ``vm.json``."""
     with record_lock(run_dir):
-        rec = read_record(run_dir) or {"name": run_dir.name}
-        rec.update(state="dead", dead_reason=reason,
-                   updated=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        rec = VmRecord.find(run_dir) or VmRecord(name=run_dir.name)
+        rec.state, rec.dead_reason = "dead", reason
+        rec.updated = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         with contextlib.suppress(OSError):
-            write_record(run_dir, rec)
+            rec.write(run_dir)
 
 
 def cleanup_run_dir(run_dir: Path) -> None:
@@ -92,9 +71,9 @@ def cleanup_run_dir(run_dir: Path) -> None:
         (run_dir / name).unlink(missing_ok=True)
     for sock in run_dir.glob("v.sock*"):
         sock.unlink(missing_ok=True)
-    rec = read_record(run_dir) or {}
-    netns = rec.get("netns")
-    if isinstance(netns, str) and netns and Path("/run/netns", netns).exists():
+    rec = VmRecord.find(run_dir)
+    netns = rec.netns if rec is not None else None
+    if netns and Path("/run/netns", netns).exists():
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             # a namespace something still runs in is not this dead VM's (a copied or edited record);
             # a Firecracker just killed may take a moment to leave it

@@ -3,7 +3,7 @@
 Firecracker exposes the guest's vsock as a Unix socket (``uds_path`` of ``PUT /vsock``); a host-initiated
 connection sends ``CONNECT <port>\\n`` and gets ``OK <host_port>\\n`` back, then the stream is the
 guest port's. :func:`open_stream` also takes ``tcp:HOST:PORT`` (a QEMU user-mode forward) and
-``unix:PATH`` (tests), so the guest agent's client (``firecracer.guest.client``) uses it for every
+``unix:PATH`` (tests), so the guest agent's client (``firecracer.agentclient.client``) uses it for every
 address; :func:`vsock_http` is one HTTP/1.0 request to a guest port (the workload's first request).
 """
 

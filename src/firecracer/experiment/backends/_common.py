@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import uuid
@@ -16,6 +15,8 @@ import numpy as np
 from firecracer.errors import FirecracerError
 from firecracer.experiment.spec import Strategy
 from firecracer.fcversion import Version
+from firecracer.uffd.metrics import ServerMetrics
+from firecracer.uffd.trace import FLAG_FAULTING, load_trace
 from firecracer.uffd.workingset import ws_path_for
 from firecracer.vmm.binary import uffd_restore_problem
 
@@ -66,30 +67,14 @@ def log_note(log: Path) -> str:
 def server_metrics(metrics_out: Path, trace_out: Path) -> dict[str, Any]:
     """Faults, pages, bytes, service and install time from the page server's metrics and trace."""
     out: dict[str, Any] = {}
-    try:
-        m = json.loads(metrics_out.read_text())
-    except (OSError, ValueError):
-        m = None
-    sess = m.get("sessions", [{}])[0] if isinstance(m, dict) and m.get("sessions") else {}
-    if isinstance(sess, dict) and sess:
-        out["faults"] = sess.get("faults")
-        out["pages"] = sess.get("pages_total")
-        out["bytes"] = int(sess.get("bytes_copied", 0)) + int(sess.get("bytes_zeroed", 0))
-        out["latency_us"] = sess.get("latency_us")
-        out["fault_taxonomy"] = sess.get("fault_taxonomy")
-        out["handshake_to_last_fault_ms"] = sess.get("handshake_to_last_fault_ms")
-        pf = sess.get("prefetch") or {}
-        if isinstance(pf, dict):
-            if "installed" in pf:
-                out["prefetched"] = pf["installed"]
-            if "misses" in pf:
-                out["misses"] = pf["misses"]
-            inst = pf.get("install_ms", pf.get("eager_ms"))
-            if isinstance(inst, int | float):
-                out["install"] = float(inst)
+    sess = ServerMetrics.read(metrics_out).first if metrics_out.exists() else None
+    if sess is not None:
+        out.update(faults=sess.faults, pages=sess.pages_total, bytes=sess.bytes_served,
+                   latency_us=sess.latency_us or None, fault_taxonomy=sess.extra.get("fault_taxonomy"),
+                   handshake_to_last_fault_ms=sess.handshake_to_last_fault_ms,
+                   prefetched=sess.install.get("installed"), misses=sess.install.get("misses"),
+                   install=sess.install_ms)
     if trace_out.exists():
-        from firecracer.uffd.trace import FLAG_FAULTING, load_trace
-
         t = load_trace(trace_out)
         faulting = (t.flags & FLAG_FAULTING) != 0
         out["service_ms"] = float(t.service_ns[faulting].astype(np.float64).sum()) / 1e6

@@ -33,12 +33,12 @@ from firecracer.experiment.backend import Backend, RunFailed, RunOutcome
 from firecracer.experiment.plan import Run
 from firecracer.experiment.spec import Variant
 from firecracer.experiment.store import now_iso
-from firecracer.uffd.trace import make_trace, save_trace
+from firecracer.formats import RecordingFacts
+from firecracer.uffd.trace import FLAG_FAULTING, Action, make_trace, save_trace
 
 PAGE = workingset.PAGE
 _MAGIC = np.uint64(0x9E3779B97F4A7C15)
 
-ACTION_LOAD, ACTION_ZERO, ACTION_PREFETCH, ACTION_AROUND, ACTION_EAGER = 0, 1, 2, 3, 4
 
 
 def pattern(pages: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
@@ -69,7 +69,7 @@ class _Trace:
             service_ns: int) -> None:
         t = time.monotonic_ns() - self.t0
         for p in pages:
-            self.rows.append((t, p, 2 if p == faulting else 0, action, fault, service_ns))
+            self.rows.append((t, p, FLAG_FAULTING if p == faulting else 0, action, fault, service_ns))
 
     def save(self, path: Path, strategy: str, mem: Path, faults: int) -> None:
         a = np.array(self.rows, dtype=np.int64).reshape(-1, 6)
@@ -129,13 +129,13 @@ class HostReplayBackend(Backend[HostState]):
         faults = int(metrics.get("faults", 0))
         if strategy.uses_uffd:  # the File backend has no page server, hence no trace
             trace.save(rundir / "trace.npz", strategy.name, state.mem, faults)
-        (rundir / "recording.json").write_text(json.dumps({
-            "format": "firecracer-recording", "version": 1, "created": now_iso(), "source": "local",
-            "backend": "host-replay", "note": "no VM: working set replayed against a host file",
-            "vmm": {}, "guest": {"mem_size_mib": self.spec.guest.mem_size_mib},
-            "strategy": strategy.name, "timings_ms": timings}, indent=1))
+        note = "no VM: working set replayed against a host file"
+        guest = {"mem_size_mib": self.spec.guest.mem_size_mib}
+        RecordingFacts(source="local", created=now_iso(), guest=guest, strategy=strategy.name,
+                       timings_ms=timings, extra={"backend": "host-replay", "note": note},
+                       ).write(rundir / "recording.json")
         a = np.array(trace.rows, dtype=np.int64).reshape(-1, 6)
-        faulting = a[(a[:, 2] & 2) != 0, 1].astype(np.uint64) if strategy.uses_uffd else None
+        faulting = a[(a[:, 2] & FLAG_FAULTING) != 0, 1].astype(np.uint64) if strategy.uses_uffd else None
         return RunOutcome(timings_ms=timings, metrics=metrics, pages=faulting)
 
     def _replay(self, state: HostState, strategy: str) -> tuple[_Trace, dict[str, float], dict[str, Any]]:
@@ -167,10 +167,10 @@ class HostReplayBackend(Backend[HostState]):
                 if strategy == "prefetch":
                     assert state.prefetch is not None
                     spans = workingset.runs_of(state.prefetch)
-                    action = ACTION_PREFETCH
+                    action = Action.PREFETCH
                 else:
                     spans = [(0, state.mem_pages)]
-                    action = ACTION_EAGER
+                    action = Action.EAGER
                 for start, count in spans:
                     for s in range(start, start + count, 1024):  # at most 4 MiB per read
                         n = min(1024, start + count - s)
@@ -201,8 +201,8 @@ class HostReplayBackend(Backend[HostState]):
                     for q in new:
                         buf[q] = data[(q - lo) * PAGE:(q - lo) * PAGE + 8]
                     served[lo:hi] = True
-                    trace.add([p], ACTION_LOAD, faults, p, svc)
-                    trace.add([q for q in new if q != p], ACTION_AROUND, faults, None, svc)
+                    trace.add([p], Action.LOAD, faults, p, svc)
+                    trace.add([q for q in new if q != p], Action.AROUND, faults, None, svc)
                     faults += 1
                 words_out.append(buf[p])
             first_response = (time.perf_counter() - t0) * 1e3

@@ -32,29 +32,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from firecracer import host
+from firecracer.agentclient.client import AgentClient, AgentError
+from firecracer.agentclient.collect import collect_agent
 from firecracer.errors import FirecracerError
 from firecracer.experiment.backend import Backend, RunFailed, RunOutcome
 from firecracer.experiment.backends import process as crac
 from firecracer.experiment.backends._common import (
     check_uffd_strategies,
-    drop_cache,
     ensure_prefetch_trace,
     forget_prefetch_trace,
     keep_logs,
-    log_note,
-    server_metrics,
     vm_name,
 )
+from firecracer.experiment.backends._restore import RestoreRun
 from firecracer.experiment.plan import Run
 from firecracer.experiment.spec import Request, Spec, Strategy, Variant
 from firecracer.experiment.store import now_iso
 from firecracer.experiment.workingset import from_trace
-from firecracer.guest.client import AgentClient, AgentError
+from firecracer.fcversion import firecracker_version
+from firecracer.formats import RecordingFacts, this_host
+from firecracer.guest.jvm import JVM_CRASH, JVM_DEATH_RX
+from firecracer.hugepages import check_pool
 from firecracer.image.manifest import with_image_init
 from firecracer.paths import state_dir
-from firecracer.vmm.config import MemBackend
+from firecracer.vmm.binary import find_firecracker
 from firecracer.vmm.machine import DEFAULT_BOOT_ARGS, MicroVM, VMConfig
-from firecracer.vmm.readahead import Readahead
 from firecracer.vmm.vsock import vsock_http
 
 AGENT_PORT = 52
@@ -62,7 +65,7 @@ AGENT_PORT = 52
 
 #: how a preparation failure caused by the guest itself (not by us) begins
 AFTER_READY = "the guest was lost after it was ready: "
-#: what a variant's collect writes into its work directory (firecracer.guest.recording)
+#: what a variant's collect writes into its work directory (firecracer.agentclient.collect)
 COLLECTED = ("recording.json", "memmap.npz", "memmap.txt", "nmt.txt", "smaps")
 
 
@@ -132,11 +135,12 @@ class GuestDriver:
         while time.monotonic() < deadline:
             if vm is not None:
                 if not vm.alive():
-                    raise RunFailed("ready", f"the guest died before it was ready: {vm.guest_death()}")
-                broken = vm.guest_broken(seen)
+                    raise RunFailed("ready", "the guest died before it was ready: "
+                                             f"{vm.guest_death(also=[JVM_DEATH_RX])}")
+                broken = vm.console.broken(seen, also=[JVM_CRASH])
                 if broken:
                     raise RunFailed("ready", f"the guest broke before it was ready: {broken}")
-                seen = max(seen, vm.serial_size() - 2048)
+                seen = max(seen, vm.console.size() - 2048)
             try:
                 with self.agent(timeout=min(5.0, timeout)) as a:
                     ping = a.ping()
@@ -147,7 +151,7 @@ class GuestDriver:
             except FirecracerError as exc:
                 last = str(exc)
             time.sleep(0.2)
-        said = "".join(f"; the console's last line: {ln}" for ln in (vm.console_last_lines(1) if vm else []))
+        said = "".join(f"; the console's last line: {ln}" for ln in (vm.console.last_lines(1) if vm else []))
         raise RunFailed("ready", f"guest not ready within {timeout:g} s: {last}{said}")
 
     def warm_up(self, n: int, timeout: float, requests: tuple[Request, ...] = ()) -> list[float]:
@@ -168,11 +172,9 @@ class GuestDriver:
         """Agent ``prepare`` steps, then the recording ``collect VM`` makes (``memmap.npz`` with the
         kernel's own allocations named, ``nmt.txt`` of the JVM, smaps) into ``dest``.
 
-        One collector for both paths (:func:`firecracer.guest.recording.collect_agent`): the study's
+        One collector for both paths (:func:`firecracer.agentclient.collect.collect_agent`): the study's
         recordings then attribute a restore exactly as a recording made by hand does.
         """
-        from firecracer.guest.recording import collect_agent
-
         facts: dict[str, Any] = {}
         try:
             with self.agent(timeout=timeout) as a:
@@ -218,10 +220,6 @@ class JvmBackend(Backend[JvmState]):
         self._fc_version = ""
 
     def check(self) -> None:
-        from firecracer import host
-        from firecracer.fcversion import firecracker_version
-        from firecracer.vmm.binary import find_firecracker
-
         if not os.access("/dev/kvm", os.R_OK | os.W_OK):
             raise FirecracerError("the jvm backend needs a usable /dev/kvm (see 'firecracer doctor')")
         pvm = host.check_pvm_nested()
@@ -241,8 +239,6 @@ class JvmBackend(Backend[JvmState]):
         self._fc_version = str(version)
         check_uffd_strategies(self._fc, version, self.spec.strategies)
         if any(v.huge for v in self.spec.variants):
-            from firecracer.hugepages import check_pool
-
             check_pool(self.spec.guest.mem_size_mib, f"{self.spec.path}: 2 MiB variants")
 
     def versions(self) -> dict[str, Any]:
@@ -296,8 +292,6 @@ class JvmBackend(Backend[JvmState]):
         through 9p under TCG costs minutes per restore; L1's RAM holds it instead (one variant at a
         time: it is deleted when the variant is done, and re-made if a resumed study needs it).
         """
-        from firecracer import host
-
         if host.in_lab():
             key = hashlib.sha256(str(workdir.resolve()).encode()).hexdigest()[:12]
             return Path(tempfile.gettempdir()) / "firecracer-lab-snapshots" / key
@@ -305,8 +299,6 @@ class JvmBackend(Backend[JvmState]):
 
     @contextmanager
     def variant(self, variant: Variant, workdir: Path) -> Iterator[JvmState]:
-        from firecracer import host
-
         assert self._fc is not None, "check() first"
         if variant.rootfs is not None and not variant.rootfs.is_file():
             # e.g. a JDK 25 image on a machine that has no JDK 25 to build it from: the study goes on
@@ -383,7 +375,7 @@ class JvmBackend(Backend[JvmState]):
                 guest = GuestDriver(vm.vsock_path, app_port=wl.port, path=ready_path(wl.requests))
                 ping = guest.wait_ready(wl.ready_timeout_s, vm)
                 ready_ms = (time.monotonic() - t0) * 1e3
-                ready_at = vm.serial_size()  # what the console said before readiness is not news
+                ready_at = vm.console.size()  # what the console said before readiness is not news
                 phase = "warmup"
                 try:
                     warm = guest.warm_up(self.warmup_requests(variant), self.spec.timeout_s, wl.requests)
@@ -398,7 +390,8 @@ class JvmBackend(Backend[JvmState]):
                             facts["checkpoint"] = crac.checkpoint(a, workdir, max(600.0, self.spec.timeout_s))
                 except FirecracerError as exc:
                     # a guest that died (or broke) meanwhile is the answer, not the socket error it caused
-                    broken = vm.guest_broken(ready_at) if vm.alive() else f"it died: {vm.guest_death()}"
+                    broken = vm.console.broken(ready_at, also=[JVM_CRASH]) if vm.alive() else \
+                        f"it died: {vm.guest_death(also=[JVM_DEATH_RX])}"
                     if broken:
                         raise RunFailed(phase, f"{AFTER_READY}{broken} ({exc})") from None
                     if isinstance(exc, RunFailed):
@@ -418,106 +411,65 @@ class JvmBackend(Backend[JvmState]):
             first = self.spec.workload.requests[0]
             state.prefetch_trace = ensure_prefetch_trace(
                 state.workdir, state.prefetch_trace,
-                lambda d: self._restore(state, Strategy("ondemand"), d, first, record=True))
-        return self._restore(state, run.strategy, rundir, run.request, trace=state.prefetch_trace)
+                lambda d: self._restore(state, RestoreRun(Strategy("ondemand"), d, record=True), first))
+        return self._restore(state, RestoreRun(run.strategy, rundir, trace=state.prefetch_trace), run.request)
 
-    def _restore(self, state: JvmState, study_strategy: Strategy, rundir: Path, request: Request, *,
-                 record: bool = False, trace: Path | None = None) -> RunOutcome:
-        """One restore answering ``request`` first; ``record``: the prefetch recording (phases say so; it
-        keeps the working-set file); ``trace``: the recorded one the prefetch and readahead kinds replay."""
-        prefix = "record " if record else ""
+    def _restore(self, state: JvmState, rr: RestoreRun, request: Request) -> RunOutcome:
+        """One restore (:class:`RestoreRun`) answering ``request`` first: the app's after-restore hooks
+        when the snapshot ran its before-checkpoint ones, then the request over vsock."""
         wl = self.spec.workload
-        uffd = study_strategy.uses_uffd
-        strategy = study_strategy.with_trace(trace) if study_strategy.needs_trace and trace else \
-            study_strategy.name
-        readahead = Readahead.parse(strategy) if study_strategy.is_readahead else None
-        name = vm_name()
-        run_dir = state_dir() / "vms" / name
-        trace_out, metrics_out = rundir / "trace.npz", rundir / "uffd-metrics.json"
-        metrics: dict[str, Any] = {}
-        try:
-            drop_cache(state.snapdir / "mem")
+        timings, metrics = rr.timings, rr.metrics
+        with rr.vm(self._fc, state.snapdir, state.snapdir / "mem", timeout=self.spec.timeout_s,
+                   purpose=f"experiment {self.spec.name}: {rr.rundir.name}") as vm:
+            vm.resume()
+            t_resumed = time.perf_counter()
+            hooks_ms = None
             try:
-                vm = MicroVM.restore(state.snapdir, firecracker=self._fc, name=name,
-                                     backend=MemBackend.UFFD if uffd else MemBackend.FILE, resume=False,
-                                     strategy=strategy if uffd else None, trace=trace_out if uffd else None,
-                                     metrics=metrics_out if uffd else None, working_set=record,
-                                     purpose=f"experiment {self.spec.name}: {rundir.name}",
-                                     readahead=readahead)
+                guest = GuestDriver(vm.vsock_path, app_port=wl.port, path=request.path)
+                with vm.page_server_guard():  # a dead page server ends the request at once
+                    if "hooks" in wl.prepare or self.process_kinds:
+                        # the snapshot ran the app's beforeCheckpoint: its afterRestore comes first
+                        hooks_ms = self._after_restore_hooks(guest)
+                    r = guest.request(self.spec.timeout_s, retries=3, q=request)
             except FirecracerError as exc:
-                note = "" if "page server" in str(exc) else log_note(run_dir / "uffd.log")
-                raise RunFailed(prefix + "restore", f"{exc}{note}") from None
-            t_loaded = time.perf_counter()
-            with vm:
-                vm.resume()
-                t_resumed = time.perf_counter()
-                hooks_ms = None
-                try:
-                    guest = GuestDriver(vm.vsock_path, app_port=wl.port, path=request.path)
-                    with vm.page_server_guard():  # a dead page server ends the request at once
-                        if "hooks" in wl.prepare or self.process_kinds:
-                            # the snapshot ran the app's beforeCheckpoint: its afterRestore comes first
-                            hooks_ms = self._after_restore_hooks(guest)
-                        r = guest.request(self.spec.timeout_s, retries=3, q=request)
-                except FirecracerError as exc:
-                    raise RunFailed(prefix + "first-response", str(exc)) from None
-                t_done = time.perf_counter()
-                if not answered(r.status):
-                    raise RunFailed(prefix + "first-response",
-                                    f"the first request ({request}) answered HTTP {r.status}")
-                # a readahead before the load is part of the restore: it counts from its start
-                load = vm.timings_ms["load_snapshot"]
-                before = load + vm.timings_ms.get("readahead", 0.0)
-                t_req = t_done - r.total_s
-                timings = {"load_snapshot": load, "resume": (t_resumed - t_loaded) * 1e3,
-                           "first_byte": before + (t_req - t_loaded + r.first_byte_s) * 1e3,
-                           "first_response": before + (t_done - t_loaded) * 1e3, "request": r.total_s * 1e3}
-                timings["first_response_from_vm_start"] = timings["first_response"]  # the VM starts restored
-                if hooks_ms is not None:
-                    timings["hooks"] = hooks_ms
-                if vm.readahead is not None:
-                    ra = vm.readahead.wait(self.spec.timeout_s)
-                    metrics["readahead"] = ra.as_dict()
-                    if "readahead" in vm.timings_ms:
-                        timings["readahead"] = vm.timings_ms["readahead"]
-                metrics.update(http_status=r.status, response_bytes=r.nbytes, request=str(request))
-                if r.retried:  # timings then include the dropped attempts; say so
-                    metrics["first_request_retried"] = list(r.retried)
-                with contextlib.suppress(FirecracerError):
-                    lat = vm.flush_metrics().get("latencies_us", {})
-                    if isinstance(lat, dict) and lat.get("load_snapshot"):
-                        metrics["fc_load_snapshot_us"] = lat["load_snapshot"]
-        finally:
-            keep_logs(run_dir, rundir / "vm")
-            shutil.rmtree(run_dir, ignore_errors=True)
-        if uffd:
-            metrics.update(server_metrics(metrics_out, trace_out))
-            if "install" in metrics:
-                timings["install"] = metrics.pop("install")
-        if uffd and trace_out.exists():
+                raise RunFailed(rr.prefix + "first-response", str(exc)) from None
+            t_done = time.perf_counter()
+            if not answered(r.status):
+                raise RunFailed(rr.prefix + "first-response",
+                                f"the first request ({request}) answered HTTP {r.status}")
+            # a readahead before the load is part of the restore: it counts from its start
+            timings.update(load_snapshot=vm.timings_ms["load_snapshot"],
+                           resume=(t_resumed - rr.t_loaded) * 1e3,
+                           first_byte=rr.since_load(vm, t_done - r.total_s + r.first_byte_s),
+                           first_response=rr.since_load(vm, t_done), request=r.total_s * 1e3)
+            timings["first_response_from_vm_start"] = timings["first_response"]  # the VM starts restored
+            if hooks_ms is not None:
+                timings["hooks"] = hooks_ms
+            metrics.update(http_status=r.status, response_bytes=r.nbytes, request=str(request))
+            if r.retried:  # timings then include the dropped attempts; say so
+                metrics["first_request_retried"] = list(r.retried)
+        rr.read_server_metrics()
+        if rr.uffd and rr.trace_out.exists():
             metrics["snapshot_bytes"] = sum(f.stat().st_size for f in state.snapdir.iterdir() if f.is_file())
-        self._write_recording_json(state, rundir, strategy, timings, metrics, "firecracker")
+        self._write_recording_json(state, rr.rundir, rr.strategy, timings, metrics, "firecracker")
         for f in ("memmap.npz", "nmt.txt"):  # the run is a complete recording (analysis, viewer)
             if (state.workdir / f).exists():
                 try:
-                    os.link(state.workdir / f, rundir / f)
+                    os.link(state.workdir / f, rr.rundir / f)
                 except OSError:
-                    shutil.copyfile(state.workdir / f, rundir / f)
+                    shutil.copyfile(state.workdir / f, rr.rundir / f)
         return RunOutcome(timings_ms=timings, metrics=metrics,
-                          pages=from_trace(trace_out) if uffd and trace_out.exists() else None)
+                          pages=from_trace(rr.trace_out) if rr.uffd and rr.trace_out.exists() else None)
 
     def _write_recording_json(self, state: JvmState, rundir: Path, strategy: str, timings: dict[str, float],
-                              metrics: dict[str, Any], source: str, **extra: Any) -> None:
-        from firecracer import host
-
-        (rundir / "recording.json").write_text(json.dumps({
-            "format": "firecracer-recording", "version": 1, "created": now_iso(), "source": source,
-            "host": host.host_label(), "timings_comparable_to_kvm": host.timings_comparable_to_kvm(),
-            "vmm": {"firecracker": self._fc_version},
-            "guest": {"kernel": str(self.spec.guest.kernel), "rootfs": str(self.rootfs(state.variant)),
-                      "mem_size_mib": self.spec.guest.mem_size_mib},
-            "jvm": {"options": list(state.variant.jvm_options)}, "strategy": strategy,
-            "timings_ms": timings, "metrics": metrics, **extra}, indent=1, default=str))
+                              metrics: dict[str, Any], source: str, address_space: str | None = None) -> None:
+        RecordingFacts(
+            source=source, created=now_iso(), host=this_host(host.host_label()),
+            timings_comparable_to_kvm=host.timings_comparable_to_kvm(), vmm={"firecracker": self._fc_version},
+            guest={"kernel": str(self.spec.guest.kernel), "rootfs": str(self.rootfs(state.variant)),
+                   "mem_size_mib": self.spec.guest.mem_size_mib},
+            jvm={"options": list(state.variant.jvm_options)}, strategy=strategy, timings_ms=timings,
+            metrics=metrics, address_space=address_space).write(rundir / "recording.json")
 
     def _after_restore_hooks(self, guest: GuestDriver, attempts: int = 3) -> float:
         """The app's after-restore hooks through the agent (CRaC's afterRestore); their milliseconds.

@@ -14,7 +14,6 @@ Every wait is bounded by ``study.timeout_s``; Firecracker and the page server ar
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -33,24 +32,22 @@ from firecracer.experiment import workingset
 from firecracer.experiment.backend import Backend, RunFailed, RunOutcome
 from firecracer.experiment.backends._common import (
     check_uffd_strategies,
-    drop_cache,
     ensure_prefetch_trace,
     forget_prefetch_trace,
     keep_logs,
     log_note,
-    server_metrics,
     vm_name,
 )
+from firecracer.experiment.backends._restore import RestoreRun
 from firecracer.experiment.plan import Run
-from firecracer.experiment.spec import Variant
+from firecracer.experiment.spec import Strategy, Variant
 from firecracer.experiment.store import now_iso
 from firecracer.fcversion import firecracker_version
-from firecracer.paths import state_dir
+from firecracer.formats import RecordingFacts
+from firecracer.hugepages import check_pool
 from firecracer.vmm.binary import find_firecracker
-from firecracer.vmm.config import MemBackend
 from firecracer.vmm.machine import MicroVM, VMConfig
 from firecracer.vmm.probe import ProbeReady, ProbeResult, build_probe, min_mem_mib, parse_line, probe_info
-from firecracer.vmm.readahead import Readahead
 
 PAGE = 4096
 _WS_LO_PAGE = 4096  # working sets live above 16 MiB: below are the ELF image (2 MiB) and its tables
@@ -96,8 +93,6 @@ class ProbeBackend(Backend[ProbeState]):
         self._fc_version = str(version)
         check_uffd_strategies(self._fc, version, self.spec.strategies)
         if any(v.huge for v in self.spec.variants):
-            from firecracer.hugepages import check_pool
-
             check_pool(self.spec.guest.mem_size_mib, f"{self.spec.path}: 2 MiB variants")
         if shutil.which("as") is None or shutil.which("ld") is None:
             raise FirecracerError("the probe guest is assembled with GNU binutils ('as', 'ld'): "
@@ -201,108 +196,63 @@ class ProbeBackend(Backend[ProbeState]):
 
     # -- run ---------------------------------------------------------------------------------------
     def run(self, state: ProbeState, run: Run, rundir: Path) -> RunOutcome:
-        strategy = run.strategy.name
         if run.strategy.needs_trace:  # the prefetch and readahead kinds replay one recorded restore
             state.prefetch_trace = ensure_prefetch_trace(
                 state.workdir, state.prefetch_trace,
-                lambda d: self._restore(state, "ondemand", d, record=True))
-            strategy = run.strategy.with_trace(state.prefetch_trace)
-        return self._restore(state, strategy, rundir)
+                lambda d: self._restore(state, RestoreRun(Strategy("ondemand"), d, record=True)))
+        return self._restore(state, RestoreRun(run.strategy, rundir, trace=state.prefetch_trace))
 
-    def _restore(self, state: ProbeState, strategy: str, rundir: Path, record: bool = False) -> RunOutcome:
-        """One restore; ``record``: the prefetch recording (phases say so; it keeps the working-set file)."""
-        phase_prefix = "record " if record else ""
+    def _restore(self, state: ProbeState, rr: RestoreRun) -> RunOutcome:
+        """One restore (:class:`RestoreRun`) whose first answer is the probe's result line: it walks its
+        working set once, so the restore's page faults are that walk's."""
         timeout = self.spec.timeout_s
-        readahead = Readahead.parse(strategy)
-        uffd = strategy != "file" and readahead is None
-        name = vm_name()  # its run directory is in the state dir: 'vm ls' shows it while it runs
-        run_dir = state_dir() / "vms" / name
-        trace_out = rundir / "trace.npz"
-        metrics_out = rundir / "uffd-metrics.json"
-        timings: dict[str, float] = {}
-        metrics: dict[str, Any] = {}
-        try:
-            drop_cache(state.mem)
+        timings, metrics = rr.timings, rr.metrics
+        with rr.vm(self.fc, state.snapdir, state.mem, timeout=timeout, check=False,
+                   vm_timings=("spawn", "page_server_start"),
+                   purpose=f"experiment {self.spec.name}: {rr.rundir.name}") as vm:
+            faults0 = _page_faults(vm.pid)
+            vm.resume()
+            t_resumed = time.perf_counter()
+            since = vm.console.size()
+            vm.send_serial(b"t")
+            t_sent = time.perf_counter()
             try:
-                vm = MicroVM.restore(state.snapdir, firecracker=self.fc, name=name,
-                                     backend=MemBackend.UFFD if uffd else MemBackend.FILE, resume=False,
-                                     strategy=strategy if uffd else None, trace=trace_out if uffd else None,
-                                     metrics=metrics_out if uffd else None, check=False, working_set=record,
-                                     purpose=f"experiment {self.spec.name}: {rundir.name}",
-                                     readahead=readahead)
-            except FirecracerError as exc:
-                note = "" if "page server" in str(exc) else log_note(run_dir / "uffd.log")
-                raise RunFailed(phase_prefix + "restore", f"{exc}{note}") from None
-            t_loaded = time.perf_counter()
-            with vm:
-                faults0 = _page_faults(vm.pid)
-                vm.resume()
-                t_resumed = time.perf_counter()
-                since = _serial_size(vm)
-                vm.send_serial(b"t")
-                t_sent = time.perf_counter()
-                try:
-                    got = _wait_line(vm, ProbeResult, since, timeout)
-                except FirecracerError as exc:  # the page server died: named with its last log line
-                    raise RunFailed(phase_prefix + "first-response", str(exc)) from None
-                if got is None:
-                    raise RunFailed(phase_prefix + "first-response",
-                                    f"no PROBE RESULT within {timeout:g} s{_death(vm)}"
-                                    f"{log_note(run_dir / 'uffd.log')}")
-                result, t_first_byte, t_line = got
-                load = vm.timings_ms["load_snapshot"]
-                before = load + vm.timings_ms.get("readahead", 0.0)  # a readahead is part of the restore
-                timings = {"load_snapshot": load, "resume": (t_resumed - t_loaded) * 1e3,
-                           "first_byte": before + (t_first_byte - t_loaded) * 1e3,
-                           "first_response": before + (t_line - t_loaded) * 1e3,
-                           "request": (t_line - t_sent) * 1e3}
-                if vm.readahead is not None:
-                    metrics["readahead"] = vm.readahead.wait(timeout).as_dict()
-                for k in ("spawn", "page_server_start", "readahead"):
-                    if k in vm.timings_ms:
-                        timings[k] = vm.timings_ms[k]
-                metrics.update(errors=result.errors, probe_pages=result.pages, probe_cycles=result.cycles,
-                               fc_page_faults=_page_faults(vm.pid) - faults0)
-                with contextlib.suppress(FirecracerError):
-                    lat = vm.flush_metrics().get("latencies_us", {})
-                    if isinstance(lat, dict) and lat.get("load_snapshot"):
-                        metrics["fc_load_snapshot_us"] = lat["load_snapshot"]
-            # leaving the context killed Firecracker and stopped the page server (trace + metrics written)
-        finally:
-            keep_logs(run_dir, rundir / "vm")
-            shutil.rmtree(run_dir, ignore_errors=True)
-        if not uffd:
+                got = _wait_line(vm, ProbeResult, since, timeout)
+            except FirecracerError as exc:  # the page server died: named with its last log line
+                raise RunFailed(rr.prefix + "first-response", str(exc)) from None
+            if got is None:
+                raise RunFailed(rr.prefix + "first-response",
+                                f"no PROBE RESULT within {timeout:g} s{_death(vm)}"
+                                f"{log_note(rr.run_dir / 'uffd.log')}")
+            result, t_first_byte, t_line = got
+            timings.update(load_snapshot=vm.timings_ms["load_snapshot"],
+                           resume=(t_resumed - rr.t_loaded) * 1e3,
+                           first_byte=rr.since_load(vm, t_first_byte),
+                           first_response=rr.since_load(vm, t_line), request=(t_line - t_sent) * 1e3)
+            metrics.update(errors=result.errors, probe_pages=result.pages, probe_cycles=result.cycles,
+                           fc_page_faults=_page_faults(vm.pid) - faults0)
+        # leaving the block killed Firecracker and stopped the page server (trace + metrics written)
+        if not rr.uffd:
             metrics["faults"] = metrics["fc_page_faults"]
             metrics["fault_source"] = "Firecracker process minflt+majflt from resume to the result"
-        else:
-            metrics.update(server_metrics(metrics_out, trace_out))
+        rr.read_server_metrics()
         if metrics.get("errors"):
-            raise RunFailed(phase_prefix + "verify", f"the probe found {metrics['errors']} wrong words in "
-                                                     f"{metrics['probe_pages']} pages")
-        if uffd and not trace_out.exists():
-            note = log_note(rundir / "vm" / "uffd.log")
-            raise RunFailed(phase_prefix + "collect", f"the page server wrote no trace{note}")
-        if "install" in metrics:
-            timings["install"] = metrics.pop("install")
-        pages = workingset.from_trace(trace_out) if uffd else None
-        (rundir / "recording.json").write_text(json.dumps({
-            "format": "firecracer-recording", "version": 1, "created": now_iso(), "source": "firecracker",
-            "vmm": {"firecracker": self._fc_version}, "guest": {"kernel": "probe", "mem_size_mib":
-                                                                 self.spec.guest.mem_size_mib},
-            "jvm": None, "strategy": strategy, "timings_ms": timings, "metrics": metrics,
-            "probe": {"elf": str(state.elf), "working_set_pages": len(state.pages)}}, indent=1))
+            raise RunFailed(rr.prefix + "verify", f"the probe found {metrics['errors']} wrong words in "
+                                                  f"{metrics['probe_pages']} pages")
+        if rr.uffd and not rr.trace_out.exists():
+            note = log_note(rr.rundir / "vm" / "uffd.log")
+            raise RunFailed(rr.prefix + "collect", f"the page server wrote no trace{note}")
+        pages = workingset.from_trace(rr.trace_out) if rr.uffd else None
+        RecordingFacts(source="firecracker", created=now_iso(), vmm={"firecracker": self._fc_version},
+                       guest={"kernel": "probe", "mem_size_mib": self.spec.guest.mem_size_mib},
+                       strategy=rr.strategy, timings_ms=timings, metrics=metrics,
+                       extra={"probe": {"elf": str(state.elf), "working_set_pages": len(state.pages)}},
+                       ).write(rr.rundir / "recording.json")
         return RunOutcome(timings_ms=timings, metrics=metrics, pages=pages)
 
 
-def _serial_size(vm: MicroVM) -> int:
-    try:
-        return vm.serial_log.stat().st_size
-    except OSError:
-        return 0
-
-
 def _wait_line(vm: MicroVM, kind: type, since: int, timeout: float) -> tuple[Any, float, float] | None:
-    """Poll the serial log (0.5 ms) from byte ``since`` for a probe line of ``kind``.
+    """Poll the console (0.5 ms) from byte ``since`` for a probe line of ``kind``.
 
     Returns (parsed line, perf_counter when its first byte was seen, when the whole line was seen), or
     None on timeout or when Firecracker died. Fine polling keeps the timing error well under a ms.
@@ -311,37 +261,23 @@ def _wait_line(vm: MicroVM, kind: type, since: int, timeout: float) -> tuple[Any
         and its last log line) — noticed through its pidfd within a poll, not at the timeout.
     """
     deadline = time.monotonic() + timeout
-    t_first: float | None = None
-    buf = b""
-    pos = since
-    with open(vm.serial_log, "rb") as f:
-        while True:
-            f.seek(pos)
-            chunk = f.read()
-            now = time.perf_counter()
-            if chunk:
-                pos += len(chunk)
-                if t_first is None:
-                    t_first = now
-                buf += chunk
-                while b"\n" in buf:
-                    line, buf = buf.split(b"\n", 1)
-                    parsed = parse_line(line.decode(errors="replace"))
-                    if isinstance(parsed, kind):
-                        return parsed, t_first if t_first is not None else now, now
-                    t_first = now if buf else None
-                continue
-            vm.check_page_server("while the guest ran")
-            if time.monotonic() > deadline or not vm.alive():
-                return None
-            time.sleep(0.0005)
+    reader = vm.console.reader(since)
+    while True:
+        lines = reader.poll()
+        for line, t_first, t_done in lines:
+            parsed = parse_line(line)
+            if isinstance(parsed, kind):
+                return parsed, t_first, t_done
+        if reader.grew:  # more may be on its way: read again at once
+            continue
+        vm.check_page_server("while the guest ran")
+        if time.monotonic() > deadline or not vm.alive():
+            return None
+        time.sleep(0.0005)
 
 
 def _death(vm: MicroVM) -> str:
-    if vm.alive():
-        return ""
-    why = vm.fc.describe_death() if vm.pid is not None else None
-    return f" ({why})" if why else " (Firecracker exited)"
+    return "" if vm.alive() else f" ({vm.guest_death()})"
 
 
 def _page_faults(pid: int | None) -> int:

@@ -31,11 +31,11 @@ from typing import Any
 
 import numpy as np
 
+from firecracer.agentclient.client import AgentClient, AgentError
 from firecracer.analysis.memmap import load_memmap, save_memmap
 from firecracer.analysis.process import eager_pages, eager_trace, fault_trace, process_image
 from firecracer.errors import FirecracerError
 from firecracer.experiment.backend import RunFailed
-from firecracer.guest.client import AgentClient, AgentError
 from firecracer.uffd.trace import save_trace
 
 CHECKPOINT_NAME = "jvm"

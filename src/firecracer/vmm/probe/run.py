@@ -73,7 +73,7 @@ def trigger(vm: MicroVM, what: bytes = b"t", timeout: float = 60.0) -> ProbeResu
 
     if what in (b"q", b"") or len(what) != 1:
         raise ValueError("trigger takes one byte other than b'q' (use vm.send_serial(b'q') to reset)")
-    since = vm.serial_size()
+    since = vm.console.size()
     t0 = time.perf_counter()
     vm.send_serial(what)
     m, _ = vm.wait_serial(_RESULT_RX, timeout, since=since)

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from firecracer.analysis.memmap import PID_KERNEL, Memmap, load_memmap, save_memmap
-from firecracer.guest.kernelpages import (
+from firecracer.agentclient.kernelpages import (
     CLASSES,
     KPF_BUDDY,
     KPF_NOPAGE,
@@ -16,6 +15,7 @@ from firecracer.guest.kernelpages import (
     KPF_SLAB,
     add_kernel_allocations,
 )
+from firecracer.analysis.memmap import PID_KERNEL, Memmap, load_memmap, save_memmap
 
 
 def _process_memmap() -> Memmap:

@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import base64
 import zlib
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from firecracer.analysis.memmap import PID_KERNEL, Memmap
+from firecracer.analysis.memmap import Memmap, load_memmap, save_memmap
 from firecracer.errors import FirecracerError
+from firecracer.formats import PID_KERNEL
 
 KPF_SLAB, KPF_BUDDY, KPF_NOPAGE, KPF_OFFLINE, KPF_PGTABLE, KPF_RESERVED = 7, 10, 20, 23, 26, 32
 
@@ -137,10 +139,6 @@ def add_kernel_allocations(mm: Memmap, flags: npt.NDArray[np.uint64],
 
 def complete_memmap(agent: Any, path: Any) -> dict[str, int]:
     """Add the kernel allocations to the memmap at ``path`` (in place); pages per class."""
-    from pathlib import Path
-
-    from firecracer.analysis.memmap import load_memmap, save_memmap
-
     p = Path(path)
     mm = load_memmap(p)
     max_pfn = int(mm.meta.get("max_pfn") or int(mm.meta.get("phys_mem_bytes", 0)) // mm.page_size)
