@@ -57,7 +57,7 @@ def this_host(label: str | None = None) -> dict[str, Any]:
     return out
 
 
-_OBJECTS = ("vmm", "guest", "host", "timings_ms", "metrics")
+_OBJECTS = ("vmm", "guest", "host", "timings_ms", "metrics", "first_request")
 _STRINGS = ("created", "source", "label", "strategy", "address_space")
 
 
@@ -82,6 +82,8 @@ class RecordingFacts:
     timings_ms: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     address_space: str | None = None
+    #: the request a restore answered first: ``method``, ``path`` and ``text`` (``POST /x a=1``)
+    first_request: dict[str, Any] | None = None
     timings_comparable_to_kvm: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 

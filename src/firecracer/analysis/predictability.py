@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from firecracer.errors import FirecracerError, FormatError
-from firecracer.fsio import read_json
+from firecracer.formats import RecordingFacts
 from firecracer.uffd.trace import FLAG_FAULTING, Trace, load_trace
 
 #: Strategies whose faulting pages are every page the guest touched.
@@ -63,14 +63,11 @@ class Restore:
         return mask
 
 
-def request_of(recording_meta: dict[str, Any], trace: Trace) -> str | None:
-    """The first request a restore answered: ``recording.json`` ``first_request.path`` (or ``request``,
-    ``workload.path``), else the trace's ``meta.request``; None when neither says."""
-    fr = recording_meta.get("first_request")
-    for cand in (fr.get("path") if isinstance(fr, dict) else fr, recording_meta.get("request"),
-                 (recording_meta.get("workload") or {}).get("path")
-                 if isinstance(recording_meta.get("workload"), dict) else None,
-                 trace.meta.get("request")):
+def request_of(facts: RecordingFacts | None, trace: Trace) -> str | None:
+    """The first request a restore answered: ``recording.json``'s ``first_request`` (its ``text``, else
+    its ``path``: a GET), else the trace's ``meta.request``; None when neither says."""
+    fr = facts.first_request if facts is not None else None
+    for cand in ((fr or {}).get("text"), (fr or {}).get("path"), trace.meta.get("request")):
         if isinstance(cand, str) and cand:
             return cand
     return None
@@ -83,7 +80,7 @@ def load_restore(path: str | Path) -> Restore:
     without a trace.
     """
     p = Path(path)
-    meta: dict[str, Any] = {}
+    facts: RecordingFacts | None = None
     if p.is_dir():
         tp = p / "trace.npz"
         if not tp.is_file():
@@ -91,14 +88,13 @@ def load_restore(path: str | Path) -> Restore:
                                       "no faults)")
         rj = p / "recording.json"
         if rj.is_file():
-            got = read_json(rj, limit=16 << 20, what="recording.json")
-            meta = got if isinstance(got, dict) else {}
+            facts = RecordingFacts.read(rj)
         label = p.name
     else:
         tp = p
         label = p.parent.name if p.name == "trace.npz" else p.name.removesuffix(".npz")
     trace = load_trace(tp)
-    return Restore(label, tp, trace, request_of(meta, trace))
+    return Restore(label, tp, trace, request_of(facts, trace))
 
 
 def _snapshot_key(r: Restore) -> tuple[Any, ...]:

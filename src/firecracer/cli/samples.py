@@ -25,7 +25,7 @@ def list_cmd(as_json: bool) -> None:
     rows: list[dict[str, Any]] = []
     for name in lib.names():
         info = lib.info(name)
-        first = info.extra.get("first_request") or {}
+        first = info.first_request or {}
         rows.append({"name": name, "source": info.source, "host": info.host.get("label"),
                      "created": info.created, "label": info.label,
                      "first_request": first.get("path"), "archive_bytes": lib.path(name).stat().st_size})

@@ -445,13 +445,13 @@ class JvmBackend(Backend[JvmState]):
             timings["first_response_from_vm_start"] = timings["first_response"]  # the VM starts restored
             if hooks_ms is not None:
                 timings["hooks"] = hooks_ms
-            metrics.update(http_status=r.status, response_bytes=r.nbytes, request=str(request))
+            metrics.update(http_status=r.status, response_bytes=r.nbytes)
             if r.retried:  # timings then include the dropped attempts; say so
                 metrics["first_request_retried"] = list(r.retried)
         rr.read_server_metrics()
         if rr.uffd and rr.trace_out.exists():
             metrics["snapshot_bytes"] = sum(f.stat().st_size for f in state.snapdir.iterdir() if f.is_file())
-        self._write_recording_json(state, rr.rundir, rr.strategy, timings, metrics, "firecracker")
+        self._write_recording_json(state, rr.rundir, rr.strategy, timings, metrics, "firecracker", request)
         for f in ("memmap.npz", "nmt.txt"):  # the run is a complete recording (analysis, viewer)
             if (state.workdir / f).exists():
                 try:
@@ -462,14 +462,17 @@ class JvmBackend(Backend[JvmState]):
                           pages=from_trace(rr.trace_out) if rr.uffd and rr.trace_out.exists() else None)
 
     def _write_recording_json(self, state: JvmState, rundir: Path, strategy: str, timings: dict[str, float],
-                              metrics: dict[str, Any], source: str, address_space: str | None = None) -> None:
+                              metrics: dict[str, Any], source: str, request: Request,
+                              address_space: str | None = None) -> None:
         RecordingFacts(
             source=source, created=now_iso(), host=this_host(host.host_label()),
             timings_comparable_to_kvm=host.timings_comparable_to_kvm(), vmm={"firecracker": self._fc_version},
             guest={"kernel": str(self.spec.guest.kernel), "rootfs": str(self.rootfs(state.variant)),
                    "mem_size_mib": self.spec.guest.mem_size_mib},
             jvm={"options": list(state.variant.jvm_options)}, strategy=strategy, timings_ms=timings,
-            metrics=metrics, address_space=address_space).write(rundir / "recording.json")
+            metrics=metrics, address_space=address_space,
+            first_request={"method": request.method, "path": request.path, "text": str(request)},
+        ).write(rundir / "recording.json")
 
     def _after_restore_hooks(self, guest: GuestDriver, attempts: int = 3) -> float:
         """The app's after-restore hooks through the agent (CRaC's afterRestore); their milliseconds.
@@ -544,7 +547,7 @@ class JvmBackend(Backend[JvmState]):
         metrics.update(http_status=fr.get("status"), response_bytes=fr.get("bytes"),
                        boot_share_of_first_response=round(timings["boot_to_agent"]
                                                           / timings["first_response_from_vm_start"], 4))
-        self._write_recording_json(state, rundir, kind, timings, metrics, "criu",
+        self._write_recording_json(state, rundir, kind, timings, metrics, "criu", request,
                                    address_space="criu-image")
         return RunOutcome(timings_ms=timings, metrics=metrics,
                           pages=from_trace(rundir / "trace.npz") if kind == "criu-lazy" else None)
