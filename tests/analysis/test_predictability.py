@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from tests.cli import fcr, one_line_error
-from tests.uffd.fakefc import Peer, PeerSpec
+from tests.uffd.fakefc import Peer, PeerSpec, uffd_unavailable
 
 from firecracer import samples
 from firecracer.analysis.predictability import (
@@ -23,7 +23,6 @@ from firecracer.analysis.predictability import (
     predictability,
     predictability_of,
 )
-from firecracer.uffd import abi
 from firecracer.uffd.server import Server
 from firecracer.uffd.trace import FLAG_FAULTING
 
@@ -32,16 +31,9 @@ NPAGES = 1024  # 4 MiB: two 2 MiB blocks
 HOLE = range(600, 616)
 
 
-def _can_uffd() -> str | None:
-    try:
-        fd = abi.open_uffd()
-    except OSError as exc:
-        return f"cannot create a userfaultfd here: {exc}"
-    os.close(fd)
-    return None
 
 
-needs_uffd = pytest.mark.skipif(_can_uffd() is not None, reason=str(_can_uffd()))
+needs_uffd = pytest.mark.skipif(uffd_unavailable() is not None, reason=str(uffd_unavailable()))
 
 
 def _memfile(d: Path) -> Path:
@@ -86,8 +78,8 @@ B = [*range(20, 50), 800, 801, 802, 5]
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    if _can_uffd() is not None:
-        pytest.skip(str(_can_uffd()))
+    if uffd_unavailable() is not None:
+        pytest.skip(str(uffd_unavailable()))
     d = tmp_path_factory.mktemp("pred")
     mem = _memfile(d)
     return [_restore(d, mem, "a1", A1, "/a"), _restore(d, mem, "a2", A2, "/a"),

@@ -6,13 +6,14 @@ import re
 from pathlib import Path
 
 import pytest
-from tests.analysis.test_predictability import A1, A2, B, _can_uffd, _memfile, _restore
+from tests.analysis.test_predictability import A1, A2, B, _memfile, _restore
+from tests.uffd.fakefc import uffd_unavailable
 
 from firecracer.experiment.report import build_report
 from firecracer.experiment.store import ResultStore, RunRecord, now_iso
 from firecracer.uffd.trace import load_trace
 
-pytestmark = pytest.mark.skipif(_can_uffd() is not None, reason=str(_can_uffd()))
+pytestmark = pytest.mark.skipif(uffd_unavailable() is not None, reason=str(uffd_unavailable()))
 
 
 def _record(run_id: str, rep: int, strategy: str, recording: str | None, metrics: dict[str, object],

@@ -174,3 +174,13 @@ class Peer:
         """SIGKILL (ignored if already gone)."""
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGKILL)
+
+
+def uffd_unavailable() -> str | None:
+    """Why this host cannot create a userfaultfd (for a skip reason), or None."""
+    try:
+        fd = abi.open_uffd()
+    except OSError as exc:
+        return f"cannot create a userfaultfd here: {exc}"
+    os.close(fd)
+    return None

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.uffd.fakefc import PeerSpec
-from tests.uffd.test_server import NPAGES, PS, _can_uffd, _ok, serve
+from tests.uffd.fakefc import PeerSpec, uffd_unavailable
+from tests.uffd.test_server import NPAGES, PS, _ok, serve
 from tests.uffd.test_server import fast_path as fast_path  # fixtures, re-exported for pytest
 from tests.uffd.test_server import memfile as memfile
 from tests.uffd.test_server import sock as sock
@@ -17,7 +17,7 @@ from firecracer.uffd import abi
 from firecracer.uffd.faultclass import NBUCKETS, bucket_label, log2_buckets, taxonomy
 from firecracer.uffd.trace import load_trace
 
-pytestmark = pytest.mark.skipif(_can_uffd() is not None, reason=str(_can_uffd()))
+pytestmark = pytest.mark.skipif(uffd_unavailable() is not None, reason=str(uffd_unavailable()))
 
 
 def test_every_class_is_counted_with_its_latency(sock: str, memfile: Path, tmp_path: Path,

@@ -151,17 +151,10 @@ def _resident(path: Path, offsets: np.ndarray[Any, np.dtype[np.uint64]]) -> floa
     return float(resident(path)[(offsets // np.uint64(4096)).astype(np.int64)].mean())
 
 
-def _drop(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
 def test_readahead_fills_the_page_cache_then_the_file_backend_restores(
         probe_snapshot: tuple[Path, Path, int], tmp_path: Path) -> None:
     from firecracer.errors import FirecracerError
+    from firecracer.experiment.backends._common import drop_cache
     from firecracer.uffd.trace import save_trace
     from firecracer.vmm.readahead import Readahead
     from firecracer.vmm.snapshot import Snapshot, full_memory
@@ -173,7 +166,7 @@ def test_readahead_fills_the_page_cache_then_the_file_backend_restores(
         mem = full_memory(Snapshot.load(snap))
         ws = load_trace(rec.trace).working_set()
         for background in (False, True):
-            _drop(mem)
+            drop_cache(mem)
             cold = _resident(mem, ws)
             vm = MicroVM.restore(snap, firecracker=fc, backend=MemBackend.FILE, resume=False,
                                  readahead=Readahead(rec.trace, background), name=f"ra{int(background)}")

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from tests.uffd.fakefc import Peer, PeerSpec, digest
+from tests.uffd.fakefc import Peer, PeerSpec, digest, uffd_unavailable
 
 from firecracer.uffd import abi
 from firecracer.uffd.server import Server, ServeResult
@@ -23,16 +23,9 @@ HOLES = range(40, 48)  # pages 40..47 are a hole in the sparse memory file
 ZERO = digest(bytes(PS))
 
 
-def _can_uffd() -> str | None:
-    try:
-        fd = abi.open_uffd()
-    except OSError as exc:
-        return f"cannot create a userfaultfd here: {exc}"
-    os.close(fd)
-    return None
 
 
-pytestmark = pytest.mark.skipif(_can_uffd() is not None, reason=str(_can_uffd()))
+pytestmark = pytest.mark.skipif(uffd_unavailable() is not None, reason=str(uffd_unavailable()))
 
 
 @pytest.fixture

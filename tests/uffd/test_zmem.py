@@ -9,14 +9,14 @@ import os
 import signal
 import struct
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from tests.cli import fcr, one_line_error
-from tests.uffd.fakefc import PeerSpec
-from tests.uffd.test_server import HUGE, NPAGES, PS, _can_uffd, _huge_digests, _ok, expected, serve
+from tests.uffd.fakefc import PeerSpec, uffd_unavailable
+from tests.uffd.test_server import HUGE, NPAGES, PS, _huge_digests, _ok, expected, serve
+from tests.uffd.test_server import huge_pool as huge_pool  # the fixture
 
 from firecracer.errors import FormatError
 from firecracer.uffd.memfile import MemoryFile
@@ -192,7 +192,7 @@ def test_a_file_that_does_not_match_snapshot_json_is_refused(zfile: Path) -> Non
 
 # -- the page server, real userfaultfd ----------------------------------------------------------------
 
-needs_uffd = pytest.mark.skipif(_can_uffd() is not None, reason=str(_can_uffd()))
+needs_uffd = pytest.mark.skipif(uffd_unavailable() is not None, reason=str(uffd_unavailable()))
 
 
 @pytest.fixture
@@ -297,19 +297,6 @@ def test_uffd_serve_refuses_a_corrupt_index_before_listening(zfile: Path, tmp_pa
     line = one_line_error(res)
     assert str(zfile) in line and "index is damaged" in line
     assert not sock.exists()
-
-
-@pytest.fixture
-def huge_pool() -> Iterator[None]:
-    """Free 2 MiB pages for the test (as in test_server: 8 used, 8 of margin), else a skip."""
-    from firecracer.hugepages import HugePagesError, Reservation
-
-    try:
-        res = Reservation(8 + 8)
-    except HugePagesError as exc:
-        pytest.skip(f"2 MiB huge pages cannot be reserved here: {exc}")
-    with res:
-        yield
 
 
 @pytest.fixture
