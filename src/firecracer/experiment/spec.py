@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from firecracer.errors import FirecracerError, FormatError
+from firecracer.experiment.workingset import from_trace, max_scattered, scatter_range
 from firecracer.fsio import read_text
 from firecracer.vmm.probe import min_mem_mib
 
@@ -480,8 +481,6 @@ def parse_spec(text: str, path: Path | str = "<spec>") -> Spec:
         if "working_set_pages" in vt:
             ws = c.integer(vt, "working_set_pages", where, None, 1, page_limit // 2)
             if backend in ("probe", "host-replay"):
-                from firecracer.experiment.workingset import max_scattered, scatter_range
-
                 fits = max_scattered(backend, guest.mem_size_mib)
                 if ws > fits:
                     lo, hi = scatter_range(backend, guest.mem_size_mib)
@@ -569,8 +568,6 @@ def parse_spec(text: str, path: Path | str = "<spec>") -> Spec:
 
 def _check_trace_fits(c: Any, where: str, trace: Path, mem_size_mib: int) -> None:
     """A trace variant's pages must exist in the spec's guest (else the study fails only at run time)."""
-    from firecracer.experiment.workingset import from_trace
-
     try:
         pages = from_trace(trace)
     except FirecracerError as exc:
