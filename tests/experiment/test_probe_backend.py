@@ -285,3 +285,36 @@ def test_probe_study_with_a_2mib_variant(firecracker_bin: Path, tmp_path: Path) 
     assert big.metrics["faults"] < small.metrics["faults"]
     assert big.pages is not None and small.pages is not None and len(big.pages) % 512 == 0
     assert set(ProbeBackend(spec)._working_set(spec.variants[1]).tolist()) <= set(big.pages.tolist())
+
+
+def test_probe_study_new_kinds_readahead_orders_and_compressed(firecracker_bin: Path, tmp_path: Path) -> None:
+    """Issue 23's study strategies through the real probe: the racing prefetch in another order,
+    readahead before the load, and page-server strategies served from the variant's compressed snapshot."""
+    import json
+
+    from firecracer.fcversion import firecracker_version
+
+    if not firecracker_version(firecracker_bin).at_least(1, 8):
+        pytest.skip("uffd restores need Firecracker >= 1.8 on this host kernel")
+    spec = probe_spec(tmp_path, firecracker_bin, reps=1, pages=256,
+                      strategies='"prefetch-background@touch", "readahead", "ondemand-zstd", "prefetch-zstd"')
+    summary = run_study(spec, tmp_path / "res")
+    assert (summary.ok, summary.failed) == (4, 0), failures(tmp_path / "res")
+    with ResultStore.open(tmp_path / "res") as st:
+        runs = {r.run_id: r for r in st.runs()}
+    assert set(runs) == {"a.prefetch-background-touch.r1", "a.readahead.r1", "a.ondemand-zstd.r1",
+                         "a.prefetch-zstd.r1"}
+    for r in runs.values():
+        assert r.metrics["errors"] == 0 and r.metrics["probe_pages"] == 256, r.run_id
+    bg = runs["a.prefetch-background-touch.r1"]
+    assert bg.metrics["prefetched"] >= 256
+    ra = runs["a.readahead.r1"]
+    assert ra.metrics["readahead"]["done"] and ra.metrics["readahead"]["pages"] >= 256
+    assert ra.timings["readahead"] > 0 and ra.timings["first_response"] > ra.timings["readahead"]
+    variant = json.loads((tmp_path / "res" / "variants" / "a" / "variant.json").read_text())
+    assert variant["compressed"]["raw_kept"] and variant["compressed"]["ratio"] > 1
+    for rid in ("a.ondemand-zstd.r1", "a.prefetch-zstd.r1"):  # the page server read mem.fcz
+        m = json.loads((tmp_path / "res" / "runs" / rid / "uffd-metrics.json").read_text())
+        assert m["sessions"][0]["compressed"]["file"].endswith("mem.fcz"), m["sessions"][0]
+    assert runs["a.ondemand-zstd.r1"].metrics["faults"] >= 256
+    assert runs["a.prefetch-zstd.r1"].metrics["misses"] == 0

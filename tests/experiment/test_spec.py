@@ -156,7 +156,14 @@ def test_trace_kinds_and_orders() -> None:
     assert ra.is_readahead and ra.needs_trace and not ra.uses_uffd
     od = parse_strategy("ondemand")
     assert not od.needs_trace and od.with_trace(Path("/t")) == "ondemand"
-    for bad in ("prefetch@random", "readahead@touch", "prefetch-background@", "eager@file"):
+    z = parse_strategy("prefetch-background@file-zstd")
+    assert z.compressed and z.uses_uffd and z.kind == "prefetch-background" and z.slug == \
+        "prefetch-background-file-zstd"
+    assert z.with_trace(Path("/t.npz")) == "prefetch-background@file:/t.npz"
+    assert parse_strategy("fault-around:16-zstd").around_pages == 16
+    assert parse_strategy("ondemand-zstd").with_trace(Path("/t")) == "ondemand"
+    for bad in ("prefetch@random", "readahead@touch", "prefetch-background@", "eager@file", "file-zstd",
+                "readahead-zstd", "criu-zstd"):
         with pytest.raises(ValueError, match="ORDER: runs, touch, file"):
             parse_strategy(bad)
 

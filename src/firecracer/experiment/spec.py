@@ -43,8 +43,11 @@ under Firecracker (bare-metal KVM hosts); ``host-replay``: no VM at all, the wor
 against a memory file on the host (tests and dry runs of the machinery; never a VM result)."""
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
-_STRATEGY_RE = re.compile(r"^(file|ondemand|eager|(?:prefetch|prefetch-background)(?:@(?:runs|touch|file))?"
-                          r"|readahead|readahead-background|fault-around:(\d+)|criu|criu-lazy)$")
+_STRATEGY_RE = re.compile(r"^(?:(?:file|readahead|readahead-background|criu|criu-lazy)"
+                          r"|(?:ondemand|eager|(?:prefetch|prefetch-background)(?:@(?:runs|touch|file))?"
+                          r"|fault-around:(\d+))(?:-zstd)?)$")
+#: a page-server strategy with this suffix serves the variant's compressed memory file (mem.fcz)
+COMPRESSED_SUFFIX = "-zstd"
 #: strategies that replay the working set recorded by a first (ondemand) restore of the variant
 TRACE_KINDS = ("prefetch", "prefetch-background", "readahead", "readahead-background")
 #: File-backend strategies that read the recorded working set into the host page cache first
@@ -88,9 +91,20 @@ class Strategy:
         return self.name in READAHEAD_KINDS
 
     @property
+    def compressed(self) -> bool:
+        """Served from the variant's compressed snapshot (``ondemand-zstd``: ``vm compress``'s mem.fcz)."""
+        return self.name.endswith(COMPRESSED_SUFFIX)
+
+    @property
+    def server_name(self) -> str:
+        """The page server's strategy (no ``-zstd``: the memory file says it is compressed)."""
+        return self.name.removesuffix(COMPRESSED_SUFFIX)
+
+    @property
     def kind(self) -> str:
-        """The name without its ``@ORDER`` (``prefetch-background@touch`` → ``prefetch-background``)."""
-        return self.name.partition("@")[0]
+        """The name without ``@ORDER`` and ``-zstd`` (``prefetch-background@touch-zstd`` →
+        ``prefetch-background``)."""
+        return self.server_name.partition("@")[0]
 
     @property
     def needs_trace(self) -> bool:
@@ -99,7 +113,7 @@ class Strategy:
 
     def with_trace(self, trace: Path) -> str:
         """The page-server (or readahead) strategy string for this study strategy and a recorded trace."""
-        return f"{self.name}:{trace}" if self.needs_trace else self.name
+        return f"{self.server_name}:{trace}" if self.needs_trace else self.server_name
 
     @property
     def slug(self) -> str:
@@ -109,7 +123,7 @@ class Strategy:
     @property
     def around_pages(self) -> int | None:
         """N of ``fault-around:N``, else None."""
-        return int(self.name.split(":", 1)[1]) if self.name.startswith("fault-around:") else None
+        return int(self.server_name.split(":", 1)[1]) if self.name.startswith("fault-around:") else None
 
     def __str__(self) -> str:
         return self.name
@@ -385,9 +399,10 @@ def parse_strategy(name: str) -> Strategy:
     if not m:
         raise ValueError(f"unknown strategy {name!r} (file, ondemand, fault-around:N, prefetch[@ORDER], "
                          "prefetch-background[@ORDER], readahead, readahead-background, eager, criu, "
-                         "criu-lazy; ORDER: runs, touch, file)")
-    if m.group(2) is not None:
-        n = int(m.group(2))
+                         "criu-lazy; ORDER: runs, touch, file; a page-server strategy ending in -zstd is "
+                         "served from the compressed snapshot)")
+    if m.group(1) is not None:
+        n = int(m.group(1))
         if n < 2 or n > 512 or n & (n - 1):
             raise ValueError(f"{name!r}: N must be a power of two between 2 and 512")
     return Strategy(name)
@@ -531,7 +546,8 @@ def parse_spec(text: str, path: Path | str = "<spec>") -> Spec:
             warmup_requests=v_warmup,
         ))
     if backend == "host-replay":
-        odd = [st.name for st in strategies if st.is_readahead or (st.needs_trace and st.name != "prefetch")]
+        odd = [st.name for st in strategies if st.is_readahead or st.compressed
+               or (st.needs_trace and st.name != "prefetch")]
         if odd:
             raise c.fail("study.strategies",
                          f"{', '.join(odd)}: host-replay has no Firecracker (use the probe or jvm backend)")

@@ -591,7 +591,7 @@ class MicroVM:
                 strategy: str | None = None, trace: Path | None = None, metrics: Path | None = None,
                 log_level: str = "Warning", check: bool = True, lifeline: bool = True,
                 purpose: str | None = None, working_set: bool = True,
-                readahead: Readahead | None = None) -> MicroVM:
+                readahead: Readahead | None = None, compressed: bool = False) -> MicroVM:
         """Start a fresh Firecracker and load ``snapshot`` into it.
 
         :param firecracker: the binary; by default the one recorded in ``snapshot.json`` when it still
@@ -603,6 +603,8 @@ class MicroVM:
             and a working-set file beside the trace unless ``working_set`` is false).
         :param readahead: File backend only: read the working set recorded in its trace into the host
             page cache before the load, or from a thread racing the vCPUs (``vm.readahead`` has the facts).
+        :param compressed: Uffd only: serve from the compressed memory file (``mem.fcz``) even when the raw
+            one was kept (it is the only choice when it was not).
         :param check: verify up front that this Firecracker can load the snapshot's data format.
         :raises Unsupported: Uffd with a Firecracker that cannot do it on this host kernel
             (:func:`uffd_limit`), before anything is started.
@@ -610,7 +612,10 @@ class MicroVM:
             replaced Diff parent, page server death or load failure; nothing is left running.
         """
         snap = snapshot if isinstance(snapshot, Snapshot) else Snapshot.load(snapshot)
-        if snap.compressed_only and backend is not MemBackend.UFFD:
+        if compressed and snap.compressed is None:
+            raise FirecracerError(f"{snap.dir}: its memory is not compressed ('firecracer vm compress "
+                                  f"{snap.dir} --keep-raw' first)")
+        if (snap.compressed_only or compressed) and backend is not MemBackend.UFFD:
             raise FirecracerError(f"{snap.dir}: its memory is compressed ({snap.zmem_file.name}) and the "
                                   "File backend maps the memory file as it is: restore with --uffd, or "
                                   f"'firecracer vm decompress {snap.dir}' first")
@@ -630,7 +635,7 @@ class MicroVM:
         vm.config = VMConfig.from_json(snap.vm) if snap.vm.get("kernel") else None
         vm.restored_from = snap
         vm.dirty_tracking = track_dirty_pages
-        if snap.compressed_only:  # only mem.fcz, checked (index, snapshot.json, RAM size) before starting
+        if snap.compressed_only or compressed:  # mem.fcz, checked (index, snapshot.json, RAM size) first
             mem = check_compressed(snap)
         else:
             mem = full_memory(snap)

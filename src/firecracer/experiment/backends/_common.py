@@ -13,12 +13,14 @@ from typing import Any
 import numpy as np
 
 from firecracer.errors import FirecracerError
+from firecracer.experiment.backend import RunFailed
 from firecracer.experiment.spec import Strategy
 from firecracer.fcversion import Version
 from firecracer.uffd.metrics import ServerMetrics
 from firecracer.uffd.trace import FLAG_FAULTING, load_trace
 from firecracer.uffd.workingset import ws_path_for
 from firecracer.vmm.binary import uffd_restore_problem
+from firecracer.vmm.snapshot import Snapshot, compress_snapshot
 
 
 def check_uffd_strategies(binary: Path, version: Version, strategies: Sequence[Strategy]) -> None:
@@ -106,3 +108,16 @@ def ensure_prefetch_trace(workdir: Path, have: Path | None, record: Callable[[Pa
     if ws_path_for(rec / "trace.npz").exists():
         os.replace(ws_path_for(rec / "trace.npz"), ws_path_for(final))
     return final
+
+
+def compress_if_asked(strategies: Sequence[Strategy], snapdir: Path) -> dict[str, Any]:
+    """A study with ``-zstd`` strategies serves them from the variant's compressed snapshot: compress it
+    once (``vm compress --keep-raw``: the other strategies still read the raw memory file); its facts
+    (ratio, sizes, times) for the variant's record, or nothing when no strategy asks."""
+    if not any(s.compressed for s in strategies):
+        return {}
+    try:
+        snap = compress_snapshot(Snapshot.load(snapdir), keep_raw=True)
+    except FirecracerError as exc:
+        raise RunFailed("compress", str(exc)) from None
+    return {"compressed": snap.compressed}

@@ -37,7 +37,7 @@ class RestoreRun:
                  record: bool = False) -> None:
         self.study_strategy = strategy
         #: what ``MicroVM.restore`` and ``recording.json`` get: ``ondemand``, ``prefetch:TRACE`` …
-        self.strategy = strategy.with_trace(trace) if strategy.needs_trace and trace else strategy.name
+        self.strategy = strategy.with_trace(trace) if strategy.needs_trace and trace else strategy.server_name
         self.uffd = strategy.uses_uffd
         self.readahead = Readahead.parse(self.strategy) if strategy.is_readahead else None
         self.rundir = rundir
@@ -70,7 +70,8 @@ class RestoreRun:
                                      strategy=self.strategy if self.uffd else None,
                                      trace=self.trace_out if self.uffd else None,
                                      metrics=self.metrics_out if self.uffd else None, check=check,
-                                     working_set=self.record, purpose=purpose, readahead=self.readahead)
+                                     working_set=self.record, purpose=purpose, readahead=self.readahead,
+                                     compressed=self.study_strategy.compressed)
             except FirecracerError as exc:
                 note = "" if "page server" in str(exc) else log_note(self.run_dir / "uffd.log")
                 raise RunFailed(self.prefix + "restore", f"{exc}{note}") from None

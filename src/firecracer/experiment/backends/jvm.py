@@ -40,6 +40,7 @@ from firecracer.experiment.backend import Backend, RunFailed, RunOutcome
 from firecracer.experiment.backends import process as crac
 from firecracer.experiment.backends._common import (
     check_uffd_strategies,
+    compress_if_asked,
     ensure_prefetch_trace,
     forget_prefetch_trace,
     keep_logs,
@@ -398,7 +399,8 @@ class JvmBackend(Backend[JvmState]):
                         raise
                     raise RunFailed(phase, str(exc)) from None
                 return {"boot_to_ready_ms": ready_ms, "ping": ping, "warmup_ms": warm,
-                        "snapshot_ms": s.timings_ms.get("create"), **facts}
+                        "snapshot_ms": s.timings_ms.get("create"), **facts,
+                        **compress_if_asked(self.spec.strategies, snap)}
         finally:
             keep_logs(vm.run_dir, workdir / "boot")
             shutil.rmtree(vm.run_dir, ignore_errors=True)

@@ -32,6 +32,7 @@ from firecracer.experiment import workingset
 from firecracer.experiment.backend import Backend, RunFailed, RunOutcome
 from firecracer.experiment.backends._common import (
     check_uffd_strategies,
+    compress_if_asked,
     ensure_prefetch_trace,
     forget_prefetch_trace,
     keep_logs,
@@ -189,7 +190,8 @@ class ProbeBackend(Backend[ProbeState]):
                     s = vm.snapshot(snap)
                 except FirecracerError as exc:
                     raise RunFailed("snapshot", str(exc)) from None
-                return {"boot_to_ready_ms": boot_ms, "snapshot_ms": s.timings_ms.get("create")}
+                return {"boot_to_ready_ms": boot_ms, "snapshot_ms": s.timings_ms.get("create"),
+                        **compress_if_asked(self.spec.strategies, snap)}
         finally:
             keep_logs(vm.run_dir, workdir / "boot")
             shutil.rmtree(vm.run_dir, ignore_errors=True)
