@@ -33,6 +33,7 @@ def test_every_form_round_trips(tmp_path: Path) -> None:
               "prefetch-background[@ORDER]:TRACE or eager)"),
     ("prefetch@random:x", "prefetch takes @runs | @touch | @file"),
     ("ondemand@touch", "ondemand takes no @option"),
+    ("readahead:x.npz", "readahead fills the page cache that Firecracker's File backend reads"),
     ("ondemand:3", "unknown strategy 'ondemand:3'"),
     ("eager:x", "unknown strategy 'eager:x'"),
     ("fault-around:0", "fault-around needs a block size 1..262144 pages, got '0'"),

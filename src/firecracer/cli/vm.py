@@ -345,9 +345,12 @@ def snapshot(name: str, dest: str, diff: bool, punch_holes: bool, resume_after: 
 @click.option("--trace", type=click.Path(dir_okay=False), help="Page-server trace output (with --uffd).")
 @click.option("--paused", is_flag=True, help="Stay paused after loading.")
 @click.option("--track-dirty-pages", is_flag=True, help="Enable dirty tracking (for later Diff snapshots).")
+@click.option("--compressed", is_flag=True, help="With --uffd: serve the compressed memory file (mem.fcz) "
+              "even when the raw one was kept ('vm compress --keep-raw').")
 @click.option("--json", "as_json", is_flag=True)
 def restore(snapshot_dir: str, name: str | None, firecracker: str | None, uffd: bool, strategy: str | None,
-            trace: str | None, paused: bool, track_dirty_pages: bool, as_json: bool) -> None:
+            trace: str | None, paused: bool, track_dirty_pages: bool, compressed: bool,
+            as_json: bool) -> None:
     """Restore a snapshot directory into a new microVM and leave it running."""
     from firecracer.vmm.readahead import Readahead
 
@@ -361,7 +364,8 @@ def restore(snapshot_dir: str, name: str | None, firecracker: str | None, uffd: 
     m = MicroVM.restore(snapshot_dir, firecracker=firecracker, name=name,
                         backend=MemBackend.UFFD if uffd else MemBackend.FILE, resume=not paused,
                         track_dirty_pages=track_dirty_pages, strategy=strategy,
-                        trace=Path(trace).resolve() if trace else None, lifeline=False, readahead=readahead)
+                        trace=Path(trace).resolve() if trace else None, lifeline=False, readahead=readahead,
+                        compressed=compressed)
     m.detach()
     if not firecracker:
         err_console.print(f"using Firecracker {m.version} at {m.binary} ({m.binary_source})", highlight=False,

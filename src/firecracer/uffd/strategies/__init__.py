@@ -43,6 +43,9 @@ def parse_strategy(text: str) -> Strategy:
     head, _, arg = text.partition(":")
     name, at, option = head.partition("@")
     cls = STRATEGIES.get(name)
+    if name.startswith("readahead"):  # the File backend's, not a page server's
+        raise FirecracerError(f"{text!r}: readahead fills the page cache that Firecracker's File backend "
+                              f"reads; use 'firecracer vm restore SNAPDIR --strategy {text}' without --uffd")
     if cls is None or (arg and not cls.takes_arg):
         forms = [c.usage for c in STRATEGIES.values()]
         raise FirecracerError(f"unknown strategy {text!r} (use {', '.join(forms[:-1])} or {forms[-1]})")
