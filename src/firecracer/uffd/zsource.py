@@ -120,15 +120,19 @@ class CompressedMemoryFile(MemoryFile):
                 self._evict()
 
     def _evict(self) -> None:
-        pinned = {i for r in self._pins.values() for i in r}
-        for i in list(self._lru):
-            if len(self._lru) <= self.capacity:
-                break
-            if i in pinned:
+        """Drop the least recently used frames down to capacity, from the old end only: this runs on
+        every fault once the cache is full, so it must not walk (or copy) the whole cache."""
+        kept: list[int] = []  # pinned frames met on the way: another thread is copying from them
+        while len(self._lru) > self.capacity:
+            i, _ = self._lru.popitem(last=False)
+            if any(i in r for r in self._pins.values()):
+                kept.append(i)
                 continue
-            del self._lru[i]
             abi.madvise(self.addr + i * self.frame_size, self.z.frame_bytes(i), abi.MADV_DONTNEED)
             self.stats["evictions"] += 1
+        for i in reversed(kept):  # back at the old end, in their order
+            self._lru[i] = None
+            self._lru.move_to_end(i, last=False)
 
     def pread(self, length: int, off: int) -> bytes:
         """Uncompressed bytes (working sets are built from these), bypassing the cache."""
